@@ -1,0 +1,3 @@
+//! The patchwork command line.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Llama and Qwen2-MoE on candle, built from patchable sites.

@@ -1,0 +1,293 @@
+//! The path-scoped weight handle layers pull their tensors from.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::{Result, Transform};
+
+/// Transforms carried by a replacement module, active for every request under `prefix`.
+#[derive(Clone, Debug)]
+pub struct TransformScope {
+    /// Dotted module path the transforms apply under (`model.layers.0.self_attn`).
+    pub prefix: String,
+    /// Who carries them (the replacement's type name), for reports.
+    pub owner: &'static str,
+    /// The transforms, in order.
+    pub transforms: Arc<[Transform]>,
+}
+
+/// One tensor a module asks for.
+#[derive(Debug)]
+pub struct WeightRequest<'a> {
+    /// Full dotted name (`model.layers.0.self_attn.q_proj.weight`).
+    pub name: &'a str,
+    /// The shape the module expects.
+    pub shape: &'a Shape,
+    /// How a random source should initialise it.
+    pub init: Init,
+    /// The compute dtype the tensor must come back in.
+    pub dtype: DType,
+    /// The device it must come back on.
+    pub device: &'a Device,
+    /// Transforms carried by enclosing replacements, outermost first.
+    pub scopes: &'a [TransformScope],
+}
+
+/// Where weights come from: a checkpoint, random initialisation, in-memory tensors.
+pub trait WeightSource: Send + Sync + 'static {
+    /// Produces the tensor for `request`, in the requested dtype, device and shape.
+    fn get(&self, request: &WeightRequest<'_>) -> Result<Tensor>;
+
+    /// Whether `name` can be produced (used by optional weights such as biases or tied heads).
+    fn contains(&self, name: &str, scopes: &[TransformScope]) -> bool;
+
+    /// Called once the model is built: a strict source checks here that every tensor it holds
+    /// was consumed, and fails with the full list of problems otherwise.
+    fn finish(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Every tensor handed out through a [`Weights`] handle, by full name: the model's state dict.
+#[derive(Debug, Default)]
+pub struct ParamStore {
+    tensors: Mutex<BTreeMap<String, Tensor>>,
+}
+
+impl ParamStore {
+    fn insert(&self, name: &str, tensor: &Tensor) {
+        self.tensors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), tensor.clone());
+    }
+
+    /// The recorded tensors, sorted by name.
+    pub fn snapshot(&self) -> Vec<(String, Tensor)> {
+        self.tensors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The tensor recorded under `name`, if any.
+    pub fn get(&self, name: &str) -> Option<Tensor> {
+        self.tensors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Number of recorded tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Total number of scalar parameters recorded (tensors shared under two names count once
+    /// per name).
+    pub fn num_parameters(&self) -> usize {
+        self.tensors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(Tensor::elem_count)
+            .sum()
+    }
+}
+
+/// A path-scoped view of a [`WeightSource`]: what a layer under construction pulls its
+/// tensors from. Cheap to clone; [`Weights::pp`] descends into a sub-module.
+#[derive(Clone)]
+pub struct Weights {
+    source: Arc<dyn WeightSource>,
+    path: String,
+    scopes: Arc<Vec<TransformScope>>,
+    dtype: DType,
+    device: Device,
+    params: Arc<ParamStore>,
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weights")
+            .field("path", &self.path)
+            .field("dtype", &self.dtype)
+            .field("device", &self.device)
+            .field("scopes", &self.scopes.len())
+            .finish()
+    }
+}
+
+impl Weights {
+    /// A root handle over `source`, producing tensors in `dtype` on `device`.
+    pub fn new(source: impl WeightSource, dtype: DType, device: &Device) -> Self {
+        Self::from_arc(Arc::new(source), dtype, device)
+    }
+
+    /// Like [`Weights::new`], for a source that is already shared.
+    pub fn from_arc(source: Arc<dyn WeightSource>, dtype: DType, device: &Device) -> Self {
+        Self {
+            source,
+            path: String::new(),
+            scopes: Arc::new(Vec::new()),
+            dtype,
+            device: device.clone(),
+            params: Arc::new(ParamStore::default()),
+        }
+    }
+
+    /// The handle for sub-module `name` (`"layers"`, `"0"`, `"self_attn"`, or a dotted path).
+    pub fn pp(&self, name: impl AsRef<str>) -> Self {
+        let name = name.as_ref();
+        let mut next = self.clone();
+        next.path = self.full_name(name);
+        next
+    }
+
+    /// The dotted path of this handle (empty at the root).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The compute dtype tensors come back in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device tensors come back on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// This handle with another compute dtype (same source, path and record).
+    pub fn with_dtype(&self, dtype: DType) -> Self {
+        let mut next = self.clone();
+        next.dtype = dtype;
+        next
+    }
+
+    /// The transform scopes active at this path, outermost first.
+    pub fn scopes(&self) -> &[TransformScope] {
+        &self.scopes
+    }
+
+    /// The tensors handed out so far, by full name.
+    pub fn params(&self) -> &Arc<ParamStore> {
+        &self.params
+    }
+
+    /// The source behind this handle.
+    pub fn source(&self) -> &Arc<dyn WeightSource> {
+        &self.source
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        match (self.path.is_empty(), name.is_empty()) {
+            (true, _) => name.to_string(),
+            (false, true) => self.path.clone(),
+            (false, false) => format!("{}.{}", self.path, name),
+        }
+    }
+
+    /// The tensor `name` under this path, with the given shape.
+    pub fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+        self.get_with_init(shape, name, Init::Randn { mean: 0.0, stdev: 0.02 })
+    }
+
+    /// Like [`Weights::get`], telling a random source how to initialise it.
+    pub fn get_with_init(&self, shape: impl Into<Shape>, name: &str, init: Init) -> Result<Tensor> {
+        let shape = shape.into();
+        let full = self.full_name(name);
+        let tensor = self.source.get(&WeightRequest {
+            name: &full,
+            shape: &shape,
+            init,
+            dtype: self.dtype,
+            device: &self.device,
+            scopes: &self.scopes,
+        })?;
+        self.params.insert(&full, &tensor);
+        Ok(tensor)
+    }
+
+    /// Whether the source can produce `name` under this path.
+    pub fn contains(&self, name: &str) -> bool {
+        self.source.contains(&self.full_name(name), &self.scopes)
+    }
+
+    /// This handle with `transforms` active for every request under the current path; `owner`
+    /// names who carries them in reports.
+    pub fn with_transforms(&self, owner: &'static str, transforms: Vec<Transform>) -> Self {
+        if transforms.is_empty() {
+            return self.clone();
+        }
+        let mut scopes = (*self.scopes).clone();
+        scopes.push(TransformScope {
+            prefix: self.path.clone(),
+            owner,
+            transforms: transforms.into(),
+        });
+        let mut next = self.clone();
+        next.scopes = Arc::new(scopes);
+        next
+    }
+
+    /// A candle-nn `VarBuilder` at this path, so `candle_nn::linear` and friends work; its
+    /// tensors go through this handle (same source, transforms and record).
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        let root = Weights {
+            path: String::new(),
+            ..self.clone()
+        };
+        let vb = VarBuilder::from_backend(Box::new(Backend(root)), self.dtype, self.device.clone());
+        if self.path.is_empty() { vb } else { vb.push_prefix(&self.path) }
+    }
+
+    /// Ends the build: asks the source for its strict accounting.
+    pub fn finish(&self) -> Result<()> {
+        self.source.finish()
+    }
+}
+
+/// Adapter from a root [`Weights`] handle to candle-nn's `SimpleBackend`.
+struct Backend(Weights);
+
+impl candle_nn::var_builder::SimpleBackend for Backend {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let w = &self.0;
+        let tensor = w
+            .source
+            .get(&WeightRequest {
+                name,
+                shape: &s,
+                init: h,
+                dtype,
+                device: dev,
+                scopes: &w.scopes,
+            })
+            .map_err(candle_core::Error::wrap)?;
+        w.params.insert(name, &tensor);
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        Err(candle_core::Error::Msg(format!(
+            "tensor {name:?} asked for without a shape ({dtype:?} on {dev:?}): patchwork needs every weight's shape to check it"
+        )))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.source.contains(name, &self.0.scopes)
+    }
+}

@@ -1,0 +1,226 @@
+//! `Builder`: what a module under construction receives, to get its weights and build its
+//! sub-sites through the patch registry.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::VarBuilder;
+use patch_checkpoint::{Init, Weights};
+
+use crate::matching::{Outcome, Rule};
+use crate::replacement::short_type_name;
+use crate::{Error, PatchSet, Result, Site, Slot};
+
+/// A module under construction's view of the model being built: its path, its weights, and
+/// the patches sub-sites resolve against. Cheap to clone; [`Builder::pp`] descends.
+///
+/// Patches come from, in order: the set given to [`Builder::with_patches`] (what
+/// `from_pretrained`/`from_config` pass: the global registry), else the current thread's
+/// [`apply_patches`](crate::apply_patches) scope at the time of each build, else none (every
+/// site builds itself, as a model built by hand does upstream).
+#[derive(Clone)]
+pub struct Builder {
+    weights: Weights,
+    patches: Option<PatchSet>,
+    record: Arc<Mutex<Vec<BuiltSite>>>,
+}
+
+impl Builder {
+    /// A builder at the root of `weights`, following the thread's patch scope.
+    pub fn new(weights: Weights) -> Self {
+        Self {
+            weights,
+            patches: None,
+            record: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// This builder with an explicit patch set, whatever the thread's scope.
+    pub fn with_patches(mut self, patches: PatchSet) -> Self {
+        self.patches = Some(patches);
+        self
+    }
+
+    /// The patch set the next site built through this builder resolves against.
+    pub fn patches(&self) -> PatchSet {
+        match &self.patches {
+            Some(set) => set.clone(),
+            None => PatchSet::current().unwrap_or_default(),
+        }
+    }
+
+    /// The builder for sub-module `name` (dotted paths allowed).
+    pub fn pp(&self, name: impl AsRef<str>) -> Self {
+        Self {
+            weights: self.weights.pp(name),
+            patches: self.patches.clone(),
+            record: self.record.clone(),
+        }
+    }
+
+    /// The dotted module path (`model.layers.0.self_attn`; empty at the root).
+    pub fn path(&self) -> &str {
+        self.weights.path()
+    }
+
+    /// The weights at this path.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// A candle-nn `VarBuilder` at this path, for `candle_nn::linear` and friends.
+    pub fn vb(&self) -> VarBuilder<'static> {
+        self.weights.var_builder()
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.weights.dtype()
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        self.weights.device()
+    }
+
+    /// The tensor `name` under this path, with shape `shape`.
+    pub fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+        Ok(self.weights.get(shape, name)?)
+    }
+
+    /// Like [`Builder::get`], telling a random source how to initialise it.
+    pub fn get_with_init(&self, shape: impl Into<Shape>, name: &str, init: Init) -> Result<Tensor> {
+        Ok(self.weights.get_with_init(shape, name, init)?)
+    }
+
+    /// Builds site `T` at this path through the registry: its replacement if a patch applies
+    /// (with the weight transforms the replacement carries, scoped to this path), else `T`.
+    pub fn build<T: Site>(&self, args: <T::Slot as Slot>::Args<'_>) -> Result<Box<T::Slot>> {
+        let resolution = self.patches().resolve_site::<T>();
+        let built = match &resolution.outcome {
+            Outcome::Original => {
+                self.note(T::NAME, <T::Slot as Slot>::NAME, std::any::type_name::<T>(), None);
+                T::build(self, args)
+            }
+            Outcome::Patched { record, rule } => {
+                let replacement = record.replacement();
+                // Resolution only picks replacements of the site's slot.
+                let factory = replacement.factory::<T::Slot>().ok_or_else(|| Error::SlotMismatch {
+                    key: record.key().to_string(),
+                    site: T::NAME.to_string(),
+                    site_slot: <T::Slot as Slot>::NAME,
+                    replacement: replacement.type_name().to_string(),
+                    replacement_slot: replacement.slot(),
+                })?;
+                self.note(
+                    T::NAME,
+                    <T::Slot as Slot>::NAME,
+                    replacement.type_name(),
+                    Some((*rule, record.key().to_string())),
+                );
+                let scoped = Builder {
+                    weights: self
+                        .weights
+                        .with_transforms(replacement.type_name(), replacement.transforms()),
+                    patches: self.patches.clone(),
+                    record: self.record.clone(),
+                };
+                (factory.build)(&scoped, args)
+            }
+            Outcome::Conflict(conflict) => Err(conflict.to_error(&resolution.site)),
+        };
+        built.map_err(|e| match e {
+            e @ Error::Build { .. } => e,
+            other => Error::Build {
+                path: self.path().to_string(),
+                site: T::NAME,
+                source: Box::new(other),
+            },
+        })
+    }
+
+    fn note(&self, site: &'static str, slot: &'static str, module: &'static str, patch: Option<(Rule, String)>) {
+        self.record
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(BuiltSite {
+                path: self.path().to_string(),
+                site,
+                slot,
+                module,
+                patch,
+            });
+    }
+
+    /// Every site built through this builder (and its clones) so far, parents first.
+    pub fn report(&self) -> BuildReport {
+        BuildReport {
+            sites: self.record.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        }
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("path", &self.path())
+            .field("patches", &self.patches)
+            .finish()
+    }
+}
+
+/// One site built into a model: where, what was asked for, what was built, and why.
+#[derive(Clone, Debug)]
+pub struct BuiltSite {
+    /// Dotted module path.
+    pub path: String,
+    /// The site's name.
+    pub site: &'static str,
+    /// Its slot.
+    pub slot: &'static str,
+    /// The type actually built.
+    pub module: &'static str,
+    /// The rule and key of the patch applied, if any.
+    pub patch: Option<(Rule, String)>,
+}
+
+/// The sites a model was built from, parents first: a built model's answer to "is my patch
+/// applied?".
+#[derive(Clone, Debug, Default)]
+pub struct BuildReport {
+    sites: Vec<BuiltSite>,
+}
+
+impl BuildReport {
+    /// The sites, parents first.
+    pub fn sites(&self) -> &[BuiltSite] {
+        &self.sites
+    }
+
+    /// The site built at `path`, if any.
+    pub fn at(&self, path: &str) -> Option<&BuiltSite> {
+        self.sites.iter().find(|s| s.path == path)
+    }
+
+    /// How many sites were replaced by a patch.
+    pub fn patched(&self) -> usize {
+        self.sites.iter().filter(|s| s.patch.is_some()).count()
+    }
+}
+
+impl fmt::Display for BuildReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} sites built, {} patched", self.sites.len(), self.patched())?;
+        let path_w = self.sites.iter().map(|s| s.path.len()).max().unwrap_or(0).max(4);
+        let site_w = self.sites.iter().map(|s| s.site.len()).max().unwrap_or(0).max(4);
+        for s in &self.sites {
+            let how = match &s.patch {
+                Some((rule, key)) => format!("{} ({rule} {key:?})", short_type_name(s.module)),
+                None => "original".to_string(),
+            };
+            writeln!(f, "  {:<path_w$}  {:<site_w$}  {how}", s.path, s.site)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,230 @@
+//! The matching rules: which registered patch, if any, replaces a site.
+//!
+//! For a site named `N` filling slot `S`, against the patches of a [`PatchSet`](crate::PatchSet):
+//!
+//! 1. **Candidates.** A patch is a candidate when its key equals `N` (an *exact* match) or, read
+//!    as a regular expression, matches anywhere in `N` (a *pattern* match: `re.search`
+//!    semantics, so anchor with `^`/`$` to match whole names).
+//! 2. **Slots.** A candidate whose replacement fills another slot than `S` is *skipped*, with
+//!    the reason, and never applied: `".*Attention"` with an attention replacement patches
+//!    `BertSelfAttention` but skips the container `BertAttention`. An exact match with the wrong
+//!    slot is a *conflict* instead (an exact name states intent): building the site fails and
+//!    `explain` shows why.
+//! 3. **Order.** The remaining candidates are ordered by: exact before pattern; then higher
+//!    priority; then later registration (run-time registrations are numbered in call order,
+//!    link-time `#[patch]` entries all count as registered together, before any run-time one).
+//!    The first one wins; every other candidate is skipped with the reason it lost.
+//! 4. **Ties.** If the runner-up ties with the winner on all three (two link-time entries of
+//!    equal priority, from different crates, say) and builds a different type, the site has a
+//!    *conflict*: it is reported, never settled silently. Entries that build the same type
+//!    do not conflict.
+
+use std::any::TypeId;
+use std::cmp::Reverse;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::{Error, PatchRecord};
+
+/// What a site is matched as: its name and the slot it fills.
+#[derive(Clone, Copy, Debug)]
+pub struct SiteKey {
+    /// The site's name (`LlamaAttention`).
+    pub name: &'static str,
+    /// Its slot's name (`Attention`).
+    pub slot: &'static str,
+    /// Its slot's identity.
+    pub slot_id: TypeId,
+}
+
+/// How a patch matched a site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    /// The key equals the site's name.
+    Exact,
+    /// The key, as a regex, matches somewhere in the site's name.
+    Pattern,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rule::Exact => "exact",
+            Rule::Pattern => "pattern",
+        })
+    }
+}
+
+/// Why a matching patch was not applied to a site.
+#[derive(Clone, Debug)]
+pub enum SkipReason {
+    /// The replacement fills another slot than the site.
+    SlotMismatch {
+        /// The slot the replacement fills.
+        replacement_slot: &'static str,
+    },
+    /// Another patch won.
+    Overridden {
+        /// The winner's key.
+        by: String,
+        /// Which rule decided (`"exact name wins over pattern"`, ...).
+        why: &'static str,
+    },
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::SlotMismatch { replacement_slot } => {
+                write!(f, "replacement fills slot {replacement_slot}")
+            }
+            SkipReason::Overridden { by, why } => write!(f, "{by:?} wins: {why}"),
+        }
+    }
+}
+
+/// A patch that matched a site but was not applied.
+#[derive(Clone, Debug)]
+pub struct Skipped {
+    /// The patch.
+    pub record: Arc<PatchRecord>,
+    /// How it matched.
+    pub rule: Rule,
+    /// Why it was not applied.
+    pub reason: SkipReason,
+}
+
+/// What a site resolves to.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// No patch applies: the site builds itself.
+    Original,
+    /// `record`'s replacement is built instead, chosen by `rule`.
+    Patched {
+        /// The winning patch.
+        record: Arc<PatchRecord>,
+        /// How it matched.
+        rule: Rule,
+    },
+    /// The patches contradict each other for this site (see the module docs).
+    Conflict(Conflict),
+}
+
+/// A contradiction that stops a site from being built.
+#[derive(Clone, Debug)]
+pub enum Conflict {
+    /// A key naming the site exactly maps it to a replacement of another slot.
+    SlotMismatch(Arc<PatchRecord>),
+    /// Two link-time patches tie and build different types.
+    Ambiguous(Arc<PatchRecord>, Arc<PatchRecord>),
+}
+
+impl Conflict {
+    /// The error building the site reports.
+    pub fn to_error(&self, site: &SiteKey) -> Error {
+        match self {
+            Conflict::SlotMismatch(r) => Error::SlotMismatch {
+                key: r.key().to_string(),
+                site: site.name.to_string(),
+                site_slot: site.slot,
+                replacement: r.replacement().type_name().to_string(),
+                replacement_slot: r.replacement().slot(),
+            },
+            Conflict::Ambiguous(a, b) => Error::Ambiguous {
+                site: site.name.to_string(),
+                first: format!("{a} ({})", a.origin()),
+                second: format!("{b} ({})", b.origin()),
+            },
+        }
+    }
+}
+
+/// The full answer for one site: the outcome and every match that was set aside.
+#[derive(Clone, Debug)]
+pub struct Resolution {
+    /// The site.
+    pub site: SiteKey,
+    /// What it builds.
+    pub outcome: Outcome,
+    /// Patches that matched but were not applied, with the reason.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Applies the rules of this module to `site` over `records`.
+pub(crate) fn resolve(site: SiteKey, records: &[Arc<PatchRecord>]) -> Resolution {
+    let mut skipped = Vec::new();
+    let mut eligible: Vec<(Rule, &Arc<PatchRecord>)> = Vec::new();
+    let mut exact_conflict = None;
+    for r in records {
+        let rule = if r.is_exact(site.name) {
+            Rule::Exact
+        } else if r.is_match(site.name) {
+            Rule::Pattern
+        } else {
+            continue;
+        };
+        if r.replacement().slot_id() != site.slot_id {
+            if rule == Rule::Exact && exact_conflict.is_none() {
+                exact_conflict = Some(r.clone());
+            }
+            skipped.push(Skipped {
+                record: r.clone(),
+                rule,
+                reason: SkipReason::SlotMismatch {
+                    replacement_slot: r.replacement().slot(),
+                },
+            });
+            continue;
+        }
+        eligible.push((rule, r));
+    }
+    if let Some(r) = exact_conflict {
+        return Resolution {
+            site,
+            outcome: Outcome::Conflict(Conflict::SlotMismatch(r)),
+            skipped,
+        };
+    }
+    // Exact first, then higher priority, then later registration; stable for equal keys.
+    eligible.sort_by_key(|(rule, r)| (*rule, Reverse(r.priority()), Reverse(r.seq())));
+    let Some(&(win_rule, winner)) = eligible.first() else {
+        return Resolution {
+            site,
+            outcome: Outcome::Original,
+            skipped,
+        };
+    };
+    let mut conflict = None;
+    for &(rule, r) in &eligible[1..] {
+        let why = if rule != win_rule {
+            "exact name wins over pattern"
+        } else if r.priority() != winner.priority() {
+            "higher priority"
+        } else if r.seq() != winner.seq() {
+            "registered later"
+        } else if r.replacement().type_id() != winner.replacement().type_id() {
+            if conflict.is_none() {
+                conflict = Some(Conflict::Ambiguous(winner.clone(), r.clone()));
+            }
+            "tie"
+        } else {
+            "same replacement"
+        };
+        skipped.push(Skipped {
+            record: r.clone(),
+            rule,
+            reason: SkipReason::Overridden {
+                by: winner.key().to_string(),
+                why,
+            },
+        });
+    }
+    let outcome = match conflict {
+        Some(c) => Outcome::Conflict(c),
+        None => Outcome::Patched {
+            record: winner.clone(),
+            rule: win_rule,
+        },
+    };
+    Resolution { site, outcome, skipped }
+}

@@ -1,0 +1,88 @@
+//! Slots (the contract a site fills) and the construction trait every site and replacement
+//! implements.
+
+use std::any::Any;
+
+use patch_checkpoint::Transform;
+
+use crate::{Builder, Result};
+
+/// The contract a site fills: implemented for the trait object its parent stores
+/// (`impl Slot for dyn Attention`), it names the arguments every constructor of that slot
+/// receives. Sites sharing a slot can all be served by one replacement.
+///
+/// ```
+/// use patch_core::{Module, Slot};
+///
+/// /// What a decoder layer asks of its attention.
+/// pub trait Attention: Module {
+///     fn forward(&self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor>;
+/// }
+///
+/// /// What every attention constructor receives besides its weights.
+/// pub struct AttentionArgs<'a> {
+///     pub hidden_size: usize,
+///     pub layer_idx: usize,
+///     pub name: &'a str,
+/// }
+///
+/// impl Slot for dyn Attention {
+///     const NAME: &'static str = "Attention";
+///     type Args<'a> = AttentionArgs<'a>;
+/// }
+/// ```
+pub trait Slot: 'static {
+    /// The slot's name in reports (`"Attention"`).
+    const NAME: &'static str;
+    /// The constructor arguments besides the [`Builder`] (config view, layer index, ...).
+    type Args<'a>;
+}
+
+/// The base of every slot trait: a built module can report its concrete type and be
+/// downcast, whatever trait object it is stored as.
+pub trait Module: Any + Send + Sync {
+    /// The concrete type's name (`my_crate::CustomLlamaAttention`).
+    fn type_name(&self) -> &'static str;
+}
+
+impl<T: Any + Send + Sync> Module for T {
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
+}
+
+impl dyn Module {
+    /// Whether the module is a `T`.
+    pub fn is<T: Any>(&self) -> bool {
+        (self as &dyn Any).is::<T>()
+    }
+
+    /// The module as a `T`, if it is one.
+    pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
+        (self as &dyn Any).downcast_ref::<T>()
+    }
+
+    /// The module as a mutable `T`, if it is one.
+    pub fn downcast_mut<T: Any>(&mut self) -> Option<&mut T> {
+        (self as &mut dyn Any).downcast_mut::<T>()
+    }
+}
+
+/// How a site or a replacement is constructed for its slot.
+///
+/// `build` receives the [`Builder`] positioned at the module's path (weights come from it,
+/// sub-sites are built through it) and the slot's arguments, and returns the module boxed as
+/// the slot's trait object: the compiler checks that it fills the slot.
+pub trait Build: 'static {
+    /// The slot this type fills (`dyn Attention`).
+    type Slot: Slot + ?Sized;
+
+    /// Builds the module at `b`'s path.
+    fn build(b: &Builder, args: <Self::Slot as Slot>::Args<'_>) -> Result<Box<Self::Slot>>;
+
+    /// Weight transforms this type needs, applied to every tensor requested under the path it
+    /// is built at (a fused-QKV attention carries the q/k/v concatenation). None by default.
+    fn transforms() -> Vec<Transform> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,1 @@
+//! Cross-crate integration tests of patchwork; the tests live next to this file.
