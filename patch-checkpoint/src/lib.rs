@@ -9,11 +9,13 @@
 //! maps to the layout the built modules ask for; a replacement module can carry its own,
 //! scoped to the path it is built at ([`Weights::with_transforms`]).
 
+mod checkpoint;
 mod error;
 mod source;
 mod transform;
 mod weights;
 
+pub use checkpoint::{Checkpoint, CheckpointSource};
 pub use error::{Error, Result};
 pub use source::{RandomInit, TensorMap};
 pub use transform::{Op, Transform, WeightConverter, WeightRenaming};
