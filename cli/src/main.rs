@@ -1,3 +1,54 @@
-//! The patchwork command line.
+//! The patchwork command line. Each subcommand lives in its own module; this file only
+//! dispatches. Output contracts are documented on each subcommand and are stable: other tools
+//! parse them.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod dtype;
+mod forward;
+mod generate;
+mod inspect;
+
+/// Load, run and inspect HF checkpoints with patchable layers.
+#[derive(Parser)]
+#[command(name = "patchwork", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Model type, parameter count, dtype and the explain report of a checkpoint.
+    Inspect(inspect::Args),
+    /// Logits (and router outputs for MoE models) for a batch of token ids.
+    Forward(forward::Args),
+    /// Generate token ids from a prompt; the last line of stdout is the whole sequence.
+    Generate(generate::Args),
+}
+
+/// The error every subcommand returns.
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Forward(args) => forward::run(args),
+        Command::Generate(args) => generate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -23,6 +23,14 @@ use crate::llama::config::{LLAMA_MODEL_TYPE, LlamaConfig, parse_config};
 #[patchable]
 pub struct LlamaRMSNorm(pub RmsNorm);
 
+/// A `LlamaRMSNorm` is a [`RmsNorm`]: its fields read as upstream's (`layer.self_attn`, `attn.q_proj`).
+impl std::ops::Deref for LlamaRMSNorm {
+    type Target = RmsNorm;
+    fn deref(&self) -> &RmsNorm {
+        &self.0
+    }
+}
+
 impl Build for LlamaRMSNorm {
     type Slot = dyn Norm;
     fn build(b: &Builder, args: NormArgs<'_>) -> BuildResult<Box<dyn Norm>> {
@@ -40,6 +48,14 @@ impl Norm for LlamaRMSNorm {
 /// config's rope scaling (default, linear, dynamic, llama3, yarn).
 #[patchable]
 pub struct LlamaRotaryEmbedding(pub RopeConfig);
+
+/// A `LlamaRotaryEmbedding` is a [`RopeConfig`]: its fields read as upstream's (`layer.self_attn`, `attn.q_proj`).
+impl std::ops::Deref for LlamaRotaryEmbedding {
+    type Target = RopeConfig;
+    fn deref(&self) -> &RopeConfig {
+        &self.0
+    }
+}
 
 impl Build for LlamaRotaryEmbedding {
     type Slot = dyn RotaryEmbedding;
@@ -63,6 +79,14 @@ impl RotaryEmbedding for LlamaRotaryEmbedding {
 #[patchable]
 pub struct LlamaMLP(pub GatedMlp);
 
+/// A `LlamaMLP` is a [`GatedMlp`]: its fields read as upstream's (`layer.self_attn`, `attn.q_proj`).
+impl std::ops::Deref for LlamaMLP {
+    type Target = GatedMlp;
+    fn deref(&self) -> &GatedMlp {
+        &self.0
+    }
+}
+
 impl Build for LlamaMLP {
     type Slot = dyn Mlp;
     fn build(b: &Builder, args: MlpArgs<'_>) -> BuildResult<Box<dyn Mlp>> {
@@ -80,6 +104,14 @@ impl Mlp for LlamaMLP {
 /// attention over the KV cache.
 #[patchable]
 pub struct LlamaAttention(pub SelfAttention);
+
+/// A `LlamaAttention` is a [`SelfAttention`]: its fields read as upstream's (`layer.self_attn`, `attn.q_proj`).
+impl std::ops::Deref for LlamaAttention {
+    type Target = SelfAttention;
+    fn deref(&self) -> &SelfAttention {
+        &self.0
+    }
+}
 
 impl Build for LlamaAttention {
     type Slot = dyn Attention;
@@ -101,6 +133,14 @@ impl Attention for LlamaAttention {
 /// transformers' `LlamaDecoderLayer`: pre-norm attention and MLP, each with a residual.
 #[patchable]
 pub struct LlamaDecoderLayer(pub PreNormLayer);
+
+/// A `LlamaDecoderLayer` is a [`PreNormLayer`]: its fields read as upstream's (`layer.self_attn`, `attn.q_proj`).
+impl std::ops::Deref for LlamaDecoderLayer {
+    type Target = PreNormLayer;
+    fn deref(&self) -> &PreNormLayer {
+        &self.0
+    }
+}
 
 impl Build for LlamaDecoderLayer {
     type Slot = dyn DecoderLayer;
