@@ -5,8 +5,8 @@
 //!   config view ([`DecoderConfig`](decoder::DecoderConfig)) and explicit forward contexts,
 //!   so one replacement serves several families; plus the building blocks, the attention
 //!   kernel and the KV cache.
-//! - [`llama`]: the Llama family; every layer type is a site named as upstream
-//!   (`LlamaAttention`, ...).
+//! - [`llama`], [`qwen2_moe`]: the families; every layer type is a site named as upstream
+//!   (`LlamaAttention`, `Qwen2MoeExperts`, ...).
 //! - [`AutoModelForCausalLM`]: load (`from_pretrained`) or create (`from_config`) a model of
 //!   whichever linked family a config names; families register at link time ([`family`]).
 //! - [`CausalLM`]: forward with padding masks and a KV cache, [`generate`](CausalLM::generate),
@@ -31,6 +31,7 @@ mod error;
 pub mod family;
 mod generation;
 pub mod llama;
+pub mod qwen2_moe;
 
 pub use auto::{AutoModelForCausalLM, LoadOptions};
 pub use causal_lm::{CausalLM, ForwardOptions, ForwardOutput, LogitsMode, ModelExplain};

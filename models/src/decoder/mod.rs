@@ -31,7 +31,9 @@ pub use layer::{
 };
 pub use mlp::{GatedMlp, Mlp, MlpArgs};
 pub use model::{DecoderInput, DecoderModel, RouterRecord};
-pub use moe::{Experts, MoeArgs, MoeOutput, Router, RouterOutput, SparseMoe};
+pub use moe::{
+    Experts, MoeArgs, MoeOutput, Router, RouterOutput, SparseMoe, StackedExperts, TopKRouter,
+};
 pub use norm::{Norm, NormArgs, RmsNorm};
 pub use positions::Positions;
 pub use rotary::{RopeConfig, RopeScaling, RopeTables, RotaryArgs, RotaryEmbedding};
