@@ -90,7 +90,8 @@ fn sparse_layers_and_sliding_windows_follow_the_config() {
 
 #[test]
 fn bad_moe_config_values_are_errors_naming_the_key() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "mlp_only_layers",
             Box::new(|c| c["mlp_only_layers"] = serde_json::json!([7])),
