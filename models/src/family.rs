@@ -47,9 +47,25 @@ inventory::collect!(RegisteredFamily);
 
 /// Registers a `static` [`ModelFamily`] at link time.
 ///
-/// ```ignore
-/// pub static MY_FAMILY: ModelFamily = ModelFamily { model_type: "my_model", .. };
-/// patchwork_models::register_family!(MY_FAMILY);
+/// ```
+/// use std::sync::Arc;
+/// use patchwork_models::llama::{LlamaConfig, LlamaModel};
+/// use patchwork_models::{ModelFamily, register_family};
+///
+/// /// Llama's layers under another model type.
+/// pub static MY_FAMILY: ModelFamily = ModelFamily {
+///     model_type: "my_llama",
+///     architecture: "MyLlamaForCausalLM",
+///     parse_config: |json, source| {
+///         LlamaConfig::from_json(json, source)?.decoder_config(Arc::new(json.clone()), source)
+///     },
+///     build_model: LlamaModel::build,
+///     sites: &[],
+///     checkpoint_transforms: |_| Vec::new(),
+/// };
+/// register_family!(MY_FAMILY);
+///
+/// assert!(patchwork_models::family::families().iter().any(|f| f.model_type == "my_llama"));
 /// ```
 #[macro_export]
 macro_rules! register_family {
