@@ -8,8 +8,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::Tensor;
+use candle_core::safetensors::MmapedSafetensors;
 
 use crate::{Error, Result, Transform, TransformScope, WeightRequest, WeightSource};
 
@@ -33,14 +33,16 @@ impl Checkpoint {
         let dir = dir.as_ref().to_path_buf();
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| io_err(&config_path, e))?;
-        let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_err(&config_path, e))?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| io_err(&config_path, e))?;
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
         let files = if single.exists() {
             vec![single]
         } else if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| io_err(&index, e))?;
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_err(&index, e))?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| io_err(&index, e))?;
             let map = value
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -70,8 +72,8 @@ impl Checkpoint {
     pub fn source(&self, transforms: Vec<Transform>) -> Result<CheckpointSource> {
         // SAFETY: the files are memory-mapped read-only; like every mmap-based loader this
         // assumes they are not truncated while mapped.
-        let st = unsafe { MmapedSafetensors::multi(&self.files) }
-            .map_err(|e| io_err(&self.dir, e))?;
+        let st =
+            unsafe { MmapedSafetensors::multi(&self.files) }.map_err(|e| io_err(&self.dir, e))?;
         let keys = st.tensors().into_iter().map(|(k, _)| k).collect();
         Ok(CheckpointSource {
             st,
@@ -125,13 +127,20 @@ impl WeightSource for CheckpointSource {
 
     fn finish(&self) -> Result<()> {
         let consumed = self.consumed.lock().unwrap_or_else(PoisonError::into_inner);
-        let unused: Vec<&String> = self.keys.iter().filter(|k| !consumed.contains_key(*k)).collect();
+        let unused: Vec<&String> = self
+            .keys
+            .iter()
+            .filter(|k| !consumed.contains_key(*k))
+            .collect();
         if unused.is_empty() {
             Ok(())
         } else {
             Err(Error::Io {
                 path: self.dir.display().to_string(),
-                message: format!("{} checkpoint tensors were not used: {unused:?}", unused.len()),
+                message: format!(
+                    "{} checkpoint tensors were not used: {unused:?}",
+                    unused.len()
+                ),
             })
         }
     }

@@ -146,9 +146,15 @@ impl From<WeightConverter> for Transform {
 impl fmt::Display for Transform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Transform::Renaming(r) => write!(f, "WeightRenaming({:?} -> {:?})", r.pattern, r.replacement),
+            Transform::Renaming(r) => {
+                write!(f, "WeightRenaming({:?} -> {:?})", r.pattern, r.replacement)
+            }
             Transform::Converter(c) => {
-                write!(f, "WeightConverter({:?} -> {:?}, [", c.source_patterns, c.target_patterns)?;
+                write!(
+                    f,
+                    "WeightConverter({:?} -> {:?}, [",
+                    c.source_patterns, c.target_patterns
+                )?;
                 for (i, op) in c.operations.iter().enumerate() {
                     if i > 0 {
                         f.write_str(", ")?;

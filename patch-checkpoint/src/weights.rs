@@ -86,7 +86,10 @@ impl ParamStore {
 
     /// Number of recorded tensors.
     pub fn len(&self) -> usize {
-        self.tensors.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.tensors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Whether nothing was recorded.
@@ -202,7 +205,14 @@ impl Weights {
 
     /// The tensor `name` under this path, with the given shape.
     pub fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
-        self.get_with_init(shape, name, Init::Randn { mean: 0.0, stdev: 0.02 })
+        self.get_with_init(
+            shape,
+            name,
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        )
     }
 
     /// Like [`Weights::get`], telling a random source how to initialise it.
@@ -251,7 +261,11 @@ impl Weights {
             ..self.clone()
         };
         let vb = VarBuilder::from_backend(Box::new(Backend(root)), self.dtype, self.device.clone());
-        if self.path.is_empty() { vb } else { vb.push_prefix(&self.path) }
+        if self.path.is_empty() {
+            vb
+        } else {
+            vb.push_prefix(&self.path)
+        }
     }
 
     /// Ends the build: asks the source for its strict accounting.
@@ -264,7 +278,14 @@ impl Weights {
 struct Backend(Weights);
 
 impl candle_nn::var_builder::SimpleBackend for Backend {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let w = &self.0;
         let tensor = w
             .source

@@ -88,7 +88,7 @@ pub use registry::{
 };
 pub use replacement::Replacement;
 pub use scope::{PatchScope, apply_patches, with_patches};
-pub use site::{Site, SiteInfo, sites, sites_named};
+pub use site::{Site, SiteInfo, SiteRegistration, sites, sites_named};
 pub use slot::{Build, Module, Slot};
 
 /// Marks a layer type as a site: it is recorded at link time, and models build it through

@@ -206,7 +206,7 @@ pub(crate) fn resolve(site: SiteKey, records: &[Arc<PatchRecord>]) -> Resolution
             if conflict.is_none() {
                 conflict = Some(Conflict::Ambiguous(winner.clone(), r.clone()));
             }
-            "tie"
+            "equal rule, priority and registration: a conflict"
         } else {
             "same replacement"
         };
@@ -226,5 +226,9 @@ pub(crate) fn resolve(site: SiteKey, records: &[Arc<PatchRecord>]) -> Resolution
             rule: win_rule,
         },
     };
-    Resolution { site, outcome, skipped }
+    Resolution {
+        site,
+        outcome,
+        skipped,
+    }
 }

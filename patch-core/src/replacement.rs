@@ -16,8 +16,23 @@ pub(crate) struct Factory<S: Slot + ?Sized> {
 /// A replacement type, ready to be registered under a key: what it is called, which slot it
 /// fills, how to build it, and the weight transforms it carries.
 ///
-/// ```ignore
-/// register_patch_mapping([("LlamaAttention", Replacement::of::<CustomLlamaAttention>())], false)?;
+/// ```
+/// # use patch_core::{Build, Builder, Module, Result, Slot};
+/// # pub trait Attention: Module {}
+/// # impl Slot for dyn Attention { const NAME: &'static str = "Attention"; type Args<'a> = (); }
+/// # pub struct CustomLlamaAttention;
+/// # impl Attention for CustomLlamaAttention {}
+/// # impl Build for CustomLlamaAttention {
+/// #     type Slot = dyn Attention;
+/// #     fn build(_: &Builder, _: ()) -> Result<Box<dyn Attention>> { Ok(Box::new(CustomLlamaAttention)) }
+/// # }
+/// use patch_core::{register_patch_mapping, Replacement};
+///
+/// let custom = Replacement::of::<CustomLlamaAttention>();
+/// assert_eq!(custom.slot(), "Attention");
+/// register_patch_mapping([("LlamaAttention", custom)], false)?;
+/// # patch_core::clear_patch_mapping();
+/// # Ok::<(), patch_core::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct Replacement {

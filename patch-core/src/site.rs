@@ -10,6 +10,9 @@ use crate::{Build, Slot};
 pub trait Site: Build {
     /// The name patches match against.
     const NAME: &'static str;
+
+    /// The site's link-time record.
+    fn info() -> &'static SiteInfo;
 }
 
 /// What the registry knows about a site: recorded at link time for every `#[patchable]` type
@@ -67,13 +70,20 @@ impl SiteInfo {
     }
 }
 
-inventory::collect!(SiteInfo);
+/// A site's record as `#[patchable]` submits it to the link-time list (not public API).
+#[doc(hidden)]
+pub struct SiteRegistration(pub &'static SiteInfo);
+
+inventory::collect!(SiteRegistration);
 
 /// Every site of every linked crate, sorted by name then module path.
 pub fn sites() -> &'static [&'static SiteInfo] {
     static SITES: OnceLock<Vec<&'static SiteInfo>> = OnceLock::new();
     SITES.get_or_init(|| {
-        let mut all: Vec<&'static SiteInfo> = inventory::iter::<SiteInfo>.into_iter().collect();
+        let mut all: Vec<&'static SiteInfo> = inventory::iter::<SiteRegistration>
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
         all.sort_by_key(|s| (s.name, s.module_path));
         all
     })

@@ -19,16 +19,27 @@ pub fn patchable(attr: TokenStream, item: TokenStream) -> TokenStream {
                     quote!(#s)
                 }
             };
-            let check = fills_slot(&target);
+            let site = quote_spanned! {ident.span()=>
+                const _: () = {
+                    static INFO: ::patch_core::SiteInfo =
+                        ::patch_core::SiteInfo::of::<#ident>(::core::module_path!());
+                    impl ::patch_core::Site for #ident {
+                        const NAME: &'static str = #name;
+                        fn info() -> &'static ::patch_core::SiteInfo {
+                            // The site itself must fill the slot it declares.
+                            let _fills_its_slot = |module: ::std::boxed::Box<Self>|
+                                -> ::std::boxed::Box<<Self as ::patch_core::Build>::Slot> { module };
+                            &INFO
+                        }
+                    }
+                    ::patch_core::__private::inventory::submit! {
+                        ::patch_core::SiteRegistration(&INFO)
+                    }
+                };
+            };
             quote! {
                 #item
-                impl ::patch_core::Site for #ident {
-                    const NAME: &'static str = #name;
-                }
-                ::patch_core::__private::inventory::submit! {
-                    ::patch_core::SiteInfo::of::<#ident>(::core::module_path!())
-                }
-                #check
+                #site
             }
         }
         Err(err) => with_error(item, err),
@@ -36,8 +47,8 @@ pub fn patchable(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 pub fn patch(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let parsed =
-        PatchArgs::parse(attr).and_then(|args| Target::parse(&item, Attr::Patch).map(|target| (args, target)));
+    let parsed = PatchArgs::parse(attr)
+        .and_then(|args| Target::parse(&item, Attr::Patch).map(|target| (args, target)));
     match parsed {
         Ok((args, target)) => {
             let ident = &target.ident;
@@ -47,40 +58,34 @@ pub fn patch(attr: TokenStream, item: TokenStream) -> TokenStream {
                 Some(lit) => quote!(::core::option::Option::Some(#lit)),
                 None => quote!(::core::option::Option::None),
             };
+            // One generated function both checks that the type fills its slot and names the
+            // replacement, so a type without `Build` gets one error, not one per use.
             let entry = quote_spanned! {ident.span()=>
-                ::patch_core::PatchEntry::new::<#ident>(
-                    #key,
-                    #priority,
-                    #label,
-                    ::core::module_path!(),
-                    ::core::file!(),
-                    ::core::line!(),
-                )
+                const _: () = {
+                    fn replacement() -> ::patch_core::Replacement {
+                        let _fills_its_slot = |module: ::std::boxed::Box<#ident>|
+                            -> ::std::boxed::Box<<#ident as ::patch_core::Build>::Slot> { module };
+                        ::patch_core::Replacement::of::<#ident>()
+                    }
+                    ::patch_core::__private::inventory::submit! {
+                        ::patch_core::PatchEntry::new(
+                            #key,
+                            #priority,
+                            #label,
+                            ::core::module_path!(),
+                            ::core::file!(),
+                            ::core::line!(),
+                            replacement,
+                        )
+                    }
+                };
             };
-            let check = fills_slot(&target);
             quote! {
                 #item
-                ::patch_core::__private::inventory::submit! { #entry }
-                #check
+                #entry
             }
         }
         Err(err) => with_error(item, err),
-    }
-}
-
-/// Checks that the type itself fills the slot its `Build` impl declares: a
-/// `Box<Type>` must coerce to `Box<dyn Slot>`. The error points at the type's name.
-fn fills_slot(target: &Target) -> TokenStream {
-    let ident = &target.ident;
-    quote_spanned! {ident.span()=>
-        const _: () = {
-            #[allow(dead_code)]
-            fn __patchwork_fills_its_slot(
-                module: ::std::boxed::Box<#ident>,
-            ) -> ::std::boxed::Box<<#ident as ::patch_core::Build>::Slot> {
-                module
-            }
-        };
     }
 }
 

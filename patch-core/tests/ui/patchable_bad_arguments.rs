@@ -1,0 +1,18 @@
+#![allow(unused_imports)]
+use patch_core::{Build, Builder, Module, Result, Slot};
+
+pub trait Attention: Module {
+    fn forward(&self) -> u32;
+}
+impl Slot for dyn Attention {
+    const NAME: &'static str = "Attention";
+    type Args<'a> = ();
+}
+
+#[patch_core::patchable(name = "")]
+pub struct LlamaAttention;
+
+#[patch_core::patchable(slot = "Attention")]
+pub struct LlamaMLP;
+
+fn main() {}

@@ -1,1 +1,0 @@
-//! Cross-crate integration tests of patchwork; the tests live next to this file.
