@@ -423,3 +423,42 @@ fn half_precision_compute_runs() {
         ours.len()
     );
 }
+
+#[test]
+fn attention_and_mlp_biases_are_loaded_when_configured() {
+    let mut config = tiny_config();
+    config["attention_bias"] = true.into();
+    config["mlp_bias"] = true.into();
+    config["head_dim"] = serde_json::Value::Null;
+    let model = AutoModelForCausalLM::from_config(&config, &options()).unwrap();
+    assert_eq!(
+        model.config().head_dim,
+        16,
+        "derived from hidden_size / num_attention_heads"
+    );
+    let names: Vec<String> = model
+        .weights()
+        .params()
+        .snapshot()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for p in [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ] {
+        assert!(
+            names.contains(&format!("model.layers.1.{p}.bias")),
+            "{p}: {names:?}"
+        );
+    }
+    let logits = model
+        .forward(&Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap(), None)
+        .unwrap();
+    assert_eq!(logits.dims(), &[1, 3, 256]);
+}
