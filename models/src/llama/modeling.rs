@@ -31,10 +31,18 @@ impl std::ops::Deref for LlamaRMSNorm {
     }
 }
 
+impl LlamaRMSNorm {
+    /// Builds it at the builder's path (what its [`Build`] impl does, returning the concrete type: a
+    /// replacement can hold and extend it).
+    pub fn new(b: &Builder, args: NormArgs<'_>) -> BuildResult<Self> {
+        Ok(Self(RmsNorm::load(b, args)?))
+    }
+}
+
 impl Build for LlamaRMSNorm {
     type Slot = dyn Norm;
     fn build(b: &Builder, args: NormArgs<'_>) -> BuildResult<Box<dyn Norm>> {
-        Ok(Box::new(Self(RmsNorm::load(b, args)?)))
+        Ok(Box::new(Self::new(b, args)?))
     }
 }
 
@@ -57,10 +65,18 @@ impl std::ops::Deref for LlamaRotaryEmbedding {
     }
 }
 
+impl LlamaRotaryEmbedding {
+    /// Builds it at the builder's path (what its [`Build`] impl does, returning the concrete type: a
+    /// replacement can hold and extend it).
+    pub fn new(_: &Builder, args: RotaryArgs<'_>) -> BuildResult<Self> {
+        Ok(Self(args.config.rope.clone()))
+    }
+}
+
 impl Build for LlamaRotaryEmbedding {
     type Slot = dyn RotaryEmbedding;
-    fn build(_: &Builder, args: RotaryArgs<'_>) -> BuildResult<Box<dyn RotaryEmbedding>> {
-        Ok(Box::new(Self(args.config.rope.clone())))
+    fn build(b: &Builder, args: RotaryArgs<'_>) -> BuildResult<Box<dyn RotaryEmbedding>> {
+        Ok(Box::new(Self::new(b, args)?))
     }
 }
 
@@ -87,10 +103,18 @@ impl std::ops::Deref for LlamaMLP {
     }
 }
 
+impl LlamaMLP {
+    /// Builds it at the builder's path (what its [`Build`] impl does, returning the concrete type: a
+    /// replacement can hold and extend it).
+    pub fn new(b: &Builder, args: MlpArgs<'_>) -> BuildResult<Self> {
+        Ok(Self(GatedMlp::load(b, args)?))
+    }
+}
+
 impl Build for LlamaMLP {
     type Slot = dyn Mlp;
     fn build(b: &Builder, args: MlpArgs<'_>) -> BuildResult<Box<dyn Mlp>> {
-        Ok(Box::new(Self(GatedMlp::load(b, args)?)))
+        Ok(Box::new(Self::new(b, args)?))
     }
 }
 
@@ -113,10 +137,18 @@ impl std::ops::Deref for LlamaAttention {
     }
 }
 
+impl LlamaAttention {
+    /// Builds it at the builder's path (what its [`Build`] impl does, returning the concrete type: a
+    /// replacement can hold and extend it).
+    pub fn new(b: &Builder, args: AttentionArgs<'_>) -> BuildResult<Self> {
+        Ok(Self(SelfAttention::load(b, args)?))
+    }
+}
+
 impl Build for LlamaAttention {
     type Slot = dyn Attention;
     fn build(b: &Builder, args: AttentionArgs<'_>) -> BuildResult<Box<dyn Attention>> {
-        Ok(Box::new(Self(SelfAttention::load(b, args)?)))
+        Ok(Box::new(Self::new(b, args)?))
     }
 }
 
@@ -142,15 +174,16 @@ impl std::ops::Deref for LlamaDecoderLayer {
     }
 }
 
-impl Build for LlamaDecoderLayer {
-    type Slot = dyn DecoderLayer;
-    fn build(b: &Builder, args: DecoderLayerArgs<'_>) -> BuildResult<Box<dyn DecoderLayer>> {
+impl LlamaDecoderLayer {
+    /// Builds it at the builder's path (what its [`Build`] impl does, returning the concrete type: a
+    /// replacement can hold and extend it).
+    pub fn new(b: &Builder, args: DecoderLayerArgs<'_>) -> BuildResult<Self> {
         let config = args.config;
         let norm = NormArgs {
             config,
             dim: config.hidden_size,
         };
-        Ok(Box::new(Self(PreNormLayer {
+        Ok(Self(PreNormLayer {
             self_attn: b.pp("self_attn").build::<LlamaAttention>(AttentionArgs {
                 config,
                 layer_idx: args.layer_idx,
@@ -163,7 +196,14 @@ impl Build for LlamaDecoderLayer {
             post_attention_layernorm: b
                 .pp("post_attention_layernorm")
                 .build::<LlamaRMSNorm>(norm)?,
-        })))
+        }))
+    }
+}
+
+impl Build for LlamaDecoderLayer {
+    type Slot = dyn DecoderLayer;
+    fn build(b: &Builder, args: DecoderLayerArgs<'_>) -> BuildResult<Box<dyn DecoderLayer>> {
+        Ok(Box::new(Self::new(b, args)?))
     }
 }
 

@@ -41,10 +41,18 @@ macro_rules! deref_to {
 pub struct Qwen2MoeRMSNorm(pub RmsNorm);
 deref_to!(Qwen2MoeRMSNorm => RmsNorm);
 
+impl Qwen2MoeRMSNorm {
+    /// Builds it at the builder's path (what its [`Build`] impl does, returning the concrete type: a
+    /// replacement can hold and extend it).
+    pub fn new(b: &Builder, args: NormArgs<'_>) -> BuildResult<Self> {
+        Ok(Self(RmsNorm::load(b, args)?))
+    }
+}
+
 impl Build for Qwen2MoeRMSNorm {
     type Slot = dyn Norm;
     fn build(b: &Builder, args: NormArgs<'_>) -> BuildResult<Box<dyn Norm>> {
-        Ok(Box::new(Self(RmsNorm::load(b, args)?)))
+        Ok(Box::new(Self::new(b, args)?))
     }
 }
 
@@ -59,10 +67,18 @@ impl Norm for Qwen2MoeRMSNorm {
 pub struct Qwen2MoeRotaryEmbedding(pub RopeConfig);
 deref_to!(Qwen2MoeRotaryEmbedding => RopeConfig);
 
+impl Qwen2MoeRotaryEmbedding {
+    /// Builds it at the builder's path (what its [`Build`] impl does, returning the concrete type: a
+    /// replacement can hold and extend it).
+    pub fn new(_: &Builder, args: RotaryArgs<'_>) -> BuildResult<Self> {
+        Ok(Self(args.config.rope.clone()))
+    }
+}
+
 impl Build for Qwen2MoeRotaryEmbedding {
     type Slot = dyn RotaryEmbedding;
-    fn build(_: &Builder, args: RotaryArgs<'_>) -> BuildResult<Box<dyn RotaryEmbedding>> {
-        Ok(Box::new(Self(args.config.rope.clone())))
+    fn build(b: &Builder, args: RotaryArgs<'_>) -> BuildResult<Box<dyn RotaryEmbedding>> {
+        Ok(Box::new(Self::new(b, args)?))
     }
 }
 
@@ -82,10 +98,18 @@ impl RotaryEmbedding for Qwen2MoeRotaryEmbedding {
 pub struct Qwen2MoeMLP(pub GatedMlp);
 deref_to!(Qwen2MoeMLP => GatedMlp);
 
+impl Qwen2MoeMLP {
+    /// Builds it at the builder's path (what its [`Build`] impl does, returning the concrete type: a
+    /// replacement can hold and extend it).
+    pub fn new(b: &Builder, args: MlpArgs<'_>) -> BuildResult<Self> {
+        Ok(Self(GatedMlp::load(b, args)?))
+    }
+}
+
 impl Build for Qwen2MoeMLP {
     type Slot = dyn Mlp;
     fn build(b: &Builder, args: MlpArgs<'_>) -> BuildResult<Box<dyn Mlp>> {
-        Ok(Box::new(Self(GatedMlp::load(b, args)?)))
+        Ok(Box::new(Self::new(b, args)?))
     }
 }
 
@@ -101,10 +125,18 @@ impl Mlp for Qwen2MoeMLP {
 pub struct Qwen2MoeAttention(pub SelfAttention);
 deref_to!(Qwen2MoeAttention => SelfAttention);
 
+impl Qwen2MoeAttention {
+    /// Builds it at the builder's path (what its [`Build`] impl does, returning the concrete type: a
+    /// replacement can hold and extend it).
+    pub fn new(b: &Builder, args: AttentionArgs<'_>) -> BuildResult<Self> {
+        Ok(Self(SelfAttention::load(b, args)?))
+    }
+}
+
 impl Build for Qwen2MoeAttention {
     type Slot = dyn Attention;
     fn build(b: &Builder, args: AttentionArgs<'_>) -> BuildResult<Box<dyn Attention>> {
-        Ok(Box::new(Self(SelfAttention::load(b, args)?)))
+        Ok(Box::new(Self::new(b, args)?))
     }
 }
 
@@ -125,10 +157,18 @@ impl Attention for Qwen2MoeAttention {
 pub struct Qwen2MoeExperts(pub StackedExperts);
 deref_to!(Qwen2MoeExperts => StackedExperts);
 
+impl Qwen2MoeExperts {
+    /// Builds it at the builder's path (what its [`Build`] impl does, returning the concrete type: a
+    /// replacement can hold and extend it).
+    pub fn new(b: &Builder, args: MoeArgs<'_>) -> BuildResult<Self> {
+        Ok(Self(StackedExperts::load(b, args)?))
+    }
+}
+
 impl Build for Qwen2MoeExperts {
     type Slot = dyn Experts;
     fn build(b: &Builder, args: MoeArgs<'_>) -> BuildResult<Box<dyn Experts>> {
-        Ok(Box::new(Self(StackedExperts::load(b, args)?)))
+        Ok(Box::new(Self::new(b, args)?))
     }
 }
 
@@ -149,10 +189,18 @@ impl Experts for Qwen2MoeExperts {
 pub struct Qwen2MoeTopKRouter(pub TopKRouter);
 deref_to!(Qwen2MoeTopKRouter => TopKRouter);
 
+impl Qwen2MoeTopKRouter {
+    /// Builds it at the builder's path (what its [`Build`] impl does, returning the concrete type: a
+    /// replacement can hold and extend it).
+    pub fn new(b: &Builder, args: MoeArgs<'_>) -> BuildResult<Self> {
+        Ok(Self(TopKRouter::load(b, args)?))
+    }
+}
+
 impl Build for Qwen2MoeTopKRouter {
     type Slot = dyn Router;
     fn build(b: &Builder, args: MoeArgs<'_>) -> BuildResult<Box<dyn Router>> {
-        Ok(Box::new(Self(TopKRouter::load(b, args)?)))
+        Ok(Box::new(Self::new(b, args)?))
     }
 }
 
@@ -176,9 +224,10 @@ pub struct Qwen2MoeSparseMoeBlock {
     pub shared_expert_gate: Option<Linear>,
 }
 
-impl Build for Qwen2MoeSparseMoeBlock {
-    type Slot = dyn SparseMoe;
-    fn build(b: &Builder, args: MoeArgs<'_>) -> BuildResult<Box<dyn SparseMoe>> {
+impl Qwen2MoeSparseMoeBlock {
+    /// Builds it at the builder's path (what its [`Build`] impl does, returning the concrete type: a
+    /// replacement can hold and extend it).
+    pub fn new(b: &Builder, args: MoeArgs<'_>) -> BuildResult<Self> {
         let c = args.config;
         let shared = c
             .moe()
@@ -201,12 +250,19 @@ impl Build for Qwen2MoeSparseMoeBlock {
         } else {
             (None, None)
         };
-        Ok(Box::new(Self {
+        Ok(Self {
             gate: b.pp("gate").build::<Qwen2MoeTopKRouter>(args)?,
             experts: b.pp("experts").build::<Qwen2MoeExperts>(args)?,
             shared_expert,
             shared_expert_gate,
-        }))
+        })
+    }
+}
+
+impl Build for Qwen2MoeSparseMoeBlock {
+    type Slot = dyn SparseMoe;
+    fn build(b: &Builder, args: MoeArgs<'_>) -> BuildResult<Box<dyn SparseMoe>> {
+        Ok(Box::new(Self::new(b, args)?))
     }
 }
 
@@ -235,9 +291,10 @@ impl SparseMoe for Qwen2MoeSparseMoeBlock {
 pub struct Qwen2MoeDecoderLayer(pub PreNormLayer);
 deref_to!(Qwen2MoeDecoderLayer => PreNormLayer);
 
-impl Build for Qwen2MoeDecoderLayer {
-    type Slot = dyn DecoderLayer;
-    fn build(b: &Builder, args: DecoderLayerArgs<'_>) -> BuildResult<Box<dyn DecoderLayer>> {
+impl Qwen2MoeDecoderLayer {
+    /// Builds it at the builder's path (what its [`Build`] impl does, returning the concrete type: a
+    /// replacement can hold and extend it).
+    pub fn new(b: &Builder, args: DecoderLayerArgs<'_>) -> BuildResult<Self> {
         let config = args.config;
         let layer_idx = args.layer_idx;
         let norm = NormArgs {
@@ -259,14 +316,21 @@ impl Build for Qwen2MoeDecoderLayer {
                 })?)
             }
         };
-        Ok(Box::new(Self(PreNormLayer {
+        Ok(Self(PreNormLayer {
             self_attn,
             mlp,
             input_layernorm: b.pp("input_layernorm").build::<Qwen2MoeRMSNorm>(norm)?,
             post_attention_layernorm: b
                 .pp("post_attention_layernorm")
                 .build::<Qwen2MoeRMSNorm>(norm)?,
-        })))
+        }))
+    }
+}
+
+impl Build for Qwen2MoeDecoderLayer {
+    type Slot = dyn DecoderLayer;
+    fn build(b: &Builder, args: DecoderLayerArgs<'_>) -> BuildResult<Box<dyn DecoderLayer>> {
+        Ok(Box::new(Self::new(b, args)?))
     }
 }
 
