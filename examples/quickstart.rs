@@ -16,17 +16,18 @@ use patchwork_models::{AutoModelForCausalLM, GenerationConfig, LoadOptions};
 /// Set once the first custom attention has run: it announces itself once, not per token.
 static ANNOUNCED: AtomicBool = AtomicBool::new(false);
 
-/// The replacement: fills the same slot as `LlamaAttention` (the compiler checks it), builds
-/// the original with the same weights and arguments, and delegates to it.
+/// The replacement: fills the same slot as `LlamaAttention` (the compiler checks it), holds
+/// the original built with the same weights and arguments, and delegates to it (upstream
+/// subclasses `LlamaAttention` and calls `super().forward`).
 pub struct CustomLlamaAttention {
-    original: Box<dyn Attention>,
+    original: LlamaAttention,
 }
 
 impl Build for CustomLlamaAttention {
     type Slot = dyn Attention;
     fn build(b: &Builder, args: AttentionArgs<'_>) -> patch_core::Result<Box<dyn Attention>> {
         Ok(Box::new(Self {
-            original: LlamaAttention::build(b, args)?,
+            original: LlamaAttention::new(b, args)?,
         }))
     }
 }
