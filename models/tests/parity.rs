@@ -234,3 +234,45 @@ fn a_single_wrong_weight_fails_parity() {
         }
     });
 }
+
+#[test]
+fn explain_covers_every_site_and_every_built_module() {
+    for_each_fixture(|f| {
+        let model = load(f)?;
+        let explained = model.explain();
+        for site in model.family().sites {
+            let r = explained
+                .explain
+                .site(site.name())
+                .ok_or_else(|| format!("explain misses site {}", site.name()))?;
+            if !matches!(r.outcome, patch_core::matching::Outcome::Original) {
+                return Err(format!("{} is not original with no patches", site.name()));
+            }
+        }
+        let report = explained.report.as_ref().ok_or("no build report")?;
+        let layers = model.config().num_hidden_layers;
+        for i in 0..layers {
+            for child in [
+                "",
+                ".self_attn",
+                ".mlp",
+                ".input_layernorm",
+                ".post_attention_layernorm",
+            ] {
+                let path = format!("model.layers.{i}{child}");
+                report
+                    .at(&path)
+                    .ok_or_else(|| format!("nothing built at {path}"))?;
+            }
+        }
+        let shown = explained.to_string();
+        if !shown.contains(model.family().model_type) {
+            return Err(format!("explain does not name the model type:\n{shown}"));
+        }
+        Ok(format!(
+            "{} sites explained, {} modules built",
+            model.family().sites.len(),
+            report.sites().len()
+        ))
+    });
+}
