@@ -93,7 +93,11 @@ impl WeightSource for RandomInit {
             }
         };
         let t = Tensor::from_vec(data, r.shape.clone(), r.device)?;
-        Ok(if r.dtype == DType::F32 { t } else { t.to_dtype(r.dtype)? })
+        Ok(if r.dtype == DType::F32 {
+            t
+        } else {
+            t.to_dtype(r.dtype)?
+        })
     }
 
     fn contains(&self, _name: &str, _scopes: &[TransformScope]) -> bool {

@@ -100,19 +100,27 @@ impl Builder {
         let resolution = self.patches().resolve_site::<T>();
         let built = match &resolution.outcome {
             Outcome::Original => {
-                self.note(T::NAME, <T::Slot as Slot>::NAME, std::any::type_name::<T>(), None);
+                self.note(
+                    T::NAME,
+                    <T::Slot as Slot>::NAME,
+                    std::any::type_name::<T>(),
+                    None,
+                );
                 T::build(self, args)
             }
             Outcome::Patched { record, rule } => {
                 let replacement = record.replacement();
                 // Resolution only picks replacements of the site's slot.
-                let factory = replacement.factory::<T::Slot>().ok_or_else(|| Error::SlotMismatch {
-                    key: record.key().to_string(),
-                    site: T::NAME.to_string(),
-                    site_slot: <T::Slot as Slot>::NAME,
-                    replacement: replacement.type_name().to_string(),
-                    replacement_slot: replacement.slot(),
-                })?;
+                let factory =
+                    replacement
+                        .factory::<T::Slot>()
+                        .ok_or_else(|| Error::SlotMismatch {
+                            key: record.key().to_string(),
+                            site: T::NAME.to_string(),
+                            site_slot: <T::Slot as Slot>::NAME,
+                            replacement: replacement.type_name().to_string(),
+                            replacement_slot: replacement.slot(),
+                        })?;
                 self.note(
                     T::NAME,
                     <T::Slot as Slot>::NAME,
@@ -140,7 +148,13 @@ impl Builder {
         })
     }
 
-    fn note(&self, site: &'static str, slot: &'static str, module: &'static str, patch: Option<(Rule, String)>) {
+    fn note(
+        &self,
+        site: &'static str,
+        slot: &'static str,
+        module: &'static str,
+        patch: Option<(Rule, String)>,
+    ) {
         self.record
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -156,7 +170,11 @@ impl Builder {
     /// Every site built through this builder (and its clones) so far, parents first.
     pub fn report(&self) -> BuildReport {
         BuildReport {
-            sites: self.record.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            sites: self
+                .record
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 }
@@ -211,9 +229,26 @@ impl BuildReport {
 
 impl fmt::Display for BuildReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} sites built, {} patched", self.sites.len(), self.patched())?;
-        let path_w = self.sites.iter().map(|s| s.path.len()).max().unwrap_or(0).max(4);
-        let site_w = self.sites.iter().map(|s| s.site.len()).max().unwrap_or(0).max(4);
+        writeln!(
+            f,
+            "{} sites built, {} patched",
+            self.sites.len(),
+            self.patched()
+        )?;
+        let path_w = self
+            .sites
+            .iter()
+            .map(|s| s.path.len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        let site_w = self
+            .sites
+            .iter()
+            .map(|s| s.site.len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
         for s in &self.sites {
             let how = match &s.patch {
                 Some((rule, key)) => format!("{} ({rule} {key:?})", short_type_name(s.module)),

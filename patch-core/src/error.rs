@@ -28,7 +28,9 @@ pub enum Error {
         key: String,
     },
     /// `unregister_patch_mapping` was given a key that is not registered.
-    #[error("cannot unregister {key:?}: no patch is registered under this key (registered keys: {known})")]
+    #[error(
+        "cannot unregister {key:?}: no patch is registered under this key (registered keys: {known})"
+    )]
     UnknownKey {
         /// The key.
         key: String,

@@ -38,7 +38,11 @@ impl PatchSet {
         let unmatched = self
             .records()
             .iter()
-            .filter(|r| !sites.iter().any(|s| r.is_exact(s.site.name) || r.is_match(s.site.name)))
+            .filter(|r| {
+                !sites
+                    .iter()
+                    .any(|s| r.is_exact(s.site.name) || r.is_match(s.site.name))
+            })
             .cloned()
             .collect();
         Explain {
@@ -63,7 +67,10 @@ impl Explain {
 
     /// The resolution of the site named `name`, if it was asked about.
     pub fn site(&self, name: &str) -> Option<&Resolution> {
-        self.sites.iter().map(|r| &**r).find(|r| r.site.name == name)
+        self.sites
+            .iter()
+            .map(|r| &**r)
+            .find(|r| r.site.name == name)
     }
 
     /// Patches that match none of the sites asked about.
@@ -100,8 +107,20 @@ impl fmt::Display for Explain {
             link,
             self.patches.len() - link
         )?;
-        let name_w = self.sites.iter().map(|r| r.site.name.len()).max().unwrap_or(0).max(4);
-        let slot_w = self.sites.iter().map(|r| r.site.slot.len()).max().unwrap_or(0).max(4);
+        let name_w = self
+            .sites
+            .iter()
+            .map(|r| r.site.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        let slot_w = self
+            .sites
+            .iter()
+            .map(|r| r.site.slot.len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
         let builds: Vec<String> = self
             .sites
             .iter()
@@ -113,11 +132,17 @@ impl fmt::Display for Explain {
             .collect();
         let build_w = builds.iter().map(String::len).max().unwrap_or(0).max(6);
         writeln!(f)?;
-        writeln!(f, "  {:<name_w$}  {:<slot_w$}  {:<build_w$}  rule", "site", "slot", "builds")?;
+        writeln!(
+            f,
+            "  {:<name_w$}  {:<slot_w$}  {:<build_w$}  rule",
+            "site", "slot", "builds"
+        )?;
         for (r, builds) in self.sites.iter().zip(&builds) {
             let rule = match &r.outcome {
                 Outcome::Original => "none".to_string(),
-                Outcome::Patched { record, rule } => format!("{rule} {:?} ({})", record.key(), record.origin()),
+                Outcome::Patched { record, rule } => {
+                    format!("{rule} {:?} ({})", record.key(), record.origin())
+                }
                 Outcome::Conflict(c) => c.to_error(&r.site).to_string(),
             };
             writeln!(

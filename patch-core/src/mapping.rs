@@ -165,8 +165,17 @@ impl fmt::Display for PatchRecord {
 pub(crate) fn link_time_records() -> &'static (Vec<Arc<PatchRecord>>, Vec<Error>) {
     static RECORDS: OnceLock<(Vec<Arc<PatchRecord>>, Vec<Error>)> = OnceLock::new();
     RECORDS.get_or_init(|| {
-        let mut entries: Vec<&'static PatchEntry> = inventory::iter::<PatchEntry>.into_iter().collect();
-        entries.sort_by_key(|e| (e.key, (e.replacement)().type_name(), e.module_path, e.file, e.line));
+        let mut entries: Vec<&'static PatchEntry> =
+            inventory::iter::<PatchEntry>.into_iter().collect();
+        entries.sort_by_key(|e| {
+            (
+                e.key,
+                (e.replacement)().type_name(),
+                e.module_path,
+                e.file,
+                e.line,
+            )
+        });
         let mut records = Vec::new();
         let mut errors = Vec::new();
         for e in entries {
@@ -176,7 +185,13 @@ pub(crate) fn link_time_records() -> &'static (Vec<Arc<PatchRecord>>, Vec<Error>
                 line: e.line,
             };
             let replacement = (e.replacement)().with_priority(e.priority);
-            match PatchRecord::new(e.key.to_string(), replacement, e.label.map(str::to_string), origin, 0) {
+            match PatchRecord::new(
+                e.key.to_string(),
+                replacement,
+                e.label.map(str::to_string),
+                origin,
+                0,
+            ) {
                 Ok(r) => records.push(Arc::new(r)),
                 Err(err) => errors.push(err),
             }
@@ -233,7 +248,12 @@ impl fmt::Display for PatchMapping {
         if self.records.is_empty() {
             return f.write_str("no patches registered\n");
         }
-        let key_w = self.records.iter().map(|r| r.key.len() + 2).max().unwrap_or(0);
+        let key_w = self
+            .records
+            .iter()
+            .map(|r| r.key.len() + 2)
+            .max()
+            .unwrap_or(0);
         let ty_w = self
             .records
             .iter()

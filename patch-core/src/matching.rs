@@ -226,5 +226,9 @@ pub(crate) fn resolve(site: SiteKey, records: &[Arc<PatchRecord>]) -> Resolution
             rule: win_rule,
         },
     };
-    Resolution { site, outcome, skipped }
+    Resolution {
+        site,
+        outcome,
+        skipped,
+    }
 }

@@ -103,7 +103,8 @@ impl PatchSet {
             if !seen.insert(key.clone()) {
                 return Err(Error::DuplicateKey { key });
             }
-            if !overwrite && let Some(existing) = self.inner.records.iter().find(|r| r.key() == key) {
+            if !overwrite && let Some(existing) = self.inner.records.iter().find(|r| r.key() == key)
+            {
                 return Err(Error::KeyExists {
                     key,
                     existing: existing.replacement().type_name().to_string(),
@@ -111,7 +112,13 @@ impl PatchSet {
             }
             check_exact_slot(&key, &replacement)?;
             let seq = NEXT_SEQ.fetch_add(1, Ordering::Relaxed);
-            fresh.push(Arc::new(PatchRecord::new(key, replacement, None, Origin::Runtime, seq)?));
+            fresh.push(Arc::new(PatchRecord::new(
+                key,
+                replacement,
+                None,
+                Origin::Runtime,
+                seq,
+            )?));
         }
         let mut records: Vec<Arc<PatchRecord>> = self
             .inner
@@ -142,7 +149,11 @@ impl PatchSet {
                     known: if known.is_empty() {
                         "none".into()
                     } else {
-                        known.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
+                        known
+                            .iter()
+                            .map(|k| format!("{k:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     },
                 });
             }
@@ -184,7 +195,13 @@ impl PatchSet {
     /// The resolution of `site`, from the cache when it was asked before.
     pub fn resolve_key(&self, site: SiteKey) -> Arc<Resolution> {
         let id = (site.name, site.slot_id);
-        if let Some(hit) = self.inner.cache.read().unwrap_or_else(PoisonError::into_inner).get(&id) {
+        if let Some(hit) = self
+            .inner
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
             return hit.clone();
         }
         let resolution = Arc::new(matching::resolve(site, &self.inner.records));
@@ -221,6 +238,8 @@ impl Default for PatchSet {
 
 impl fmt::Debug for PatchSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.inner.records.iter().map(|r| r.to_string())).finish()
+        f.debug_list()
+            .entries(self.inner.records.iter().map(|r| r.to_string()))
+            .finish()
     }
 }

@@ -12,7 +12,10 @@ static GLOBAL: LazyLock<RwLock<PatchSet>> = LazyLock::new(|| RwLock::new(PatchSe
 
 /// The registry as it is now.
 pub(crate) fn snapshot() -> PatchSet {
-    GLOBAL.read().unwrap_or_else(PoisonError::into_inner).clone()
+    GLOBAL
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
 }
 
 fn update<R>(f: impl FnOnce(&mut PatchSet) -> R) -> R {

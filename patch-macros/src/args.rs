@@ -57,7 +57,8 @@ impl PatchArgs {
         if attr.is_empty() {
             return Err(missing());
         }
-        let all: Punctuated<PatchArg, Token![,]> = syn::parse::Parser::parse2(Punctuated::parse_terminated, attr)?;
+        let all: Punctuated<PatchArg, Token![,]> =
+            syn::parse::Parser::parse2(Punctuated::parse_terminated, attr)?;
         let mut args = all.into_iter();
         let key = match args.next() {
             Some(PatchArg::Key(lit)) => lit,
@@ -151,7 +152,10 @@ fn key_of(meta: &Meta) -> Option<String> {
 
 fn set_once<T>(slot: &mut Option<T>, value: T, meta: &Meta) -> syn::Result<()> {
     if slot.is_some() {
-        return Err(syn::Error::new_spanned(meta, "this argument is given twice"));
+        return Err(syn::Error::new_spanned(
+            meta,
+            "this argument is given twice",
+        ));
     }
     *slot = Some(value);
     Ok(())
@@ -159,28 +163,53 @@ fn set_once<T>(slot: &mut Option<T>, value: T, meta: &Meta) -> syn::Result<()> {
 
 fn str_value(meta: &Meta) -> syn::Result<LitStr> {
     if let Meta::NameValue(nv) = meta
-        && let Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) = &nv.value
+        && let Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) = &nv.value
     {
         return Ok(s.clone());
     }
-    Err(syn::Error::new_spanned(meta, "expected a string: `name = \"...\"`"))
+    Err(syn::Error::new_spanned(
+        meta,
+        "expected a string: `name = \"...\"`",
+    ))
 }
 
 fn int_value(meta: &Meta) -> syn::Result<i32> {
     let Meta::NameValue(nv) = meta else {
-        return Err(syn::Error::new_spanned(meta, "expected `priority = <integer>`"));
+        return Err(syn::Error::new_spanned(
+            meta,
+            "expected `priority = <integer>`",
+        ));
     };
     let (negative, lit): (bool, &LitInt) = match &nv.value {
-        Expr::Lit(ExprLit { lit: Lit::Int(i), .. }) => (false, i),
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => (false, i),
         Expr::Unary(ExprUnary {
-            op: UnOp::Neg(_), expr, ..
+            op: UnOp::Neg(_),
+            expr,
+            ..
         }) => match &**expr {
-            Expr::Lit(ExprLit { lit: Lit::Int(i), .. }) => (true, i),
-            _ => return Err(syn::Error::new_spanned(&nv.value, "expected an integer priority")),
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(i), ..
+            }) => (true, i),
+            _ => {
+                return Err(syn::Error::new_spanned(
+                    &nv.value,
+                    "expected an integer priority",
+                ));
+            }
         },
-        other => return Err(syn::Error::new_spanned(other, "expected an integer priority")),
+        other => {
+            return Err(syn::Error::new_spanned(
+                other,
+                "expected an integer priority",
+            ));
+        }
     };
     let magnitude: i64 = lit.base10_parse()?;
     let value = if negative { -magnitude } else { magnitude };
-    i32::try_from(value).map_err(|_| syn::Error::new_spanned(&nv.value, "priority must fit in an i32"))
+    i32::try_from(value)
+        .map_err(|_| syn::Error::new_spanned(&nv.value, "priority must fit in an i32"))
 }

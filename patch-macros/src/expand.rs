@@ -36,8 +36,8 @@ pub fn patchable(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 pub fn patch(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let parsed =
-        PatchArgs::parse(attr).and_then(|args| Target::parse(&item, Attr::Patch).map(|target| (args, target)));
+    let parsed = PatchArgs::parse(attr)
+        .and_then(|args| Target::parse(&item, Attr::Patch).map(|target| (args, target)));
     match parsed {
         Ok((args, target)) => {
             let ident = &target.ident;

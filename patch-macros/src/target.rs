@@ -49,7 +49,9 @@ impl Target {
             }
         };
         reject_generics(generics, attr)?;
-        Ok(Target { ident: ident.clone() })
+        Ok(Target {
+            ident: ident.clone(),
+        })
     }
 }
 
