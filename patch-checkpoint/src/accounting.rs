@@ -189,7 +189,7 @@ pub struct LoadReport {
 pub struct FiredTransform {
     /// `WeightRenaming(...)` or `WeightConverter(...)`.
     pub transform: String,
-    /// `registry` or the replacement that carried it and its path.
+    /// `registry`, or the replacement type that carried it (counts summed over its paths).
     pub owner: String,
     /// Keys renamed (renaming) or units run (converter).
     pub count: usize,

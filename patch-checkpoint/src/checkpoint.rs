@@ -329,23 +329,30 @@ impl CheckpointSource {
     /// What the load did so far.
     pub fn report(&self) -> LoadReport {
         let st = self.lock();
-        let mut transforms = Vec::new();
-        for r in &st.plan.rens {
-            if r.renamed > 0 {
-                transforms.push(FiredTransform {
-                    transform: r.compiled.describe(),
-                    owner: r.owner.clone(),
-                    count: r.renamed,
-                });
-            }
-        }
-        for c in &st.plan.convs {
-            if c.units_run > 0 {
-                transforms.push(FiredTransform {
-                    transform: c.compiled.describe(),
-                    owner: c.owner.clone(),
-                    count: c.units_run,
-                });
+        // One line per transform and supplier: a replacement built at every layer counts once.
+        let mut transforms: Vec<FiredTransform> = Vec::new();
+        let fired = st
+            .plan
+            .rens
+            .iter()
+            .map(|r| (r.compiled.describe(), r.who, r.renamed))
+            .chain(
+                st.plan
+                    .convs
+                    .iter()
+                    .map(|c| (c.compiled.describe(), c.who, c.units_run)),
+            );
+        for (transform, who, count) in fired.filter(|f| f.2 > 0) {
+            match transforms
+                .iter_mut()
+                .find(|t| t.transform == transform && t.owner == who)
+            {
+                Some(t) => t.count += count,
+                None => transforms.push(FiredTransform {
+                    transform,
+                    owner: who.to_string(),
+                    count,
+                }),
             }
         }
         LoadReport {
@@ -448,28 +455,35 @@ impl CheckpointSource {
                 });
             };
             let desc = st.plan.describe_unit(unit);
-            let shapes = match &unit.plan {
-                Ok(p) => p,
-                Err(e) => {
-                    return Action::Fail(Problem::Conversion {
-                        name: r.name.to_string(),
-                        detail: format!("{desc}: {e}"),
-                    });
+            // A request that fails here still accounts for the keys it meant to use: they are
+            // reported once, with the request, not again as unused.
+            let problem = match &unit.plan {
+                Err(e) => Some(Problem::Conversion {
+                    name: r.name.to_string(),
+                    detail: format!("{desc}: {e}"),
+                }),
+                Ok(_) => {
+                    let produced = Plan::output_shapes(unit).swap_remove(index);
+                    (produced != asked).then(|| {
+                        let sources: Vec<&str> = unit
+                            .keys()
+                            .iter()
+                            .map(|&k| st.plan.keys[k].original.as_str())
+                            .collect();
+                        Problem::Shape {
+                            name: r.name.to_string(),
+                            expected: asked.to_vec(),
+                            found: produced,
+                            detail: format!("made by {desc} from {sources:?}"),
+                        }
+                    })
                 }
             };
-            let produced = Plan::output_shapes(unit).swap_remove(index);
-            if produced != asked {
-                let sources: Vec<&str> = unit
-                    .keys()
-                    .iter()
-                    .map(|&k| st.plan.keys[k].original.as_str())
-                    .collect();
-                return Action::Fail(Problem::Shape {
-                    name: r.name.to_string(),
-                    expected: asked.to_vec(),
-                    found: produced,
-                    detail: format!("made by {desc} from {sources:?}"),
-                });
+            if let Some(problem) = problem {
+                for k in unit.keys() {
+                    st.plan.keys[k].consumed += 1;
+                }
+                return Action::Fail(problem);
             }
             if let Some(t) = st.cache.remove(r.name) {
                 if let Some(unit) = st.plan.units[u].as_mut() {
@@ -477,6 +491,12 @@ impl CheckpointSource {
                 }
                 return Action::Ready(t);
             }
+            let Some(unit) = st.plan.units[u].as_ref() else {
+                unreachable!("checked above")
+            };
+            let Ok(shapes) = &unit.plan else {
+                unreachable!("checked above")
+            };
             let loads = unit
                 .slots
                 .iter()
@@ -502,10 +522,12 @@ impl CheckpointSource {
                 if !chain.is_empty() {
                     detail = format!("{detail}, {chain}");
                 }
+                let found = key.meta.shape.clone();
+                st.plan.keys[k].consumed += 1;
                 return Action::Fail(Problem::Shape {
                     name: r.name.to_string(),
                     expected: asked.to_vec(),
-                    found: key.meta.shape.clone(),
+                    found,
                     detail,
                 });
             }
@@ -559,13 +581,24 @@ fn missing_detail(plan: &Plan, r: &WeightRequest<'_>) -> String {
             .collect();
         parts.push(format!("transforms in scope: {}", owners.join(", ")));
     }
-    let parent = r.name.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
-    let mut nearby: Vec<&str> = plan
-        .keys
-        .iter()
-        .filter(|k| k.consumed == 0 && under(&k.name, parent) && !parent.is_empty())
-        .map(|k| &k.name[parent.len() + 1..])
-        .collect();
+    // The module's own keys, else its parent's (`...self_attn` for `...self_attn.qkv_proj.weight`).
+    let mut parent = r.name;
+    let mut nearby: Vec<&str> = Vec::new();
+    for _ in 0..2 {
+        let Some((p, _)) = parent.rsplit_once('.') else {
+            break;
+        };
+        parent = p;
+        nearby = plan
+            .keys
+            .iter()
+            .filter(|k| k.consumed == 0 && k.name != r.name && under(&k.name, parent))
+            .map(|k| &k.name[parent.len() + 1..])
+            .collect();
+        if !nearby.is_empty() {
+            break;
+        }
+    }
     nearby.sort_by(|a, b| natural_cmp(a, b));
     if !nearby.is_empty() {
         let total = nearby.len();
@@ -594,6 +627,10 @@ impl WeightSource for CheckpointSource {
             Action::Ready(t) => Ok((t, None, 0, 0)),
             Action::Fail(p) => {
                 let mut st = self.lock();
+                let origin = Origin(OriginKind::Placeholder {
+                    problem: p.to_string(),
+                });
+                st.origins.insert(r.name.to_string(), origin);
                 st.problems.push(p);
                 st.stats.busy += started.elapsed();
                 return Self::placeholder(r);
@@ -699,10 +736,15 @@ impl WeightSource for CheckpointSource {
                 Ok(t)
             }
             Err(e) => {
-                st.problems.push(Problem::Conversion {
+                let p = Problem::Conversion {
                     name: r.name.to_string(),
                     detail: e.to_string(),
+                };
+                let origin = Origin(OriginKind::Placeholder {
+                    problem: p.to_string(),
                 });
+                st.origins.insert(r.name.to_string(), origin);
+                st.problems.push(p);
                 drop(st);
                 Self::placeholder(r)
             }

@@ -9,8 +9,8 @@ use candle_core::DType;
 use crate::convert::UnitShapes;
 use crate::ops::Slot;
 
-/// Where a tensor a source served came from: a checkpoint key read as is, or one output of a
-/// conversion unit. [`crate::save_pretrained`] undoes it exactly: original key names, dtypes,
+/// Where a tensor a source served came from: a checkpoint key read as is, one output of a
+/// conversion unit, or a placeholder for a request that failed (which saving refuses). [`crate::save_pretrained`] undoes it exactly: original key names, dtypes,
 /// and the concatenation sizes seen at load.
 #[derive(Clone, Debug)]
 pub struct Origin(pub(crate) OriginKind);
@@ -21,6 +21,8 @@ pub(crate) enum OriginKind {
     Raw { key: String, dtype: DType },
     /// Output `index` of a conversion unit.
     Unit { unit: Arc<UnitOrigin>, index: usize },
+    /// A placeholder handed out for a failed request (the problem, as reported).
+    Placeholder { problem: String },
 }
 
 /// What a conversion unit read and how it converted it.
@@ -41,6 +43,7 @@ impl Origin {
     pub fn checkpoint_keys(&self) -> Vec<&str> {
         match &self.0 {
             OriginKind::Raw { key, .. } => vec![key.as_str()],
+            OriginKind::Placeholder { .. } => Vec::new(),
             OriginKind::Unit { unit, .. } => unit
                 .sources
                 .iter()
@@ -52,7 +55,7 @@ impl Origin {
     /// The converter that produced it, if any (`WeightConverter(...)` and who supplied it).
     pub fn converter(&self) -> Option<&str> {
         match &self.0 {
-            OriginKind::Raw { .. } => None,
+            OriginKind::Raw { .. } | OriginKind::Placeholder { .. } => None,
             OriginKind::Unit { unit, .. } => Some(&unit.description),
         }
     }
@@ -62,6 +65,7 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             OriginKind::Raw { key, dtype } => write!(f, "checkpoint key {key:?} ({dtype:?})"),
+            OriginKind::Placeholder { problem } => write!(f, "a placeholder ({problem})"),
             OriginKind::Unit { unit, index } => {
                 let keys = self.checkpoint_keys();
                 write!(

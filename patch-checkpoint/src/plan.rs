@@ -49,7 +49,10 @@ pub(crate) struct Key {
 #[derive(Debug)]
 pub(crate) struct Conv {
     pub compiled: CompiledConverter,
+    /// `registry`, or the carrying replacement and its path.
     pub owner: String,
+    /// `registry`, or the carrying replacement (for reports that merge its paths).
+    pub who: &'static str,
     pub units_run: usize,
 }
 
@@ -58,6 +61,7 @@ pub(crate) struct Conv {
 pub(crate) struct Ren {
     pub compiled: CompiledRenaming,
     pub owner: String,
+    pub who: &'static str,
     pub renamed: usize,
 }
 
@@ -160,6 +164,7 @@ impl Plan {
                     plan.rens.push(Ren {
                         compiled: CompiledRenaming::new(r)?,
                         owner: "registry".into(),
+                        who: "registry",
                         renamed: 0,
                     });
                 }
@@ -168,6 +173,7 @@ impl Plan {
                     plan.convs.push(Conv {
                         compiled: CompiledConverter::new(c)?,
                         owner: "registry".into(),
+                        who: "registry",
                         units_run: 0,
                     });
                 }
@@ -226,6 +232,7 @@ impl Plan {
                     self.rens.push(Ren {
                         compiled,
                         owner: owner.clone(),
+                        who: s.owner,
                         renamed: 0,
                     });
                 }),
@@ -234,6 +241,7 @@ impl Plan {
                     self.convs.push(Conv {
                         compiled,
                         owner: owner.clone(),
+                        who: s.owner,
                         units_run: 0,
                     });
                 }),

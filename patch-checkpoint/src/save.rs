@@ -390,6 +390,14 @@ fn plan_units(
                     what: unit.description.clone(),
                 });
             }
+            Some(OriginKind::Placeholder { problem }) => {
+                return Err(save_err(
+                    name,
+                    format!(
+                        "it is a placeholder for a tensor the checkpoint could not provide ({problem}); Weights::finish reports every such problem"
+                    ),
+                ));
+            }
             None => pending.push((name.as_str(), p)),
         }
     }
