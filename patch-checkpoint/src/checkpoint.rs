@@ -684,6 +684,8 @@ impl WeightSource for CheckpointSource {
                         };
                         unit.runs += 1;
                         unit.served[index] = true;
+                        // Another thread may have run the unit too and cached this output.
+                        st.cache.remove(r.name);
                         let conv = unit.conv;
                         let keys = unit.keys();
                         for (j, t) in flat.iter().enumerate() {

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Checkpoints for patchwork: where a module under construction gets its weights, and how they
 //! are written back.
 //!
