@@ -46,14 +46,35 @@ fn hub_tensors() -> Vec<(String, Vec<usize>)> {
         t.push((format!("{p}.post_attention_layernorm.weight"), vec![HIDDEN]));
         t.push((format!("{p}.mlp.gate.weight"), vec![EXPERTS, HIDDEN]));
         for e in 0..EXPERTS {
-            t.push((format!("{p}.mlp.experts.{e}.gate_proj.weight"), vec![MOE_INTER, HIDDEN]));
-            t.push((format!("{p}.mlp.experts.{e}.up_proj.weight"), vec![MOE_INTER, HIDDEN]));
-            t.push((format!("{p}.mlp.experts.{e}.down_proj.weight"), vec![HIDDEN, MOE_INTER]));
+            t.push((
+                format!("{p}.mlp.experts.{e}.gate_proj.weight"),
+                vec![MOE_INTER, HIDDEN],
+            ));
+            t.push((
+                format!("{p}.mlp.experts.{e}.up_proj.weight"),
+                vec![MOE_INTER, HIDDEN],
+            ));
+            t.push((
+                format!("{p}.mlp.experts.{e}.down_proj.weight"),
+                vec![HIDDEN, MOE_INTER],
+            ));
         }
-        t.push((format!("{p}.mlp.shared_expert.gate_proj.weight"), vec![SHARED, HIDDEN]));
-        t.push((format!("{p}.mlp.shared_expert.up_proj.weight"), vec![SHARED, HIDDEN]));
-        t.push((format!("{p}.mlp.shared_expert.down_proj.weight"), vec![HIDDEN, SHARED]));
-        t.push((format!("{p}.mlp.shared_expert_gate.weight"), vec![1, HIDDEN]));
+        t.push((
+            format!("{p}.mlp.shared_expert.gate_proj.weight"),
+            vec![SHARED, HIDDEN],
+        ));
+        t.push((
+            format!("{p}.mlp.shared_expert.up_proj.weight"),
+            vec![SHARED, HIDDEN],
+        ));
+        t.push((
+            format!("{p}.mlp.shared_expert.down_proj.weight"),
+            vec![HIDDEN, SHARED],
+        ));
+        t.push((
+            format!("{p}.mlp.shared_expert_gate.weight"),
+            vec![1, HIDDEN],
+        ));
     }
     t
 }
@@ -68,7 +89,10 @@ fn model_requests() -> Vec<(String, Vec<usize>)> {
     }
     for l in 0..LAYERS {
         let p = format!("model.layers.{l}.mlp.experts");
-        t.push((format!("{p}.gate_up_proj"), vec![EXPERTS, 2 * MOE_INTER, HIDDEN]));
+        t.push((
+            format!("{p}.gate_up_proj"),
+            vec![EXPERTS, 2 * MOE_INTER, HIDDEN],
+        ));
         t.push((format!("{p}.down_proj"), vec![EXPERTS, HIDDEN, MOE_INTER]));
     }
     t
@@ -125,11 +149,22 @@ fn generate(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         "tie_word_embeddings": false,
         "torch_dtype": "float32"
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
     let tensors: Vec<(String, Generated)> = hub_tensors()
         .into_iter()
         .enumerate()
-        .map(|(i, (name, shape))| (name, Generated { shape, seed: i as u64 + 1 }))
+        .map(|(i, (name, shape))| {
+            (
+                name,
+                Generated {
+                    shape,
+                    seed: i as u64 + 1,
+                },
+            )
+        })
         .collect();
     let tmp = dir.join("model.safetensors.partial");
     safetensors::serialize_to_file(tensors, None, &tmp)?;
@@ -161,14 +196,24 @@ fn load(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     }
     weights.finish()?;
     let elapsed = started.elapsed();
-    let model_bytes: usize = model.iter().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
+    let model_bytes: usize = model
+        .iter()
+        .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+        .sum();
     let hwm = status_kb("VmHWM:");
     print!("{}", source.report());
     println!("load time          {:.2} s", elapsed.as_secs_f64());
-    println!("model size         {:.1} MB ({} tensors)", model_bytes as f64 / 1e6, model.len());
+    println!(
+        "model size         {:.1} MB ({} tensors)",
+        model_bytes as f64 / 1e6,
+        model.len()
+    );
     println!("RSS before load    {:.1} MB", before as f64 * 1024.0 / 1e6);
     println!("peak RSS (VmHWM)   {:.1} MB", hwm as f64 * 1024.0 / 1e6);
-    println!("peak / model size  {:.3}", hwm as f64 * 1024.0 / model_bytes as f64);
+    println!(
+        "peak / model size  {:.3}",
+        hwm as f64 * 1024.0 / model_bytes as f64
+    );
     Ok(())
 }
 
@@ -187,9 +232,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         generate(&dir)?;
     }
     let file = std::fs::metadata(dir.join("model.safetensors"))?.len();
-    println!("checkpoint         {} ({:.1} MB)", dir.display(), file as f64 / 1e6);
+    println!(
+        "checkpoint         {} ({:.1} MB)",
+        dir.display(),
+        file as f64 / 1e6
+    );
     // Measure in a fresh process: the peak must not include writing the checkpoint.
-    let status = Command::new(std::env::current_exe()?).arg("--child").arg(&dir).status()?;
+    let status = Command::new(std::env::current_exe()?)
+        .arg("--child")
+        .arg(&dir)
+        .status()?;
     if !status.success() {
         return Err("the load failed".into());
     }

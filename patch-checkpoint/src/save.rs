@@ -191,8 +191,8 @@ pub fn save_pretrained(
             let &(u, o) = next
                 .next()
                 .ok_or_else(|| save_err(&t.name, "internal: shard order"))?;
-            if !cache.contains_key(&u) {
-                cache.insert(u, run_unit(&units[u], &params)?);
+            if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(u) {
+                e.insert(run_unit(&units[u], &params)?);
             }
             let slot = cache
                 .get_mut(&u)
