@@ -2,10 +2,15 @@
 //! the models crate submits them as link-time defaults, tools and tests can register them in
 //! their own [`ConversionRegistry`](crate::ConversionRegistry).
 //!
-//! The models crate submits Qwen2-MoE's with one line next to the model:
+//! The models crate submits Qwen2-MoE's with one line next to the model (through
+//! `patch_core::checkpoint::...` there):
 //!
-//! ```ignore
-//! patch_core::checkpoint::submit_conversion_mapping!("qwen2_moe", patch_core::checkpoint::mappings::qwen2_moe);
+//! ```
+//! patch_checkpoint::submit_conversion_mapping!("qwen2_moe", patch_checkpoint::mappings::qwen2_moe);
+//!
+//! let config = serde_json::json!({"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe"});
+//! let (key, transforms) = patch_checkpoint::checkpoint_conversion_mapping_for(&config).unwrap().unwrap();
+//! assert_eq!((key.as_str(), transforms), ("qwen2_moe", patch_checkpoint::mappings::qwen2_moe()));
 //! ```
 
 use crate::{Op, Transform, WeightConverter};

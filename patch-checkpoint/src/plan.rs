@@ -62,7 +62,6 @@ pub(crate) struct Ren {
     pub compiled: CompiledRenaming,
     pub owner: String,
     pub who: &'static str,
-    pub renamed: usize,
 }
 
 /// Transforms carried by a replacement, learnt from requests.
@@ -165,7 +164,6 @@ impl Plan {
                         compiled: CompiledRenaming::new(r)?,
                         owner: "registry".into(),
                         who: "registry",
-                        renamed: 0,
                     });
                 }
                 Transform::Converter(c) => {
@@ -185,7 +183,6 @@ impl Plan {
             for &r in &registry_rens {
                 let next = plan.rens[r].compiled.forward(&base).into_owned();
                 if next != base {
-                    plan.rens[r].renamed += 1;
                     renamed_by.push((r, plan.rens[r].compiled.describe()));
                     base = next;
                 }
@@ -233,7 +230,6 @@ impl Plan {
                         compiled,
                         owner: owner.clone(),
                         who: s.owner,
-                        renamed: 0,
                     });
                 }),
                 Transform::Converter(c) => CompiledConverter::new(c).map(|compiled| {
@@ -370,7 +366,6 @@ impl Plan {
                             });
                             continue;
                         }
-                        self.rens[r].renamed += 1;
                         chain.push((
                             r,
                             format!(
@@ -643,6 +638,17 @@ impl Plan {
     pub fn describe_unit(&self, unit: &Unit) -> String {
         let c = &self.convs[unit.conv];
         format!("{} ({})", c.compiled.describe(), c.owner)
+    }
+
+    /// Keys renamed by each renaming (what the report counts).
+    pub fn renamed_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.rens.len()];
+        for key in &self.keys {
+            for (r, _) in &key.renamed_by {
+                counts[*r] += 1;
+            }
+        }
+        counts
     }
 
     /// How a key got its name: ` (loads as X via WeightRenaming(...))`, or empty.
