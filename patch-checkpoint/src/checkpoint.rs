@@ -250,7 +250,12 @@ pub struct PlannedTensor {
 
 /// What a request needs done outside the lock.
 enum Action {
-    Ready(Tensor),
+    /// A unit output cached by an earlier run of its unit.
+    Ready {
+        tensor: Tensor,
+        u: usize,
+        index: usize,
+    },
     Raw {
         k: usize,
         file: usize,
@@ -496,7 +501,11 @@ impl CheckpointSource {
                 if let Some(unit) = st.plan.units[u].as_mut() {
                     unit.served[index] = true;
                 }
-                return Action::Ready(t);
+                return Action::Ready {
+                    tensor: t,
+                    u,
+                    index,
+                };
             }
             let Some(unit) = st.plan.units[u].as_ref() else {
                 unreachable!("checked above")
@@ -631,7 +640,16 @@ impl WeightSource for CheckpointSource {
             self.plan_request(&mut st, r)
         };
         let result = match action {
-            Action::Ready(t) => Ok((t, None, 0, 0)),
+            Action::Ready { tensor, u, index } => {
+                let mut st = self.lock();
+                st.stats.served += 1;
+                st.stats.busy += started.elapsed();
+                if let Some(unit) = st.plan.unit_origin(u) {
+                    let origin = Origin(OriginKind::Unit { unit, index });
+                    st.origins.insert(r.name.to_string(), origin);
+                }
+                return Ok(tensor);
+            }
             Action::Fail(p) => {
                 let mut st = self.lock();
                 let origin = Origin(OriginKind::Placeholder {

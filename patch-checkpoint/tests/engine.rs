@@ -460,6 +460,12 @@ fn chunk_outputs_are_cached_until_asked_and_reported_if_never_asked() {
     assert!(
         matches!(&p[0], Problem::Unexpected { key, detail } if key == "attn.v.weight" && detail.contains("never asked for itself"))
     );
+    // Asking for the third too: all accounted for, and saving fuses them back exactly.
+    w.get((2, 2), "attn.v.weight").unwrap();
+    w.finish().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    save_pretrained(out.path(), &json!({}), &w, &[], &SaveOptions::default()).unwrap();
+    assert_same_tensors(tmp.path(), out.path());
 }
 
 #[test]
