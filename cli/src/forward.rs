@@ -15,7 +15,7 @@ use crate::CliResult;
 use crate::dtype::DTypeArg;
 
 /// Arguments of `forward`.
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// Checkpoint folder.
     dir: PathBuf,

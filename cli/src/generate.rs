@@ -14,7 +14,7 @@ use crate::CliResult;
 use crate::dtype::DTypeArg;
 
 /// Arguments of `generate`.
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// Checkpoint folder.
     dir: PathBuf,

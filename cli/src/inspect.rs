@@ -24,7 +24,7 @@ use crate::CliResult;
 use crate::dtype::torch_name;
 
 /// Arguments of `inspect`.
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// Checkpoint folder (config.json and safetensors weights).
     dir: PathBuf,

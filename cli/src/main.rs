@@ -1,6 +1,5 @@
-//! The patchwork command line. Each subcommand lives in its own module; this file only
-//! dispatches. Output contracts are documented on each subcommand and are stable: other tools
-//! parse them.
+//! The patchwork command line: one subcommand per file, dispatched here. Output contracts are
+//! documented on each subcommand and are stable: other tools parse them.
 
 use std::process::ExitCode;
 
@@ -10,16 +9,17 @@ mod dtype;
 mod forward;
 mod generate;
 mod inspect;
+mod resave;
 
-/// Load, run and inspect HF checkpoints with patchable layers.
-#[derive(Parser)]
+/// Load, run, inspect, convert and save transformer checkpoints with patchwork.
+#[derive(Debug, Parser)]
 #[command(name = "patchwork", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Model type, parameter count, dtype and the explain report of a checkpoint.
     Inspect(inspect::Args),
@@ -27,17 +27,23 @@ enum Command {
     Forward(forward::Args),
     /// Generate token ids from a prompt; the last line of stdout is the whole sequence.
     Generate(generate::Args),
+    /// Load a checkpoint with all its conversions and save it back (a round trip of the
+    /// checkpoint engine: the saved tensors equal the originals bit for bit).
+    Resave(resave::ResaveArgs),
 }
 
 /// The error every subcommand returns.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
+    // Link the models crate so its link-time defaults (conversion mappings, patches) register.
+    use patchwork_models as _;
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Forward(args) => forward::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Resave(args) => resave::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,6 +41,52 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// Strict accounting failed: everything wrong with one load, listed together.
+    #[error("{source_name}: {}", crate::accounting::format_problems(problems))]
+    Accounting {
+        /// What was loaded (`checkpoint path/to/dir`).
+        source_name: String,
+        /// Every problem, sorted by kind then name.
+        problems: Vec<crate::Problem>,
+    },
+    /// `register_checkpoint_conversion_mapping` without `overwrite` met a registered key.
+    #[error(
+        "a checkpoint conversion mapping is already registered for {key:?} ({origin}); pass overwrite = true to replace it"
+    )]
+    KeyExists {
+        /// The model type or class name.
+        key: String,
+        /// Where the registered mapping came from.
+        origin: String,
+    },
+    /// `unregister_checkpoint_conversion_mapping` was given a key that is not registered.
+    #[error("no checkpoint conversion mapping is registered for {key:?} (registered: {known})")]
+    UnknownKey {
+        /// The key.
+        key: String,
+        /// The registered keys, for the message.
+        known: String,
+    },
+    /// Two link-time defaults for one key disagree.
+    #[error(
+        "two link-time checkpoint conversion mappings for {key:?} disagree ({first} and {second}); register the one you want at run time with overwrite = true"
+    )]
+    Ambiguous {
+        /// The key.
+        key: String,
+        /// Where one was submitted.
+        first: String,
+        /// Where the other was submitted.
+        second: String,
+    },
+    /// Saving cannot lay a tensor out in the checkpoint format.
+    #[error("cannot save {name:?}: {message}")]
+    Save {
+        /// The tensor (model name) or checkpoint key involved.
+        name: String,
+        /// Why.
+        message: String,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -1,14 +1,22 @@
 //! The path-scoped weight handle layers pull their tensors from.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::{Result, Transform};
+use crate::{Origin, Result, Transform};
 
 /// Transforms carried by a replacement module, active for every request under `prefix`.
+///
+/// How they combine with the registry's (see `plan.rs` for the details): the registry's
+/// renamings apply first (the checkpoint's names become the model's), then the renamings of
+/// the scopes covering a key, outer first; converters claim keys innermost scope first, then
+/// the registry's. So a replacement's converter wins over the model's default for the keys
+/// under its path, and a replacement that asks for the checkpoint's own tensors (per-expert
+/// weights) simply gets them: the default conversion only runs when its target is asked for.
 #[derive(Clone, Debug)]
 pub struct TransformScope {
     /// Dotted module path the transforms apply under (`model.layers.0.self_attn`).
@@ -49,20 +57,87 @@ pub trait WeightSource: Send + Sync + 'static {
     fn finish(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Where the tensor served as `name` came from, if the source recorded it (a checkpoint
+    /// does): what saving needs to write it back exactly.
+    fn origin(&self, _name: &str) -> Option<Origin> {
+        None
+    }
+
+    /// The model uses `target` for `alias` too (tied embeddings) and will not ask for `alias`;
+    /// a strict source reports a stored `alias` instead of calling it merely unused.
+    fn tie(&self, _alias: &str, _target: &str) {}
+
+    /// The checkpoint folder the source reads, if any (saving refuses to overwrite it).
+    fn checkpoint_dir(&self) -> Option<&Path> {
+        None
+    }
 }
 
-/// Every tensor handed out through a [`Weights`] handle, by full name: the model's state dict.
+/// One recorded parameter: the tensor and the transform scopes active when it was asked for.
+#[derive(Clone, Debug)]
+pub struct Param {
+    /// The tensor handed out.
+    pub tensor: Tensor,
+    /// The transform scopes of the request, outermost first (saving reverses them).
+    pub scopes: Arc<Vec<TransformScope>>,
+}
+
+/// Every tensor handed out through a [`Weights`] handle, by full name: the model's state dict,
+/// with what saving needs (the scopes of each request, the tied names).
 #[derive(Debug, Default)]
 pub struct ParamStore {
-    tensors: Mutex<BTreeMap<String, Tensor>>,
+    tensors: Mutex<BTreeMap<String, Param>>,
+    ties: Mutex<BTreeMap<String, String>>,
 }
 
 impl ParamStore {
-    fn insert(&self, name: &str, tensor: &Tensor) {
+    fn insert(&self, name: &str, tensor: &Tensor, scopes: &Arc<Vec<TransformScope>>) {
         self.tensors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_string(), tensor.clone());
+            .insert(
+                name.to_string(),
+                Param {
+                    tensor: tensor.clone(),
+                    scopes: scopes.clone(),
+                },
+            );
+    }
+
+    /// Replaces the tensor recorded under `name` (after training or editing a weight), keeping
+    /// its scopes; returns false if nothing is recorded under `name`.
+    pub fn set(&self, name: &str, tensor: Tensor) -> bool {
+        match self
+            .tensors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(name)
+        {
+            Some(p) => {
+                p.tensor = tensor;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The recorded parameters with their scopes, sorted by name.
+    pub fn entries(&self) -> Vec<(String, Param)> {
+        self.tensors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The tied names (alias -> tensor it is tied to), as declared with [`Weights::tie`].
+    pub fn ties(&self) -> BTreeMap<String, String> {
+        self.ties
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The recorded tensors, sorted by name.
@@ -71,7 +146,7 @@ impl ParamStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), v.tensor.clone()))
             .collect()
     }
 
@@ -81,7 +156,7 @@ impl ParamStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(name)
-            .cloned()
+            .map(|p| p.tensor.clone())
     }
 
     /// Number of recorded tensors.
@@ -104,7 +179,7 @@ impl ParamStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .map(Tensor::elem_count)
+            .map(|p| p.tensor.elem_count())
             .sum()
     }
 }
@@ -227,8 +302,32 @@ impl Weights {
             device: &self.device,
             scopes: &self.scopes,
         })?;
-        self.params.insert(&full, &tensor);
+        self.params.insert(&full, &tensor, &self.scopes);
         Ok(tensor)
+    }
+
+    /// Declares that the model uses `target` for `alias` too (both relative to this path), as
+    /// tied embeddings do: `weights.tie("lm_head.weight", "model.embed_tokens.weight")` when
+    /// the config says `tie_word_embeddings`. The model then does not ask for `alias`; a
+    /// checkpoint that stores it anyway is reported by [`Weights::finish`] (its values would
+    /// be silently ignored otherwise), and saving leaves it out, as transformers does.
+    ///
+    /// Which head to use is the model's decision: with untied embeddings it asks for
+    /// `lm_head.weight` and a checkpoint without one is reported missing.
+    pub fn tie(&self, alias: &str, target: &str) {
+        let (alias, target) = (self.full_name(alias), self.full_name(target));
+        self.source.tie(&alias, &target);
+        self.params
+            .ties
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(alias, target);
+    }
+
+    /// Where the tensor handed out as `name` (relative to this path) came from, if the source
+    /// recorded it.
+    pub fn origin(&self, name: &str) -> Option<Origin> {
+        self.source.origin(&self.full_name(name))
     }
 
     /// Whether the source can produce `name` under this path.
@@ -268,7 +367,10 @@ impl Weights {
         }
     }
 
-    /// Ends the build: asks the source for its strict accounting.
+    /// Ends the build: asks the source for its strict accounting. With a
+    /// [`crate::CheckpointSource`] this is where every missing, unexpected or mis-shaped tensor
+    /// is reported (requests hand out placeholders so that all problems are found in one
+    /// build): always call it before using the model.
     pub fn finish(&self) -> Result<()> {
         self.source.finish()
     }
@@ -298,7 +400,7 @@ impl candle_nn::var_builder::SimpleBackend for Backend {
                 scopes: &w.scopes,
             })
             .map_err(candle_core::Error::wrap)?;
-        w.params.insert(name, &tensor);
+        w.params.insert(name, &tensor, &w.scopes);
         Ok(tensor)
     }
 
