@@ -92,7 +92,9 @@ pub(crate) fn load_pretrained(
         ));
     }
     let config = (found.parse_config)(ckpt.config(), &source_name)?;
-    let source = ckpt.source((found.checkpoint_transforms)(&config))?;
+    // The registry's transforms for this config (a family's link-time default, or what the
+    // user registered over it); replacements add theirs through their scopes.
+    let source = ckpt.source(ckpt.registered_transforms()?)?;
     let weights = Weights::from_arc(Arc::new(source), options.dtype, &options.device);
     let b = Builder::new(weights.clone()).with_patches(options.patch_set());
     let model = CausalLM::build(&b, config, found)?;

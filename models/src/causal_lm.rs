@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Linear, Module as _};
-use patch_checkpoint::Weights;
+use patch_checkpoint::{
+    SaveOptions, SaveReport, Transform, Weights, checkpoint_conversion_mapping_for,
+};
 use patch_core::{BuildReport, Builder, Explain, PatchSet};
 
 use crate::decoder::linear::linear;
@@ -60,6 +62,7 @@ pub struct CausalLM {
     weights: Weights,
     report: BuildReport,
     patches: PatchSet,
+    transforms: Vec<Transform>,
 }
 
 impl fmt::Debug for CausalLM {
@@ -75,11 +78,18 @@ impl fmt::Debug for CausalLM {
 impl CausalLM {
     /// Builds `family`'s model for `config` with `b` (patches as `b` resolves them: see
     /// [`Builder`]): the body under `model`, and `lm_head` unless the embeddings are tied, in
-    /// which case `lm_head.weight` is never asked for.
+    /// which case `lm_head.weight` is never asked for (and never saved).
     pub fn build(b: &Builder, config: DecoderConfig, family: &'static ModelFamily) -> Result<Self> {
         let config = Arc::new(config);
+        // What the registry says this config's checkpoints are converted with: saving reverses
+        // it for tensors that did not come from a checkpoint (a model built from its config).
+        let transforms = checkpoint_conversion_mapping_for(&config.json)?
+            .map(|(_, t)| t)
+            .unwrap_or_default();
         let model = (family.build_model)(&b.pp("model"), &config)?;
         let lm_head = if config.tie_word_embeddings {
+            b.weights()
+                .tie("lm_head.weight", "model.embed_tokens.weight");
             Linear::new(model.embed_tokens.embeddings().clone(), None)
         } else {
             linear(
@@ -98,7 +108,26 @@ impl CausalLM {
             weights: b.weights().clone(),
             report: b.report(),
             patches: b.patches(),
+            transforms,
         })
+    }
+
+    /// Writes the config and weights to `dir` in the checkpoint layout transformers reads:
+    /// every tensor goes back under its original key through the reverse of the transforms
+    /// that produced it (stacked experts split per expert, a replacement's fused q/k/v split
+    /// into three), tied heads left out, sharded above `options.max_shard_size`.
+    pub fn save_pretrained(
+        &self,
+        dir: impl AsRef<std::path::Path>,
+        options: &SaveOptions,
+    ) -> Result<SaveReport> {
+        Ok(patch_checkpoint::save_pretrained(
+            dir,
+            self.config_json(),
+            &self.weights,
+            &self.transforms,
+            options,
+        )?)
     }
 
     /// The config view.

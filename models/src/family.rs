@@ -1,13 +1,14 @@
 //! Model families, registered at link time: what `AutoModelForCausalLM` dispatches on.
 //!
 //! A family names its `model_type`, parses and validates its `config.json` into the common
-//! [`DecoderConfig`], builds its decoder body from its sites, lists those sites (for
-//! `explain`), and gives the weight transforms its checkpoints need. Registering one is one
-//! [`register_family!`](crate::register_family) line next to it: no central match to edit.
+//! [`DecoderConfig`], builds its decoder body from its sites, and lists those sites (for
+//! `explain`). Registering one is one [`register_family!`](crate::register_family) line next to
+//! it: no central match to edit. The weight transforms its checkpoints need are registered the
+//! same way, with the checkpoint engine's `submit_conversion_mapping!` under its `model_type`,
+//! so users can override them (`register_checkpoint_conversion_mapping(.., overwrite)`).
 
 use std::sync::OnceLock;
 
-use patch_checkpoint::Transform;
 use patch_core::{Builder, SiteInfo};
 use serde_json::Value;
 
@@ -27,8 +28,6 @@ pub struct ModelFamily {
         fn(&Builder, &std::sync::Arc<DecoderConfig>) -> patch_core::Result<DecoderModel>,
     /// Its sites, in forward order.
     pub sites: &'static [SiteInfo],
-    /// The transforms from its checkpoint layout to the layout its sites ask for.
-    pub checkpoint_transforms: fn(&DecoderConfig) -> Vec<Transform>,
 }
 
 impl std::fmt::Debug for ModelFamily {
@@ -61,7 +60,6 @@ inventory::collect!(RegisteredFamily);
 ///     },
 ///     build_model: LlamaModel::build,
 ///     sites: &[],
-///     checkpoint_transforms: |_| Vec::new(),
 /// };
 /// register_family!(MY_FAMILY);
 ///

@@ -291,7 +291,6 @@ pub static LLAMA: ModelFamily = ModelFamily {
     parse_config,
     build_model: LlamaModel::build,
     sites: &LLAMA_SITES,
-    checkpoint_transforms: |_| Vec::new(),
 };
 
 crate::register_family!(LLAMA);

@@ -8,5 +8,5 @@ pub use config::{QWEN2_MOE_MODEL_TYPE, Qwen2MoeConfig};
 pub use modeling::{
     QWEN2_MOE, Qwen2MoeAttention, Qwen2MoeDecoderLayer, Qwen2MoeExperts, Qwen2MoeForCausalLM,
     Qwen2MoeMLP, Qwen2MoeModel, Qwen2MoeRMSNorm, Qwen2MoeRotaryEmbedding, Qwen2MoeSparseMoeBlock,
-    Qwen2MoeTopKRouter, stack_experts,
+    Qwen2MoeTopKRouter,
 };

@@ -417,31 +417,15 @@ pub static QWEN2_MOE: ModelFamily = ModelFamily {
     parse_config,
     build_model: Qwen2MoeModel::build,
     sites: &QWEN2_MOE_SITES,
-    checkpoint_transforms: |_| stack_experts(),
 };
 
 crate::register_family!(QWEN2_MOE);
 
-/// transformers' qwen2_moe conversion mapping: per-expert checkpoint tensors stacked into
-/// `mlp.experts.gate_up_proj` `[E, 2I, H]` (gate rows first) and `mlp.experts.down_proj`
-/// `[E, H, I]`; reversed on save.
-pub fn stack_experts() -> Vec<patch_core::checkpoint::Transform> {
-    use patch_core::checkpoint::{Op, WeightConverter};
-    vec![
-        WeightConverter::new(
-            [
-                "mlp.experts.*.gate_proj.weight",
-                "mlp.experts.*.up_proj.weight",
-            ],
-            ["mlp.experts.gate_up_proj"],
-            [Op::MergeModulelist { dim: 0 }, Op::Concatenate { dim: 1 }],
-        )
-        .into(),
-        WeightConverter::new(
-            ["mlp.experts.*.down_proj.weight"],
-            ["mlp.experts.down_proj"],
-            [Op::MergeModulelist { dim: 0 }],
-        )
-        .into(),
-    ]
-}
+// The checkpoint layout: transformers' qwen2_moe conversion mapping stacks the per-expert
+// tensors into `mlp.experts.gate_up_proj` `[E, 2I, H]` (gate rows first) and
+// `mlp.experts.down_proj` `[E, H, I]`, and splits them back on save. A link-time default,
+// overridable with `register_checkpoint_conversion_mapping("qwen2_moe", .., true)`.
+patch_checkpoint::submit_conversion_mapping!(
+    QWEN2_MOE_MODEL_TYPE,
+    patch_checkpoint::mappings::qwen2_moe
+);
