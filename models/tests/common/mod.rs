@@ -135,3 +135,55 @@ pub fn ids(t: &Tensor) -> Vec<i64> {
         .to_vec1()
         .unwrap()
 }
+
+/// Every tensor of the checkpoint folder `dir` (all its safetensors weight files), by key,
+/// with its dtype, shape and raw bytes.
+pub fn checkpoint_tensors(
+    dir: &Path,
+) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("checkpoint dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("model") && name.ends_with(".safetensors") {
+            let bytes = std::fs::read(&path).expect("weights file");
+            let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+            for (key, view) in st.tensors() {
+                out.insert(
+                    key,
+                    (
+                        format!("{:?}", view.dtype()),
+                        view.shape().to_vec(),
+                        view.data().to_vec(),
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Whether two checkpoint folders hold the same tensors, bit for bit; the error names the
+/// first difference.
+pub fn same_checkpoint(original: &Path, saved: &Path) -> Result<usize, String> {
+    let a = checkpoint_tensors(original);
+    let b = checkpoint_tensors(saved);
+    let keys_a: Vec<&String> = a.keys().collect();
+    let keys_b: Vec<&String> = b.keys().collect();
+    if keys_a != keys_b {
+        let missing: Vec<_> = keys_a.iter().filter(|k| !b.contains_key(**k)).collect();
+        let extra: Vec<_> = keys_b.iter().filter(|k| !a.contains_key(**k)).collect();
+        return Err(format!(
+            "saved keys differ: missing {missing:?}, extra {extra:?}"
+        ));
+    }
+    for (key, (dtype, shape, data)) in &a {
+        let (d2, s2, data2) = &b[key];
+        if dtype != d2 || shape != s2 || data != data2 {
+            return Err(format!(
+                "{key}: saved {d2} {s2:?} differs from the original {dtype} {shape:?}"
+            ));
+        }
+    }
+    Ok(a.len())
+}
