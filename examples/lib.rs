@@ -128,3 +128,64 @@ impl Experts for ModuleListExperts {
         Ok(out)
     }
 }
+
+/// `max |a - b|` over all entries (float32), for comparing a patched model with the default.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
+    let d = (a.to_dtype(candle_core::DType::F32)? - b.to_dtype(candle_core::DType::F32)?)?.abs()?;
+    d.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
+/// A checkpoint's tensors by key: dtype, shape and raw bytes.
+pub type TensorBytes = std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)>;
+
+/// Every tensor of the checkpoint folder `dir` (all its `model*.safetensors` files).
+pub fn checkpoint_tensors(
+    dir: &std::path::Path,
+) -> Result<TensorBytes, Box<dyn std::error::Error>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with("model") && name.ends_with(".safetensors") {
+            let bytes = std::fs::read(&path)?;
+            let st = safetensors::SafeTensors::deserialize(&bytes)?;
+            for (key, view) in st.tensors() {
+                out.insert(
+                    key,
+                    (
+                        format!("{:?}", view.dtype()),
+                        view.shape().to_vec(),
+                        view.data().to_vec(),
+                    ),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that the checkpoint folder `saved` holds exactly the tensors of `original`, bit for
+/// bit (same keys, dtypes, shapes and bytes); returns how many, or what differs.
+pub fn same_checkpoint_tensors(
+    original: &std::path::Path,
+    saved: &std::path::Path,
+) -> Result<usize, Box<dyn std::error::Error>> {
+    let a = checkpoint_tensors(original)?;
+    let b = checkpoint_tensors(saved)?;
+    for key in a.keys().chain(b.keys()) {
+        match (a.get(key), b.get(key)) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(_), Some(y)) => {
+                return Err(
+                    format!("{key}: saved {} {:?} differs from the original", y.0, y.1).into(),
+                );
+            }
+            (Some(_), None) => return Err(format!("{key} was not saved").into()),
+            (None, _) => return Err(format!("{key} was saved but is not in the original").into()),
+        }
+    }
+    Ok(a.len())
+}

@@ -78,3 +78,53 @@ fn module_list_experts_load_per_expert_keys_and_match_the_reference() {
         assert_eq!(ours.iter().map(|&x| x as i64).collect::<Vec<_>>(), selected);
     }
 }
+
+/// The fused-QKV replacement on `site` of `fixture`: the same logits as the default model,
+/// `qkv_proj` loaded instead of q/k/v, and saving restores the separate q/k/v exactly.
+fn fused_qkv_round_trip(fixture_name: &str, site: &str) {
+    use patchwork_examples::{FusedQkvAttention, max_abs_diff, same_checkpoint_tensors};
+    let dir = fixture(fixture_name);
+    let plain = AutoModelForCausalLM::from_pretrained(
+        &dir,
+        &LoadOptions::default().with_patches(PatchSet::empty()),
+    )
+    .unwrap();
+    let patches = PatchSet::from_mapping([(site, Replacement::of::<FusedQkvAttention>())]).unwrap();
+    let fused =
+        AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default().with_patches(patches))
+            .unwrap();
+    let layers = fused.model.layers.len();
+    assert_eq!(fused.report().patched(), layers);
+    let names: Vec<String> = fused
+        .weights()
+        .params()
+        .snapshot()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        names.contains(&"model.layers.0.self_attn.qkv_proj.weight".to_string()),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.contains("q_proj")), "{names:?}");
+    let r = reference(fixture_name);
+    let ours = fused.forward(&r["input_ids"], None).unwrap();
+    assert_close("fused vs reference", &ours, &r["logits"]);
+    let diff = max_abs_diff(&ours, &plain.forward(&r["input_ids"], None).unwrap()).unwrap();
+    assert!(diff <= 1e-4, "fused vs default: {diff}");
+    let out = tempfile::tempdir().unwrap();
+    fused
+        .save_pretrained(out.path(), &patch_core::checkpoint::SaveOptions::default())
+        .unwrap();
+    same_checkpoint_tensors(&dir, out.path()).unwrap();
+}
+
+#[test]
+fn fused_qkv_attention_on_llama_matches_and_saves_back_separate_projections() {
+    fused_qkv_round_trip("llama-tiny", "LlamaAttention");
+}
+
+#[test]
+fn fused_qkv_attention_with_biases_on_qwen2_moe_matches_and_saves_back() {
+    fused_qkv_round_trip("qwen2-moe-tiny", "Qwen2MoeAttention");
+}
