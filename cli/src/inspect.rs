@@ -13,11 +13,13 @@
 //! patch explain: ...
 //! ```
 //!
-//! `dtype` is the checkpoint's stored dtype as its config names it (`torch_dtype` or `dtype`),
-//! else the compute dtype; `parameters` counts tied embeddings once.
+//! `dtype` is the dtype the checkpoint's tensors are stored in (comma-separated if several, in
+//! transformers' names); `compute_dtype` is what the model runs in; `parameters` counts tied
+//! embeddings once.
 
 use std::path::PathBuf;
 
+use patch_checkpoint::Checkpoint;
 use patchwork_models::{AutoModelForCausalLM, LoadOptions};
 
 use crate::CliResult;
@@ -33,12 +35,14 @@ pub struct Args {
 /// Runs `inspect`.
 pub fn run(args: Args) -> CliResult {
     let model = AutoModelForCausalLM::from_pretrained(&args.dir, &LoadOptions::default())?;
-    let json = model.config_json();
-    let stored = ["torch_dtype", "dtype"]
-        .iter()
-        .find_map(|k| json.get(*k).and_then(|v| v.as_str()))
-        .map(str::to_string)
-        .unwrap_or_else(|| torch_name(model.dtype()));
+    let mut stored: Vec<String> = Checkpoint::open(&args.dir)?
+        .tensors()
+        .into_iter()
+        .map(|(_, dtype, _)| dtype.map_or_else(|| "unknown".to_string(), torch_name))
+        .collect();
+    stored.sort();
+    stored.dedup();
+    let stored = stored.join(",");
     println!("model_type: {}", model.family().model_type);
     println!("architecture: {}", model.family().architecture);
     println!("parameters: {}", model.num_parameters());

@@ -222,3 +222,69 @@ fn generate_rejects_bad_arguments() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model"));
 }
+
+#[test]
+fn forward_writes_router_outputs_of_moe_layers() {
+    let r = reference("qwen2-moe-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in.safetensors");
+    let out = dir.path().join("out.safetensors");
+    candle_core::safetensors::save(
+        &HashMap::from([("input_ids".to_string(), r["input_ids"].clone())]),
+        &inputs,
+    )
+    .unwrap();
+    stdout(&patchwork(&[
+        "forward",
+        fixture("qwen2-moe-tiny").to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let written = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let mut keys: Vec<&String> = written.keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "logits",
+            "router_logits.0",
+            "router_logits.2",
+            "selected_experts.0",
+            "selected_experts.2"
+        ]
+    );
+    assert_close("logits", &written["logits"], &r["logits"], |_| true);
+    for l in [0, 2] {
+        let rl = &written[&format!("router_logits.{l}")];
+        assert_eq!((rl.dtype(), rl.dims()), (DType::F32, &[24usize, 8][..]));
+        assert_close(
+            "router logits",
+            rl,
+            &r[&format!("router_logits.{l}")],
+            |_| true,
+        );
+        let se = &written[&format!("selected_experts.{l}")];
+        assert_eq!((se.dtype(), se.dims()), (DType::I64, &[24usize, 2][..]));
+        let ours: Vec<i64> = se.flatten_all().unwrap().to_vec1().unwrap();
+        let theirs: Vec<i64> = r[&format!("selected_experts.{l}")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(ours, theirs);
+    }
+    let text = stdout(&patchwork(&[
+        "inspect",
+        fixture("qwen2-moe-tiny").to_str().unwrap(),
+    ]));
+    assert!(
+        text.starts_with("model_type: qwen2_moe\narchitecture: Qwen2MoeForCausalLM\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Qwen2MoeExperts") && text.contains("dtype: float32"),
+        "{text}"
+    );
+}
