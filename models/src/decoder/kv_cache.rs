@@ -78,6 +78,9 @@ impl LayerKvCache {
 /// The cache of a whole model for one batch: every layer's [`LayerKvCache`], plus which
 /// cached positions hold real tokens (the padding mask so far) and how many real tokens each
 /// row has seen (where its next position starts).
+///
+/// A forward pass that fails part-way leaves the cache in an unspecified state: start a new
+/// one (they are cheap to create; the buffers are allocated on first use).
 #[derive(Debug)]
 pub struct KvCache {
     batch: usize,
