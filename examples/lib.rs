@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Replacement layers shared by the example programs (and their tests): the ones the upstream
 //! page writes in its complete example, in Rust.
 //!

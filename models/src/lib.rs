@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Llama and Qwen2-MoE on candle, built from patchable sites.
 //!
 //! - [`decoder`]: the shared contracts (slots) every family's layers fill — attention, MLP,
