@@ -445,3 +445,36 @@ fn one_attention_pattern_patches_both_families_and_explain_shows_the_skipped_mat
     let llama_text = AutoModelForCausalLM::explain("llama").unwrap().to_string();
     assert!(llama_text.contains("LlamaAttention"), "{llama_text}");
 }
+
+#[test]
+fn a_model_from_config_saves_per_expert_keys_and_reloads_identically() {
+    let m = model(&small(|_| {}), PatchSet::empty());
+    let dir = tempfile::tempdir().unwrap();
+    m.save_pretrained(dir.path(), &patch_core::checkpoint::SaveOptions::default())
+        .unwrap();
+    let keys: Vec<String> = patch_core::checkpoint::Checkpoint::open(dir.path())
+        .unwrap()
+        .tensors()
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect();
+    assert!(
+        keys.contains(&"model.layers.2.mlp.experts.5.up_proj.weight".to_string()),
+        "{keys:?}"
+    );
+    assert!(!keys.iter().any(|k| k.contains("gate_up_proj")), "{keys:?}");
+    let again = AutoModelForCausalLM::from_pretrained(
+        dir.path(),
+        &LoadOptions::default().with_patches(PatchSet::empty()),
+    )
+    .unwrap();
+    let x = tokens(7);
+    let (a, b) = (
+        m.forward(&x, None).unwrap(),
+        again.forward(&x, None).unwrap(),
+    );
+    assert_eq!(
+        ids(&(a * 1e4).unwrap().round().unwrap()),
+        ids(&(b * 1e4).unwrap().round().unwrap())
+    );
+}
