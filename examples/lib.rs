@@ -1,1 +1,192 @@
-//! Shared helpers for the examples (none yet).
+#![warn(missing_docs)]
+//! Replacement layers shared by the example programs (and their tests): the ones the upstream
+//! page writes in its complete example, in Rust.
+//!
+//! - [`FusedQkvAttention`]: one `qkv_proj` instead of `q_proj`/`k_proj`/`v_proj`, carrying the
+//!   transform that concatenates the checkpoint's three projections (and splits them back on
+//!   save). It fills the shared attention slot, so it serves Llama and Qwen2-MoE alike
+//!   (biases when the config has them, grouped-query attention).
+//! - [`ModuleListExperts`]: one MLP per expert, loaded straight from the per-expert checkpoint
+//!   keys (what a quantizer that only understands per-expert linears needs).
+
+use candle_core::Tensor;
+use candle_nn::{Linear, Module as _};
+use patch_core::checkpoint::{Op, Transform, WeightConverter};
+use patch_core::{Build, Builder};
+use patchwork_models::decoder::linear::linear;
+use patchwork_models::decoder::{
+    Attention, AttentionArgs, Experts, GatedMlp, LayerContext, MlpArgs, MoeArgs, attend,
+};
+
+/// Attention with a fused `qkv_proj` `[(heads + 2 * kv_heads) * head_dim, hidden]`.
+pub struct FusedQkvAttention {
+    /// q, k and v rows, in that order.
+    pub qkv_proj: Linear,
+    /// Output projection.
+    pub o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Build for FusedQkvAttention {
+    type Slot = dyn Attention;
+
+    fn build(b: &Builder, args: AttentionArgs<'_>) -> patch_core::Result<Box<dyn Attention>> {
+        let c = args.config;
+        let (h, d, std) = (c.hidden_size, c.head_dim, c.initializer_range);
+        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+        Ok(Box::new(Self {
+            qkv_proj: linear(b, "qkv_proj", h, (nh + 2 * nkv) * d, c.qkv_bias, std)?,
+            o_proj: linear(b, "o_proj", nh * d, h, c.o_proj_bias, std)?,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+        }))
+    }
+
+    /// `q_proj`, `k_proj`, `v_proj` (weights and biases) concatenated along the output rows
+    /// into `qkv_proj`; split back into the three on save.
+    fn transforms() -> Vec<Transform> {
+        vec![
+            WeightConverter::new(
+                ["q_proj", "k_proj", "v_proj"],
+                ["qkv_proj"],
+                [Op::Concatenate { dim: 0 }],
+            )
+            .into(),
+        ]
+    }
+}
+
+impl Attention for FusedQkvAttention {
+    fn forward(&self, x: &Tensor, ctx: &mut LayerContext<'_>) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let qkv = self.qkv_proj.forward(x)?;
+        let q = qkv.narrow(2, 0, nh * d)?.reshape((b, t, nh, d))?;
+        let k = qkv.narrow(2, nh * d, nkv * d)?.reshape((b, t, nkv, d))?;
+        let v = qkv
+            .narrow(2, (nh + nkv) * d, nkv * d)?
+            .reshape((b, t, nkv, d))?;
+        let q = ctx.rope.apply(&q)?;
+        let k = ctx.rope.apply(&k)?;
+        let y = attend(&q, &k, &v, ctx, (d as f64).powf(-0.5))?;
+        self.o_proj.forward(&y)
+    }
+}
+
+/// Routed experts as a list of MLPs (`experts.{i}.gate_proj` ...), upstream's
+/// `ModuleListExperts`. Tokens are grouped per expert; each chosen expert runs once.
+pub struct ModuleListExperts {
+    /// One gated MLP per expert.
+    pub experts: Vec<GatedMlp>,
+}
+
+impl Build for ModuleListExperts {
+    type Slot = dyn Experts;
+
+    fn build(b: &Builder, args: MoeArgs<'_>) -> patch_core::Result<Box<dyn Experts>> {
+        let moe = args.config.moe().map_err(patch_core::Error::other)?;
+        let mlp = MlpArgs {
+            config: args.config,
+            intermediate_size: moe.moe_intermediate_size,
+        };
+        let experts = (0..moe.num_experts)
+            .map(|i| GatedMlp::load(&b.pp(i.to_string()), mlp))
+            .collect::<patch_core::Result<Vec<_>>>()?;
+        Ok(Box::new(Self { experts }))
+    }
+}
+
+impl Experts for ModuleListExperts {
+    fn forward(
+        &self,
+        x: &Tensor,
+        indices: &Tensor,
+        weights: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let k = indices.dim(1)?;
+        let ids: Vec<u32> = indices.flatten_all()?.to_vec1()?;
+        let w: Vec<f32> = weights
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let device = x.device();
+        let mut out = Tensor::zeros(x.shape(), x.dtype(), device)?;
+        for (e, expert) in self.experts.iter().enumerate() {
+            let slots: Vec<usize> = (0..ids.len()).filter(|&s| ids[s] as usize == e).collect();
+            if slots.is_empty() {
+                continue;
+            }
+            let tokens: Vec<u32> = slots.iter().map(|&s| (s / k) as u32).collect();
+            let scale: Vec<f32> = slots.iter().map(|&s| w[s]).collect();
+            let rows = Tensor::new(tokens.as_slice(), device)?;
+            let y = expert.forward(&x.index_select(&rows, 0)?)?;
+            let scale = Tensor::from_vec(scale, (slots.len(), 1), device)?.to_dtype(y.dtype())?;
+            out = out.index_add(&rows, &y.broadcast_mul(&scale)?, 0)?;
+        }
+        Ok(out)
+    }
+}
+
+/// `max |a - b|` over all entries (float32), for comparing a patched model with the default.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
+    let d = (a.to_dtype(candle_core::DType::F32)? - b.to_dtype(candle_core::DType::F32)?)?.abs()?;
+    d.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
+/// A checkpoint's tensors by key: dtype, shape and raw bytes.
+pub type TensorBytes = std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)>;
+
+/// Every tensor of the checkpoint folder `dir` (all its `model*.safetensors` files).
+pub fn checkpoint_tensors(
+    dir: &std::path::Path,
+) -> Result<TensorBytes, Box<dyn std::error::Error>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with("model") && name.ends_with(".safetensors") {
+            let bytes = std::fs::read(&path)?;
+            let st = safetensors::SafeTensors::deserialize(&bytes)?;
+            for (key, view) in st.tensors() {
+                out.insert(
+                    key,
+                    (
+                        format!("{:?}", view.dtype()),
+                        view.shape().to_vec(),
+                        view.data().to_vec(),
+                    ),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that the checkpoint folder `saved` holds exactly the tensors of `original`, bit for
+/// bit (same keys, dtypes, shapes and bytes); returns how many, or what differs.
+pub fn same_checkpoint_tensors(
+    original: &std::path::Path,
+    saved: &std::path::Path,
+) -> Result<usize, Box<dyn std::error::Error>> {
+    let a = checkpoint_tensors(original)?;
+    let b = checkpoint_tensors(saved)?;
+    for key in a.keys().chain(b.keys()) {
+        match (a.get(key), b.get(key)) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(_), Some(y)) => {
+                return Err(
+                    format!("{key}: saved {} {:?} differs from the original", y.0, y.1).into(),
+                );
+            }
+            (Some(_), None) => return Err(format!("{key} was not saved").into()),
+            (None, _) => return Err(format!("{key} was saved but is not in the original").into()),
+        }
+    }
+    Ok(a.len())
+}

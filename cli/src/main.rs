@@ -1,12 +1,17 @@
-//! The patchwork command line: one subcommand per file, dispatched here.
+//! The patchwork command line: one subcommand per file, dispatched here. Output contracts are
+//! documented on each subcommand and are stable: other tools parse them.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod dtype;
+mod forward;
+mod generate;
+mod inspect;
 mod resave;
 
-/// Load, convert and save transformer checkpoints with patchwork.
+/// Load, run, inspect, convert and save transformer checkpoints with patchwork.
 #[derive(Debug, Parser)]
 #[command(name = "patchwork", version, about)]
 struct Cli {
@@ -16,22 +21,39 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Model type, parameter count, dtype and the explain report of a checkpoint.
+    Inspect(inspect::Args),
+    /// Logits (and router outputs for MoE models) for a batch of token ids.
+    Forward(forward::Args),
+    /// Generate token ids from a prompt; the last line of stdout is the whole sequence.
+    Generate(generate::Args),
     /// Load a checkpoint with all its conversions and save it back (a round trip of the
     /// checkpoint engine: the saved tensors equal the originals bit for bit).
     Resave(resave::ResaveArgs),
 }
 
+/// The error every subcommand returns.
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
 fn main() -> ExitCode {
     // Link the models crate so its link-time defaults (conversion mappings, patches) register.
     use patchwork_models as _;
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Resave(args) => resave::run(args),
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Forward(args) => forward::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Resave(args) => resave::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
             ExitCode::FAILURE
         }
     }

@@ -1,1 +1,47 @@
+#![warn(missing_docs)]
 //! Llama and Qwen2-MoE on candle, built from patchable sites.
+//!
+//! - [`decoder`]: the shared contracts (slots) every family's layers fill — attention, MLP,
+//!   norm, rotary embedding, decoder layer, router, experts, sparse MoE block — with one
+//!   config view ([`DecoderConfig`](decoder::DecoderConfig)) and explicit forward contexts,
+//!   so one replacement serves several families; plus the building blocks, the attention
+//!   kernel and the KV cache.
+//! - [`llama`], [`qwen2_moe`]: the families; every layer type is a site named as upstream
+//!   (`LlamaAttention`, `Qwen2MoeExperts`, ...).
+//! - [`AutoModelForCausalLM`]: load (`from_pretrained`) or create (`from_config`) a model of
+//!   whichever linked family a config names; families register at link time ([`family`]).
+//! - [`CausalLM`]: forward with padding masks and a KV cache, [`generate`](CausalLM::generate),
+//!   [`explain`](CausalLM::explain).
+//!
+//! ```
+//! use patchwork_models::{AutoModelForCausalLM, GenerationConfig, LoadOptions};
+//! let config = serde_json::json!({
+//!     "model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+//!     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+//! });
+//! let model = AutoModelForCausalLM::from_config(&config, &LoadOptions::default())?;
+//! let out = model.generate(&[vec![1, 2, 3]], &GenerationConfig::greedy(5))?;
+//! assert_eq!(out.sequences[0].len(), 8);
+//! # Ok::<(), patchwork_models::Error>(())
+//! ```
+
+mod auto;
+mod causal_lm;
+pub mod decoder;
+mod error;
+pub mod family;
+mod generation;
+pub mod llama;
+pub mod qwen2_moe;
+
+pub use auto::{AutoModelForCausalLM, LoadOptions};
+pub use causal_lm::{CausalLM, ForwardOptions, ForwardOutput, LogitsMode, ModelExplain};
+pub use error::{Error, Result};
+pub use family::{ModelFamily, RegisteredFamily};
+pub use generation::{Generation, GenerationConfig, Sampling};
+
+/// Not public API: what the macros expand to.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+}

@@ -1,0 +1,170 @@
+//! `AutoModelForCausalLM`: load or create a model of any linked family, dispatching on the
+//! config's `model_type`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use patch_checkpoint::{Checkpoint, RandomInit, Weights};
+use patch_core::{Builder, PatchSet};
+use serde_json::Value;
+
+use crate::Result;
+use crate::causal_lm::{CausalLM, ModelExplain};
+use crate::family::{ModelFamily, family, family_of};
+
+/// How to load or create a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Compute dtype; weights stored in another dtype are converted once at load. Default
+    /// float32 (the fast and exact choice on CPU).
+    pub dtype: DType,
+    /// Device. Default CPU.
+    pub device: Device,
+    /// Seed of `from_config`'s random weights.
+    pub seed: u64,
+    /// The patches to build with; `None` (the default) takes the global registry as it is
+    /// when loading starts (transformers' behaviour: `from_pretrained` always applies the
+    /// registered patches).
+    pub patches: Option<PatchSet>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            seed: 0,
+            patches: None,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// These options with compute dtype `dtype`.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// These options on `device`.
+    pub fn with_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// These options with random-weight seed `seed`.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// These options building with exactly `patches` instead of the global registry.
+    pub fn with_patches(mut self, patches: PatchSet) -> Self {
+        self.patches = Some(patches);
+        self
+    }
+
+    fn patch_set(&self) -> PatchSet {
+        self.patches.clone().unwrap_or_else(PatchSet::global)
+    }
+}
+
+/// Loads a checkpoint folder as `family`'s model (the family-specific entry points use it).
+pub(crate) fn load_pretrained(
+    dir: &Path,
+    family: Option<&'static ModelFamily>,
+    options: &LoadOptions,
+) -> Result<CausalLM> {
+    let ckpt = Checkpoint::open(dir)?;
+    let source_name = dir.join("config.json").display().to_string();
+    let found = family_of(ckpt.config(), &source_name)?;
+    if let Some(expected) = family
+        && expected.model_type != found.model_type
+    {
+        return Err(crate::Error::config(
+            source_name,
+            "model_type",
+            format!(
+                "{:?} is not {:?} ({})",
+                found.model_type, expected.model_type, expected.architecture
+            ),
+        ));
+    }
+    let config = (found.parse_config)(ckpt.config(), &source_name)?;
+    // The registry's transforms for this config (a family's link-time default, or what the
+    // user registered over it); replacements add theirs through their scopes.
+    let source = ckpt.source(ckpt.registered_transforms()?)?;
+    let weights = Weights::from_arc(Arc::new(source), options.dtype, &options.device);
+    let b = Builder::new(weights.clone()).with_patches(options.patch_set());
+    let model = CausalLM::build(&b, config, found)?;
+    weights.finish()?;
+    Ok(model)
+}
+
+/// Creates `family`'s model with seeded random weights.
+pub(crate) fn create_from_config(
+    config: &Value,
+    family: &'static ModelFamily,
+    options: &LoadOptions,
+) -> Result<CausalLM> {
+    let config = (family.parse_config)(config, "config")?;
+    let weights = Weights::new(
+        RandomInit::new(options.seed, config.initializer_range),
+        options.dtype,
+        &options.device,
+    );
+    let b = Builder::new(weights).with_patches(options.patch_set());
+    CausalLM::build(&b, config, family)
+}
+
+/// Loads or creates a causal LM of whichever linked family the config names (transformers'
+/// `AutoModelForCausalLM`). Both entry points build with the registered patches.
+#[derive(Clone, Copy, Debug)]
+pub struct AutoModelForCausalLM;
+
+impl AutoModelForCausalLM {
+    /// Loads the checkpoint folder `dir` (`config.json` plus `model.safetensors` or a sharded
+    /// checkpoint): picks the family from `model_type`, converts the weights with the family's
+    /// transforms (and those carried by replacements), and checks that every checkpoint tensor
+    /// was used and every requested one found.
+    ///
+    /// ```no_run
+    /// use patchwork_models::{AutoModelForCausalLM, LoadOptions};
+    /// let model = AutoModelForCausalLM::from_pretrained("fixtures/llama-tiny", &LoadOptions::default())?;
+    /// println!("{}", model.explain());
+    /// # Ok::<(), patchwork_models::Error>(())
+    /// ```
+    pub fn from_pretrained(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<CausalLM> {
+        load_pretrained(dir.as_ref(), None, options)
+    }
+
+    /// Creates a model with seeded random weights (`options.seed`) from a config JSON as
+    /// published.
+    ///
+    /// ```
+    /// use patchwork_models::{AutoModelForCausalLM, LoadOptions};
+    /// let config = serde_json::json!({
+    ///     "model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
+    ///     "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+    /// });
+    /// let model = AutoModelForCausalLM::from_config(&config, &LoadOptions::default().with_seed(7))?;
+    /// assert_eq!(model.model.layers.len(), 1);
+    /// # Ok::<(), patchwork_models::Error>(())
+    /// ```
+    pub fn from_config(config: &Value, options: &LoadOptions) -> Result<CausalLM> {
+        create_from_config(config, family_of(config, "config")?, options)
+    }
+
+    /// How the sites of `model_type`'s family resolve against the global registry now,
+    /// without building anything.
+    pub fn explain(model_type: &str) -> Result<ModelExplain> {
+        let family = family(model_type, "explain")?;
+        Ok(ModelExplain {
+            model_type: family.model_type,
+            architecture: family.architecture,
+            explain: PatchSet::global().explain(family.sites),
+            report: None,
+        })
+    }
+}

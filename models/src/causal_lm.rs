@@ -1,0 +1,344 @@
+//! `CausalLM`: a decoder body with its output head, what `from_pretrained` returns; batched
+//! forward with padding masks and a KV cache, router outputs, explain, and what saving needs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Linear, Module as _};
+use patch_checkpoint::{
+    SaveOptions, SaveReport, Transform, Weights, checkpoint_conversion_mapping_for,
+};
+use patch_core::{BuildReport, Builder, Explain, PatchSet};
+
+use crate::decoder::linear::linear;
+use crate::decoder::{DecoderConfig, DecoderInput, DecoderModel, KvCache, RouterRecord};
+use crate::family::ModelFamily;
+use crate::{Error, Result};
+
+/// Which positions get logits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogitsMode {
+    /// Every position: `[batch, seq, vocab]`.
+    #[default]
+    All,
+    /// The last position of each row only: `[batch, 1, vocab]` (what generation needs; the
+    /// output head then runs on one position instead of all).
+    Last,
+    /// None (the pass only fills the cache or records routing).
+    None,
+}
+
+/// Options of [`CausalLM::forward_with`].
+#[derive(Clone, Debug, Default)]
+pub struct ForwardOptions {
+    /// Which positions get logits.
+    pub logits: LogitsMode,
+    /// Return each MoE layer's router output (transformers' `output_router_logits`).
+    pub output_router_logits: bool,
+    /// Expert ids `[batch * seq, top_k]` to force, by absolute layer index (replaying a
+    /// recorded routing); empty to route normally.
+    pub forced_experts: BTreeMap<usize, Tensor>,
+}
+
+/// What [`CausalLM::forward_with`] returns.
+#[derive(Clone, Debug)]
+pub struct ForwardOutput {
+    /// Logits in float32 (shape per [`LogitsMode`]); `None` with [`LogitsMode::None`].
+    pub logits: Option<Tensor>,
+    /// Each MoE layer's routing, in layer order, when asked for.
+    pub router_logits: Vec<RouterRecord>,
+}
+
+/// A causal language model: a [`DecoderModel`] body and an output head, plus what it was
+/// built from (config, weights record, build report, patches) for explain and saving.
+pub struct CausalLM {
+    /// The decoder body (`model.*` weights).
+    pub model: DecoderModel,
+    /// The output head (`lm_head.weight`, or the embedding when tied).
+    pub lm_head: Linear,
+    family: &'static ModelFamily,
+    weights: Weights,
+    report: BuildReport,
+    patches: PatchSet,
+    transforms: Vec<Transform>,
+}
+
+impl fmt::Debug for CausalLM {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CausalLM")
+            .field("model_type", &self.family.model_type)
+            .field("layers", &self.model.layers.len())
+            .field("dtype", &self.dtype())
+            .finish()
+    }
+}
+
+impl CausalLM {
+    /// Builds `family`'s model for `config` with `b` (patches as `b` resolves them: see
+    /// [`Builder`]): the body under `model`, and `lm_head` unless the embeddings are tied, in
+    /// which case `lm_head.weight` is never asked for (and never saved).
+    pub fn build(b: &Builder, config: DecoderConfig, family: &'static ModelFamily) -> Result<Self> {
+        let config = Arc::new(config);
+        // What the registry says this config's checkpoints are converted with: saving reverses
+        // it for tensors that did not come from a checkpoint (a model built from its config).
+        let transforms = checkpoint_conversion_mapping_for(&config.json)?
+            .map(|(_, t)| t)
+            .unwrap_or_default();
+        let model = (family.build_model)(&b.pp("model"), &config)?;
+        let lm_head = if config.tie_word_embeddings {
+            b.weights()
+                .tie("lm_head.weight", "model.embed_tokens.weight");
+            Linear::new(model.embed_tokens.embeddings().clone(), None)
+        } else {
+            linear(
+                b,
+                "lm_head",
+                config.hidden_size,
+                config.vocab_size,
+                false,
+                config.initializer_range,
+            )?
+        };
+        Ok(Self {
+            model,
+            lm_head,
+            family,
+            weights: b.weights().clone(),
+            report: b.report(),
+            patches: b.patches(),
+            transforms,
+        })
+    }
+
+    /// Writes the config and weights to `dir` in the checkpoint layout transformers reads:
+    /// every tensor goes back under its original key through the reverse of the transforms
+    /// that produced it (stacked experts split per expert, a replacement's fused q/k/v split
+    /// into three), tied heads left out, sharded above `options.max_shard_size`.
+    pub fn save_pretrained(
+        &self,
+        dir: impl AsRef<std::path::Path>,
+        options: &SaveOptions,
+    ) -> Result<SaveReport> {
+        Ok(patch_checkpoint::save_pretrained(
+            dir,
+            self.config_json(),
+            &self.weights,
+            &self.transforms,
+            options,
+        )?)
+    }
+
+    /// The config view.
+    pub fn config(&self) -> &DecoderConfig {
+        self.model.config()
+    }
+
+    /// The config JSON as published (what saving writes back).
+    pub fn config_json(&self) -> &serde_json::Value {
+        &self.model.config().json
+    }
+
+    /// The family it belongs to.
+    pub fn family(&self) -> &'static ModelFamily {
+        self.family
+    }
+
+    /// The weights handle it was built from; its `params()` is the state dict.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// Every site built, where, and which patch replaced it.
+    pub fn report(&self) -> &BuildReport {
+        &self.report
+    }
+
+    /// The patches it was built with.
+    pub fn patches(&self) -> &PatchSet {
+        &self.patches
+    }
+
+    /// Number of parameters (tied embeddings count once).
+    pub fn num_parameters(&self) -> usize {
+        self.weights.params().num_parameters()
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.weights.dtype()
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        self.weights.device()
+    }
+
+    /// How its family's sites resolve against the patches it was built with, and what was
+    /// built at each path.
+    pub fn explain(&self) -> ModelExplain {
+        ModelExplain {
+            model_type: self.family.model_type,
+            architecture: self.family.architecture,
+            explain: self.patches.explain(self.family.sites),
+            report: Some(self.report.clone()),
+        }
+    }
+
+    /// A KV cache for `batch` rows and `capacity` positions (prompt plus new tokens),
+    /// allocated on first use and then written in place.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> KvCache {
+        KvCache::new(self.model.layers.len(), batch, capacity)
+    }
+
+    /// Logits (float32 `[batch, seq, vocab]`) for `input_ids` (`[batch, seq]`, u32 or i64),
+    /// with an optional `attention_mask` (`[batch, seq]`, 1 = token, 0 = padding; left or
+    /// right padding). Positions come from the mask.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let out = self.forward_with(input_ids, attention_mask, None, &ForwardOptions::default())?;
+        out.logits
+            .ok_or_else(|| Error::input("logits", "not computed"))
+    }
+
+    /// The full forward pass. With `cache`, the tokens continue the cached sequence:
+    /// `attention_mask` covers the new tokens only (the cache remembers the earlier ones), and
+    /// the cache is extended in place.
+    pub fn forward_with(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        options: &ForwardOptions,
+    ) -> Result<ForwardOutput> {
+        let ids = self.check_input_ids(input_ids)?;
+        let (batch, seq) = ids.dims2()?;
+        let mask = match attention_mask {
+            Some(m) => check_mask(m, batch, seq)?,
+            None => vec![1u8; batch * seq],
+        };
+        let input = DecoderInput {
+            input_ids: &ids,
+            attention_mask: &mask,
+            forced_experts: &options.forced_experts,
+            output_router_logits: options.output_router_logits,
+        };
+        let (hidden, router_logits) = self.model.forward(&input, cache)?;
+        let hidden = match options.logits {
+            LogitsMode::All => Some(hidden),
+            LogitsMode::Last => Some(hidden.narrow(1, seq - 1, 1)?),
+            LogitsMode::None => None,
+        };
+        let logits = match hidden {
+            Some(h) => Some(self.lm_head.forward(&h)?.to_dtype(DType::F32)?),
+            None => None,
+        };
+        Ok(ForwardOutput {
+            logits,
+            router_logits,
+        })
+    }
+
+    /// `input_ids` as a u32 tensor on the model's device, after checking its shape, dtype and
+    /// that every id is below the vocabulary size.
+    pub fn check_input_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2().map_err(|_| {
+            Error::input(
+                "input_ids",
+                format!("expected shape [batch, seq], found {:?}", input_ids.dims()),
+            )
+        })?;
+        if batch == 0 || seq == 0 {
+            return Err(Error::input(
+                "input_ids",
+                format!("empty batch {:?}", input_ids.dims()),
+            ));
+        }
+        let values: Vec<i64> = match input_ids.dtype() {
+            DType::U32 | DType::U8 | DType::I64 | DType::I32 | DType::I16 => {
+                input_ids.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?
+            }
+            other => {
+                return Err(Error::input(
+                    "input_ids",
+                    format!("expected integer token ids (u32 or i64), found {other:?}"),
+                ));
+            }
+        };
+        let vocab = self.config().vocab_size;
+        if let Some((i, &token)) = values
+            .iter()
+            .enumerate()
+            .find(|(_, t)| **t < 0 || **t >= vocab as i64)
+        {
+            return Err(Error::TokenOutOfRange {
+                input: "input_ids".into(),
+                row: i / seq,
+                col: i % seq,
+                token,
+                vocab_size: vocab,
+            });
+        }
+        let ids: Vec<u32> = values.into_iter().map(|t| t as u32).collect();
+        Ok(Tensor::from_vec(ids, (batch, seq), self.device())?)
+    }
+}
+
+/// The mask as bytes, after checking its shape and that it holds only 0 and 1.
+fn check_mask(mask: &Tensor, batch: usize, seq: usize) -> Result<Vec<u8>> {
+    if mask.dims() != [batch, seq] {
+        return Err(Error::input(
+            "attention_mask",
+            format!(
+                "expected shape [{batch}, {seq}] like input_ids, found {:?}",
+                mask.dims()
+            ),
+        ));
+    }
+    let values: Vec<f64> = mask.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v == 0.0 || v == 1.0 {
+                Ok(v as u8)
+            } else {
+                Err(Error::input(
+                    "attention_mask",
+                    format!(
+                        "value {v} at [{}, {}]: expected 1 (token) or 0 (padding)",
+                        i / seq,
+                        i % seq
+                    ),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// The answer to "is my patch applied?" for a model or a model type: how the family's sites
+/// resolve (patterns that matched nothing, matches skipped and why) and, for a built model,
+/// what was built at each path.
+#[derive(Clone, Debug)]
+pub struct ModelExplain {
+    /// The family's `model_type`.
+    pub model_type: &'static str,
+    /// Its causal-LM class name.
+    pub architecture: &'static str,
+    /// How the family's sites resolve.
+    pub explain: Explain,
+    /// What was built at each path (built models only).
+    pub report: Option<BuildReport>,
+}
+
+impl fmt::Display for ModelExplain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "model_type {} ({})", self.model_type, self.architecture)?;
+        write!(f, "{}", self.explain)?;
+        if let Some(report) = &self.report {
+            writeln!(f)?;
+            write!(f, "built: {report}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,306 @@
+//! The common config view every decoder slot's constructor receives, whatever the family.
+//!
+//! A family parses its own `config.json` (`LlamaConfig`, `Qwen2MoeConfig`), validates it, and
+//! lowers it to a [`DecoderConfig`]: the normalised facts a layer needs (sizes, head layout,
+//! biases, norm epsilon, rope, per-layer attention kind and feed-forward kind). A replacement
+//! written against this view serves every family; one that needs a family-specific key reads
+//! it from [`DecoderConfig::json`].
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::decoder::rotary::RopeConfig;
+use crate::{Error, Result};
+
+/// The activation of the gated MLPs (`hidden_act`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HiddenAct {
+    /// `silu` (also accepted as `swish`): x * sigmoid(x).
+    Silu,
+    /// `gelu`: the exact, erf-based GELU.
+    Gelu,
+    /// `gelu_pytorch_tanh` / `gelu_new`: the tanh approximation.
+    GeluTanh,
+    /// `relu`.
+    Relu,
+}
+
+impl HiddenAct {
+    /// The names accepted in `hidden_act`.
+    pub const SUPPORTED: &'static str = "silu, swish, gelu, gelu_pytorch_tanh, gelu_new, relu";
+
+    /// Parses transformers' name of the activation; `None` if it is not supported.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "silu" | "swish" => HiddenAct::Silu,
+            "gelu" => HiddenAct::Gelu,
+            "gelu_pytorch_tanh" | "gelu_new" => HiddenAct::GeluTanh,
+            "relu" => HiddenAct::Relu,
+            _ => return None,
+        })
+    }
+
+    /// Applies the activation.
+    pub fn apply(self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            HiddenAct::Silu => candle_nn::ops::silu(x),
+            HiddenAct::Gelu => x.gelu_erf(),
+            HiddenAct::GeluTanh => x.gelu(),
+            HiddenAct::Relu => x.relu(),
+        }
+    }
+}
+
+/// Which attention a layer runs: over every past token, or over a sliding window of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKind {
+    /// Causal attention over every past token (`"full_attention"`).
+    Full,
+    /// Causal attention over the last `window` positions, the query's own included
+    /// (`"sliding_attention"`).
+    Sliding {
+        /// Number of positions a query sees.
+        window: usize,
+    },
+}
+
+/// What sits in a decoder layer's feed-forward position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedForwardKind {
+    /// A dense gated MLP of `intermediate_size`.
+    Dense,
+    /// A sparse mixture-of-experts block (see [`MoeConfig`]).
+    Sparse,
+}
+
+/// The mixture-of-experts facts of a family that has them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    /// Number of routed experts.
+    pub num_experts: usize,
+    /// Experts each token is routed to (top-k).
+    pub num_experts_per_tok: usize,
+    /// Intermediate size of each routed expert.
+    pub moe_intermediate_size: usize,
+    /// Intermediate size of the shared expert; 0 when there is none.
+    pub shared_expert_intermediate_size: usize,
+    /// Whether the top-k routing weights are renormalised to sum to one.
+    pub norm_topk_prob: bool,
+}
+
+/// The normalised config every decoder slot's constructor receives (see the module docs).
+#[derive(Clone, Debug)]
+pub struct DecoderConfig {
+    /// The family's `model_type` (`llama`, `qwen2_moe`).
+    pub model_type: String,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Intermediate size of the dense MLPs.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (divides `num_attention_heads`; fewer means grouped-query attention).
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Activation of the gated MLPs.
+    pub hidden_act: HiddenAct,
+    /// Epsilon of the RMS norms.
+    pub rms_norm_eps: f64,
+    /// Rotary embedding parameters.
+    pub rope: RopeConfig,
+    /// `max_position_embeddings` as published (dynamic rope scaling reads it).
+    pub max_position_embeddings: usize,
+    /// Whether q/k/v projections have a bias.
+    pub qkv_bias: bool,
+    /// Whether the attention output projection has a bias.
+    pub o_proj_bias: bool,
+    /// Whether the MLP projections have biases.
+    pub mlp_bias: bool,
+    /// Whether the output head reuses the token embedding (no `lm_head.weight` is read).
+    pub tie_word_embeddings: bool,
+    /// The attention kind of each layer (`len() == num_hidden_layers`).
+    pub layer_types: Vec<AttentionKind>,
+    /// The feed-forward kind of each layer (`len() == num_hidden_layers`).
+    pub feed_forward: Vec<FeedForwardKind>,
+    /// Mixture-of-experts facts, for families that have sparse layers.
+    pub moe: Option<MoeConfig>,
+    /// Beginning-of-sequence token, if the config names one.
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence tokens (generation stops at any of them).
+    pub eos_token_ids: Vec<u32>,
+    /// Padding token, if the config names one.
+    pub pad_token_id: Option<u32>,
+    /// Standard deviation of random initialisation (`from_config`).
+    pub initializer_range: f64,
+    /// The config JSON as published, for family-specific keys and for saving.
+    pub json: Arc<Value>,
+}
+
+impl DecoderConfig {
+    /// Query heads per key/value head.
+    pub fn num_key_value_groups(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+
+    /// The attention kind of layer `layer_idx`.
+    pub fn attention_kind(&self, layer_idx: usize) -> AttentionKind {
+        self.layer_types
+            .get(layer_idx)
+            .copied()
+            .unwrap_or(AttentionKind::Full)
+    }
+
+    /// The feed-forward kind of layer `layer_idx`.
+    pub fn feed_forward_kind(&self, layer_idx: usize) -> FeedForwardKind {
+        self.feed_forward
+            .get(layer_idx)
+            .copied()
+            .unwrap_or(FeedForwardKind::Dense)
+    }
+
+    /// Whether any layer uses a sliding window.
+    pub fn has_sliding_layers(&self) -> bool {
+        self.layer_types
+            .iter()
+            .any(|k| matches!(k, AttentionKind::Sliding { .. }))
+    }
+
+    /// The `MoeConfig`, or an error naming the layer that needs one (for MoE sites built from
+    /// a config without experts).
+    pub fn moe(&self) -> Result<&MoeConfig> {
+        self.moe.as_ref().ok_or_else(|| {
+            Error::config(
+                &self.model_type,
+                "num_experts",
+                "this model type has no mixture-of-experts config, but an MoE layer was asked for",
+            )
+        })
+    }
+}
+
+/// Reads and checks keys of a config JSON object, with errors naming the source and the key.
+///
+/// Family configs deserialize with serde; this covers the values serde cannot check (ranges,
+/// cross-key constraints) and the loosely typed keys (`eos_token_id` as an int or a list).
+#[derive(Clone, Copy, Debug)]
+pub struct ConfigCheck<'a> {
+    source_name: &'a str,
+}
+
+impl<'a> ConfigCheck<'a> {
+    /// Checks for the config read from `source_name`.
+    pub fn new(source_name: &'a str) -> Self {
+        Self { source_name }
+    }
+
+    /// The error for `key`.
+    pub fn error(&self, key: &str, message: impl Into<String>) -> Error {
+        Error::config(self.source_name, key, message)
+    }
+
+    /// `value` must be at least 1.
+    pub fn positive(&self, key: &str, value: usize) -> Result<usize> {
+        if value == 0 {
+            return Err(self.error(key, "must be at least 1, found 0"));
+        }
+        Ok(value)
+    }
+
+    /// `value` must be finite and strictly positive.
+    pub fn positive_f64(&self, key: &str, value: f64) -> Result<f64> {
+        if !(value.is_finite() && value > 0.0) {
+            return Err(self.error(key, format!("must be a positive number, found {value}")));
+        }
+        Ok(value)
+    }
+
+    /// The supported activation named `name`.
+    pub fn hidden_act(&self, key: &str, name: &str) -> Result<HiddenAct> {
+        HiddenAct::from_name(name).ok_or_else(|| {
+            self.error(
+                key,
+                format!(
+                    "unsupported activation {name:?} (supported: {})",
+                    HiddenAct::SUPPORTED
+                ),
+            )
+        })
+    }
+
+    /// A token id key: absent/null, an integer, or (for eos) a list of integers, each below
+    /// `vocab_size`.
+    pub fn token_ids(
+        &self,
+        key: &str,
+        value: Option<&Value>,
+        vocab_size: usize,
+    ) -> Result<Vec<u32>> {
+        let one = |v: &Value| -> Result<u32> {
+            let id = v.as_u64().ok_or_else(|| {
+                self.error(
+                    key,
+                    format!("expected a token id (a non-negative integer), found {v}"),
+                )
+            })?;
+            if id >= vocab_size as u64 {
+                return Err(self.error(
+                    key,
+                    format!("token id {id} is not below vocab_size {vocab_size}"),
+                ));
+            }
+            Ok(id as u32)
+        };
+        match value {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items.iter().map(one).collect(),
+            Some(v) => Ok(vec![one(v)?]),
+        }
+    }
+
+    /// Head layout: `num_attention_heads`, `num_key_value_heads` dividing it, `head_dim`
+    /// given or `hidden_size / num_attention_heads` (which must then divide evenly), and even
+    /// (rotary embeddings rotate pairs).
+    pub fn heads(
+        &self,
+        hidden_size: usize,
+        num_attention_heads: usize,
+        num_key_value_heads: Option<usize>,
+        head_dim: Option<usize>,
+    ) -> Result<(usize, usize, usize)> {
+        let heads = self.positive("num_attention_heads", num_attention_heads)?;
+        let kv = self.positive("num_key_value_heads", num_key_value_heads.unwrap_or(heads))?;
+        if !heads.is_multiple_of(kv) {
+            return Err(self.error(
+                "num_key_value_heads",
+                format!("{kv} does not divide num_attention_heads = {heads}"),
+            ));
+        }
+        let head_dim = match head_dim {
+            Some(d) => self.positive("head_dim", d)?,
+            None => {
+                if !hidden_size.is_multiple_of(heads) {
+                    return Err(self.error(
+                        "num_attention_heads",
+                        format!(
+                            "{heads} does not divide hidden_size = {hidden_size}, and no head_dim is given"
+                        ),
+                    ));
+                }
+                hidden_size / heads
+            }
+        };
+        if head_dim % 2 != 0 {
+            return Err(self.error(
+                "head_dim",
+                format!("must be even for rotary embeddings, found {head_dim}"),
+            ));
+        }
+        Ok((heads, kv, head_dim))
+    }
+}

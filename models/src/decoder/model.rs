@@ -1,0 +1,190 @@
+//! The decoder body every family here shares: embedding, layers, final norm, and the forward
+//! pass that derives positions, masks and rope tables once and runs the layers with them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use candle_nn::{Embedding, Module as _};
+use patch_core::{Builder, Result as BuildResult};
+
+use crate::decoder::config::{AttentionKind, DecoderConfig};
+use crate::decoder::kv_cache::KvCache;
+use crate::decoder::layer::{DecoderLayer, LayerContext};
+use crate::decoder::mask::attention_bias;
+use crate::decoder::moe::RouterOutput;
+use crate::decoder::norm::Norm;
+use crate::decoder::positions::Positions;
+use crate::decoder::rotary::RotaryEmbedding;
+use crate::{Error, Result};
+
+/// The routing one MoE layer produced in a forward pass.
+#[derive(Clone, Debug)]
+pub struct RouterRecord {
+    /// Absolute index of the layer.
+    pub layer: usize,
+    /// Its router's output.
+    pub router: RouterOutput,
+}
+
+/// One forward pass's input to the decoder body.
+#[derive(Clone, Copy, Debug)]
+pub struct DecoderInput<'a> {
+    /// Token ids `[batch, seq]`, u32, already checked against the vocabulary.
+    pub input_ids: &'a Tensor,
+    /// Padding mask of these tokens, `batch * seq` bytes row-major, 1 = token, 0 = padding.
+    pub attention_mask: &'a [u8],
+    /// Expert indices to replay, by absolute layer index.
+    pub forced_experts: &'a BTreeMap<usize, Tensor>,
+    /// Whether to return the routers' outputs.
+    pub output_router_logits: bool,
+}
+
+/// The decoder body (transformers' `LlamaModel`, `Qwen2MoeModel`): the same structure and
+/// forward pass for every family here; what differs is which sites a family builds into it.
+pub struct DecoderModel {
+    /// Token embedding `[vocab, hidden]`.
+    pub embed_tokens: Embedding,
+    /// The decoder layers.
+    pub layers: Vec<Box<dyn DecoderLayer>>,
+    /// The final norm.
+    pub norm: Box<dyn Norm>,
+    /// The rotary embedding (tables computed once per pass).
+    pub rotary_emb: Box<dyn RotaryEmbedding>,
+    config: Arc<DecoderConfig>,
+}
+
+impl DecoderModel {
+    /// Loads the embedding `embed_tokens.weight` under `b` (random sources: N(0, std)).
+    pub fn load_embedding(b: &Builder, config: &DecoderConfig) -> BuildResult<Embedding> {
+        let weight = b.pp("embed_tokens").get_with_init(
+            (config.vocab_size, config.hidden_size),
+            "weight",
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: config.initializer_range,
+            },
+        )?;
+        Ok(Embedding::new(weight, config.hidden_size))
+    }
+
+    /// A body from its parts.
+    pub fn new(
+        config: Arc<DecoderConfig>,
+        embed_tokens: Embedding,
+        layers: Vec<Box<dyn DecoderLayer>>,
+        norm: Box<dyn Norm>,
+        rotary_emb: Box<dyn RotaryEmbedding>,
+    ) -> Self {
+        Self {
+            embed_tokens,
+            layers,
+            norm,
+            rotary_emb,
+            config,
+        }
+    }
+
+    /// The config view it was built from.
+    pub fn config(&self) -> &Arc<DecoderConfig> {
+        &self.config
+    }
+
+    /// Runs the body: returns the final hidden states `[batch, seq, hidden]` and, when asked,
+    /// every MoE layer's routing. With a cache, the tokens continue the cached sequence (their
+    /// positions and mask extend it) and the cache is extended.
+    pub fn forward(
+        &self,
+        input: &DecoderInput<'_>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<(Tensor, Vec<RouterRecord>)> {
+        let (batch, seq_len) = input.input_ids.dims2()?;
+        let mask = input.attention_mask;
+        let mut h = self.embed_tokens.forward(input.input_ids)?;
+        let dtype = h.dtype();
+        let device = h.device().clone();
+
+        let (past, positions) = match cache.as_deref_mut() {
+            Some(c) => {
+                if c.batch() != batch || c.layers_mut().len() != self.layers.len() {
+                    return Err(Error::input(
+                        "cache",
+                        format!(
+                            "made for {} rows and {} layers, the pass has {batch} rows and the model {} layers",
+                            c.batch(),
+                            c.layers_mut().len(),
+                            self.layers.len()
+                        ),
+                    ));
+                }
+                let past = c.len();
+                let start = c.begin(mask, seq_len)?;
+                (past, Positions::from_mask(batch, seq_len, mask, &start))
+            }
+            None => (
+                0,
+                Positions::from_mask(batch, seq_len, mask, &vec![0; batch]),
+            ),
+        };
+        let rope = self.rotary_emb.forward(&positions, dtype, &device)?;
+
+        // One bias per attention kind the layers use, built before the layers borrow the cache.
+        let mut biases: Vec<(AttentionKind, Option<Tensor>)> = Vec::new();
+        for i in 0..self.layers.len() {
+            let kind = self.config.attention_kind(i);
+            if biases.iter().any(|(k, _)| *k == kind) {
+                continue;
+            }
+            let bias = match cache.as_deref() {
+                Some(c) => attention_bias(
+                    batch,
+                    past,
+                    seq_len,
+                    kind,
+                    |r| c.key_mask(r, past + seq_len),
+                    dtype,
+                    &device,
+                )?,
+                None => attention_bias(
+                    batch,
+                    0,
+                    seq_len,
+                    kind,
+                    |r| &mask[r * seq_len..(r + 1) * seq_len],
+                    dtype,
+                    &device,
+                )?,
+            };
+            biases.push((kind, bias));
+        }
+
+        let mut routers = Vec::new();
+        let mut layer_caches = cache.as_deref_mut().map(KvCache::layers_mut);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kind = self.config.attention_kind(i);
+            let bias = biases
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .and_then(|(_, b)| b.as_ref());
+            let mut ctx = LayerContext {
+                layer_idx: i,
+                rope: &rope,
+                mask: bias,
+                cache: layer_caches.as_deref_mut().map(|c| &mut c[i]),
+                forced_experts: input.forced_experts.get(&i),
+            };
+            let out = layer.forward(&h, &mut ctx)?;
+            h = out.hidden_states;
+            if input.output_router_logits
+                && let Some(router) = out.router
+            {
+                routers.push(RouterRecord { layer: i, router });
+            }
+        }
+        if let Some(c) = cache {
+            c.commit(seq_len);
+        }
+        let h = self.norm.forward(&h)?;
+        Ok((h, routers))
+    }
+}

@@ -1,0 +1,120 @@
+//! The error type of the models crate.
+
+/// What can go wrong reading a config, building a model, or running it.
+///
+/// Every variant names what was wrong and where: the config key and its value, the file, the
+/// token id and the vocabulary size, the input and its shape.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config value is missing, has the wrong type, or is out of range.
+    #[error("{source_name}: key {key:?}: {message}")]
+    Config {
+        /// Where the config came from (`.../config.json`, or `config` for one given in memory).
+        source_name: String,
+        /// The key (a dotted path for nested keys: `rope_scaling.factor`).
+        key: String,
+        /// What is wrong, with the offending value.
+        message: String,
+    },
+    /// The config's `model_type` names no linked model family.
+    #[error(
+        "{source_name}: model_type {model_type:?} is not a linked model family (known: {known})"
+    )]
+    UnknownModelType {
+        /// Where the config came from.
+        source_name: String,
+        /// The `model_type` found.
+        model_type: String,
+        /// The model types of the linked families.
+        known: String,
+    },
+    /// A token id is not below the vocabulary size.
+    #[error(
+        "token id {token} at {input}[{row}, {col}] is out of range: the vocabulary has {vocab_size} tokens"
+    )]
+    TokenOutOfRange {
+        /// The input it was found in (`input_ids`, `prompt 1`, ...).
+        input: String,
+        /// Row (batch index).
+        row: usize,
+        /// Column (position).
+        col: usize,
+        /// The id.
+        token: i64,
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
+    /// An input tensor has the wrong shape, dtype or values.
+    #[error("input {name}: {message}")]
+    Input {
+        /// The input's name (`input_ids`, `attention_mask`, ...).
+        name: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The KV cache cannot hold the tokens of this forward pass.
+    #[error(
+        "KV cache full: it holds {capacity} positions, {used} are used and this pass adds {adding}"
+    )]
+    CacheFull {
+        /// Positions the cache was allocated for.
+        capacity: usize,
+        /// Positions already written.
+        used: usize,
+        /// Positions this forward pass writes.
+        adding: usize,
+    },
+    /// A generation setting is out of range.
+    #[error("generation setting {name} = {value}: {message}")]
+    Generation {
+        /// The setting.
+        name: &'static str,
+        /// Its value, as given.
+        value: String,
+        /// What is allowed.
+        message: String,
+    },
+    /// Building the model failed (a site's constructor, a missing weight, a patch conflict).
+    #[error(transparent)]
+    Build(#[from] patch_core::Error),
+    /// Reading the checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] patch_checkpoint::Error),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl Error {
+    /// A [`Error::Config`] for `key` of the config read from `source_name`.
+    pub fn config(
+        source_name: impl Into<String>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Config {
+            source_name: source_name.into(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Input`] about input `name`.
+    pub fn input(name: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Input {
+            name: name.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,448 @@
+//! Text generation: greedy or seeded sampling (temperature, top-k, top-p), stop at eos,
+//! padded batches, a per-token callback for streaming, with a KV cache allocated once and
+//! logits computed for the last position only.
+
+use candle_core::Tensor;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::causal_lm::{CausalLM, ForwardOptions, LogitsMode};
+use crate::{Error, Result};
+
+/// How the next token is chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sampling {
+    /// The most likely token (the first one on ties, as `argmax`).
+    Greedy,
+    /// A draw from the distribution after, in transformers' order, temperature, top-k and
+    /// top-p; reproducible for a given seed (and `rand` version).
+    Sample {
+        /// Logits are divided by it; must be positive.
+        temperature: f64,
+        /// Keep only the `k` most likely tokens (ties at the k-th kept).
+        top_k: Option<usize>,
+        /// Keep the smallest set of most likely tokens whose probability reaches `p`, in (0, 1].
+        top_p: Option<f64>,
+        /// Seed of the random generator.
+        seed: u64,
+    },
+}
+
+/// Generation settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationConfig {
+    /// Tokens to generate at most per row.
+    pub max_new_tokens: usize,
+    /// End-of-sequence tokens are suppressed until this many were generated (transformers'
+    /// `min_new_tokens`).
+    pub min_new_tokens: usize,
+    /// How tokens are chosen.
+    pub sampling: Sampling,
+    /// Tokens that end a row; `None` takes the config's `eos_token_id`.
+    pub eos_token_ids: Option<Vec<u32>>,
+    /// Keep generating after an end-of-sequence token (it is still emitted).
+    pub ignore_eos: bool,
+    /// Token that left-pads shorter prompts and fills finished rows; `None` takes the
+    /// config's `pad_token_id`, else its first eos token, else 0. Padding is masked out, so the
+    /// choice never changes the result.
+    pub pad_token_id: Option<u32>,
+    /// Return each step's logits (float32 `[batch, vocab]`, before any processing).
+    pub output_logits: bool,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 20,
+            min_new_tokens: 0,
+            sampling: Sampling::Greedy,
+            eos_token_ids: None,
+            ignore_eos: false,
+            pad_token_id: None,
+            output_logits: false,
+        }
+    }
+}
+
+impl GenerationConfig {
+    /// Greedy decoding of up to `max_new_tokens` tokens.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self {
+            max_new_tokens,
+            ..Self::default()
+        }
+    }
+
+    /// Checks every setting is in range.
+    pub fn validate(&self) -> Result<()> {
+        if let Sampling::Sample {
+            temperature,
+            top_k,
+            top_p,
+            ..
+        } = &self.sampling
+        {
+            if !(temperature.is_finite() && *temperature > 0.0) {
+                return Err(Error::Generation {
+                    name: "temperature",
+                    value: temperature.to_string(),
+                    message:
+                        "must be a positive number (use greedy decoding for a deterministic argmax)"
+                            .into(),
+                });
+            }
+            if *top_k == Some(0) {
+                return Err(Error::Generation {
+                    name: "top_k",
+                    value: "0".into(),
+                    message: "must be at least 1".into(),
+                });
+            }
+            if let Some(p) = top_p
+                && !(*p > 0.0 && *p <= 1.0)
+            {
+                return Err(Error::Generation {
+                    name: "top_p",
+                    value: p.to_string(),
+                    message: "must be in (0, 1]".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`CausalLM::generate`] returns.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Per row: its prompt, then the generated tokens (up to and including the end-of-sequence
+    /// token that stopped it).
+    pub sequences: Vec<Vec<u32>>,
+    /// Per row: the generated tokens only.
+    pub new_tokens: Vec<Vec<u32>>,
+    /// Each step's logits `[batch, vocab]`, when asked for (rows already finished included).
+    pub logits: Vec<Tensor>,
+}
+
+/// Picks tokens from logits.
+struct Sampler {
+    sampling: Sampling,
+    rng: Option<StdRng>,
+}
+
+impl Sampler {
+    fn new(sampling: &Sampling) -> Self {
+        let rng = match sampling {
+            Sampling::Greedy => None,
+            Sampling::Sample { seed, .. } => Some(StdRng::seed_from_u64(*seed)),
+        };
+        Self {
+            sampling: sampling.clone(),
+            rng,
+        }
+    }
+
+    fn pick(&mut self, logits: &mut [f32]) -> u32 {
+        match (&self.sampling, &mut self.rng) {
+            (
+                Sampling::Sample {
+                    temperature,
+                    top_k,
+                    top_p,
+                    ..
+                },
+                Some(rng),
+            ) => {
+                let inv_t = (1.0 / temperature) as f32;
+                logits.iter_mut().for_each(|l| *l *= inv_t);
+                if let Some(k) = *top_k
+                    && k < logits.len()
+                {
+                    let mut sorted = logits.to_vec();
+                    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+                    let threshold = sorted[k - 1];
+                    logits
+                        .iter_mut()
+                        .filter(|l| **l < threshold)
+                        .for_each(|l| *l = f32::NEG_INFINITY);
+                }
+                let mut probs = softmax(logits);
+                if let Some(p) = *top_p {
+                    let mut order: Vec<usize> = (0..probs.len()).collect();
+                    order.sort_unstable_by(|&a, &b| probs[a].total_cmp(&probs[b]));
+                    let mut cumulative = 0.0f64;
+                    let last = order.len() - 1;
+                    for (rank, &i) in order.iter().enumerate() {
+                        cumulative += probs[i];
+                        if cumulative <= 1.0 - p && rank != last {
+                            logits[i] = f32::NEG_INFINITY;
+                        }
+                    }
+                    probs = softmax(logits);
+                }
+                let u: f64 = rng.random();
+                let mut acc = 0.0;
+                let mut chosen = argmax(logits);
+                for (i, &p) in probs.iter().enumerate() {
+                    if p > 0.0 {
+                        acc += p;
+                        chosen = i as u32;
+                        if u < acc {
+                            break;
+                        }
+                    }
+                }
+                chosen
+            }
+            _ => argmax(logits),
+        }
+    }
+}
+
+fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn softmax(xs: &[f32]) -> Vec<f64> {
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exps: Vec<f64> = xs.iter().map(|&x| ((x as f64) - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+impl CausalLM {
+    /// Generates a continuation of each prompt (see [`GenerationConfig`]).
+    ///
+    /// ```
+    /// use patchwork_models::{AutoModelForCausalLM, GenerationConfig, LoadOptions};
+    /// # let config = serde_json::json!({"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+    /// #     "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2});
+    /// let model = AutoModelForCausalLM::from_config(&config, &LoadOptions::default())?;
+    /// let out = model.generate(&[vec![5, 6, 7], vec![9]], &GenerationConfig::greedy(4))?;
+    /// assert_eq!(&out.sequences[1][..1], &[9]);
+    /// # Ok::<(), patchwork_models::Error>(())
+    /// ```
+    pub fn generate(&self, prompts: &[Vec<u32>], config: &GenerationConfig) -> Result<Generation> {
+        self.generate_with(prompts, config, |_, _| {})
+    }
+
+    /// Like [`CausalLM::generate`], calling `on_token(row, token)` for each token as soon as
+    /// it is chosen (streaming). Prompts of different lengths are left-padded and masked.
+    pub fn generate_with(
+        &self,
+        prompts: &[Vec<u32>],
+        config: &GenerationConfig,
+        mut on_token: impl FnMut(usize, u32),
+    ) -> Result<Generation> {
+        config.validate()?;
+        let cfg = self.config();
+        if prompts.is_empty() {
+            return Err(Error::input("prompts", "no prompt given"));
+        }
+        for (row, prompt) in prompts.iter().enumerate() {
+            if prompt.is_empty() {
+                return Err(Error::input(format!("prompt {row}"), "is empty"));
+            }
+            if let Some((col, &token)) = prompt
+                .iter()
+                .enumerate()
+                .find(|(_, t)| **t as usize >= cfg.vocab_size)
+            {
+                return Err(Error::TokenOutOfRange {
+                    input: "prompts".into(),
+                    row,
+                    col,
+                    token: token.into(),
+                    vocab_size: cfg.vocab_size,
+                });
+            }
+        }
+        let eos = config
+            .eos_token_ids
+            .clone()
+            .unwrap_or_else(|| cfg.eos_token_ids.clone());
+        if let Some(&bad) = eos.iter().find(|&&e| e as usize >= cfg.vocab_size) {
+            return Err(Error::Generation {
+                name: "eos_token_ids",
+                value: bad.to_string(),
+                message: format!("not below vocab_size {}", cfg.vocab_size),
+            });
+        }
+        let pad = config
+            .pad_token_id
+            .or(cfg.pad_token_id)
+            .or(eos.first().copied())
+            .unwrap_or(0);
+        if pad as usize >= cfg.vocab_size {
+            return Err(Error::Generation {
+                name: "pad_token_id",
+                value: pad.to_string(),
+                message: format!("not below vocab_size {}", cfg.vocab_size),
+            });
+        }
+        let batch = prompts.len();
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(batch * width);
+        let mut mask = Vec::with_capacity(batch * width);
+        for prompt in prompts {
+            let padding = width - prompt.len();
+            ids.extend(std::iter::repeat_n(pad, padding).chain(prompt.iter().copied()));
+            mask.extend(
+                std::iter::repeat_n(0u32, padding).chain(std::iter::repeat_n(1u32, prompt.len())),
+            );
+        }
+        let device = self.device();
+        let mut new_tokens = vec![Vec::new(); batch];
+        let mut step_logits = Vec::new();
+        if config.max_new_tokens > 0 {
+            let mut cache = self.new_cache(batch, width + config.max_new_tokens);
+            let options = ForwardOptions {
+                logits: LogitsMode::Last,
+                ..ForwardOptions::default()
+            };
+            let ids = Tensor::from_vec(ids, (batch, width), device)?;
+            let mask = Tensor::from_vec(mask, (batch, width), device)?;
+            let mut out = self.forward_with(&ids, Some(&mask), Some(&mut cache), &options)?;
+            let mut sampler = Sampler::new(&config.sampling);
+            let mut finished = vec![false; batch];
+            for step in 0..config.max_new_tokens {
+                let logits = out
+                    .logits
+                    .take()
+                    .ok_or_else(|| Error::input("logits", "not computed"))?
+                    .squeeze(1)?;
+                let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+                if config.output_logits {
+                    step_logits.push(logits);
+                }
+                let mut next = vec![pad; batch];
+                for (r, mut row) in rows.into_iter().enumerate() {
+                    if finished[r] {
+                        continue;
+                    }
+                    if step < config.min_new_tokens {
+                        for &e in &eos {
+                            row[e as usize] = f32::NEG_INFINITY;
+                        }
+                    }
+                    let token = sampler.pick(&mut row);
+                    next[r] = token;
+                    new_tokens[r].push(token);
+                    on_token(r, token);
+                    if !config.ignore_eos && eos.contains(&token) {
+                        finished[r] = true;
+                    }
+                }
+                if step + 1 == config.max_new_tokens || finished.iter().all(|&f| f) {
+                    break;
+                }
+                let next = Tensor::from_vec(next, (batch, 1), device)?;
+                out = self.forward_with(&next, None, Some(&mut cache), &options)?;
+            }
+        }
+        let sequences = prompts
+            .iter()
+            .zip(&new_tokens)
+            .map(|(p, n)| p.iter().chain(n).copied().collect())
+            .collect();
+        Ok(Generation {
+            sequences,
+            new_tokens,
+            logits: step_logits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        let mut s = Sampler::new(&Sampling::Greedy);
+        assert_eq!(s.pick(&mut [0.0, 3.0, 1.0, 3.0]), 1);
+    }
+
+    #[test]
+    fn top_k_one_and_tiny_top_p_are_greedy() {
+        for (k, p) in [(Some(1), None), (None, Some(1e-6))] {
+            let mut s = Sampler::new(&Sampling::Sample {
+                temperature: 0.7,
+                top_k: k,
+                top_p: p,
+                seed: 3,
+            });
+            for _ in 0..20 {
+                assert_eq!(s.pick(&mut [0.1, 2.0, 1.9, -1.0]), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn sampling_is_seeded_and_follows_the_distribution() {
+        let draw = |seed| {
+            let mut s = Sampler::new(&Sampling::Sample {
+                temperature: 1.0,
+                top_k: None,
+                top_p: None,
+                seed,
+            });
+            (0..2000)
+                .map(|_| s.pick(&mut [0.0, (3.0f32).ln()]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(5), draw(5));
+        assert_ne!(draw(5), draw(6));
+        let ones = draw(5).iter().filter(|&&t| t == 1).count() as f64 / 2000.0;
+        assert!((ones - 0.75).abs() < 0.04, "{ones}");
+    }
+
+    #[test]
+    fn top_k_excludes_the_tail() {
+        let mut s = Sampler::new(&Sampling::Sample {
+            temperature: 1.0,
+            top_k: Some(2),
+            top_p: None,
+            seed: 1,
+        });
+        for _ in 0..200 {
+            assert!(s.pick(&mut [1.0, 1.1, 0.9, 1.05]) != 2);
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        for sampling in [
+            Sampling::Sample {
+                temperature: 0.0,
+                top_k: None,
+                top_p: None,
+                seed: 0,
+            },
+            Sampling::Sample {
+                temperature: 1.0,
+                top_k: Some(0),
+                top_p: None,
+                seed: 0,
+            },
+            Sampling::Sample {
+                temperature: 1.0,
+                top_k: None,
+                top_p: Some(1.5),
+                seed: 0,
+            },
+        ] {
+            let cfg = GenerationConfig {
+                sampling,
+                ..GenerationConfig::default()
+            };
+            assert!(cfg.validate().is_err());
+        }
+    }
+}

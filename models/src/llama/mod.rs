@@ -1,0 +1,10 @@
+//! Llama (`model_type` `llama`): config and modules, named as transformers' `modeling_llama`.
+
+mod config;
+mod modeling;
+
+pub use config::{LLAMA_MODEL_TYPE, LlamaConfig};
+pub use modeling::{
+    LLAMA, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP, LlamaModel, LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+};
