@@ -3,11 +3,12 @@
 //! same logits as the default model and the original files saved back exactly. (Its own test
 //! binary: it changes the global registries.)
 
+use patch_core::ModuleExt;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use patch_core::checkpoint::{SaveOptions, register_checkpoint_conversion_mapping};
-use patch_core::{Module, PatchSet, Replacement, register_patch_mapping};
+use patch_core::{PatchSet, Replacement, register_patch_mapping};
 use patchwork_examples::{
     FusedQkvAttention, ModuleListExperts, max_abs_diff, same_checkpoint_tensors,
 };
@@ -46,19 +47,15 @@ fn module_list_experts_and_fused_qkv_load_match_and_save_back_exactly() {
     register_checkpoint_conversion_mapping("qwen2_moe", Vec::new(), true).unwrap();
 
     let model = AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default()).unwrap();
-    let layer: &dyn Module = &*model.model.layers[0];
-    let layer = layer.downcast_ref::<Qwen2MoeDecoderLayer>().unwrap();
-    let attn: &dyn Module = &*layer.self_attn;
-    assert!(attn.is::<FusedQkvAttention>());
+    let layer = model.model.layers[0]
+        .downcast_ref::<Qwen2MoeDecoderLayer>()
+        .unwrap();
+    assert!(layer.self_attn.is::<FusedQkvAttention>());
     let FeedForward::Sparse(block) = &layer.mlp else {
         panic!("layer 0 is sparse")
     };
-    let block: &dyn Module = &**block;
-    let experts: &dyn Module = &*block
-        .downcast_ref::<Qwen2MoeSparseMoeBlock>()
-        .unwrap()
-        .experts;
-    assert!(experts.is::<ModuleListExperts>());
+    let block = block.downcast_ref::<Qwen2MoeSparseMoeBlock>().unwrap();
+    assert!(block.experts.is::<ModuleListExperts>());
     // 3 attentions and 2 expert lists replaced.
     assert_eq!(model.report().patched(), 5);
 

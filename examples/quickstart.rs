@@ -4,11 +4,12 @@
 //!
 //! `cargo run --release --example quickstart` (runs on the embedded `fixtures/llama-tiny`).
 
+use patch_core::ModuleExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
-use patch_core::{Build, Builder, Module, Replacement, register_patch_mapping};
+use patch_core::{Build, Builder, Replacement, register_patch_mapping};
 use patchwork_models::decoder::{Attention, AttentionArgs, LayerContext};
 use patchwork_models::llama::{LlamaAttention, LlamaDecoderLayer};
 use patchwork_models::{AutoModelForCausalLM, GenerationConfig, LoadOptions};
@@ -60,15 +61,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default())?;
 
     // type(model.model.layers[0].self_attn)
-    let layer0: &dyn Module = &*model.model.layers[0];
-    let layer0 = layer0
+    // Layers are stored as slot trait objects: downcast to the family's layer to reach its
+    // fields, as upstream code reaches `.self_attn` on a LlamaDecoderLayer.
+    let layer0 = model.model.layers[0]
         .downcast_ref::<LlamaDecoderLayer>()
         .ok_or("layer 0 is not a LlamaDecoderLayer")?;
-    // Upcast the boxed slot object to `dyn Module` (calling `type_name` on the `Box` itself
-    // would name the box).
-    let self_attn: &dyn Module = &*layer0.self_attn;
-    println!("model.layers[0].self_attn: {}", self_attn.type_name());
-    assert!(self_attn.is::<CustomLlamaAttention>());
+    println!(
+        "model.layers[0].self_attn: {}",
+        layer0.self_attn.type_name()
+    );
+    assert!(layer0.self_attn.is::<CustomLlamaAttention>());
     println!();
 
     // Is my patch applied, and why? Every site, the rule that chose its replacement, and

@@ -1,6 +1,7 @@
 //! The shared replacements of the examples, on the reference checkpoints: patched models
 //! compute what transformers computed on the original layout.
 
+use patch_core::ModuleExt;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -4,10 +4,11 @@
 //! drops it, and its patch is absent.
 
 use linked_patches as _;
+use patch_core::ModuleExt;
 
 use linked_patches::LinkedMlp;
 use patch_core::matching::Outcome;
-use patch_core::{Builder, Module, Origin, PatchSet, get_patch_mapping};
+use patch_core::{Builder, Origin, PatchSet, get_patch_mapping};
 use patchwork_tests::{build_toy, toy_input, toy_weights};
 
 #[test]
@@ -35,10 +36,8 @@ fn a_referenced_crate_registers_its_patch_at_link_time() {
 fn the_global_registry_applies_it_to_every_matching_site() {
     let model = build_toy(&Builder::new(toy_weights()).with_patches(PatchSet::global())).unwrap();
     for layer in &model.layers {
-        let layer = (&**layer as &dyn Module)
-            .downcast_ref::<toy_model::ToyDecoderLayer>()
-            .unwrap();
-        assert!((&*layer.mlp as &dyn Module).is::<LinkedMlp>());
+        let layer = layer.downcast_ref::<toy_model::ToyDecoderLayer>().unwrap();
+        assert!(layer.mlp.is::<LinkedMlp>());
     }
     // The replacement negates: the MLP branch now subtracts what the original would add.
     let patched = model.forward(&toy_input()).unwrap();

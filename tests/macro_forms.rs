@@ -1,8 +1,9 @@
 //! The forms of `#[patch]` and `#[patchable]` that must compile and register what they say
 //! (the forms that must not compile are trybuild cases in patch-core/tests/ui).
 
+use patch_core::ModuleExt;
 use patch_core::matching::Outcome;
-use patch_core::{Build, Builder, Module, PatchSet, Result, Site, patch, patchable};
+use patch_core::{Build, Builder, PatchSet, Result, Site, patch, patchable};
 use patchwork_tests::toy_config;
 use toy_model::{LayerArgs, Mlp};
 
@@ -77,5 +78,5 @@ fn building_the_renamed_site_with_link_time_patches_gives_the_alias() {
             layer_idx: 0,
         })
         .unwrap();
-    assert!((&*mlp as &dyn Module).is::<ScaledMlp<3>>());
+    assert!(mlp.is::<ScaledMlp<3>>());
 }

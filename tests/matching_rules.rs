@@ -2,6 +2,7 @@
 //! search semantics, priority, registration order, slot-aware matching (the upstream page's
 //! BertAttention container case), and what `explain` and the build report say.
 
+use patch_core::ModuleExt;
 use patch_core::matching::{Outcome, Rule, SkipReason};
 use patch_core::{Builder, Error, Module, PatchSet, Replacement, Site};
 use patchwork_tests::replacements::{DoubledAttention, IdentityMlp, NoNorm, ZeroMlp};
@@ -9,13 +10,14 @@ use patchwork_tests::{build_toy, toy_input, toy_weights};
 use toy_model::{BertAttention, BertSelfAttention, ToyDecoderLayer, ToyMLP, ToyRMSNorm};
 
 fn decoder_layer(model: &toy_model::ToyModel, i: usize) -> &ToyDecoderLayer {
-    (&*model.layers[i] as &dyn Module)
+    model.layers[i]
         .downcast_ref::<ToyDecoderLayer>()
         .expect("layers are ToyDecoderLayer")
 }
 
 fn inner_attention(layer: &ToyDecoderLayer) -> &dyn Module {
-    let block = (&*layer.attention as &dyn Module)
+    let block = layer
+        .attention
         .downcast_ref::<BertAttention>()
         .expect("the container is not patched");
     &*block.inner
@@ -167,7 +169,7 @@ fn patterns_only_apply_to_sites_of_their_slot() {
     assert_eq!(winner(&set, ToyMLP::info()), None);
     assert_eq!(winner(&set, ToyDecoderLayer::info()), None);
     let model = build_toy(&Builder::new(toy_weights()).with_patches(set)).unwrap();
-    assert!((&*model.norm as &dyn Module).is::<NoNorm>());
+    assert!(model.norm.is::<NoNorm>());
     assert!((&*decoder_layer(&model, 0).mlp as &dyn Module).is::<ToyMLP>());
 }
 

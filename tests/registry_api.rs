@@ -3,8 +3,9 @@
 //! `reset_patch_mapping` to restore the link-time defaults. Tests share the global registry,
 //! so each holds `global_lock()`.
 
+use patch_core::ModuleExt;
 use patch_core::{
-    Builder, Error, Module, Origin, PatchSet, Replacement, apply_patches, clear_patch_mapping,
+    Builder, Error, Origin, PatchSet, Replacement, apply_patches, clear_patch_mapping,
     get_patch_mapping, register_patch_mapping, reset_patch_mapping, unregister_patch_mapping,
 };
 use patchwork_tests::replacements::{DoubledAttention, IdentityMlp, NoNorm, ZeroMlp};
@@ -159,10 +160,10 @@ fn hand_built_models_use_originals_unless_inside_apply_patches() {
     let _g = global_lock();
     register_patch_mapping([("ToyMLP", Replacement::of::<ZeroMlp>())], false).unwrap();
     let mlp_of = |model: &toy_model::ToyModel| {
-        let layer = (&*model.layers[0] as &dyn Module)
+        let layer = model.layers[0]
             .downcast_ref::<toy_model::ToyDecoderLayer>()
             .unwrap();
-        (&*layer.mlp as &dyn Module).type_name()
+        layer.mlp.type_name()
     };
     // By hand: originals.
     let model = build_toy(&Builder::new(toy_weights())).unwrap();

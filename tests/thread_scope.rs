@@ -2,19 +2,20 @@
 //! one inside the scope and one outside, each get what they asked for. Also: nested scopes,
 //! explicit `PatchSet`s, and out-of-order guard drops.
 
+use patch_core::ModuleExt;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use patch_core::{Builder, Module, PatchSet, Replacement, apply_patches, register_patch_mapping};
+use patch_core::{Builder, PatchSet, Replacement, apply_patches, register_patch_mapping};
 use patchwork_tests::replacements::{IdentityMlp, ZeroMlp};
 use patchwork_tests::{build_toy, global_lock, toy_weights};
 use toy_model::{ToyDecoderLayer, ToyMLP, ToyModel};
 
 fn mlp_type(model: &ToyModel) -> &'static str {
-    let layer = (&*model.layers[0] as &dyn Module)
+    let layer = model.layers[0]
         .downcast_ref::<ToyDecoderLayer>()
         .expect("layers are ToyDecoderLayer");
-    (&*layer.mlp as &dyn Module).type_name()
+    layer.mlp.type_name()
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{check_close, fixtures_dir};
+use patch_core::ModuleExt;
 use patch_core::{Build, Builder, Module, PatchSet, patch};
 use patchwork_models::decoder::{Attention, AttentionArgs, LayerContext};
 use patchwork_models::llama::{LlamaAttention, LlamaDecoderLayer};

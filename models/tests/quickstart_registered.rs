@@ -5,13 +5,14 @@
 
 mod common;
 
+use patch_core::ModuleExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{Device, Tensor};
 use common::{check_close, fixtures_dir};
 use patch_core::checkpoint::{Checkpoint, Weights};
 use patch_core::{
-    Build, Builder, Module, PatchSet, Replacement, apply_patches, clear_patch_mapping,
+    Build, Builder, PatchSet, Replacement, apply_patches, clear_patch_mapping,
     register_patch_mapping,
 };
 use patchwork_models::decoder::{Attention, AttentionArgs, LayerContext};
@@ -41,9 +42,11 @@ impl Attention for CustomLlamaAttention {
     }
 }
 
-fn attention_of(model: &CausalLM, layer: usize) -> &dyn Module {
-    let layer: &dyn Module = &*model.model.layers[layer];
-    &*layer.downcast_ref::<LlamaDecoderLayer>().unwrap().self_attn
+fn attention_of(model: &CausalLM, layer: usize) -> &dyn Attention {
+    &*model.model.layers[layer]
+        .downcast_ref::<LlamaDecoderLayer>()
+        .unwrap()
+        .self_attn
 }
 
 #[test]

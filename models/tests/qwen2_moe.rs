@@ -4,6 +4,7 @@
 
 mod common;
 
+use patch_core::ModuleExt;
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, IndexOp, Tensor};

@@ -18,7 +18,7 @@
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
-//! use patch_core::{patch, patchable, Build, Builder, Module, PatchSet, Replacement, Result, Slot};
+//! use patch_core::{patch, patchable, Build, Builder, Module, ModuleExt, PatchSet, Replacement, Result, Slot};
 //! use patch_core::checkpoint::{RandomInit, Weights};
 //!
 //! /// The slot: what a block asks of its MLP.
@@ -58,10 +58,11 @@
 //! let weights = Weights::new(RandomInit::new(0, 0.02), DType::F32, &Device::Cpu);
 //! // Built by hand, outside any scope: the original.
 //! let mlp = Builder::new(weights.clone()).pp("mlp").build::<ToyMLP>(8)?;
-//! assert!((&*mlp as &dyn Module).is::<ToyMLP>());
+//! assert!(mlp.is::<ToyMLP>());
 //! // With the link-time patches: the replacement.
 //! let mlp = Builder::new(weights).with_patches(PatchSet::link_time()).build::<ToyMLP>(8)?;
-//! assert!((&*mlp as &dyn Module).is::<Identity>());
+//! assert!(mlp.is::<Identity>());
+//! assert_eq!(mlp.type_name(), std::any::type_name::<Identity>());
 //! # Ok(()) }
 //! ```
 
@@ -89,7 +90,7 @@ pub use registry::{
 pub use replacement::Replacement;
 pub use scope::{PatchScope, apply_patches, with_patches};
 pub use site::{Site, SiteInfo, SiteRegistration, sites, sites_named};
-pub use slot::{Build, Module, Slot};
+pub use slot::{Build, Module, ModuleExt, Slot};
 
 /// Marks a layer type as a site: it is recorded at link time, and models build it through
 /// [`Builder::build`] so patches can replace it.

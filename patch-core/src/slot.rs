@@ -38,35 +38,57 @@ pub trait Slot: 'static {
     type Args<'a>;
 }
 
-/// The base of every slot trait: a built module can report its concrete type and be
+/// The base of every slot trait: a built module reports its concrete type and can be
 /// downcast, whatever trait object it is stored as.
+///
+/// Implemented for every `Send + Sync` type that implements [`Build`] (every site and
+/// replacement), and for nothing else: in particular not for `Box<dyn Attention>`, so
+/// `layer.self_attn.type_name()` on a boxed slot names the module inside, not the box.
 pub trait Module: Any + Send + Sync {
     /// The concrete type's name (`my_crate::CustomLlamaAttention`).
     fn type_name(&self) -> &'static str;
+
+    /// The module as `&dyn Any`, for downcasting (see [`ModuleExt`]).
+    fn as_any(&self) -> &dyn Any;
+
+    /// The module as `&mut dyn Any`.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
-impl<T: Any + Send + Sync> Module for T {
+impl<T: Build + Send + Sync> Module for T {
     fn type_name(&self) -> &'static str {
         std::any::type_name::<T>()
     }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
 }
 
-impl dyn Module {
+/// Type checks and downcasts on any module, including slot trait objects:
+/// `model.layers[0].self_attn.is::<CustomLlamaAttention>()`.
+pub trait ModuleExt: Module {
     /// Whether the module is a `T`.
-    pub fn is<T: Any>(&self) -> bool {
-        (self as &dyn Any).is::<T>()
+    fn is<T: Any>(&self) -> bool {
+        self.as_any().is::<T>()
     }
 
     /// The module as a `T`, if it is one.
-    pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
-        (self as &dyn Any).downcast_ref::<T>()
+    fn downcast_ref<T: Any>(&self) -> Option<&T> {
+        self.as_any().downcast_ref::<T>()
     }
 
     /// The module as a mutable `T`, if it is one.
-    pub fn downcast_mut<T: Any>(&mut self) -> Option<&mut T> {
-        (self as &mut dyn Any).downcast_mut::<T>()
+    fn downcast_mut<T: Any>(&mut self) -> Option<&mut T> {
+        self.as_any_mut().downcast_mut::<T>()
     }
 }
+
+impl<M: Module + ?Sized> ModuleExt for M {}
 
 /// How a site or a replacement is constructed for its slot.
 ///
