@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
-use patch_checkpoint::{Init, Weights};
+use patch_checkpoint::{Init, Transform, Weights};
 
 use crate::matching::{Outcome, Rule};
 use crate::replacement::short_type_name;
-use crate::{Error, PatchSet, Result, Site, Slot};
+use crate::{Build, Error, PatchSet, Result, Site, Slot};
 
 /// A module under construction's view of the model being built: its path, its weights, and
 /// the patches sub-sites resolve against. Cheap to clone; [`Builder::pp`] descends.
@@ -94,8 +94,9 @@ impl Builder {
         Ok(self.weights.get_with_init(shape, name, init)?)
     }
 
-    /// Builds site `T` at this path through the registry: its replacement if a patch applies
-    /// (with the weight transforms the replacement carries, scoped to this path), else `T`.
+    /// Builds site `T` at this path through the registry: its replacement if a patch applies,
+    /// else `T`. Whichever type is built gets the weight transforms it carries
+    /// ([`Build::transforms`]), scoped to this path.
     pub fn build<T: Site>(&self, args: <T::Slot as Slot>::Args<'_>) -> Result<Box<T::Slot>> {
         let resolution = self.patches().resolve_site::<T>();
         let built = match &resolution.outcome {
@@ -106,7 +107,7 @@ impl Builder {
                     std::any::type_name::<T>(),
                     None,
                 );
-                T::build(self, args)
+                T::build(&self.with_transforms_of::<T>(), args)
             }
             Outcome::Patched { record, rule } => {
                 let replacement = record.replacement();
@@ -127,13 +128,8 @@ impl Builder {
                     replacement.type_name(),
                     Some((*rule, record.key().to_string())),
                 );
-                let scoped = Builder {
-                    weights: self
-                        .weights
-                        .with_transforms(replacement.type_name(), replacement.transforms()),
-                    patches: self.patches.clone(),
-                    record: self.record.clone(),
-                };
+                let scoped =
+                    self.with_transforms(replacement.type_name(), replacement.transforms());
                 (factory.build)(&scoped, args)
             }
             Outcome::Conflict(conflict) => Err(conflict.to_error(&resolution.site)),
@@ -146,6 +142,23 @@ impl Builder {
                 source: Box::new(other),
             },
         })
+    }
+
+    /// This builder with `transforms` active for every tensor requested under this path;
+    /// `owner` names who carries them in reports.
+    pub fn with_transforms(&self, owner: &'static str, transforms: Vec<Transform>) -> Self {
+        Self {
+            weights: self.weights.with_transforms(owner, transforms),
+            patches: self.patches.clone(),
+            record: self.record.clone(),
+        }
+    }
+
+    /// This builder with the transforms `T` carries: what a replacement that constructs
+    /// another type directly (wrapping the original, say) uses for that constructor, since
+    /// only the type the registry builds gets its transforms automatically.
+    pub fn with_transforms_of<T: Build>(&self) -> Self {
+        self.with_transforms(std::any::type_name::<T>(), T::transforms())
     }
 
     fn note(

@@ -104,6 +104,10 @@ pub trait Build: 'static {
 
     /// Weight transforms this type needs, applied to every tensor requested under the path it
     /// is built at (a fused-QKV attention carries the q/k/v concatenation). None by default.
+    ///
+    /// [`Builder::build`] applies them to whichever type it builds, original or replacement. A
+    /// constructor called directly (a replacement wrapping the original) gets them through
+    /// [`Builder::with_transforms_of`].
     fn transforms() -> Vec<Transform> {
         Vec::new()
     }
