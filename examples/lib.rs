@@ -29,20 +29,29 @@ pub struct FusedQkvAttention {
     head_dim: usize,
 }
 
-impl Build for FusedQkvAttention {
-    type Slot = dyn Attention;
-
-    fn build(b: &Builder, args: AttentionArgs<'_>) -> patch_core::Result<Box<dyn Attention>> {
+impl FusedQkvAttention {
+    /// Loads `qkv_proj` and `o_proj` under `b` (the checkpoint's q/k/v must already be fused
+    /// into `qkv_proj` there: through [`Build::transforms`] when the registry builds it, or a
+    /// registered conversion mapping).
+    pub fn new(b: &Builder, args: AttentionArgs<'_>) -> patch_core::Result<Self> {
         let c = args.config;
         let (h, d, std) = (c.hidden_size, c.head_dim, c.initializer_range);
         let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
-        Ok(Box::new(Self {
+        Ok(Self {
             qkv_proj: linear(b, "qkv_proj", h, (nh + 2 * nkv) * d, c.qkv_bias, std)?,
             o_proj: linear(b, "o_proj", nh * d, h, c.o_proj_bias, std)?,
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: d,
-        }))
+        })
+    }
+}
+
+impl Build for FusedQkvAttention {
+    type Slot = dyn Attention;
+
+    fn build(b: &Builder, args: AttentionArgs<'_>) -> patch_core::Result<Box<dyn Attention>> {
+        Ok(Box::new(Self::new(b, args)?))
     }
 
     /// `q_proj`, `k_proj`, `v_proj` (weights and biases) concatenated along the output rows

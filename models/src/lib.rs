@@ -12,6 +12,7 @@
 //!   whichever linked family a config names; families register at link time ([`family`]).
 //! - [`CausalLM`]: forward with padding masks and a KV cache, [`generate`](CausalLM::generate),
 //!   [`explain`](CausalLM::explain).
+//! - [`routing`]: recorded MoE routing, ready to replay exactly in a later pass.
 //!
 //! ```
 //! use patchwork_models::{AutoModelForCausalLM, GenerationConfig, LoadOptions};
@@ -33,6 +34,7 @@ pub mod family;
 mod generation;
 pub mod llama;
 pub mod qwen2_moe;
+pub mod routing;
 
 pub use auto::{AutoModelForCausalLM, LoadOptions};
 pub use causal_lm::{CausalLM, ForwardOptions, ForwardOutput, LogitsMode, ModelExplain};

@@ -99,11 +99,15 @@ impl fmt::Display for Explain {
             .iter()
             .filter(|r| matches!(r.origin(), Origin::LinkTime { .. }))
             .count();
+        let plural =
+            |n: usize, one: &'static str, many: &'static str| if n == 1 { one } else { many };
         writeln!(
             f,
-            "patch explain: {} sites, {} patches ({} link-time, {} run-time)",
+            "patch explain: {} {}, {} {} ({} link-time, {} run-time)",
             self.sites.len(),
+            plural(self.sites.len(), "site", "sites"),
             self.patches.len(),
+            plural(self.patches.len(), "patch", "patches"),
             link,
             self.patches.len() - link
         )?;
