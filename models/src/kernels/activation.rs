@@ -12,11 +12,18 @@ use super::Isa;
 /// # Panics
 /// If `gu.len() != 2 * out.len()` or `out.len()` is not a multiple of `inter`.
 pub fn swiglu(isa: Isa, gu: &[f32], inter: usize, out: &mut [f32]) {
-    assert_eq!(gu.len(), 2 * out.len(), "swiglu: gate/up is not twice the output");
+    assert_eq!(
+        gu.len(),
+        2 * out.len(),
+        "swiglu: gate/up is not twice the output"
+    );
     if inter == 0 {
         return;
     }
-    assert!(out.len().is_multiple_of(inter), "swiglu: output is not rows x inter");
+    assert!(
+        out.len().is_multiple_of(inter),
+        "swiglu: output is not rows x inter"
+    );
     let rows = out.len() / inter;
     let row = |(o, g): (&mut [f32], &[f32])| swiglu_row(isa, &g[..inter], &g[inter..], o);
     if rows >= 8 {
@@ -24,7 +31,9 @@ pub fn swiglu(isa: Isa, gu: &[f32], inter: usize, out: &mut [f32]) {
             .zip(gu.par_chunks(2 * inter))
             .for_each(row);
     } else {
-        out.chunks_mut(inter).zip(gu.chunks(2 * inter)).for_each(row);
+        out.chunks_mut(inter)
+            .zip(gu.chunks(2 * inter))
+            .for_each(row);
     }
 }
 
@@ -156,7 +165,17 @@ mod tests {
     #[test]
     fn exp_matches_std_over_the_float_range() {
         let mut xs: Vec<f32> = random(999, 7).iter().map(|v| v * 90.0).collect();
-        xs.extend([0.0, -0.0, 1.0, -1.0, 88.0, -87.0, -100.0, 100.0, f32::NEG_INFINITY]);
+        xs.extend([
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            88.0,
+            -87.0,
+            -100.0,
+            100.0,
+            f32::NEG_INFINITY,
+        ]);
         for isa in Isa::available() {
             let mut got = xs.clone();
             exp_in_place(isa, &mut got);
@@ -166,7 +185,10 @@ mod tests {
                     assert_eq!(*g, f32::INFINITY, "{isa:?} exp({x})");
                 } else {
                     let err = (*g as f64 - want).abs();
-                    assert!(err <= 1e-6 * want + 1e-37, "{isa:?} exp({x}) = {g}, want {want}");
+                    assert!(
+                        err <= 1e-6 * want + 1e-37,
+                        "{isa:?} exp({x}) = {g}, want {want}"
+                    );
                 }
             }
         }
@@ -176,7 +198,10 @@ mod tests {
     fn swiglu_matches_silu_times_up() {
         for isa in Isa::available() {
             for (rows, inter) in [(1, 1), (1, 13), (3, 8), (9, 37), (20, 64)] {
-                let gu: Vec<f32> = random(rows * 2 * inter, 3).iter().map(|v| v * 12.0).collect();
+                let gu: Vec<f32> = random(rows * 2 * inter, 3)
+                    .iter()
+                    .map(|v| v * 12.0)
+                    .collect();
                 let mut out = vec![f32::NAN; rows * inter];
                 swiglu(isa, &gu, inter, &mut out);
                 for r in 0..rows {

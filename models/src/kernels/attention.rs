@@ -47,12 +47,21 @@ pub fn attention(
     out: &mut [f32],
 ) {
     let d = s.head_dim;
-    assert!(s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads), "attention: heads");
+    assert!(
+        s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads),
+        "attention: heads"
+    );
     assert!(s.kv_len <= s.kv_capacity, "attention: kv_len > capacity");
     assert_eq!(q.len(), s.batch * s.q_len * s.heads * d, "attention: q");
     assert_eq!(out.len(), q.len(), "attention: out");
-    assert!(k.len() >= s.batch * s.kv_heads * s.kv_capacity * d, "attention: k");
-    assert!(v.len() >= s.batch * s.kv_heads * s.kv_capacity * d, "attention: v");
+    assert!(
+        k.len() >= s.batch * s.kv_heads * s.kv_capacity * d,
+        "attention: k"
+    );
+    assert!(
+        v.len() >= s.batch * s.kv_heads * s.kv_capacity * d,
+        "attention: v"
+    );
     if let Some(b) = bias {
         assert_eq!(b.len(), s.batch * s.q_len * s.kv_len, "attention: bias");
     }
@@ -143,7 +152,10 @@ fn head_generic(
     let n = scores.len();
     // Keys after the last visible one are never read.
     let end = match bias {
-        Some(b) => b.iter().rposition(|x| *x != f32::NEG_INFINITY).map_or(0, |i| i + 1),
+        Some(b) => b
+            .iter()
+            .rposition(|x| *x != f32::NEG_INFINITY)
+            .map_or(0, |i| i + 1),
         None => n,
     };
     if end == 0 {
@@ -253,8 +265,7 @@ mod tests {
                                     let dotp: f64 = (0..d)
                                         .map(|i| q[qo + i] as f64 * k[ko + j * d + i] as f64)
                                         .sum();
-                                    dotp * scale as f64
-                                        + bias[(b * q_len + t) * kv_len + j] as f64
+                                    dotp * scale as f64 + bias[(b * q_len + t) * kv_len + j] as f64
                                 })
                                 .collect();
                             let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);

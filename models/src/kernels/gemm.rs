@@ -27,7 +27,10 @@ pub fn matmul_t<E: WeightElem>(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    assert!(m > 0 && x.len().is_multiple_of(m), "matmul_t: x is not m x k");
+    assert!(
+        m > 0 && x.len().is_multiple_of(m),
+        "matmul_t: x is not m x k"
+    );
     let k = x.len() / m;
     assert_eq!(w.len(), n * k, "matmul_t: w is not n x k");
     assert_eq!(out.len(), m * n, "matmul_t: out is not m x n");
@@ -66,6 +69,9 @@ mod avx2 {
     const KC: usize = 256;
     /// Tokens per `m` block: their packed panels of a `k` block (`MC x KC` floats) stay in L2.
     const MC: usize = 128;
+    /// Weight rows per `n` block: the output block (`MC x NC`) stays in L1/L2 while the `k`
+    /// blocks accumulate into it.
+    const NC: usize = 96;
 
     /// A pointer the row-range tasks share; each writes a disjoint set of columns.
     #[derive(Clone, Copy)]
@@ -119,35 +125,40 @@ mod avx2 {
             let mut scratch = vec![0f32; if E::IS_F32 { 0 } else { MR * KC }];
             for m0 in (0..m).step_by(MC) {
                 let m1 = (m0 + MC).min(m);
-                for k0 in (0..k).step_by(KC) {
-                    let kc = KC.min(k - k0);
-                    for n0 in cols.clone().step_by(MR) {
-                        let rows = MR.min(cols.end - n0);
-                        let (wp, ws) = if E::IS_F32 {
-                            // SAFETY: E is f32 (IS_F32 is true only for f32, the trait is
-                            // sealed), so the cast reinterprets nothing.
-                            (unsafe { (w.as_ptr() as *const f32).add(n0 * k + k0) }, k)
-                        } else {
-                            for r in 0..rows {
-                                let src = &w[(n0 + r) * k + k0..(n0 + r) * k + k0 + kc];
-                                for (d, s) in scratch[r * kc..(r + 1) * kc].iter_mut().zip(src) {
-                                    *d = s.to_f32();
+                for c0 in cols.clone().step_by(NC) {
+                    let c1 = (c0 + NC).min(cols.end);
+                    for k0 in (0..k).step_by(KC) {
+                        let kc = KC.min(k - k0);
+                        for n0 in (c0..c1).step_by(MR) {
+                            let rows = MR.min(c1 - n0);
+                            let (wp, ws) = if E::IS_F32 {
+                                // SAFETY: E is f32 (IS_F32 is true only for f32, the trait is
+                                // sealed), so the cast reinterprets nothing; the offset is in
+                                // bounds (n0 < n, k0 < k).
+                                (unsafe { (w.as_ptr() as *const f32).add(n0 * k + k0) }, k)
+                            } else {
+                                for r in 0..rows {
+                                    let src = &w[(n0 + r) * k + k0..(n0 + r) * k + k0 + kc];
+                                    let dst = &mut scratch[r * kc..(r + 1) * kc];
+                                    for (d, s) in dst.iter_mut().zip(src) {
+                                        *d = s.to_f32();
+                                    }
                                 }
-                            }
-                            (scratch.as_ptr(), kc)
-                        };
-                        for t0 in (m0..m1).step_by(nr) {
-                            let valid = nr.min(m1 - t0);
-                            // SAFETY: AVX2/FMA were detected by the caller (`Isa::detect`);
-                            // rows `n0..n0 + rows` and steps `k0..k0 + kc` are in bounds of `w`
-                            // (or of the scratch copy); the packed panel holds `k * nr` floats
-                            // from `(t0 / nr) * k * nr`; the output tile rows `t0..t0 + valid`,
-                            // columns `n0..n0 + rows` are in `out` and belong to this task's
-                            // column range only.
-                            unsafe {
-                                let xpp = xp.as_ptr().add((t0 / nr) * k * nr + k0 * nr);
-                                let c = ptr.0.add(t0 * n + n0);
-                                tile::<NV, MR>(rows, wp, ws, xpp, kc, c, n, valid);
+                                (scratch.as_ptr(), kc)
+                            };
+                            for t0 in (m0..m1).step_by(nr) {
+                                let valid = nr.min(m1 - t0);
+                                // SAFETY: AVX2/FMA were detected by the caller (`Isa::detect`);
+                                // rows `n0..n0 + rows` and steps `k0..k0 + kc` are in bounds of
+                                // `w` (or of the scratch copy); the packed panel holds `k * nr`
+                                // floats from `(t0 / nr) * k * nr`; the output tile rows
+                                // `t0..t0 + valid`, columns `n0..n0 + rows` are in `out` and
+                                // belong to this task's column range only.
+                                unsafe {
+                                    let xpp = xp.as_ptr().add((t0 / nr) * k * nr + k0 * nr);
+                                    let c = ptr.0.add(t0 * n + n0);
+                                    tile::<NV, MR>(rows, wp, ws, xpp, kc, c, n, valid);
+                                }
                             }
                         }
                     }

@@ -168,11 +168,8 @@ mod avx2 {
                 let mut i = 0;
                 while i < k16 {
                     a0 = _mm256_fmadd_ps(E::load8(p.add(i)), _mm256_loadu_ps(xp.add(i)), a0);
-                    a1 = _mm256_fmadd_ps(
-                        E::load8(p.add(i + 8)),
-                        _mm256_loadu_ps(xp.add(i + 8)),
-                        a1,
-                    );
+                    a1 =
+                        _mm256_fmadd_ps(E::load8(p.add(i + 8)), _mm256_loadu_ps(xp.add(i + 8)), a1);
                     i += 16;
                 }
                 let mut s = hsum(_mm256_add_ps(a0, a1));
@@ -206,7 +203,15 @@ mod tests {
     #[test]
     fn gemv_matches_a_float64_reference_on_odd_shapes() {
         for isa in Isa::available() {
-            for (rows, k) in [(1, 1), (3, 7), (5, 17), (9, 33), (130, 1000), (257, 64), (64, 15)] {
+            for (rows, k) in [
+                (1, 1),
+                (3, 7),
+                (5, 17),
+                (9, 33),
+                (130, 1000),
+                (257, 64),
+                (64, 15),
+            ] {
                 let w = random(rows * k, 1);
                 let x = random(k, 2);
                 let mut y = vec![f32::NAN; rows];
@@ -215,7 +220,11 @@ mod tests {
                 let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
                 let mut yb = vec![f32::NAN; rows];
                 gemv(isa, &wb, &x, &mut yb);
-                close(&yb, &reference(&wb, &x), &format!("{isa:?} bf16 {rows}x{k}"));
+                close(
+                    &yb,
+                    &reference(&wb, &x),
+                    &format!("{isa:?} bf16 {rows}x{k}"),
+                );
             }
         }
     }
@@ -229,8 +238,16 @@ mod tests {
             gemv_batch(
                 isa,
                 vec![
-                    GemvJob { w: &w1, x: &x1, y: &mut y1 },
-                    GemvJob { w: &w2, x: &x2, y: &mut y2 },
+                    GemvJob {
+                        w: &w1,
+                        x: &x1,
+                        y: &mut y1,
+                    },
+                    GemvJob {
+                        w: &w2,
+                        x: &x2,
+                        y: &mut y2,
+                    },
                 ],
             );
             close(&y1, &reference(&w1, &x1), "job 1");

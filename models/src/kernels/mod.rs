@@ -17,6 +17,7 @@ pub mod activation;
 pub mod attention;
 pub mod gemm;
 pub mod gemv;
+pub mod moe;
 pub(crate) mod tensor;
 
 use std::sync::OnceLock;
@@ -165,7 +166,10 @@ mod tests {
             for parts in [1, 2, 3, 8] {
                 for align in [1, 4, 6] {
                     let r = split_rows(rows, parts, align);
-                    assert!(r.len() <= parts.max(1) || rows == 0, "{rows} {parts} {align}");
+                    assert!(
+                        r.len() <= parts.max(1) || rows == 0,
+                        "{rows} {parts} {align}"
+                    );
                     let mut next = 0;
                     for x in &r {
                         assert_eq!(x.start, next);

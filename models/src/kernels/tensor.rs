@@ -22,9 +22,3 @@ pub(crate) fn cpu_tensor(
 ) -> candle_core::Result<Tensor> {
     Tensor::from_vec(data, shape, &candle_core::Device::Cpu)
 }
-
-/// Whether `t` is a CPU tensor.
-pub(crate) fn is_cpu(t: &Tensor) -> bool {
-    t.device().is_cpu()
-}
-
