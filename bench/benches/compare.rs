@@ -6,7 +6,11 @@
 
 use std::time::Instant;
 
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use patch_checkpoint::SaveOptions;
 use patchwork_models::kernels::{Isa, bf16, gemm, gemv};
+use patchwork_models::{AutoModelForCausalLM, CausalLM, GenerationConfig, LoadOptions};
 use rayon::prelude::*;
 
 /// Sum of `xs` with 8 independent AVX2 accumulators (a pure streaming read).
@@ -57,7 +61,8 @@ fn bandwidth(buf: &[f32], reps: usize) -> f64 {
     best
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -91,10 +96,10 @@ fn kernels(reps: usize, buf: &[f32]) {
     let gbs = |bytes: usize, t: f64| bytes as f64 / t / 1e9;
     println!(
         "  gemv 32000x1024: f32 {:.1} GB/s, bf16 {:.1} GB/s ({:.1} GB/s f32-equivalent), candle f32 {:.1} GB/s",
-        gbs(n * k * 4, median(t_f32.clone())),
-        gbs(n * k * 2, median(t_bf16.clone())),
-        gbs(n * k * 4, median(t_bf16)),
-        gbs(n * k * 4, median(t_candle)),
+        gbs(n * k * 4, median(&t_f32)),
+        gbs(n * k * 2, median(&t_bf16)),
+        gbs(n * k * 4, median(&t_bf16)),
+        gbs(n * k * 4, median(&t_candle)),
     );
     for (m, n, k) in [(64usize, 5632usize, 1024usize), (64, 1024, 2816), (64, 1536, 1024), (7, 1536, 1024)] {
         let w = &w[..n * k];
@@ -118,11 +123,274 @@ fn kernels(reps: usize, buf: &[f32]) {
         let gf = |t: f64| (2 * m * n * k) as f64 / t / 1e9;
         println!(
             "  gemm {m}x{k} @ {n}x{k}^T: f32 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s, candle f32 {:.0} GFLOP/s",
-            gf(median(a)),
-            gf(median(b)),
-            gf(median(c))
+            gf(median(&a)),
+            gf(median(&b)),
+            gf(median(&c))
         );
     }
+}
+
+/// The two bench shapes, as `config.json` objects.
+fn bench_configs() -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        (
+            "llama",
+            serde_json::json!({
+                "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                "vocab_size": 32000, "hidden_size": 1024, "intermediate_size": 2816,
+                "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 4,
+                "hidden_act": "silu", "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+                "rope_theta": 10000.0, "tie_word_embeddings": false, "initializer_range": 0.02,
+                "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"
+            }),
+        ),
+        (
+            "qwen2_moe",
+            serde_json::json!({
+                "model_type": "qwen2_moe", "architectures": ["Qwen2MoeForCausalLM"],
+                "vocab_size": 32000, "hidden_size": 1024, "intermediate_size": 2816,
+                "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 16,
+                "hidden_act": "silu", "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+                "rope_theta": 10000.0, "tie_word_embeddings": false, "initializer_range": 0.02,
+                "use_sliding_window": false, "sliding_window": 2048, "max_window_layers": 8,
+                "decoder_sparse_step": 1, "mlp_only_layers": [], "moe_intermediate_size": 512,
+                "shared_expert_intermediate_size": 2048, "num_experts_per_tok": 4,
+                "num_experts": 16, "norm_topk_prob": false, "qkv_bias": true,
+                "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"
+            }),
+        ),
+    ]
+}
+
+fn get(c: &serde_json::Value, key: &str) -> usize {
+    c[key].as_u64().unwrap_or_else(|| panic!("config key {key}")) as usize
+}
+
+/// Bytes of weights one decoding step must read, float32: every layer's projections, biases
+/// and norms (for MoE layers: the router, the shared expert and its gate, and only the
+/// `top_k` chosen experts), the final norm, the output head, and one row of the embedding.
+fn bytes_per_token(c: &serde_json::Value, elem: usize) -> usize {
+    let (h, v, layers) = (get(c, "hidden_size"), get(c, "vocab_size"), get(c, "num_hidden_layers"));
+    let (nh, nkv) = (get(c, "num_attention_heads"), get(c, "num_key_value_heads"));
+    let d = h / nh;
+    let qkv_bias = c["qkv_bias"].as_bool().unwrap_or(false);
+    let attn = h * nh * d + 2 * h * nkv * d + nh * d * h + if qkv_bias { (nh + 2 * nkv) * d } else { 0 };
+    let norms = 2 * h;
+    let ff = if c["model_type"] == "qwen2_moe" {
+        let (e, k, i, s) = (
+            get(c, "num_experts"),
+            get(c, "num_experts_per_tok"),
+            get(c, "moe_intermediate_size"),
+            get(c, "shared_expert_intermediate_size"),
+        );
+        e * h + k * 3 * i * h + 3 * s * h + h
+    } else {
+        3 * get(c, "intermediate_size") * h
+    };
+    (layers * (attn + norms + ff) + h + v * h + h) * elem
+}
+
+/// Writes the bench checkpoint `name` under `root` (seeded `from_config` + `save_pretrained`)
+/// unless it is there.
+fn ensure_checkpoint(root: &std::path::Path, name: &str, config: &serde_json::Value) -> std::path::PathBuf {
+    let dir = root.join(name);
+    if !dir.join("config.json").exists() {
+        println!("writing {}", dir.display());
+        let model = AutoModelForCausalLM::from_config(config, &LoadOptions::default().with_seed(42))
+            .expect("from_config");
+        model
+            .save_pretrained(&dir, &SaveOptions::default())
+            .expect("save_pretrained");
+    }
+    dir
+}
+
+/// Seconds for the prefill and for the decoding steps (after the first token).
+struct Timing {
+    prefill: f64,
+    decode: f64,
+    tokens: Vec<u32>,
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn run_ours(model: &CausalLM, prompt: &[u32], decode: usize) -> Timing {
+    let start = Instant::now();
+    let mut first = None;
+    let mut last = start;
+    let out = model
+        .generate_with(
+            &[prompt.to_vec()],
+            &GenerationConfig { ignore_eos: true, ..GenerationConfig::greedy(decode + 1) },
+            |_, _| {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = now;
+            },
+        )
+        .expect("generate");
+    let first = first.expect("a token");
+    Timing {
+        prefill: (first - start).as_secs_f64(),
+        decode: (last - first).as_secs_f64(),
+        tokens: out.new_tokens[0].clone(),
+    }
+}
+
+enum Theirs {
+    Llama(candle_transformers::models::llama::Llama, candle_transformers::models::llama::Config),
+    Moe(candle_transformers::models::qwen2_moe::Model),
+}
+
+fn load_theirs(dir: &std::path::Path, c: &serde_json::Value) -> Theirs {
+    use candle_transformers::models::{llama, qwen2_moe};
+    let dev = Device::Cpu;
+    let files = vec![dir.join("model.safetensors")];
+    // SAFETY: the files are not modified while mapped (the harness wrote them and only reads).
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &dev) }.expect("mmap");
+    let f = |k: &str| c[k].as_f64().expect(k);
+    if c["model_type"] == "llama" {
+        let cfg = llama::Config {
+            hidden_size: get(c, "hidden_size"),
+            intermediate_size: get(c, "intermediate_size"),
+            vocab_size: get(c, "vocab_size"),
+            num_hidden_layers: get(c, "num_hidden_layers"),
+            num_attention_heads: get(c, "num_attention_heads"),
+            num_key_value_heads: get(c, "num_key_value_heads"),
+            use_flash_attn: false,
+            rms_norm_eps: f("rms_norm_eps"),
+            rope_theta: f("rope_theta") as f32,
+            bos_token_id: None,
+            eos_token_id: None,
+            rope_scaling: None,
+            max_position_embeddings: get(c, "max_position_embeddings"),
+            tie_word_embeddings: false,
+        };
+        Theirs::Llama(llama::Llama::load(vb, &cfg).expect("candle-transformers llama"), cfg)
+    } else {
+        let cfg = qwen2_moe::Config {
+            vocab_size: get(c, "vocab_size"),
+            hidden_size: get(c, "hidden_size"),
+            intermediate_size: get(c, "intermediate_size"),
+            num_hidden_layers: get(c, "num_hidden_layers"),
+            num_attention_heads: get(c, "num_attention_heads"),
+            num_key_value_heads: get(c, "num_key_value_heads"),
+            max_position_embeddings: get(c, "max_position_embeddings"),
+            sliding_window: get(c, "sliding_window"),
+            max_window_layers: get(c, "max_window_layers"),
+            tie_word_embeddings: false,
+            rope_theta: f("rope_theta"),
+            rms_norm_eps: f("rms_norm_eps"),
+            use_sliding_window: false,
+            hidden_act: candle_nn::Activation::Silu,
+            decoder_sparse_step: get(c, "decoder_sparse_step"),
+            moe_intermediate_size: get(c, "moe_intermediate_size"),
+            shared_expert_intermediate_size: get(c, "shared_expert_intermediate_size"),
+            num_experts_per_tok: get(c, "num_experts_per_tok"),
+            num_experts: get(c, "num_experts"),
+            norm_topk_prob: false,
+        };
+        Theirs::Moe(qwen2_moe::Model::new(&cfg, vb).expect("candle-transformers qwen2_moe"))
+    }
+}
+
+fn run_theirs(model: &mut Theirs, prompt: &[u32], decode: usize) -> Timing {
+    let dev = Device::Cpu;
+    let mut tokens = Vec::new();
+    let mut cache = match model {
+        Theirs::Llama(_, cfg) => Some(
+            candle_transformers::models::llama::Cache::new(true, DType::F32, cfg, &dev).expect("cache"),
+        ),
+        Theirs::Moe(m) => {
+            m.clear_kv_cache();
+            None
+        }
+    };
+    let mut step = |ids: &[u32], pos: usize| -> u32 {
+        let input = Tensor::new(ids, &dev).unwrap().unsqueeze(0).unwrap();
+        let logits = match model {
+            Theirs::Llama(m, _) => m.forward(&input, pos, cache.as_mut().unwrap()).unwrap(),
+            Theirs::Moe(m) => m.forward(&input, pos).unwrap(),
+        };
+        let v: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+        argmax(&v)
+    };
+    let start = Instant::now();
+    let mut next = step(prompt, 0);
+    tokens.push(next);
+    let first = Instant::now();
+    for i in 0..decode {
+        next = step(&[next], prompt.len() + i);
+        tokens.push(next);
+    }
+    let end = Instant::now();
+    Timing {
+        prefill: (first - start).as_secs_f64(),
+        decode: (end - first).as_secs_f64(),
+        tokens,
+    }
+}
+
+fn models(root: &std::path::Path, reps: usize, prompt_len: usize, decode: usize, buf: &[f32]) {
+    let prompt: Vec<u32> = (0..prompt_len).map(|i| (i * 7919 % 31000 + 100) as u32).collect();
+    let mut rows = Vec::new();
+    for (name, config) in bench_configs() {
+        let dir = ensure_checkpoint(root, name, &config);
+        let ours = AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default()).expect("load ours");
+        let mut theirs = load_theirs(&dir, &config);
+        let (mut op, mut od, mut tp, mut td, mut bw) = (vec![], vec![], vec![], vec![], vec![]);
+        // One warm-up of each (page faults, thread pool start), then alternate.
+        let _ = run_ours(&ours, &prompt, 4);
+        let _ = run_theirs(&mut theirs, &prompt, 4);
+        for rep in 0..reps {
+            bw.push(bandwidth(buf, 3));
+            let o = run_ours(&ours, &prompt, decode);
+            let t = run_theirs(&mut theirs, &prompt, decode);
+            if rep == 0 && o.tokens != t.tokens {
+                println!("  note: {name}: greedy tokens differ between the two (ours {:?}.., theirs {:?}..)",
+                    &o.tokens[..4.min(o.tokens.len())], &t.tokens[..4.min(t.tokens.len())]);
+            }
+            op.push(prompt_len as f64 / o.prefill);
+            od.push(decode as f64 / o.decode);
+            tp.push(prompt_len as f64 / t.prefill);
+            td.push(decode as f64 / t.decode);
+            println!(
+                "  {name} rep {rep}: bandwidth {:.1} GB/s | ours prefill {:.0} decode {:.1} tok/s | candle-transformers prefill {:.0} decode {:.1} tok/s",
+                bw[rep], op[rep], od[rep], tp[rep], td[rep]
+            );
+        }
+        let bytes = bytes_per_token(&config, 4);
+        rows.push((name, bytes, median(&bw), median(&op), median(&od), median(&tp), median(&td),
+            spread(&op), spread(&od), spread(&tp), spread(&td)));
+    }
+    println!();
+    println!("| model | bytes/token | bandwidth GB/s | limit tok/s | ours decode | candle-tr. decode | decode ratio | fraction of limit | ours prefill | candle-tr. prefill | prefill ratio |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (name, bytes, bw, op, od, tp, td, sop, sod, stp, std) in rows {
+        let limit = bw * 1e9 / bytes as f64;
+        println!(
+            "| {name} | {:.1} MB | {bw:.1} | {limit:.1} | {od:.1} ±{sod:.1} | {td:.1} ±{std:.1} | {:.2}x | {:.2} | {op:.0} ±{sop:.0} | {tp:.0} ±{stp:.0} | {:.2}x |",
+            bytes as f64 / 1e6,
+            od / td,
+            od / limit,
+            op / tp
+        );
+    }
+}
+
+/// Half the range (max - min) / 2 of the samples.
+fn spread(v: &[f64]) -> f64 {
+    let max = v.iter().cloned().fold(f64::MIN, f64::max);
+    let min = v.iter().cloned().fold(f64::MAX, f64::min);
+    (max - min) / 2.0
 }
 
 fn main() {
@@ -139,5 +407,15 @@ fn main() {
     let buf: Vec<f32> = vec![1.0; 1 << 28];
     if only.as_deref().is_none_or(|o| o == "kernels") {
         kernels(reps, &buf);
+    }
+    if only.as_deref().is_none_or(|o| o == "models") {
+        let prompt_len: usize = arg("--prompt-len").map_or(64, |v| v.parse().expect("--prompt-len N"));
+        let decode: usize = arg("--decode").map_or(64, |v| v.parse().expect("--decode N"));
+        let root = arg("--dir").map_or_else(
+            || std::env::temp_dir().join("patchwork-bench"),
+            std::path::PathBuf::from,
+        );
+        println!("models: prompt {prompt_len} tokens, {decode} decoding steps, {reps} repeats, checkpoints in {}", root.display());
+        models(&root, reps, prompt_len, decode, &buf);
     }
 }
