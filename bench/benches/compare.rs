@@ -194,15 +194,57 @@ fn bytes_per_token(c: &serde_json::Value, elem: usize) -> usize {
 /// unless it is there.
 fn ensure_checkpoint(root: &std::path::Path, name: &str, config: &serde_json::Value) -> std::path::PathBuf {
     let dir = root.join(name);
-    if !dir.join("config.json").exists() {
-        println!("writing {}", dir.display());
+    let bf16_dir = root.join(format!("{name}-bf16"));
+    if !dir.join("config.json").exists() || !bf16_dir.join("config.json").exists() {
+        println!("writing {} and {}", dir.display(), bf16_dir.display());
         let model = AutoModelForCausalLM::from_config(config, &LoadOptions::default().with_seed(42))
             .expect("from_config");
         model
             .save_pretrained(&dir, &SaveOptions::default())
             .expect("save_pretrained");
+        let bf16_options = SaveOptions { dtype: Some(DType::BF16), ..SaveOptions::default() };
+        model.save_pretrained(&bf16_dir, &bf16_options).expect("save_pretrained bf16");
     }
     dir
+}
+
+/// bf16 checkpoints: weights kept in bf16 (the default) against upcast to float32 at load,
+/// alternately, same prompt.
+fn bf16_section(root: &std::path::Path, reps: usize, prompt_len: usize, decode: usize) {
+    let prompt: Vec<u32> = (0..prompt_len).map(|i| (i * 7919 % 31000 + 100) as u32).collect();
+    println!();
+    println!("| bf16 checkpoint | weights | load s | prefill tok/s | decode tok/s |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, _) in bench_configs() {
+        let dir = root.join(format!("{name}-bf16"));
+        let mut results = Vec::new();
+        for upcast in [false, true] {
+            let t = Instant::now();
+            let model = AutoModelForCausalLM::from_pretrained(
+                &dir,
+                &LoadOptions::default().with_upcast_weights(upcast),
+            )
+            .expect("load bf16");
+            results.push((upcast, t.elapsed().as_secs_f64(), model, Vec::new(), Vec::new()));
+        }
+        for _ in 0..reps {
+            for (_, _, model, p, d) in results.iter_mut() {
+                let o = run_ours(model, &prompt, decode);
+                p.push(prompt_len as f64 / o.prefill);
+                d.push(decode as f64 / o.decode);
+            }
+        }
+        for (upcast, load, _, p, d) in &results {
+            let kept = if *upcast { "upcast to f32 at load" } else { "kept in bf16 (default)" };
+            println!(
+                "| {name} | {kept} | {load:.2} | {:.0} ±{:.0} | {:.1} ±{:.1} |",
+                median(p),
+                spread(p),
+                median(d),
+                spread(d)
+            );
+        }
+    }
 }
 
 /// Seconds for the prefill and for the decoding steps (after the first token).
@@ -339,12 +381,20 @@ fn run_theirs(model: &mut Theirs, prompt: &[u32], decode: usize) -> Timing {
     }
 }
 
-fn models(root: &std::path::Path, reps: usize, prompt_len: usize, decode: usize, buf: &[f32]) {
+fn models(root: &std::path::Path, reps: usize, prompt_len: usize, decode: usize, buf: &[f32], profile: bool) {
     let prompt: Vec<u32> = (0..prompt_len).map(|i| (i * 7919 % 31000 + 100) as u32).collect();
     let mut rows = Vec::new();
     for (name, config) in bench_configs() {
         let dir = ensure_checkpoint(root, name, &config);
         let ours = AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default()).expect("load ours");
+        if profile {
+            // Ours only, for a profiler: no candle-transformers, no bandwidth passes.
+            for _ in 0..reps {
+                let o = run_ours(&ours, &prompt, decode);
+                println!("  {name}: prefill {:.0} decode {:.1} tok/s", prompt_len as f64 / o.prefill, decode as f64 / o.decode);
+            }
+            continue;
+        }
         let mut theirs = load_theirs(&dir, &config);
         let (mut op, mut od, mut tp, mut td, mut bw) = (vec![], vec![], vec![], vec![], vec![]);
         // One warm-up of each (page faults, thread pool start), then alternate.
@@ -416,6 +466,7 @@ fn main() {
             std::path::PathBuf::from,
         );
         println!("models: prompt {prompt_len} tokens, {decode} decoding steps, {reps} repeats, checkpoints in {}", root.display());
-        models(&root, reps, prompt_len, decode, &buf);
+        models(&root, reps, prompt_len, decode, &buf, args.iter().any(|a| a == "--profile-ours"));
+        bf16_section(&root, reps, prompt_len, decode);
     }
 }
