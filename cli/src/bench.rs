@@ -75,7 +75,10 @@ pub fn run(args: Args) -> CliResult {
         let first = first.ok_or("no token generated")?;
         let p = args.prompt_len as f64 / (first - start).as_secs_f64().max(1e-9);
         let d = args.decode as f64 / (last - first).as_secs_f64().max(1e-9);
-        println!("repeat {}: prefill {p:.1} tok/s, decode {d:.2} tok/s", rep + 1);
+        println!(
+            "repeat {}: prefill {p:.1} tok/s, decode {d:.2} tok/s",
+            rep + 1
+        );
         prefill.push(p);
         decode.push(d);
     }

@@ -66,7 +66,7 @@ mod avx2 {
     use super::split_rows;
 
     /// `k` block: the weight rows of a tile (`MR x KC`) stay in L1.
-    const KC: usize = 256;
+    const KC: usize = 512;
     /// Tokens per `m` block: their packed panels of a `k` block (`MC x KC` floats) stay in L2.
     const MC: usize = 128;
     /// Weight rows per `n` block: the output block (`MC x NC`) stays in L1/L2 while the `k`
@@ -110,16 +110,21 @@ mod avx2 {
         let panels = m.div_ceil(nr);
         // Packed tokens: panel p, step kk, lane j = x[p * nr + j][kk] (zero past m).
         let mut xp = vec![0f32; panels * k * nr];
-        for (t, row) in x.chunks_exact(k).enumerate() {
-            let (p, j) = (t / nr, t % nr);
-            let base = p * k * nr + j;
-            for (kk, &v) in row.iter().enumerate() {
-                xp[base + kk * nr] = v;
-            }
-        }
+        xp.par_chunks_mut(k * nr)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                let rows = nr.min(m - p * nr);
+                for (kk, lanes) in panel.chunks_exact_mut(nr).enumerate() {
+                    for (j, lane) in lanes[..rows].iter_mut().enumerate() {
+                        *lane = x[(p * nr + j) * k + kk];
+                    }
+                }
+            });
         out.fill(0.0);
         let ptr = OutPtr(out.as_mut_ptr());
-        let ranges = split_rows(n, rayon::current_num_threads(), MR);
+        // A few ranges per thread, taken dynamically: a thread that is preempted for a while
+        // does not hold the others up.
+        let ranges = split_rows(n, rayon::current_num_threads() * 3, MR);
         let body = |cols: std::ops::Range<usize>| {
             let ptr = ptr;
             let mut scratch = vec![0f32; if E::IS_F32 { 0 } else { MR * KC }];
