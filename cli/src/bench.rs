@@ -67,7 +67,7 @@ pub fn run(args: Args) -> CliResult {
         let start = Instant::now();
         let mut first = None;
         let mut last = start;
-        model.generate_with(&[prompt.clone()], &config, |_, _| {
+        model.generate_with(std::slice::from_ref(&prompt), &config, |_, _| {
             let now = Instant::now();
             first.get_or_insert(now);
             last = now;

@@ -81,6 +81,13 @@ mod avx2 {
     unsafe impl Send for OutPtr {}
     unsafe impl Sync for OutPtr {}
 
+    impl OutPtr {
+        /// The pointer (a method, so closures capture the whole `Send` wrapper).
+        fn get(self) -> *mut f32 {
+            self.0
+        }
+    }
+
     pub(super) fn matmul_t<E: WeightElem>(
         x: &[f32],
         m: usize,
@@ -126,7 +133,6 @@ mod avx2 {
         // does not hold the others up.
         let ranges = split_rows(n, rayon::current_num_threads() * 3, MR);
         let body = |cols: std::ops::Range<usize>| {
-            let ptr = ptr;
             let mut scratch = vec![0f32; if E::IS_F32 { 0 } else { MR * KC }];
             for m0 in (0..m).step_by(MC) {
                 let m1 = (m0 + MC).min(m);
@@ -161,7 +167,7 @@ mod avx2 {
                                 // belong to this task's column range only.
                                 unsafe {
                                     let xpp = xp.as_ptr().add((t0 / nr) * k * nr + k0 * nr);
-                                    let c = ptr.0.add(t0 * n + n0);
+                                    let c = ptr.get().add(t0 * n + n0);
                                     tile::<NV, MR>(rows, wp, ws, xpp, kc, c, n, valid);
                                 }
                             }
@@ -216,6 +222,7 @@ mod avx2 {
     /// AVX2 and FMA available; `w` readable at `r * ws + kk` for `r < R`, `kk < kc`; `xp`
     /// readable for `kc * 8 NV` floats; `c` writable at `t * ldc + r` for `t < valid`, `r < R`.
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)]
     unsafe fn kernel<const NV: usize, const R: usize>(
         w: *const f32,
         ws: usize,
