@@ -69,10 +69,15 @@ fn median(v: &[f64]) -> f64 {
 
 fn kernels(reps: usize, buf: &[f32]) {
     let isa = Isa::detect();
-    println!("kernels ({isa:?}, {} threads)", rayon::current_num_threads());
+    println!(
+        "kernels ({isa:?}, {} threads)",
+        rayon::current_num_threads()
+    );
     println!("  streaming read: {:.1} GB/s", bandwidth(buf, 5));
     let (n, k) = (32000usize, 1024usize);
-    let w: Vec<f32> = (0..n * k).map(|i| ((i % 97) as f32 - 48.0) * 1e-3).collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i % 97) as f32 - 48.0) * 1e-3)
+        .collect();
     let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
     let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 * 0.1).collect();
     let mut y = vec![0f32; n];
@@ -101,7 +106,12 @@ fn kernels(reps: usize, buf: &[f32]) {
         gbs(n * k * 4, median(&t_bf16)),
         gbs(n * k * 4, median(&t_candle)),
     );
-    for (m, n, k) in [(64usize, 5632usize, 1024usize), (64, 1024, 2816), (64, 1536, 1024), (7, 1536, 1024)] {
+    for (m, n, k) in [
+        (64usize, 5632usize, 1024usize),
+        (64, 1024, 2816),
+        (64, 1536, 1024),
+        (7, 1536, 1024),
+    ] {
         let w = &w[..n * k];
         let wb = &wb[..n * k];
         let xs: Vec<f32> = (0..m * k).map(|i| (i % 11) as f32 * 0.1).collect();
@@ -163,18 +173,25 @@ fn bench_configs() -> Vec<(&'static str, serde_json::Value)> {
 }
 
 fn get(c: &serde_json::Value, key: &str) -> usize {
-    c[key].as_u64().unwrap_or_else(|| panic!("config key {key}")) as usize
+    c[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("config key {key}")) as usize
 }
 
 /// Bytes of weights one decoding step must read, float32: every layer's projections, biases
 /// and norms (for MoE layers: the router, the shared expert and its gate, and only the
 /// `top_k` chosen experts), the final norm, the output head, and one row of the embedding.
 fn bytes_per_token(c: &serde_json::Value, elem: usize) -> usize {
-    let (h, v, layers) = (get(c, "hidden_size"), get(c, "vocab_size"), get(c, "num_hidden_layers"));
+    let (h, v, layers) = (
+        get(c, "hidden_size"),
+        get(c, "vocab_size"),
+        get(c, "num_hidden_layers"),
+    );
     let (nh, nkv) = (get(c, "num_attention_heads"), get(c, "num_key_value_heads"));
     let d = h / nh;
     let qkv_bias = c["qkv_bias"].as_bool().unwrap_or(false);
-    let attn = h * nh * d + 2 * h * nkv * d + nh * d * h + if qkv_bias { (nh + 2 * nkv) * d } else { 0 };
+    let attn =
+        h * nh * d + 2 * h * nkv * d + nh * d * h + if qkv_bias { (nh + 2 * nkv) * d } else { 0 };
     let norms = 2 * h;
     let ff = if c["model_type"] == "qwen2_moe" {
         let (e, k, i, s) = (
@@ -192,18 +209,28 @@ fn bytes_per_token(c: &serde_json::Value, elem: usize) -> usize {
 
 /// Writes the bench checkpoint `name` under `root` (seeded `from_config` + `save_pretrained`)
 /// unless it is there.
-fn ensure_checkpoint(root: &std::path::Path, name: &str, config: &serde_json::Value) -> std::path::PathBuf {
+fn ensure_checkpoint(
+    root: &std::path::Path,
+    name: &str,
+    config: &serde_json::Value,
+) -> std::path::PathBuf {
     let dir = root.join(name);
     let bf16_dir = root.join(format!("{name}-bf16"));
     if !dir.join("config.json").exists() || !bf16_dir.join("config.json").exists() {
         println!("writing {} and {}", dir.display(), bf16_dir.display());
-        let model = AutoModelForCausalLM::from_config(config, &LoadOptions::default().with_seed(42))
-            .expect("from_config");
+        let model =
+            AutoModelForCausalLM::from_config(config, &LoadOptions::default().with_seed(42))
+                .expect("from_config");
         model
             .save_pretrained(&dir, &SaveOptions::default())
             .expect("save_pretrained");
-        let bf16_options = SaveOptions { dtype: Some(DType::BF16), ..SaveOptions::default() };
-        model.save_pretrained(&bf16_dir, &bf16_options).expect("save_pretrained bf16");
+        let bf16_options = SaveOptions {
+            dtype: Some(DType::BF16),
+            ..SaveOptions::default()
+        };
+        model
+            .save_pretrained(&bf16_dir, &bf16_options)
+            .expect("save_pretrained bf16");
     }
     dir
 }
@@ -211,7 +238,9 @@ fn ensure_checkpoint(root: &std::path::Path, name: &str, config: &serde_json::Va
 /// bf16 checkpoints: weights kept in bf16 (the default) against upcast to float32 at load,
 /// alternately, same prompt.
 fn bf16_section(root: &std::path::Path, reps: usize, prompt_len: usize, decode: usize) {
-    let prompt: Vec<u32> = (0..prompt_len).map(|i| (i * 7919 % 31000 + 100) as u32).collect();
+    let prompt: Vec<u32> = (0..prompt_len)
+        .map(|i| (i * 7919 % 31000 + 100) as u32)
+        .collect();
     println!();
     println!("| bf16 checkpoint | weights | load s | prefill tok/s | decode tok/s |");
     println!("| --- | --- | --- | --- | --- |");
@@ -225,7 +254,13 @@ fn bf16_section(root: &std::path::Path, reps: usize, prompt_len: usize, decode: 
                 &LoadOptions::default().with_upcast_weights(upcast),
             )
             .expect("load bf16");
-            results.push((upcast, t.elapsed().as_secs_f64(), model, Vec::new(), Vec::new()));
+            results.push((
+                upcast,
+                t.elapsed().as_secs_f64(),
+                model,
+                Vec::new(),
+                Vec::new(),
+            ));
         }
         for _ in 0..reps {
             for (_, _, model, p, d) in results.iter_mut() {
@@ -235,7 +270,11 @@ fn bf16_section(root: &std::path::Path, reps: usize, prompt_len: usize, decode: 
             }
         }
         for (upcast, load, _, p, d) in &results {
-            let kept = if *upcast { "upcast to f32 at load" } else { "kept in bf16 (default)" };
+            let kept = if *upcast {
+                "upcast to f32 at load"
+            } else {
+                "kept in bf16 (default)"
+            };
             println!(
                 "| {name} | {kept} | {load:.2} | {:.0} ±{:.0} | {:.1} ±{:.1} |",
                 median(p),
@@ -271,7 +310,10 @@ fn run_ours(model: &CausalLM, prompt: &[u32], decode: usize) -> Timing {
     let out = model
         .generate_with(
             &[prompt.to_vec()],
-            &GenerationConfig { ignore_eos: true, ..GenerationConfig::greedy(decode + 1) },
+            &GenerationConfig {
+                ignore_eos: true,
+                ..GenerationConfig::greedy(decode + 1)
+            },
             |_, _| {
                 let now = Instant::now();
                 first.get_or_insert(now);
@@ -288,7 +330,10 @@ fn run_ours(model: &CausalLM, prompt: &[u32], decode: usize) -> Timing {
 }
 
 enum Theirs {
-    Llama(candle_transformers::models::llama::Llama, candle_transformers::models::llama::Config),
+    Llama(
+        candle_transformers::models::llama::Llama,
+        candle_transformers::models::llama::Config,
+    ),
     Moe(candle_transformers::models::qwen2_moe::Model),
 }
 
@@ -297,7 +342,8 @@ fn load_theirs(dir: &std::path::Path, c: &serde_json::Value) -> Theirs {
     let dev = Device::Cpu;
     let files = vec![dir.join("model.safetensors")];
     // SAFETY: the files are not modified while mapped (the harness wrote them and only reads).
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &dev) }.expect("mmap");
+    let vb =
+        unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &dev) }.expect("mmap");
     let f = |k: &str| c[k].as_f64().expect(k);
     if c["model_type"] == "llama" {
         let cfg = llama::Config {
@@ -316,7 +362,10 @@ fn load_theirs(dir: &std::path::Path, c: &serde_json::Value) -> Theirs {
             max_position_embeddings: get(c, "max_position_embeddings"),
             tie_word_embeddings: false,
         };
-        Theirs::Llama(llama::Llama::load(vb, &cfg).expect("candle-transformers llama"), cfg)
+        Theirs::Llama(
+            llama::Llama::load(vb, &cfg).expect("candle-transformers llama"),
+            cfg,
+        )
     } else {
         let cfg = qwen2_moe::Config {
             vocab_size: get(c, "vocab_size"),
@@ -349,7 +398,8 @@ fn run_theirs(model: &mut Theirs, prompt: &[u32], decode: usize) -> Timing {
     let mut tokens = Vec::new();
     let mut cache = match model {
         Theirs::Llama(_, cfg) => Some(
-            candle_transformers::models::llama::Cache::new(true, DType::F32, cfg, &dev).expect("cache"),
+            candle_transformers::models::llama::Cache::new(true, DType::F32, cfg, &dev)
+                .expect("cache"),
         ),
         Theirs::Moe(m) => {
             m.clear_kv_cache();
@@ -381,17 +431,31 @@ fn run_theirs(model: &mut Theirs, prompt: &[u32], decode: usize) -> Timing {
     }
 }
 
-fn models(root: &std::path::Path, reps: usize, prompt_len: usize, decode: usize, buf: &[f32], profile: bool) {
-    let prompt: Vec<u32> = (0..prompt_len).map(|i| (i * 7919 % 31000 + 100) as u32).collect();
+fn models(
+    root: &std::path::Path,
+    reps: usize,
+    prompt_len: usize,
+    decode: usize,
+    buf: &[f32],
+    profile: bool,
+) {
+    let prompt: Vec<u32> = (0..prompt_len)
+        .map(|i| (i * 7919 % 31000 + 100) as u32)
+        .collect();
     let mut rows = Vec::new();
     for (name, config) in bench_configs() {
         let dir = ensure_checkpoint(root, name, &config);
-        let ours = AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default()).expect("load ours");
+        let ours = AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default())
+            .expect("load ours");
         if profile {
             // Ours only, for a profiler: no candle-transformers, no bandwidth passes.
             for _ in 0..reps {
                 let o = run_ours(&ours, &prompt, decode);
-                println!("  {name}: prefill {:.0} decode {:.1} tok/s", prompt_len as f64 / o.prefill, decode as f64 / o.decode);
+                println!(
+                    "  {name}: prefill {:.0} decode {:.1} tok/s",
+                    prompt_len as f64 / o.prefill,
+                    decode as f64 / o.decode
+                );
             }
             continue;
         }
@@ -405,8 +469,11 @@ fn models(root: &std::path::Path, reps: usize, prompt_len: usize, decode: usize,
             let o = run_ours(&ours, &prompt, decode);
             let t = run_theirs(&mut theirs, &prompt, decode);
             if rep == 0 && o.tokens != t.tokens {
-                println!("  note: {name}: greedy tokens differ between the two (ours {:?}.., theirs {:?}..)",
-                    &o.tokens[..4.min(o.tokens.len())], &t.tokens[..4.min(t.tokens.len())]);
+                println!(
+                    "  note: {name}: greedy tokens differ between the two (ours {:?}.., theirs {:?}..)",
+                    &o.tokens[..4.min(o.tokens.len())],
+                    &t.tokens[..4.min(t.tokens.len())]
+                );
             }
             op.push(prompt_len as f64 / o.prefill);
             od.push(decode as f64 / o.decode);
@@ -418,11 +485,24 @@ fn models(root: &std::path::Path, reps: usize, prompt_len: usize, decode: usize,
             );
         }
         let bytes = bytes_per_token(&config, 4);
-        rows.push((name, bytes, median(&bw), median(&op), median(&od), median(&tp), median(&td),
-            spread(&op), spread(&od), spread(&tp), spread(&td)));
+        rows.push((
+            name,
+            bytes,
+            median(&bw),
+            median(&op),
+            median(&od),
+            median(&tp),
+            median(&td),
+            spread(&op),
+            spread(&od),
+            spread(&tp),
+            spread(&td),
+        ));
     }
     println!();
-    println!("| model | bytes/token | bandwidth GB/s | limit tok/s | ours decode | candle-tr. decode | decode ratio | fraction of limit | ours prefill | candle-tr. prefill | prefill ratio |");
+    println!(
+        "| model | bytes/token | bandwidth GB/s | limit tok/s | ours decode | candle-tr. decode | decode ratio | fraction of limit | ours prefill | candle-tr. prefill | prefill ratio |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (name, bytes, bw, op, od, tp, td, sop, sod, stp, std) in rows {
         let limit = bw * 1e9 / bytes as f64;
@@ -459,14 +539,25 @@ fn main() {
         kernels(reps, &buf);
     }
     if only.as_deref().is_none_or(|o| o == "models") {
-        let prompt_len: usize = arg("--prompt-len").map_or(64, |v| v.parse().expect("--prompt-len N"));
+        let prompt_len: usize =
+            arg("--prompt-len").map_or(64, |v| v.parse().expect("--prompt-len N"));
         let decode: usize = arg("--decode").map_or(64, |v| v.parse().expect("--decode N"));
         let root = arg("--dir").map_or_else(
             || std::env::temp_dir().join("patchwork-bench"),
             std::path::PathBuf::from,
         );
-        println!("models: prompt {prompt_len} tokens, {decode} decoding steps, {reps} repeats, checkpoints in {}", root.display());
-        models(&root, reps, prompt_len, decode, &buf, args.iter().any(|a| a == "--profile-ours"));
+        println!(
+            "models: prompt {prompt_len} tokens, {decode} decoding steps, {reps} repeats, checkpoints in {}",
+            root.display()
+        );
+        models(
+            &root,
+            reps,
+            prompt_len,
+            decode,
+            &buf,
+            args.iter().any(|a| a == "--profile-ours"),
+        );
         bf16_section(&root, reps, prompt_len, decode);
     }
 }
