@@ -106,6 +106,38 @@ fn kernels(reps: usize, buf: &[f32]) {
         gbs(n * k * 4, median(&t_bf16)),
         gbs(n * k * 4, median(&t_candle)),
     );
+    // Small products as a decoding step meets them: 1024x1024 matrices, 100 distinct ones in
+    // turn (400 MB, so none is cached), one join each.
+    {
+        let (rows, k) = (1024usize, 1024usize);
+        let count = 100;
+        let mats: Vec<f32> = (0..rows * k * count).map(|i| (i % 89) as f32 * 1e-3).collect();
+        let mut ts = Vec::new();
+        let mut y = vec![0f32; rows];
+        for _ in 0..reps {
+            let t = Instant::now();
+            for c in 0..count {
+                gemv::gemv(isa, &mats[c * rows * k..(c + 1) * rows * k], &x, &mut y);
+            }
+            ts.push(t.elapsed().as_secs_f64());
+        }
+        let pool_ts: Vec<f64> = (0..reps)
+            .map(|_| {
+                rayon::scope(|_| {
+                    let t = Instant::now();
+                    for c in 0..count {
+                        gemv::gemv(isa, &mats[c * rows * k..(c + 1) * rows * k], &x, &mut y);
+                    }
+                    t.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        println!(
+            "  gemv 100 x (1024x1024) f32: {:.1} GB/s from the main thread, {:.1} GB/s on a pool thread",
+            (rows * k * count * 4) as f64 / median(&ts) / 1e9,
+            (rows * k * count * 4) as f64 / median(&pool_ts) / 1e9
+        );
+    }
     for (m, n, k) in [
         (64usize, 5632usize, 1024usize),
         (64, 1024, 2816),
@@ -535,6 +567,9 @@ fn main() {
     let only = arg("--only");
     // 1 GiB: far beyond every cache.
     let buf: Vec<f32> = vec![1.0; 1 << 28];
+    if only.as_deref() == Some("gemv-experiment") {
+        gemv_experiment(reps, &buf);
+    }
     if only.as_deref().is_none_or(|o| o == "kernels") {
         kernels(reps, &buf);
     }
@@ -559,5 +594,80 @@ fn main() {
             args.iter().any(|a| a == "--profile-ours"),
         );
         bf16_section(&root, reps, prompt_len, decode);
+    }
+}
+
+/// Experimental GEMV variants (rows R at a time, optional prefetch distance P in elements).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_variant<const R: usize, const P: usize>(w: &[f32], x: &[f32], y: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k = x.len();
+    let rows = y.len();
+    let wp = w.as_ptr();
+    let xp = x.as_ptr();
+    let k16 = k / 16 * 16;
+    let mut r = 0;
+    while r + R <= rows {
+        unsafe {
+            let p: [*const f32; R] = std::array::from_fn(|i| wp.add((r + i) * k));
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let mut i = 0;
+            while i < k16 {
+                let x0 = _mm256_loadu_ps(xp.add(i));
+                let x1 = _mm256_loadu_ps(xp.add(i + 8));
+                if P > 0 {
+                    for q in p {
+                        _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(i + P) as *const i8);
+                    }
+                }
+                for j in 0..R {
+                    acc[j][0] = _mm256_fmadd_ps(_mm256_loadu_ps(p[j].add(i)), x0, acc[j][0]);
+                    acc[j][1] = _mm256_fmadd_ps(_mm256_loadu_ps(p[j].add(i + 8)), x1, acc[j][1]);
+                }
+                i += 16;
+            }
+            for j in 0..R {
+                let v = _mm256_add_ps(acc[j][0], acc[j][1]);
+                let mut o = [0f32; 8];
+                _mm256_storeu_ps(o.as_mut_ptr(), v);
+                *y.get_unchecked_mut(r + j) = o.iter().sum();
+            }
+        }
+        r += R;
+    }
+}
+
+fn gemv_experiment(reps: usize, buf: &[f32]) {
+    let (n, k) = (32000usize, 1024usize);
+    let w: Vec<f32> = (0..n * k).map(|i| ((i % 97) as f32 - 48.0) * 1e-3).collect();
+    let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 * 0.1).collect();
+    let mut y = vec![0f32; n];
+    type V = unsafe fn(&[f32], &[f32], &mut [f32]);
+    let variants: [(&str, V); 6] = [
+        ("R4", gemv_variant::<4, 0>),
+        ("R4 P256", gemv_variant::<4, 256>),
+        ("R4 P512", gemv_variant::<4, 512>),
+        ("R1", gemv_variant::<1, 0>),
+        ("R2", gemv_variant::<2, 0>),
+        ("R8", gemv_variant::<8, 0>),
+    ];
+    let mut times = vec![Vec::new(); variants.len()];
+    let mut bw = Vec::new();
+    for _ in 0..reps {
+        bw.push(bandwidth(buf, 1));
+        for (vi, (_, f)) in variants.iter().enumerate() {
+            let t = Instant::now();
+            rayon::scope(|_| {
+                y.par_chunks_mut(n / 2)
+                    .zip(w.par_chunks(n / 2 * k))
+                    .for_each(|(yc, wc)| unsafe { f(wc, &x, yc) });
+            });
+            times[vi].push(t.elapsed().as_secs_f64());
+        }
+    }
+    println!("  gemv variants (stream {:.1} GB/s):", median(&bw));
+    for (vi, (name, _)) in variants.iter().enumerate() {
+        println!("    {name}: {:.1} GB/s", (n * k * 4) as f64 / median(&times[vi]) / 1e9);
     }
 }

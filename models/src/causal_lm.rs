@@ -210,23 +210,6 @@ impl CausalLM {
         cache: Option<&mut KvCache>,
         options: &ForwardOptions,
     ) -> Result<ForwardOutput> {
-        // The pass runs on one of rayon's threads, so that thread takes its share of every
-        // parallel kernel itself instead of handing each one to the pool and sleeping until it
-        // is done (a wake-up per product is a large part of a decoding step otherwise).
-        if rayon::current_thread_index().is_some() {
-            self.forward_on_pool(input_ids, attention_mask, cache, options)
-        } else {
-            rayon::scope(|_| self.forward_on_pool(input_ids, attention_mask, cache, options))
-        }
-    }
-
-    fn forward_on_pool(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-        options: &ForwardOptions,
-    ) -> Result<ForwardOutput> {
         let ids = self.check_input_ids(input_ids)?;
         let (batch, seq) = ids.dims2()?;
         let mask = match attention_mask {

@@ -1,9 +1,9 @@
 //! Element-wise kernels: a vectorised `exp`, and the fused SwiGLU `silu(gate) * up` over the
 //! output of a fused gate/up projection (one pass, no intermediate tensors).
 
-use rayon::prelude::*;
+use std::sync::Mutex;
 
-use super::Isa;
+use super::{Isa, pool};
 
 /// `out[r][i] = silu(gu[r][i]) * gu[r][inter + i]` for every row `r` of `gu`
 /// (`[rows, 2 * inter]`, gate columns first, as the fused projection and the stacked experts
@@ -27,9 +27,13 @@ pub fn swiglu(isa: Isa, gu: &[f32], inter: usize, out: &mut [f32]) {
     let rows = out.len() / inter;
     let row = |(o, g): (&mut [f32], &[f32])| swiglu_row(isa, &g[..inter], &g[inter..], o);
     if rows >= 8 {
-        out.par_chunks_mut(inter)
-            .zip(gu.par_chunks(2 * inter))
-            .for_each(row);
+        let outs: Vec<Mutex<&mut [f32]>> = out.chunks_mut(inter).map(Mutex::new).collect();
+        pool::parallel_for(rows, |r| {
+            let mut o = outs[r]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            row((&mut o, &gu[r * 2 * inter..(r + 1) * 2 * inter]));
+        });
     } else {
         out.chunks_mut(inter)
             .zip(gu.chunks(2 * inter))

@@ -1,12 +1,12 @@
 //! Scaled dot-product attention of the new queries over a KV cache, on slices: grouped-query
 //! attention reads each key/value head in place for all the query heads that share it (no
 //! copies per group), masked keys (an additive bias of `-inf`) are skipped, and each
-//! (row, head) pair is one task on rayon's threads.
+//! (row, head) pair is one task on the kernel threads.
 
-use rayon::prelude::*;
+use std::sync::Mutex;
 
-use super::Isa;
 use super::activation::exp_in_place;
+use super::{Isa, pool};
 
 /// The sizes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +83,20 @@ pub fn attention(
     };
     let tasks = s.batch * s.heads;
     let results: Vec<Vec<f32>> = if tasks * s.q_len * s.kv_len * d >= 1 << 14 {
-        (0..tasks).into_par_iter().map(task).collect()
+        let slots: Vec<Mutex<Vec<f32>>> = (0..tasks).map(|_| Mutex::new(Vec::new())).collect();
+        pool::parallel_for(tasks, |i| {
+            let r = task(i);
+            *slots[i]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = r;
+        });
+        slots
+            .into_iter()
+            .map(|m| {
+                m.into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            })
+            .collect()
     } else {
         (0..tasks).map(task).collect()
     };

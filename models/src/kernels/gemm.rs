@@ -9,11 +9,11 @@
 //! panel passes over it, and the token panels of a `k` block stay in L2; each thread owns a
 //! contiguous range of weight rows, so `W` is streamed from memory once per call.
 
-use rayon::prelude::*;
+use std::sync::Mutex;
 
-use super::{Isa, WeightElem, gemv, split_rows};
+use super::{Isa, WeightElem, gemv, pool, split_rows};
 
-/// `out = x w^T + bias`: `x` `[m, k]`, `w` `[n, k]`, `bias` `[n]`, `out` `[m, n]`, on rayon's
+/// `out = x w^T + bias`: `x` `[m, k]`, `w` `[n, k]`, `bias` `[n]`, `out` `[m, n]`, on the kernel
 /// threads. One token (`m == 1`) is a matrix-vector product.
 ///
 /// # Panics
@@ -43,10 +43,16 @@ pub fn matmul_t<E: WeightElem>(
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2Fma if Isa::detect() == Isa::Avx2Fma => avx2::matmul_t(x, m, k, w, n, out),
-            _ => out
-                .par_chunks_mut(n.max(1))
-                .zip(x.par_chunks(k.max(1)))
-                .for_each(|(o, xr)| gemv::gemv_rows(Isa::Portable, w, xr, o)),
+            _ => {
+                let rows: Vec<Mutex<&mut [f32]>> =
+                    out.chunks_mut(n.max(1)).map(Mutex::new).collect();
+                pool::parallel_for(rows.len(), |t| {
+                    let mut o = rows[t]
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    gemv::gemv_rows(Isa::Portable, w, &x[t * k..(t + 1) * k], &mut o);
+                });
+            }
         }
     }
     if let Some(b) = bias {
@@ -60,9 +66,9 @@ pub fn matmul_t<E: WeightElem>(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use rayon::prelude::*;
+    use std::sync::Mutex;
 
-    use super::super::WeightElem;
+    use super::super::{WeightElem, pool};
     use super::split_rows;
 
     /// `k` block: the weight rows of a tile (`MR x KC`) stay in L1.
@@ -117,9 +123,12 @@ mod avx2 {
         let panels = m.div_ceil(nr);
         // Packed tokens: panel p, step kk, lane j = x[p * nr + j][kk] (zero past m).
         let mut xp = vec![0f32; panels * k * nr];
-        xp.par_chunks_mut(k * nr)
-            .enumerate()
-            .for_each(|(p, panel)| {
+        {
+            let chunks: Vec<Mutex<&mut [f32]>> = xp.chunks_mut(k * nr).map(Mutex::new).collect();
+            pool::parallel_for(chunks.len(), |p| {
+                let mut panel = chunks[p]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let rows = nr.min(m - p * nr);
                 for (kk, lanes) in panel.chunks_exact_mut(nr).enumerate() {
                     for (j, lane) in lanes[..rows].iter_mut().enumerate() {
@@ -127,6 +136,7 @@ mod avx2 {
                     }
                 }
             });
+        }
         out.fill(0.0);
         let ptr = OutPtr(out.as_mut_ptr());
         // A few ranges per thread, taken dynamically: a thread that is preempted for a while
@@ -176,11 +186,7 @@ mod avx2 {
                 }
             }
         };
-        if ranges.len() == 1 {
-            body(ranges[0].clone());
-        } else {
-            ranges.into_par_iter().for_each(body);
-        }
+        pool::parallel_for(ranges.len(), |i| body(ranges[i].clone()));
     }
 
     /// Dispatches a tile of `rows <= MR` weight rows to the kernel compiled for that count.

@@ -3,9 +3,9 @@
 //! so the kernel keeps several rows' streams in flight and the driver gives each thread one
 //! contiguous block of rows.
 
-use rayon::prelude::*;
+use std::sync::Mutex;
 
-use super::{Isa, WeightElem, split_rows};
+use super::{Isa, WeightElem, pool, split_rows};
 
 /// One product of a batch: `y = w x`, with `w` `[y.len(), x.len()]` row-major.
 #[derive(Debug)]
@@ -23,7 +23,7 @@ const MIN_ROWS_PER_TASK: usize = 64;
 
 /// Runs every job of `jobs` (products with different weights and inputs, such as the chosen
 /// experts of a token) in one parallel pass: the rows of all jobs are split into contiguous
-/// blocks and spread over rayon's threads, so a batch costs one fork-join.
+/// blocks and spread over the kernel threads, so a batch costs one fork-join.
 ///
 /// # Panics
 /// If a job's `w.len() != y.len() * x.len()`.
@@ -60,13 +60,21 @@ pub fn gemv_batch<E: WeightElem>(isa: Isa, jobs: Vec<GemvJob<'_, E>>) {
             gemv_rows(isa, t.w, t.x, t.y);
         }
     } else {
-        tasks
-            .into_par_iter()
-            .for_each(|t| gemv_rows(isa, t.w, t.x, t.y));
+        let slots: Vec<Mutex<Option<GemvJob<'_, E>>>> =
+            tasks.into_iter().map(|t| Mutex::new(Some(t))).collect();
+        pool::parallel_for(slots.len(), |i| {
+            let task = slots[i]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(t) = task {
+                gemv_rows(isa, t.w, t.x, t.y);
+            }
+        });
     }
 }
 
-/// `y = w x` on rayon's threads (see [`gemv_batch`]).
+/// `y = w x` on the kernel threads (see [`gemv_batch`]).
 ///
 /// # Panics
 /// If `w.len() != y.len() * x.len()`.

@@ -10,14 +10,17 @@
 //! [`crate::decoder::attention::attend`]) that use them for CPU tensors and fall back to
 //! candle's ops on other devices.
 //!
-//! Threads: rayon's global pool (the one candle uses). A product is split into contiguous row
-//! blocks of the weight, so each thread streams its own part of the matrix once.
+//! Threads: the calling thread plus `rayon::current_num_threads() - 1` helpers of a small pool
+//! of their own that poll briefly between jobs (a decoding step is a chain of short products;
+//! see `pool.rs`). A product is split into contiguous row blocks of the weight, so each thread
+//! streams its own part of the matrix once.
 
 pub mod activation;
 pub mod attention;
 pub mod gemm;
 pub mod gemv;
 pub mod moe;
+pub(crate) mod pool;
 pub(crate) mod tensor;
 
 use std::sync::OnceLock;
