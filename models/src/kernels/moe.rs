@@ -3,13 +3,15 @@
 //!
 //! One token (decoding): the chosen experts' gate/up products run as one batch of
 //! matrix-vector products (one fork-join), the SwiGLU, then their down products as a second
-//! batch. Several tokens (prefill): tokens are grouped per expert, each active expert runs one
-//! matrix product over its tokens, and the results are added straight into the output rows
-//! with their routing weights (no full-size scatter per expert).
+//! batch. Several tokens (prefill): tokens are grouped per expert, the active experts run in
+//! parallel, each one matrix product over its tokens, and the results are added straight into
+//! the output rows with their routing weights (no full-size scatter per expert).
+
+use std::sync::{Mutex, PoisonError};
 
 use super::activation::swiglu;
 use super::gemv::{GemvJob, gemv_batch};
-use super::{Isa, WeightElem, gemm};
+use super::{Isa, WeightElem, gemm, pool};
 
 /// The sizes of a dispatch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,24 +105,29 @@ pub fn routed_experts<E: WeightElem>(
         }
         return Ok(out);
     }
-    let mut xs = Vec::new();
-    let mut gu = Vec::new();
-    let mut hidden = Vec::new();
-    let mut ys = Vec::new();
-    for &e in &active {
+    // Several tokens: experts run in parallel, each on one thread over its own tokens (the
+    // products inside a task run serially: see `pool::parallel_for`), then the results are
+    // added into the output rows in expert order.
+    let results: Vec<Mutex<Vec<f32>>> = active.iter().map(|_| Mutex::new(Vec::new())).collect();
+    pool::parallel_for(active.len(), |a| {
+        let e = active[a];
         let rows = &routed[e];
         let m = rows.len();
-        xs.clear();
+        let mut xs = Vec::with_capacity(m * h);
         for &(t, _) in rows {
             xs.extend_from_slice(&x[t * h..(t + 1) * h]);
         }
-        gu.resize(m * 2 * i, 0.0);
+        let mut gu = vec![0f32; m * 2 * i];
         gemm::matmul_t(isa, &xs, m, gu_of(e), 2 * i, None, &mut gu);
-        hidden.resize(m * i, 0.0);
+        let mut hidden = vec![0f32; m * i];
         swiglu(isa, &gu, i, &mut hidden);
-        ys.resize(m * h, 0.0);
+        let mut ys = vec![0f32; m * h];
         gemm::matmul_t(isa, &hidden, m, down_of(e), h, None, &mut ys);
-        for (&(t, w), y) in rows.iter().zip(ys.chunks(h)) {
+        *results[a].lock().unwrap_or_else(PoisonError::into_inner) = ys;
+    });
+    for (&e, ys) in active.iter().zip(results) {
+        let ys = ys.into_inner().unwrap_or_else(PoisonError::into_inner);
+        for (&(t, w), y) in routed[e].iter().zip(ys.chunks(h.max(1))) {
             add_scaled(&mut out[t * h..(t + 1) * h], w, y);
         }
     }
