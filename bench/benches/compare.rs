@@ -116,7 +116,9 @@ fn kernels(reps: usize, buf: &[f32]) {
     {
         let (rows, k) = (1024usize, 1024usize);
         let count = 100;
-        let mats: Vec<f32> = (0..rows * k * count).map(|i| (i % 89) as f32 * 1e-3).collect();
+        let mats: Vec<f32> = (0..rows * k * count)
+            .map(|i| (i % 89) as f32 * 1e-3)
+            .collect();
         let mut ts = Vec::new();
         let mut y = vec![0f32; rows];
         for _ in 0..reps {
@@ -480,7 +482,15 @@ fn models(
         .map(|i| (i * 7919 % 31000 + 100) as u32)
         .collect();
     let mut rows = Vec::new();
+    let only_model = std::env::args()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[0] == "--model")
+        .map(|w| w[1].clone());
     for (name, config) in bench_configs() {
+        if only_model.as_deref().is_some_and(|m| m != name) {
+            continue;
+        }
         let dir = ensure_checkpoint(root, name, &config);
         let ours = AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default())
             .expect("load ours");
@@ -608,7 +618,9 @@ fn main() {
             &buf,
             args.iter().any(|a| a == "--profile-ours"),
         );
-        bf16_section(&root, reps, prompt_len, decode);
+        if !args.iter().any(|a| a == "--profile-ours") {
+            bf16_section(&root, reps, prompt_len, decode);
+        }
     }
 }
 
@@ -642,8 +654,8 @@ unsafe fn gemv_variant<const R: usize, const P: usize>(w: &[f32], x: &[f32], y: 
                 }
                 i += 16;
             }
-            for j in 0..R {
-                let v = _mm256_add_ps(acc[j][0], acc[j][1]);
+            for (j, a) in acc.iter().enumerate() {
+                let v = _mm256_add_ps(a[0], a[1]);
                 let mut o = [0f32; 8];
                 _mm256_storeu_ps(o.as_mut_ptr(), v);
                 *y.get_unchecked_mut(r + j) = o.iter().sum();
@@ -655,7 +667,9 @@ unsafe fn gemv_variant<const R: usize, const P: usize>(w: &[f32], x: &[f32], y: 
 
 fn gemv_experiment(reps: usize, buf: &[f32]) {
     let (n, k) = (32000usize, 1024usize);
-    let w: Vec<f32> = (0..n * k).map(|i| ((i % 97) as f32 - 48.0) * 1e-3).collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i % 97) as f32 - 48.0) * 1e-3)
+        .collect();
     let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 * 0.1).collect();
     let mut y = vec![0f32; n];
     type V = unsafe fn(&[f32], &[f32], &mut [f32]);
@@ -683,6 +697,9 @@ fn gemv_experiment(reps: usize, buf: &[f32]) {
     }
     println!("  gemv variants (stream {:.1} GB/s):", median(&bw));
     for (vi, (name, _)) in variants.iter().enumerate() {
-        println!("    {name}: {:.1} GB/s", (n * k * 4) as f64 / median(&times[vi]) / 1e9);
+        println!(
+            "    {name}: {:.1} GB/s",
+            (n * k * 4) as f64 / median(&times[vi]) / 1e9
+        );
     }
 }

@@ -18,8 +18,11 @@ pub struct GemvJob<'a, E> {
     pub y: &'a mut [f32],
 }
 
-/// Rows handed to one task: enough to amortise scheduling, few enough to balance two threads.
-const MIN_ROWS_PER_TASK: usize = 64;
+/// Rows handed to one task at least: enough to amortise taking it.
+const MIN_ROWS_PER_TASK: usize = 32;
+/// Tasks per thread a batch is cut into: threads take them dynamically, so one that starts
+/// late or is interrupted leaves its share to the others instead of being waited for.
+const TASKS_PER_THREAD: usize = 8;
 
 /// Runs every job of `jobs` (products with different weights and inputs, such as the chosen
 /// experts of a token) in one parallel pass: the rows of all jobs are split into contiguous
@@ -39,7 +42,7 @@ pub fn gemv_batch<E: WeightElem>(isa: Isa, jobs: Vec<GemvJob<'_, E>>) {
         let share = if total == 0 {
             1
         } else {
-            ((rows * k * threads * 2).div_ceil(total)).max(1)
+            ((rows * k * threads * TASKS_PER_THREAD).div_ceil(total)).max(1)
         };
         let parts = share.min(rows.div_ceil(MIN_ROWS_PER_TASK)).max(1);
         let mut y = job.y;
@@ -127,6 +130,7 @@ mod avx2 {
 
     use super::super::WeightElem;
     use super::super::simd::hsum;
+    use super::gemv_rows_bf16;
 
     /// Rows processed together: four streams in flight, each FMA'd with the same `x` loads.
     const R: usize = 4;
@@ -135,6 +139,14 @@ mod avx2 {
     /// AVX2 and FMA must be available; `w.len() == y.len() * x.len()`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn gemv_rows<E: WeightElem>(w: &[E], x: &[f32], y: &mut [f32]) {
+        if !E::IS_F32 {
+            // SAFETY: E is bf16 (the trait is sealed: f32 or bf16), a 16-bit transparent
+            // wrapper, so the slice reinterprets as the same number of u16.
+            let w16 = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u16, w.len()) };
+            // SAFETY: AVX2/FMA guaranteed by the caller; lengths as checked by it.
+            unsafe { gemv_rows_bf16(w16, x, y) };
+            return;
+        }
         let k = x.len();
         let rows = y.len();
         let wp = w.as_ptr();
@@ -190,6 +202,73 @@ mod avx2 {
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx2_bf16 {
+    use std::arch::x86_64::*;
+
+    use super::super::simd::hsum;
+
+    /// bf16 rows: 16 weights per 256-bit load, widened in-lane by interleaving with zeros
+    /// (`unpacklo/hi_epi16`), which yields weights `0-3, 8-11` and `4-7, 12-15` of each block of
+    /// 16; `x` is permuted the same way once per call, so no cross-lane shuffle is needed.
+    ///
+    /// # Safety
+    /// AVX2 and FMA available; `w.len() == y.len() * x.len()`; `w` holds bf16 bit patterns.
+    #[target_feature(enable = "avx2,fma")]
+    pub(in super::super) unsafe fn gemv_rows_bf16(w: &[u16], x: &[f32], y: &mut [f32]) {
+        const R: usize = 4;
+        let k = x.len();
+        let rows = y.len();
+        let k16 = k / 16 * 16;
+        let mut xp = vec![0f32; k16];
+        for b in (0..k16).step_by(16) {
+            for j in 0..4 {
+                xp[b + j] = x[b + j];
+                xp[b + 4 + j] = x[b + 8 + j];
+                xp[b + 8 + j] = x[b + 4 + j];
+                xp[b + 12 + j] = x[b + 12 + j];
+            }
+        }
+        let widen = |v: u16| f32::from_bits((v as u32) << 16);
+        let wp = w.as_ptr();
+        let xpp = xp.as_ptr();
+        let zero = _mm256_setzero_si256();
+        let mut r = 0;
+        while r < rows {
+            let n = if r + R <= rows { R } else { 1 };
+            // SAFETY: rows r..r+n exist, each k long; vector loads read 16 u16 at offsets
+            // < k16 <= k of a row, and 8 floats of `xp` below k16.
+            unsafe {
+                let mut acc = [[_mm256_setzero_ps(); 2]; R];
+                let mut i = 0;
+                while i < k16 {
+                    let xl = _mm256_loadu_ps(xpp.add(i));
+                    let xh = _mm256_loadu_ps(xpp.add(i + 8));
+                    for (j, a) in acc.iter_mut().enumerate().take(n) {
+                        let v = _mm256_loadu_si256(wp.add((r + j) * k + i) as *const __m256i);
+                        let lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
+                        let hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
+                        a[0] = _mm256_fmadd_ps(lo, xl, a[0]);
+                        a[1] = _mm256_fmadd_ps(hi, xh, a[1]);
+                    }
+                    i += 16;
+                }
+                for (j, a) in acc.iter().enumerate().take(n) {
+                    let mut s = hsum(_mm256_add_ps(a[0], a[1]));
+                    for (t, &xt) in x.iter().enumerate().skip(k16) {
+                        s += widen(*wp.add((r + j) * k + t)) * xt;
+                    }
+                    y[r + j] = s;
+                }
+            }
+            r += n;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use avx2_bf16::gemv_rows_bf16;
 
 #[cfg(test)]
 mod tests {

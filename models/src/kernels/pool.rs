@@ -183,7 +183,7 @@ fn helper(s: &'static Shared, id: usize) {
                 break st;
             }
             polls += 1;
-            if polls % POLLS_PER_YIELD != 0 {
+            if !polls.is_multiple_of(POLLS_PER_YIELD) {
                 std::hint::spin_loop();
             } else if idle_since.elapsed() < SPIN {
                 std::thread::yield_now();
