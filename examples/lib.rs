@@ -10,10 +10,9 @@
 //!   keys (what a quantizer that only understands per-expert linears needs).
 
 use candle_core::Tensor;
-use candle_nn::{Linear, Module as _};
 use patch_core::checkpoint::{Op, Transform, WeightConverter};
 use patch_core::{Build, Builder};
-use patchwork_models::decoder::linear::linear;
+use patchwork_models::decoder::linear::{Linear, linear};
 use patchwork_models::decoder::{
     Attention, AttentionArgs, Experts, GatedMlp, LayerContext, MlpArgs, MoeArgs, attend,
 };

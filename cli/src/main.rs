@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod dtype;
 mod forward;
 mod generate;
@@ -30,6 +31,9 @@ enum Command {
     /// Load a checkpoint with all its conversions and save it back (a round trip of the
     /// checkpoint engine: the saved tensors equal the originals bit for bit).
     Resave(resave::ResaveArgs),
+    /// Load time, prefill and decode tokens/s and peak memory; the last line of stdout is
+    /// `prefill_tok_s=<x> decode_tok_s=<y>`.
+    Bench(bench::Args),
 }
 
 /// The error every subcommand returns.
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Resave(args) => resave::run(&args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -288,3 +288,32 @@ fn forward_writes_router_outputs_of_moe_layers() {
         "{text}"
     );
 }
+
+#[test]
+fn bench_reports_load_speeds_memory_and_a_parsable_last_line() {
+    let dir = fixture("llama-tiny");
+    let args = [
+        "bench",
+        dir.to_str().unwrap(),
+        "--prompt-len",
+        "5",
+        "--decode",
+        "3",
+        "--repeats",
+        "2",
+    ];
+    let text = stdout(&patchwork(&args));
+    assert!(
+        text.contains("load: ") && text.contains("peak_rss: "),
+        "{text}"
+    );
+    assert_eq!(text.matches("repeat ").count(), 2, "{text}");
+    let last = text.lines().last().unwrap();
+    let (p, d) = last.split_once(' ').unwrap();
+    let p: f64 = p.strip_prefix("prefill_tok_s=").unwrap().parse().unwrap();
+    let d: f64 = d.strip_prefix("decode_tok_s=").unwrap().parse().unwrap();
+    assert!(p > 0.0 && d > 0.0, "{last}");
+    let out = patchwork(&["bench", dir.to_str().unwrap(), "--repeats", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--repeats"));
+}

@@ -27,6 +27,12 @@ pub struct LoadOptions {
     /// when loading starts (transformers' behaviour: `from_pretrained` always applies the
     /// registered patches).
     pub patches: Option<PatchSet>,
+    /// Convert a bf16 checkpoint's projection weights to the compute dtype at load. Default
+    /// `false`: computing in float32 on CPU, they are kept in bf16 and widened exactly as the
+    /// products read them, which gives the same results with half the memory and half the
+    /// bytes per decoding step (PERFORMANCE.md has the measurements). Norms, biases and the
+    /// embedding are always converted.
+    pub upcast_weights: bool,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +42,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             seed: 0,
             patches: None,
+            upcast_weights: false,
         }
     }
 }
@@ -65,6 +72,13 @@ impl LoadOptions {
         self
     }
 
+    /// These options converting bf16 projection weights at load (`true`) or keeping them
+    /// (`false`, the default); see [`LoadOptions::upcast_weights`].
+    pub fn with_upcast_weights(mut self, upcast: bool) -> Self {
+        self.upcast_weights = upcast;
+        self
+    }
+
     fn patch_set(&self) -> PatchSet {
         self.patches.clone().unwrap_or_else(PatchSet::global)
     }
@@ -91,7 +105,8 @@ pub(crate) fn load_pretrained(
             ),
         ));
     }
-    let config = (found.parse_config)(ckpt.config(), &source_name)?;
+    let mut config = (found.parse_config)(ckpt.config(), &source_name)?;
+    config.weight_dtype = kept_weight_dtype(&ckpt, options);
     // The registry's transforms for this config (a family's link-time default, or what the
     // user registered over it); replacements add theirs through their scopes.
     let source = ckpt.source(ckpt.registered_transforms()?)?;
@@ -100,6 +115,24 @@ pub(crate) fn load_pretrained(
     let model = CausalLM::build(&b, config, found)?;
     weights.finish()?;
     Ok(model)
+}
+
+/// The dtype to keep projection weights in: bf16 when every floating matrix of the checkpoint
+/// is stored in bf16, the model computes in float32 on CPU (the kernels widen bf16 as they
+/// read), and the options do not ask to upcast; `None` (the compute dtype) otherwise.
+fn kept_weight_dtype(ckpt: &Checkpoint, options: &LoadOptions) -> Option<DType> {
+    if options.upcast_weights || options.dtype != DType::F32 || !options.device.is_cpu() {
+        return None;
+    }
+    let tensors = ckpt.tensors();
+    let mut matrices = tensors
+        .iter()
+        .filter(|(_, dtype, shape)| shape.len() >= 2 && dtype.is_none_or(|d| d.is_float()))
+        .peekable();
+    matrices.peek()?;
+    matrices
+        .all(|(_, dtype, _)| *dtype == Some(DType::BF16))
+        .then_some(DType::BF16)
 }
 
 /// Creates `family`'s model with seeded random weights.

@@ -6,13 +6,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Linear, Module as _};
 use patch_checkpoint::{
     SaveOptions, SaveReport, Transform, Weights, checkpoint_conversion_mapping_for,
 };
 use patch_core::{BuildReport, Builder, Explain, PatchSet};
 
-use crate::decoder::linear::linear;
+use crate::decoder::linear::{Linear, projection};
 use crate::decoder::{DecoderConfig, DecoderInput, DecoderModel, KvCache, RouterRecord};
 use crate::family::ModelFamily;
 use crate::{Error, Result};
@@ -92,13 +91,13 @@ impl CausalLM {
                 .tie("lm_head.weight", "model.embed_tokens.weight");
             Linear::new(model.embed_tokens.embeddings().clone(), None)
         } else {
-            linear(
+            projection(
                 b,
+                &config,
                 "lm_head",
                 config.hidden_size,
                 config.vocab_size,
                 false,
-                config.initializer_range,
             )?
         };
         Ok(Self {

@@ -32,6 +32,7 @@ pub mod decoder;
 mod error;
 pub mod family;
 mod generation;
+pub mod kernels;
 pub mod llama;
 pub mod qwen2_moe;
 pub mod routing;

@@ -2,13 +2,15 @@
 //! keys/values, KV-cache writes, masking), and the q/k/v/o self-attention of the Llama-style
 //! families.
 
-use candle_core::{D, Tensor};
-use candle_nn::{Linear, Module as _};
+use candle_core::{D, DType, Tensor};
 use patch_core::{Builder, Module, Result, Slot};
 
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::layer::LayerContext;
-use crate::decoder::linear::linear;
+use crate::decoder::linear::{Linear, fused_projection, projection};
+use crate::kernels::attention::AttentionShape;
+use crate::kernels::tensor::{cpu_tensor, with_slice};
+use crate::kernels::{self, Isa};
 
 /// The attention slot: causal self-attention over `hidden_states` (`[batch, seq, hidden]`),
 /// with the pass's positions, mask and this layer's KV cache in `ctx`.
@@ -76,6 +78,9 @@ pub fn scaled_dot_product_attention(
 /// projections' natural layout), appends `k`/`v` to this layer's cache when there is one,
 /// attends with the pass's mask, and returns `[batch, seq, heads * head_dim]`, ready for the
 /// output projection (transformers' `past_key_values.update` + `sdpa_attention_forward`).
+///
+/// On CPU in float32 the attention runs on [`crate::kernels::attention::attention`], reading
+/// the cache buffers in place; elsewhere on [`scaled_dot_product_attention`].
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -84,27 +89,117 @@ pub fn attend(
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     let (b, t, heads, d) = q.dims4()?;
-    let q = q.transpose(1, 2)?.contiguous()?;
-    let k = k.transpose(1, 2)?.contiguous()?;
-    let v = v.transpose(1, 2)?.contiguous()?;
-    let (k, v) = match ctx.cache.as_deref_mut() {
-        Some(cache) => cache.append(&k, &v)?,
-        None => (k, v),
+    let kt = k.transpose(1, 2)?.contiguous()?;
+    let vt = v.transpose(1, 2)?.contiguous()?;
+    let fast = q.device().is_cpu()
+        && q.dtype() == DType::F32
+        && k.dtype() == DType::F32
+        && v.dim(3)? == d
+        && ctx.mask.is_none_or(|m| m.dtype() == DType::F32);
+    let (kc, vc, kv_len, capacity) = match ctx.cache.as_deref_mut() {
+        Some(cache) => {
+            let (kc, vc) = cache.append(&kt, &vt)?;
+            if !fast {
+                let y = scaled_dot_product_attention(
+                    &q.transpose(1, 2)?.contiguous()?,
+                    &kc,
+                    &vc,
+                    ctx.mask,
+                    scale,
+                )?;
+                return y.transpose(1, 2)?.reshape((b, t, heads * d));
+            }
+            let len = cache.len();
+            let (kb, vb) = cache.buffers().ok_or_else(|| {
+                candle_core::Error::Msg("kv cache: no buffers after a write".into())
+            })?;
+            (kb.clone(), vb.clone(), len, cache.capacity())
+        }
+        None => {
+            if !fast {
+                let y = scaled_dot_product_attention(
+                    &q.transpose(1, 2)?.contiguous()?,
+                    &kt,
+                    &vt,
+                    ctx.mask,
+                    scale,
+                )?;
+                return y.transpose(1, 2)?.reshape((b, t, heads * d));
+            }
+            (kt, vt, t, t)
+        }
     };
-    let y = scaled_dot_product_attention(&q, &k, &v, ctx.mask, scale)?;
-    y.transpose(1, 2)?.reshape((b, t, heads * d))
+    let kv_heads = kc.dim(1)?;
+    let shape = AttentionShape {
+        batch: b,
+        q_len: t,
+        heads,
+        kv_heads,
+        head_dim: d,
+        kv_len,
+        kv_capacity: capacity,
+    };
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        candle_core::bail!(
+            "attention: {heads} query heads cannot share {kv_heads} key/value heads"
+        );
+    }
+    let q = q.contiguous()?;
+    let mask = ctx.mask.map(Tensor::contiguous).transpose()?;
+    if let Some(m) = &mask
+        && m.dims() != [b, 1, t, kv_len]
+    {
+        candle_core::bail!(
+            "attention: mask {:?}, expected [{b}, 1, {t}, {kv_len}]",
+            m.dims()
+        );
+    }
+    let out = with_slice::<f32, _>(&q, |qs| {
+        with_slice::<f32, _>(&kc, |ks| {
+            with_slice::<f32, _>(&vc, |vs| {
+                let run = |bias: Option<&[f32]>| {
+                    let mut out = vec![0f32; qs.len()];
+                    kernels::attention::attention(
+                        Isa::detect(),
+                        &shape,
+                        qs,
+                        ks,
+                        vs,
+                        bias,
+                        scale as f32,
+                        &mut out,
+                    );
+                    out
+                };
+                match &mask {
+                    Some(m) => with_slice::<f32, _>(m, |bias| run(Some(bias))),
+                    None => Some(run(None)),
+                }
+            })
+        })
+    })
+    .flatten()
+    .flatten()
+    .flatten()
+    .ok_or_else(|| candle_core::Error::Msg("attention: tensors not readable on CPU".into()))?;
+    cpu_tensor(out, (b, t, heads * d))
 }
 
-/// Multi-head self-attention with separate q/k/v/o projections and rotary embeddings (the
-/// attention of Llama and Qwen2-MoE; q/k/v biases when `qkv_bias`, an output bias when
-/// `o_proj_bias`).
+/// Multi-head self-attention with q/k/v/o projections and rotary embeddings (the attention of
+/// Llama and Qwen2-MoE; q/k/v biases when `qkv_bias`, an output bias when `o_proj_bias`).
+///
+/// q, k and v run as one fused projection (`qkv_proj`, one product per step); `q_proj`,
+/// `k_proj` and `v_proj` are views of its rows, recorded under the checkpoint's names (see
+/// [`fused_projection`]).
 #[derive(Clone, Debug)]
 pub struct SelfAttention {
-    /// `[heads * head_dim, hidden]`.
+    /// q, k and v rows in that order, `[(heads + 2 * kv_heads) * head_dim, hidden]`.
+    pub qkv_proj: Linear,
+    /// `[heads * head_dim, hidden]` (a view of `qkv_proj`).
     pub q_proj: Linear,
-    /// `[kv_heads * head_dim, hidden]`.
+    /// `[kv_heads * head_dim, hidden]` (a view of `qkv_proj`).
     pub k_proj: Linear,
-    /// `[kv_heads * head_dim, hidden]`.
+    /// `[kv_heads * head_dim, hidden]` (a view of `qkv_proj`).
     pub v_proj: Linear,
     /// `[hidden, heads * head_dim]`.
     pub o_proj: Linear,
@@ -119,16 +214,27 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    /// Loads `q_proj`, `k_proj`, `v_proj`, `o_proj` under `b`.
+    /// Loads `q_proj`, `k_proj`, `v_proj` (fused) and `o_proj` under `b`.
     pub fn load(b: &Builder, args: AttentionArgs<'_>) -> Result<Self> {
         let c = args.config;
-        let (h, d, std) = (c.hidden_size, c.head_dim, c.initializer_range);
+        let (h, d) = (c.hidden_size, c.head_dim);
         let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+        let (qkv_proj, parts) = fused_projection(
+            b,
+            c,
+            &[("q_proj", nh * d), ("k_proj", nkv * d), ("v_proj", nkv * d)],
+            h,
+            c.qkv_bias,
+        )?;
+        let [q_proj, k_proj, v_proj]: [Linear; 3] = parts.try_into().map_err(|_| {
+            patch_core::Error::other(candle_core::Error::Msg("qkv: 3 parts".into()))
+        })?;
         Ok(Self {
-            q_proj: linear(b, "q_proj", h, nh * d, c.qkv_bias, std)?,
-            k_proj: linear(b, "k_proj", h, nkv * d, c.qkv_bias, std)?,
-            v_proj: linear(b, "v_proj", h, nkv * d, c.qkv_bias, std)?,
-            o_proj: linear(b, "o_proj", nh * d, h, c.o_proj_bias, std)?,
+            qkv_proj,
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj: projection(b, c, "o_proj", nh * d, h, c.o_proj_bias)?,
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: d,
@@ -143,22 +249,13 @@ impl SelfAttention {
         ctx: &mut LayerContext<'_>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = hidden_states.dims3()?;
-        let q =
-            self.q_proj
-                .forward(hidden_states)?
-                .reshape((b, t, self.num_heads, self.head_dim))?;
-        let k = self.k_proj.forward(hidden_states)?.reshape((
-            b,
-            t,
-            self.num_kv_heads,
-            self.head_dim,
-        ))?;
-        let v = self.v_proj.forward(hidden_states)?.reshape((
-            b,
-            t,
-            self.num_kv_heads,
-            self.head_dim,
-        ))?;
+        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let qkv = self.qkv_proj.forward(hidden_states)?;
+        let q = qkv.narrow(2, 0, nh * d)?.reshape((b, t, nh, d))?;
+        let k = qkv.narrow(2, nh * d, nkv * d)?.reshape((b, t, nkv, d))?;
+        let v = qkv
+            .narrow(2, (nh + nkv) * d, nkv * d)?
+            .reshape((b, t, nkv, d))?;
         let q = ctx.rope.apply(&q)?;
         let k = ctx.rope.apply(&k)?;
         let y = attend(&q, &k, &v, ctx, self.scaling)?;

@@ -138,6 +138,11 @@ pub struct DecoderConfig {
     pub pad_token_id: Option<u32>,
     /// Standard deviation of random initialisation (`from_config`).
     pub initializer_range: f64,
+    /// The dtype projection weights are kept in when it differs from the compute dtype
+    /// (`None`: the compute dtype). Loading sets it to bf16 for bf16 checkpoints computed in
+    /// float32 on CPU unless [`crate::LoadOptions::upcast_weights`] asks otherwise; see
+    /// PERFORMANCE.md.
+    pub weight_dtype: Option<candle_core::DType>,
     /// The config JSON as published, for family-specific keys and for saving.
     pub json: Arc<Value>,
 }

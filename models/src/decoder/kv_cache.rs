@@ -40,6 +40,13 @@ impl LayerKvCache {
         self.capacity
     }
 
+    /// The whole key and value buffers, `[batch, kv_heads, capacity, head_dim]` each (the first
+    /// [`len`](Self::len) positions are filled), once something was written: what attention
+    /// kernels read in place.
+    pub fn buffers(&self) -> Option<(&Tensor, &Tensor)> {
+        self.kv.as_ref().map(|(k, v)| (k, v))
+    }
+
     /// Writes `k` and `v` (`[batch, kv_heads, seq, head_dim]`, the new positions) after the
     /// cached ones and returns views of everything cached, `[batch, kv_heads, len, head_dim]`
     /// (no copy: views into the preallocated buffers).

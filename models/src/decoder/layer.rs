@@ -11,6 +11,7 @@ use crate::decoder::mlp::Mlp;
 use crate::decoder::moe::{RouterOutput, SparseMoe};
 use crate::decoder::norm::Norm;
 use crate::decoder::rotary::RopeTables;
+use crate::kernels::tensor::add_scaled;
 
 /// What a decoder layer and its children receive for one forward pass, instead of hidden
 /// instance state: the rope tables of the pass's positions, the attention bias for this
@@ -123,12 +124,12 @@ impl PreNormLayer {
         let residual = hidden_states;
         let h = self.input_layernorm.forward(hidden_states)?;
         let h = self.self_attn.forward(&h, ctx)?;
-        let h = (residual + h)?;
+        let h = add_scaled(residual, &h, None)?;
         let residual = &h;
         let x = self.post_attention_layernorm.forward(&h)?;
         let (x, router) = self.mlp.forward(&x, ctx)?;
         Ok(LayerOutput {
-            hidden_states: (residual + x)?,
+            hidden_states: add_scaled(residual, &x, None)?,
             router,
         })
     }

@@ -112,7 +112,7 @@ impl TopKRouter {
 
     /// Routes `x` (`[tokens, hidden]`).
     pub fn forward(&self, x: &Tensor, ctx: &LayerContext<'_>) -> candle_core::Result<RouterOutput> {
-        let logits = x.matmul(&self.weight.t()?)?;
+        let logits = crate::decoder::linear::matmul_t(x, &self.weight)?;
         let (tokens, experts) = logits.dims2()?;
         let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(candle_core::DType::F32)?)?;
         let p: Vec<f32> = probs.flatten_all()?.to_vec1()?;
@@ -201,9 +201,16 @@ impl StackedExperts {
             mean: 0.0,
             stdev: c.initializer_range,
         };
+        // Expert weights are kept in `weight_dtype` when set, as the projections are.
+        let weights = match c.weight_dtype {
+            Some(dtype) => b.weights().with_dtype(dtype),
+            None => b.weights().clone(),
+        };
+        let get =
+            |shape: (usize, usize, usize), name: &str| weights.get_with_init(shape, name, init);
         Ok(Self {
-            gate_up_proj: b.get_with_init((e, 2 * i, h), "gate_up_proj", init)?,
-            down_proj: b.get_with_init((e, h, i), "down_proj", init)?,
+            gate_up_proj: get((e, 2 * i, h), "gate_up_proj")?,
+            down_proj: get((e, h, i), "down_proj")?,
             act: c.hidden_act,
         })
     }
@@ -226,6 +233,9 @@ impl StackedExperts {
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
             .to_vec1()?;
+        if let Some(out) = self.forward_cpu(x, &ids, &w, k)? {
+            return Ok(out);
+        }
         // Per expert: the tokens routed to it and their weights, in token order.
         let mut routed: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); num_experts];
         for (slot, &e) in ids.iter().enumerate() {
@@ -246,10 +256,10 @@ impl StackedExperts {
             let m = token_ids.len();
             let rows = Tensor::from_vec(token_ids.clone(), m, device)?;
             let xs = x.index_select(&rows, 0)?;
-            let gate_up = xs.matmul(&self.gate_up_proj.get(e)?.t()?)?;
+            let gate_up = crate::decoder::linear::matmul_t(&xs, &self.gate_up_proj.get(e)?)?;
             let gate = self.act.apply(&gate_up.narrow(1, 0, inter)?)?;
             let up = gate_up.narrow(1, inter, inter)?;
-            let y = (gate * up)?.matmul(&self.down_proj.get(e)?.t()?)?;
+            let y = crate::decoder::linear::matmul_t(&(gate * up)?, &self.down_proj.get(e)?)?;
             let scale = Tensor::from_vec(token_weights, (m, 1), device)?.to_dtype(y.dtype())?;
             outputs.push(y.broadcast_mul(&scale)?);
             targets.extend(token_ids);
@@ -261,5 +271,56 @@ impl StackedExperts {
         let ys = Tensor::cat(&outputs, 0)?;
         let targets = Tensor::from_vec(targets, ys.dim(0)?, device)?;
         out.index_add(&targets, &ys, 0)
+    }
+
+    /// The CPU path ([`crate::kernels::moe::routed_experts`]) for float32 activations and
+    /// float32 or bfloat16 expert weights with a SiLU gate; `None` when it does not apply.
+    fn forward_cpu(
+        &self,
+        x: &Tensor,
+        ids: &[u32],
+        w: &[f32],
+        top_k: usize,
+    ) -> candle_core::Result<Option<Tensor>> {
+        use crate::kernels::moe::{ExpertsShape, routed_experts};
+        use crate::kernels::tensor::{cpu_tensor, with_slice};
+        use crate::kernels::{Isa, bf16};
+        let cpu = x.device().is_cpu() && self.gate_up_proj.device().is_cpu();
+        if !cpu
+            || x.dtype() != candle_core::DType::F32
+            || self.act != crate::decoder::HiddenAct::Silu
+        {
+            return Ok(None);
+        }
+        let (tokens, hidden) = x.dims2()?;
+        let (experts, two_i, _) = self.gate_up_proj.dims3()?;
+        let shape = ExpertsShape {
+            tokens,
+            hidden,
+            inter: two_i / 2,
+            experts,
+            top_k,
+        };
+        let x = x.contiguous()?;
+        let gu = self.gate_up_proj.contiguous()?;
+        let down = self.down_proj.contiguous()?;
+        let isa = Isa::detect();
+        let result = with_slice::<f32, _>(&x, |xs| match gu.dtype() {
+            candle_core::DType::F32 => with_slice::<f32, _>(&gu, |g| {
+                with_slice::<f32, _>(&down, |d| routed_experts(isa, &shape, xs, g, d, ids, w))
+            })
+            .flatten(),
+            candle_core::DType::BF16 => with_slice::<bf16, _>(&gu, |g| {
+                with_slice::<bf16, _>(&down, |d| routed_experts(isa, &shape, xs, g, d, ids, w))
+            })
+            .flatten(),
+            _ => None,
+        })
+        .flatten();
+        match result {
+            Some(Ok(out)) => Ok(Some(cpu_tensor(out, (tokens, hidden))?)),
+            Some(Err(e)) => candle_core::bail!("{e}"),
+            None => Ok(None),
+        }
     }
 }

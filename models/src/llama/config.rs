@@ -167,6 +167,7 @@ impl LlamaConfig {
                 .first()
                 .copied(),
             initializer_range: check.positive_f64("initializer_range", self.initializer_range)?,
+            weight_dtype: None,
             json,
         })
     }

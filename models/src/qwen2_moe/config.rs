@@ -293,6 +293,7 @@ impl Qwen2MoeConfig {
                 .first()
                 .copied(),
             initializer_range: check.positive_f64("initializer_range", self.initializer_range)?,
+            weight_dtype: None,
             json,
         })
     }

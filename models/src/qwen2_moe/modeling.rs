@@ -6,13 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Linear, Module as _};
 use patch_core::{Build, Builder, Result as BuildResult, SiteInfo, patchable};
 
 use crate::Result;
 use crate::auto::{LoadOptions, create_from_config, load_pretrained};
 use crate::causal_lm::CausalLM;
-use crate::decoder::linear::linear;
+use crate::decoder::linear::{Linear, projection};
 use crate::decoder::{
     Attention, AttentionArgs, DecoderConfig, DecoderLayer, DecoderLayerArgs, DecoderModel, Experts,
     FeedForward, FeedForwardKind, GatedMlp, LayerContext, LayerOutput, Mlp, MlpArgs, MoeArgs,
@@ -238,14 +237,7 @@ impl Qwen2MoeSparseMoeBlock {
                 config: c,
                 intermediate_size: shared,
             })?;
-            let gate = linear(
-                b,
-                "shared_expert_gate",
-                c.hidden_size,
-                1,
-                false,
-                c.initializer_range,
-            )?;
+            let gate = projection(b, c, "shared_expert_gate", c.hidden_size, 1, false)?;
             (Some(mlp), Some(gate))
         } else {
             (None, None)
@@ -276,7 +268,7 @@ impl SparseMoe for Qwen2MoeSparseMoeBlock {
             .forward(&flat, &router.indices, &router.weights)?;
         if let (Some(shared), Some(gate)) = (&self.shared_expert, &self.shared_expert_gate) {
             let scale = candle_nn::ops::sigmoid(&gate.forward(&flat)?)?;
-            out = (out + shared.forward(&flat)?.broadcast_mul(&scale)?)?;
+            out = crate::kernels::tensor::add_scaled(&out, &shared.forward(&flat)?, Some(&scale))?;
         }
         Ok(MoeOutput {
             hidden_states: out.reshape((b, t, h))?,

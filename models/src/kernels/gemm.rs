@@ -1,0 +1,319 @@
+//! Matrix-matrix products `out = x W^T (+ bias)` for several tokens at once (prefill, batched
+//! decoding): `x` `[m, k]` row-major, the weight `W` `[n, k]` as stored (f32, or bf16 widened
+//! block by block), `out` `[m, n]`.
+//!
+//! The AVX2 kernel reads `W` in place, without packing it: a register tile of `MR` weight rows
+//! by `NR` tokens accumulates `MR x NR` dot products, broadcasting one weight at a time against
+//! a panel of `NR` tokens (the tokens are packed once per call, `k`-major, which is cheap: `x`
+//! is small). Loops are blocked so that a block of weight rows stays in L1 while every token
+//! panel passes over it, and the token panels of a `k` block stay in L2; each thread owns a
+//! contiguous range of weight rows, so `W` is streamed from memory once per call.
+
+use std::sync::Mutex;
+
+use super::{Isa, WeightElem, gemv, pool, split_rows};
+
+/// `out = x w^T + bias`: `x` `[m, k]`, `w` `[n, k]`, `bias` `[n]`, `out` `[m, n]`, on the kernel
+/// threads. One token (`m == 1`) is a matrix-vector product.
+///
+/// # Panics
+/// If the slice lengths do not agree with `m` and `n`.
+pub fn matmul_t<E: WeightElem>(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    w: &[E],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    assert!(
+        m > 0 && x.len().is_multiple_of(m),
+        "matmul_t: x is not m x k"
+    );
+    let k = x.len() / m;
+    assert_eq!(w.len(), n * k, "matmul_t: w is not n x k");
+    assert_eq!(out.len(), m * n, "matmul_t: out is not m x n");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "matmul_t: bias is not n");
+    }
+    if m == 1 {
+        gemv::gemv(isa, w, x, out);
+    } else {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma if Isa::detect() == Isa::Avx2Fma => avx2::matmul_t(x, m, k, w, n, out),
+            _ => {
+                let rows: Vec<Mutex<&mut [f32]>> =
+                    out.chunks_mut(n.max(1)).map(Mutex::new).collect();
+                pool::parallel_for(rows.len(), |t| {
+                    let mut o = rows[t]
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    gemv::gemv_rows(Isa::Portable, w, &x[t * k..(t + 1) * k], &mut o);
+                });
+            }
+        }
+    }
+    if let Some(b) = bias {
+        for row in out.chunks_mut(n.max(1)) {
+            row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use std::sync::Mutex;
+
+    use super::super::{WeightElem, pool};
+    use super::split_rows;
+
+    /// `k` block: the weight rows of a tile (`MR x KC`) stay in L1.
+    const KC: usize = 512;
+    /// Tokens per `m` block: their packed panels of a `k` block (`MC x KC` floats) stay in L2.
+    const MC: usize = 128;
+    /// Weight rows per `n` block: the output block (`MC x NC`) stays in L1/L2 while the `k`
+    /// blocks accumulate into it.
+    const NC: usize = 96;
+
+    /// A pointer the row-range tasks share; each writes a disjoint set of columns.
+    #[derive(Clone, Copy)]
+    struct OutPtr(*mut f32);
+    // SAFETY: tasks write disjoint column ranges of the output (see `matmul_t`), and the
+    // pointer outlives them (the parallel loop ends before `matmul_t` returns).
+    unsafe impl Send for OutPtr {}
+    unsafe impl Sync for OutPtr {}
+
+    impl OutPtr {
+        /// The pointer (a method, so closures capture the whole `Send` wrapper).
+        fn get(self) -> *mut f32 {
+            self.0
+        }
+    }
+
+    pub(super) fn matmul_t<E: WeightElem>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[E],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        // Few tokens: one vector of 8 tokens, 12 weight rows per tile (13 loads, 12 FMAs per
+        // step). More: two vectors (16 tokens), 6 rows (8 loads, 12 FMAs).
+        if m <= 8 {
+            run::<E, 1, 12>(x, m, k, w, n, out)
+        } else {
+            run::<E, 2, 6>(x, m, k, w, n, out)
+        }
+    }
+
+    fn run<E: WeightElem, const NV: usize, const MR: usize>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[E],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let nr = NV * 8;
+        let panels = m.div_ceil(nr);
+        // Packed tokens: panel p, step kk, lane j = x[p * nr + j][kk] (zero past m).
+        let mut xp = vec![0f32; panels * k * nr];
+        {
+            let chunks: Vec<Mutex<&mut [f32]>> = xp.chunks_mut(k * nr).map(Mutex::new).collect();
+            pool::parallel_for(chunks.len(), |p| {
+                let mut panel = chunks[p]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let rows = nr.min(m - p * nr);
+                for (kk, lanes) in panel.chunks_exact_mut(nr).enumerate() {
+                    for (j, lane) in lanes[..rows].iter_mut().enumerate() {
+                        *lane = x[(p * nr + j) * k + kk];
+                    }
+                }
+            });
+        }
+        out.fill(0.0);
+        let ptr = OutPtr(out.as_mut_ptr());
+        // A few ranges per thread, taken dynamically: a thread that is preempted for a while
+        // does not hold the others up.
+        let ranges = split_rows(n, rayon::current_num_threads() * 3, MR);
+        let body = |cols: std::ops::Range<usize>| {
+            let mut scratch = vec![0f32; if E::IS_F32 { 0 } else { MR * KC }];
+            for m0 in (0..m).step_by(MC) {
+                let m1 = (m0 + MC).min(m);
+                for c0 in cols.clone().step_by(NC) {
+                    let c1 = (c0 + NC).min(cols.end);
+                    for k0 in (0..k).step_by(KC) {
+                        let kc = KC.min(k - k0);
+                        for n0 in (c0..c1).step_by(MR) {
+                            let rows = MR.min(c1 - n0);
+                            let (wp, ws) = if E::IS_F32 {
+                                // SAFETY: E is f32 (IS_F32 is true only for f32, the trait is
+                                // sealed), so the cast reinterprets nothing; the offset is in
+                                // bounds (n0 < n, k0 < k).
+                                (unsafe { (w.as_ptr() as *const f32).add(n0 * k + k0) }, k)
+                            } else {
+                                for r in 0..rows {
+                                    let src = &w[(n0 + r) * k + k0..(n0 + r) * k + k0 + kc];
+                                    let dst = &mut scratch[r * kc..(r + 1) * kc];
+                                    for (d, s) in dst.iter_mut().zip(src) {
+                                        *d = s.to_f32();
+                                    }
+                                }
+                                (scratch.as_ptr(), kc)
+                            };
+                            for t0 in (m0..m1).step_by(nr) {
+                                let valid = nr.min(m1 - t0);
+                                // SAFETY: AVX2/FMA were detected by the caller (`Isa::detect`);
+                                // rows `n0..n0 + rows` and steps `k0..k0 + kc` are in bounds of
+                                // `w` (or of the scratch copy); the packed panel holds `k * nr`
+                                // floats from `(t0 / nr) * k * nr`; the output tile rows
+                                // `t0..t0 + valid`, columns `n0..n0 + rows` are in `out` and
+                                // belong to this task's column range only.
+                                unsafe {
+                                    let xpp = xp.as_ptr().add((t0 / nr) * k * nr + k0 * nr);
+                                    let c = ptr.get().add(t0 * n + n0);
+                                    tile::<NV, MR>(rows, wp, ws, xpp, kc, c, n, valid);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        pool::parallel_for(ranges.len(), |i| body(ranges[i].clone()));
+    }
+
+    /// Dispatches a tile of `rows <= MR` weight rows to the kernel compiled for that count.
+    ///
+    /// # Safety
+    /// As [`kernel`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn tile<const NV: usize, const MR: usize>(
+        rows: usize,
+        w: *const f32,
+        ws: usize,
+        xp: *const f32,
+        kc: usize,
+        c: *mut f32,
+        ldc: usize,
+        valid: usize,
+    ) {
+        macro_rules! go {
+            ($($r:literal)*) => {
+                match rows {
+                    $($r => unsafe { kernel::<NV, $r>(w, ws, xp, kc, c, ldc, valid) },)*
+                    _ => unreachable!("tile of {rows} rows"),
+                }
+            };
+        }
+        if NV == 1 {
+            go!(1 2 3 4 5 6 7 8 9 10 11 12)
+        } else {
+            debug_assert!(rows <= MR && MR <= 6);
+            go!(1 2 3 4 5 6)
+        }
+    }
+
+    /// Adds `W[0..R] . xp` to the output tile: `c[t * ldc + r] += sum_kk w[r * ws + kk] *
+    /// xp[kk * 8 NV + t]` for `t < valid`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA available; `w` readable at `r * ws + kk` for `r < R`, `kk < kc`; `xp`
+    /// readable for `kc * 8 NV` floats; `c` writable at `t * ldc + r` for `t < valid`, `r < R`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn kernel<const NV: usize, const R: usize>(
+        w: *const f32,
+        ws: usize,
+        xp: *const f32,
+        kc: usize,
+        c: *mut f32,
+        ldc: usize,
+        valid: usize,
+    ) {
+        // SAFETY: every pointer offset below is within the bounds the caller guarantees.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NV]; R];
+            let rows: [*const f32; R] = std::array::from_fn(|r| w.add(r * ws));
+            for kk in 0..kc {
+                let xv: [__m256; NV] =
+                    std::array::from_fn(|v| _mm256_loadu_ps(xp.add(kk * NV * 8 + v * 8)));
+                for r in 0..R {
+                    let b = _mm256_broadcast_ss(&*rows[r].add(kk));
+                    for v in 0..NV {
+                        acc[r][v] = _mm256_fmadd_ps(b, xv[v], acc[r][v]);
+                    }
+                }
+            }
+            let mut tmp = [[0f32; 16]; R];
+            for r in 0..R {
+                for v in 0..NV {
+                    _mm256_storeu_ps(tmp[r].as_mut_ptr().add(v * 8), acc[r][v]);
+                }
+            }
+            for t in 0..valid {
+                let row = c.add(t * ldc);
+                for (r, lanes) in tmp.iter().enumerate() {
+                    *row.add(r) += lanes[t];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::bf16;
+    use crate::kernels::tests_support::{close, random};
+
+    fn reference<E: WeightElem>(x: &[f32], m: usize, w: &[E], n: usize, bias: &[f32]) -> Vec<f64> {
+        let k = x.len() / m;
+        let mut out = Vec::with_capacity(m * n);
+        for t in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|i| x[t * k + i] as f64 * w[j * k + i].to_f32() as f64)
+                    .sum();
+                out.push(s + bias[j] as f64);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matmul_matches_a_float64_reference_on_odd_shapes() {
+        for isa in Isa::available() {
+            for (m, n, k) in [
+                (1, 5, 9),
+                (2, 13, 7),
+                (5, 25, 300),
+                (8, 12, 16),
+                (9, 7, 33),
+                (17, 31, 260),
+                (64, 50, 513),
+                (130, 19, 40),
+            ] {
+                let x = random(m * k, 1);
+                let w = random(n * k, 2);
+                let bias = random(n, 3);
+                let mut out = vec![f32::NAN; m * n];
+                matmul_t(isa, &x, m, &w, n, Some(&bias), &mut out);
+                let what = format!("{isa:?} f32 {m}x{n}x{k}");
+                close(&out, &reference(&x, m, &w, n, &bias), &what);
+                let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                let mut out = vec![f32::NAN; m * n];
+                matmul_t(isa, &x, m, &wb, n, None, &mut out);
+                let what = format!("{isa:?} bf16 {m}x{n}x{k}");
+                close(&out, &reference(&x, m, &wb, n, &vec![0.0; n]), &what);
+            }
+        }
+    }
+}

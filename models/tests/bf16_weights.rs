@@ -1,0 +1,112 @@
+//! bf16 checkpoints computed in float32 on CPU: projection and expert weights are kept in bf16
+//! by default (widened exactly as the kernels read them) or upcast at load on request; both
+//! give the same logits, and saving writes the checkpoint back unchanged.
+
+use std::path::Path;
+
+use candle_core::DType;
+use patch_checkpoint::SaveOptions;
+use patch_core::PatchSet;
+use patchwork_models::{AutoModelForCausalLM, LoadOptions};
+
+fn options() -> LoadOptions {
+    LoadOptions::default().with_patches(PatchSet::empty())
+}
+
+fn check(fixture: &str) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(fixture);
+    let model = AutoModelForCausalLM::from_pretrained(&src, &options()).unwrap();
+    assert_eq!(
+        model.config().weight_dtype,
+        None,
+        "{fixture}: f32 files keep f32"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let bf16_dir = tmp.path().join("bf16");
+    let bf16 = SaveOptions {
+        dtype: Some(DType::BF16),
+        ..SaveOptions::default()
+    };
+    model.save_pretrained(&bf16_dir, &bf16).unwrap();
+
+    let kept = AutoModelForCausalLM::from_pretrained(&bf16_dir, &options()).unwrap();
+    let upcast =
+        AutoModelForCausalLM::from_pretrained(&bf16_dir, &options().with_upcast_weights(true))
+            .unwrap();
+    assert_eq!(kept.config().weight_dtype, Some(DType::BF16), "{fixture}");
+    assert_eq!(upcast.config().weight_dtype, None, "{fixture}");
+    let stored = kept
+        .weights()
+        .params()
+        .snapshot()
+        .into_iter()
+        .filter(|(_, t)| t.rank() >= 2 && t.dtype() == DType::BF16)
+        .count();
+    assert!(stored > 0, "{fixture}: no weight kept in bf16");
+
+    let ids =
+        candle_core::Tensor::new(&[[1u32, 5, 9, 2, 7, 3]], &candle_core::Device::Cpu).unwrap();
+    let a = kept.forward(&ids, None).unwrap();
+    let b = upcast.forward(&ids, None).unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .max(1.0);
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff <= 1e-4 * scale,
+        "{fixture}: kept vs upcast logits differ by {diff}"
+    );
+
+    // Saving the kept model writes the bf16 files back bit for bit.
+    let again = tmp.path().join("again");
+    kept.save_pretrained(&again, &SaveOptions::default())
+        .unwrap();
+    let read = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    let (bx, by) = (read(&bf16_dir), read(&again));
+    let (x, y) = (
+        safetensors::SafeTensors::deserialize(&bx)
+            .unwrap()
+            .tensors(),
+        safetensors::SafeTensors::deserialize(&by)
+            .unwrap()
+            .tensors(),
+    );
+    let mut x: Vec<_> = x
+        .into_iter()
+        .map(|(k, v)| (k, v.dtype(), v.data().to_vec()))
+        .collect();
+    let mut y: Vec<_> = y
+        .into_iter()
+        .map(|(k, v)| (k, v.dtype(), v.data().to_vec()))
+        .collect();
+    x.sort_by(|a, b| a.0.cmp(&b.0));
+    y.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(x.len(), y.len(), "{fixture}");
+    for (a, b) in x.iter().zip(&y) {
+        assert!(a == b, "{fixture}: {} not saved back exactly", a.0);
+    }
+}
+
+#[test]
+fn llama_bf16_weights_are_kept_and_match_upcast() {
+    check("llama-tiny");
+}
+
+#[test]
+fn qwen2_moe_bf16_weights_are_kept_and_match_upcast() {
+    check("qwen2-moe-tiny");
+}
