@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Swap the layers of a transformer model from your own crate, without editing model code.
 //!
 //! The Rust counterpart of transformers' `monkey_patching`:

@@ -1,10 +1,11 @@
+#![warn(missing_docs)]
 //! `#[patchable]` and `#[patch("regex")]`, the attributes of patchwork.
 //!
 //! Use them through `patch_core` (`use patch_core::{patch, patchable};`): they expand to paths
 //! under `::patch_core`, so patch-core is the only dependency a user crate needs.
 //!
-//! Each macro parses its arguments and item into a typed model ([`args`], [`target`]), checks
-//! it with spanned errors, then expands ([`expand`]). On error the original item is emitted
+//! Each macro parses its arguments and item into a typed model (modules `args`, `target`), checks
+//! it with spanned errors, then expands (module `expand`). On error the original item is emitted
 //! along with the error, so one mistake does not cascade into "type not found" errors.
 
 use proc_macro::TokenStream;
