@@ -342,7 +342,15 @@ fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
+/// Before each timed run: lets the threads of whatever ran before (the bandwidth passes, the
+/// other program's pools) finish spinning and go to sleep, so neither program is timed while
+/// the other's idle threads still compete for the two cores.
+fn quiesce() {
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
+
 fn run_ours(model: &CausalLM, prompt: &[u32], decode: usize) -> Timing {
+    quiesce();
     let start = Instant::now();
     let mut first = None;
     let mut last = start;
@@ -454,6 +462,7 @@ fn run_theirs(model: &mut Theirs, prompt: &[u32], decode: usize) -> Timing {
         let v: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
         argmax(&v)
     };
+    quiesce();
     let start = Instant::now();
     let mut next = step(prompt, 0);
     tokens.push(next);
