@@ -95,8 +95,18 @@ pub fn gemv_rows<E: WeightElem>(isa: Isa, w: &[E], x: &[f32], y: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma if Isa::detect() == Isa::Avx2Fma => {
-            // SAFETY: AVX2 and FMA were detected on this CPU; the slice lengths were checked.
-            unsafe { avx2::gemv_rows(w, x, y) }
+            // The trait is sealed: E is f32 (`IS_F32`) or bf16, a 16-bit transparent wrapper.
+            if E::IS_F32 {
+                // SAFETY: E is f32, so this reinterprets nothing.
+                let w = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const f32, w.len()) };
+                // SAFETY: AVX2 and FMA were detected on this CPU; the lengths were checked.
+                unsafe { avx2::gemv_rows(w, x, y) }
+            } else {
+                // SAFETY: E is bf16: the same number of 16-bit patterns.
+                let w = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u16, w.len()) };
+                // SAFETY: AVX2 and FMA were detected on this CPU; the lengths were checked.
+                unsafe { gemv_rows_bf16(w, x, y) }
+            }
         }
         _ => portable_rows(w, x, y),
     }
@@ -128,9 +138,7 @@ fn portable_rows<E: WeightElem>(w: &[E], x: &[f32], y: &mut [f32]) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::super::WeightElem;
     use super::super::simd::hsum;
-    use super::gemv_rows_bf16;
 
     /// Rows processed together: four streams in flight, each FMA'd with the same `x` loads.
     const R: usize = 4;
@@ -138,15 +146,7 @@ mod avx2 {
     /// # Safety
     /// AVX2 and FMA must be available; `w.len() == y.len() * x.len()`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn gemv_rows<E: WeightElem>(w: &[E], x: &[f32], y: &mut [f32]) {
-        if !E::IS_F32 {
-            // SAFETY: E is bf16 (the trait is sealed: f32 or bf16), a 16-bit transparent
-            // wrapper, so the slice reinterprets as the same number of u16.
-            let w16 = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u16, w.len()) };
-            // SAFETY: AVX2/FMA guaranteed by the caller; lengths as checked by it.
-            unsafe { gemv_rows_bf16(w16, x, y) };
-            return;
-        }
+    pub(super) unsafe fn gemv_rows(w: &[f32], x: &[f32], y: &mut [f32]) {
         let k = x.len();
         let rows = y.len();
         let wp = w.as_ptr();
@@ -157,22 +157,23 @@ mod avx2 {
             // SAFETY: rows r..r+R exist (r + R <= rows), each k elements long; every load below
             // reads at offsets < k16 <= k of a row, or of x.
             unsafe {
-                let p: [*const E; R] = std::array::from_fn(|i| wp.add((r + i) * k));
+                let p: [*const f32; R] = std::array::from_fn(|i| wp.add((r + i) * k));
                 let mut acc = [[_mm256_setzero_ps(); 2]; R];
                 let mut i = 0;
                 while i < k16 {
                     let x0 = _mm256_loadu_ps(xp.add(i));
                     let x1 = _mm256_loadu_ps(xp.add(i + 8));
                     for j in 0..R {
-                        acc[j][0] = _mm256_fmadd_ps(E::load8(p[j].add(i)), x0, acc[j][0]);
-                        acc[j][1] = _mm256_fmadd_ps(E::load8(p[j].add(i + 8)), x1, acc[j][1]);
+                        acc[j][0] = _mm256_fmadd_ps(_mm256_loadu_ps(p[j].add(i)), x0, acc[j][0]);
+                        acc[j][1] =
+                            _mm256_fmadd_ps(_mm256_loadu_ps(p[j].add(i + 8)), x1, acc[j][1]);
                     }
                     i += 16;
                 }
                 for j in 0..R {
                     let mut s = hsum(_mm256_add_ps(acc[j][0], acc[j][1]));
                     for t in k16..k {
-                        s += (*p[j].add(t)).to_f32() * *xp.add(t);
+                        s += *p[j].add(t) * *xp.add(t);
                     }
                     *y.get_unchecked_mut(r + j) = s;
                 }
@@ -187,14 +188,17 @@ mod avx2 {
                 let mut a1 = _mm256_setzero_ps();
                 let mut i = 0;
                 while i < k16 {
-                    a0 = _mm256_fmadd_ps(E::load8(p.add(i)), _mm256_loadu_ps(xp.add(i)), a0);
-                    a1 =
-                        _mm256_fmadd_ps(E::load8(p.add(i + 8)), _mm256_loadu_ps(xp.add(i + 8)), a1);
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(i)), _mm256_loadu_ps(xp.add(i)), a0);
+                    a1 = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(p.add(i + 8)),
+                        _mm256_loadu_ps(xp.add(i + 8)),
+                        a1,
+                    );
                     i += 16;
                 }
                 let mut s = hsum(_mm256_add_ps(a0, a1));
                 for t in k16..k {
-                    s += (*p.add(t)).to_f32() * *xp.add(t);
+                    s += *p.add(t) * *xp.add(t);
                 }
                 *y.get_unchecked_mut(r) = s;
             }

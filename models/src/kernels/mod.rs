@@ -85,42 +85,19 @@ impl WeightElem for bf16 {
 }
 
 mod sealed {
-    /// Seals [`super::WeightElem`], and carries the widening SIMD load of each element type.
+    /// Seals [`super::WeightElem`]: the kernels reinterpret weight slices as `f32` or as bf16
+    /// bit patterns (`u16`) by `IS_F32`, which is sound only for these two types.
     pub trait Sealed {
         /// Whether the type is `f32` (products then read the weights in place).
         const IS_F32: bool;
-
-        /// Loads 8 consecutive elements as 8 f32 lanes.
-        ///
-        /// # Safety
-        /// `p .. p + 8` must be readable, and the CPU must have AVX2.
-        #[cfg(target_arch = "x86_64")]
-        unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
     }
 
     impl Sealed for f32 {
         const IS_F32: bool = true;
-        #[cfg(target_arch = "x86_64")]
-        #[inline(always)]
-        unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
-            // SAFETY: the caller guarantees 8 readable floats and AVX2.
-            unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
-        }
     }
 
     impl Sealed for super::bf16 {
         const IS_F32: bool = false;
-        #[cfg(target_arch = "x86_64")]
-        #[inline(always)]
-        unsafe fn load8(p: *const super::bf16) -> std::arch::x86_64::__m256 {
-            use std::arch::x86_64::*;
-            // SAFETY: the caller guarantees 8 readable bf16 (16 bytes) and AVX2. A bf16 is the
-            // top half of an f32: zero-extend to 32 bits, shift left by 16.
-            unsafe {
-                let h = _mm_loadu_si128(p as *const __m128i);
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
-            }
-        }
     }
 }
 
