@@ -62,7 +62,7 @@ fn module_list_experts_load_per_expert_keys_and_match_the_reference() {
     ));
     let r = reference("qwen2-moe-tiny");
     let opts = ForwardOptions {
-        output_router_logits: true,
+        output_router_logits: Some(true),
         ..ForwardOptions::default()
     };
     let out = model

@@ -50,7 +50,7 @@ fn route(
     forced: BTreeMap<usize, Tensor>,
 ) -> Result<Routes, Box<dyn std::error::Error>> {
     let options = ForwardOptions {
-        output_router_logits: true,
+        output_router_logits: Some(true),
         forced_experts: forced,
         ..ForwardOptions::default()
     };
@@ -71,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &LoadOptions::default().with_patches(PatchSet::empty()),
     )?;
     let options = ForwardOptions {
-        output_router_logits: true,
+        output_router_logits: Some(true),
         ..ForwardOptions::default()
     };
     let recorded = recorded_experts(
@@ -114,6 +114,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "replayed from vLLM's layout [{:?}]: same experts",
         routed_experts.dims()
     );
+
+    // The same with a layer axis over every decoder layer (the dense layer's entries unused).
+    let layers = drifted.config().num_hidden_layers;
+    let all: Vec<Tensor> = (0..layers)
+        .map(|l| match recorded.get(&l) {
+            Some(ids) => ids.to_dtype(candle_core::DType::I64)?.unsqueeze(1),
+            None => Tensor::zeros((input.dim(1)?, 1, 2), candle_core::DType::I64, &Device::Cpu),
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let all_layers = Tensor::cat(&all, 1)?;
+    assert_eq!(
+        route(
+            &drifted,
+            &input,
+            experts_from_vllm(&all_layers, drifted.config())?
+        )?,
+        recorded_ids
+    );
+    println!(
+        "replayed from an all-layers axis [{:?}]: same experts",
+        all_layers.dims()
+    );
+
+    // Partial replay: the first half of the tokens replayed, the rest (-1) routed freely.
+    let half = input.dim(1)? / 2;
+    let partial: BTreeMap<usize, Tensor> = recorded
+        .iter()
+        .map(|(&l, ids)| {
+            let ids = ids.to_dtype(candle_core::DType::I64)?;
+            let free = Tensor::full(-1i64, (ids.dim(0)? - half, ids.dim(1)?), &Device::Cpu)?;
+            Ok((l, Tensor::cat(&[&ids.narrow(0, 0, half)?, &free], 0)?))
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let mixed = route(&drifted, &input, partial)?;
+    for (l, rows) in &mixed {
+        assert_eq!(rows[..half], recorded_ids[l][..half], "replayed half");
+    }
+    // The first MoE layer's input does not depend on any routing: its free half is exactly
+    // what the drifted router chooses unforced (deeper layers see the replayed half's outputs).
+    let first = moe_layers[0];
+    assert_eq!(mixed[&first][half..], free[&first][half..], "free half");
+    println!("partial replay: tokens 0..{half} replayed, the rest routed by the drifted router");
     Ok(())
 }
 

@@ -1,11 +1,22 @@
-//! `patchwork forward DIR --inputs IN.safetensors --out OUT.safetensors [--dtype f32|bf16|f16]`.
+//! `patchwork forward DIR --inputs IN.safetensors --out OUT.safetensors [--dtype f32|bf16|f16]
+//! [--grads] [--forced-experts ROUTING.safetensors]`.
 //!
-//! Reads `input_ids` (`[B, T]`, i64 or u32) and, if present, `attention_mask` (`[B, T]`,
-//! 1 = token, 0 = padding). Writes `logits` (f32 `[B, T, V]`) and, for each MoE layer `L`
-//! (absolute layer index), `router_logits.L` (f32 `[B*T, E]`) and `selected_experts.L`
-//! (i64 `[B*T, K]`).
+//! Reads `input_ids` (`[B, T]`, any integer dtype), and if present `attention_mask` (`[B, T]`,
+//! 1 = token, 0 = padding) and `labels` (`[B, T]`, any integer dtype, -100 ignored). Writes:
+//!
+//! - `logits` (f32 `[B, T, V]`);
+//! - for each MoE layer `L` (absolute layer index): `router_logits.L` (f32 `[B*T, E]`) and
+//!   `selected_experts.L` (i64 `[B*T, K]`);
+//! - with labels: `loss` (f32 `[]`, the shifted mean cross-entropy; for MoE models plus
+//!   `router_aux_loss_coef * aux_loss`, router outputs being always returned) and, for MoE
+//!   models, `aux_loss` (f32 `[]`);
+//! - with `--grads` (needs labels): `grad.KEY` (f32, the checkpoint tensor's shape) for every
+//!   tensor `KEY` of the checkpoint, the gradients of `loss`.
+//!
+//! `--forced-experts FILE` replays a routing: `selected_experts.L` (`[B*T, K]`, any integer
+//! dtype, -1 = route freely) for MoE layer `L`, exactly what this command writes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
@@ -19,7 +30,7 @@ use crate::dtype::DTypeArg;
 pub struct Args {
     /// Checkpoint folder.
     dir: PathBuf,
-    /// Safetensors file with `input_ids` and optionally `attention_mask`.
+    /// Safetensors file with `input_ids`, and optionally `attention_mask` and `labels`.
     #[arg(long)]
     inputs: PathBuf,
     /// Safetensors file to write.
@@ -28,46 +39,99 @@ pub struct Args {
     /// Compute dtype.
     #[arg(long, value_enum, default_value_t)]
     dtype: DTypeArg,
+    /// Also write `grad.KEY`, the gradient of `loss` for every checkpoint tensor (needs
+    /// `labels` in the inputs).
+    #[arg(long)]
+    grads: bool,
+    /// Safetensors file of `selected_experts.L` to replay (what `forward` writes).
+    #[arg(long, value_name = "ROUTING")]
+    forced_experts: Option<PathBuf>,
 }
 
 /// Runs `forward`.
 pub fn run(args: Args) -> CliResult {
+    let name = args.inputs.display().to_string();
     let inputs = candle_core::safetensors::load(&args.inputs, &Device::Cpu)
-        .map_err(|e| format!("{}: {e}", args.inputs.display()))?;
+        .map_err(|e| format!("{name}: {e}"))?;
     let input_ids = inputs
         .get("input_ids")
-        .ok_or_else(|| format!("{}: no tensor named input_ids", args.inputs.display()))?;
-    if !matches!(input_ids.dtype(), DType::I64 | DType::U32) {
+        .ok_or_else(|| format!("{name}: no tensor named input_ids"))?;
+    let labels = inputs.get("labels").cloned();
+    if args.grads && labels.is_none() {
         return Err(format!(
-            "{}: input_ids must be i64 or u32, found {:?}",
-            args.inputs.display(),
-            input_ids.dtype()
+            "{name}: --grads needs a tensor named labels (the loss to differentiate)"
         )
         .into());
     }
-    let options = LoadOptions::default().with_dtype(args.dtype.into());
+    let forced_experts = match &args.forced_experts {
+        Some(path) => read_forced_experts(path)?,
+        None => BTreeMap::new(),
+    };
+    let mut options = LoadOptions::default().with_dtype(args.dtype.into());
+    if args.grads {
+        options = options.trainable();
+    }
     let model = AutoModelForCausalLM::from_pretrained(&args.dir, &options)?;
     let forward = ForwardOptions {
-        output_router_logits: true,
+        output_router_logits: Some(true),
+        forced_experts,
+        labels,
         ..ForwardOptions::default()
     };
     let out = model.forward_with(input_ids, inputs.get("attention_mask"), None, &forward)?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    if let Some(logits) = out.logits {
-        tensors.insert("logits".into(), logits.to_dtype(DType::F32)?);
+    if let Some(logits) = &out.logits {
+        tensors.insert("logits".into(), logits.detach().to_dtype(DType::F32)?);
     }
-    for record in out.router_logits {
+    for record in &out.router_logits {
         let l = record.layer;
         tensors.insert(
             format!("router_logits.{l}"),
-            record.router.logits.to_dtype(DType::F32)?,
+            record.router.logits.detach().to_dtype(DType::F32)?,
         );
         tensors.insert(
             format!("selected_experts.{l}"),
             record.router.indices.to_dtype(DType::I64)?,
         );
     }
+    if let Some(aux) = &out.aux_loss
+        && out.loss.is_some()
+    {
+        tensors.insert("aux_loss".into(), aux.detach().to_dtype(DType::F32)?);
+    }
+    if let Some(loss) = &out.loss {
+        tensors.insert("loss".into(), loss.detach().to_dtype(DType::F32)?);
+        if args.grads {
+            let grads = loss.backward()?;
+            for (key, g) in model.gradients(&grads)? {
+                tensors.insert(format!("grad.{key}"), g);
+            }
+        }
+    }
     candle_core::safetensors::save(&tensors, &args.out)
         .map_err(|e| format!("{}: {e}", args.out.display()))?;
     Ok(())
+}
+
+/// `selected_experts.L` of a routing file, by layer `L`.
+fn read_forced_experts(path: &std::path::Path) -> Result<BTreeMap<usize, Tensor>, String> {
+    let name = path.display().to_string();
+    let tensors =
+        candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| format!("{name}: {e}"))?;
+    let mut forced = BTreeMap::new();
+    for (key, t) in tensors {
+        let Some(layer) = key.strip_prefix("selected_experts.") else {
+            continue;
+        };
+        let layer: usize = layer.parse().map_err(|_| {
+            format!("{name}: tensor {key:?}: expected selected_experts.L with L a layer index")
+        })?;
+        forced.insert(layer, t);
+    }
+    if forced.is_empty() {
+        return Err(format!(
+            "{name}: no selected_experts.L tensor (what `patchwork forward` writes for MoE layer L)"
+        ));
+    }
+    Ok(forced)
 }

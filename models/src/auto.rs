@@ -33,6 +33,10 @@ pub struct LoadOptions {
     /// bytes per decoding step (PERFORMANCE.md has the measurements). Norms, biases and the
     /// embedding are always converted.
     pub upcast_weights: bool,
+    /// Build every parameter as a trainable candle `Var` (in the compute dtype) and return
+    /// them with the model ([`CausalLM::vars`]), for an optimiser. Default `false`: inference,
+    /// with memory-mapped checkpoints and bf16 weights kept.
+    pub trainable: bool,
 }
 
 impl Default for LoadOptions {
@@ -43,6 +47,7 @@ impl Default for LoadOptions {
             seed: 0,
             patches: None,
             upcast_weights: false,
+            trainable: false,
         }
     }
 }
@@ -79,6 +84,25 @@ impl LoadOptions {
         self
     }
 
+    /// These options building every parameter as a trainable variable (see
+    /// [`LoadOptions::trainable`]): the forward passes then record the autograd graph, and
+    /// `loss.backward()` gives the gradients ([`CausalLM::gradients`]).
+    pub fn trainable(mut self) -> Self {
+        self.trainable = true;
+        self
+    }
+
+    /// A root weights handle over `source` with these options' dtype, device and
+    /// trainability.
+    fn weights(&self, source: Arc<dyn patch_checkpoint::WeightSource>) -> Weights {
+        let weights = Weights::from_arc(source, self.dtype, &self.device);
+        if self.trainable {
+            weights.trainable()
+        } else {
+            weights
+        }
+    }
+
     fn patch_set(&self) -> PatchSet {
         self.patches.clone().unwrap_or_else(PatchSet::global)
     }
@@ -110,7 +134,7 @@ pub(crate) fn load_pretrained(
     // The registry's transforms for this config (a family's link-time default, or what the
     // user registered over it); replacements add theirs through their scopes.
     let source = ckpt.source(ckpt.registered_transforms()?)?;
-    let weights = Weights::from_arc(Arc::new(source), options.dtype, &options.device);
+    let weights = options.weights(Arc::new(source));
     let b = Builder::new(weights.clone()).with_patches(options.patch_set());
     let model = CausalLM::build(&b, config, found)?;
     weights.finish()?;
@@ -121,7 +145,11 @@ pub(crate) fn load_pretrained(
 /// is stored in bf16, the model computes in float32 on CPU (the kernels widen bf16 as they
 /// read), and the options do not ask to upcast; `None` (the compute dtype) otherwise.
 fn kept_weight_dtype(ckpt: &Checkpoint, options: &LoadOptions) -> Option<DType> {
-    if options.upcast_weights || options.dtype != DType::F32 || !options.device.is_cpu() {
+    if options.upcast_weights
+        || options.trainable
+        || options.dtype != DType::F32
+        || !options.device.is_cpu()
+    {
         return None;
     }
     let tensors = ckpt.tensors();
@@ -142,11 +170,10 @@ pub(crate) fn create_from_config(
     options: &LoadOptions,
 ) -> Result<CausalLM> {
     let config = (family.parse_config)(config, "config")?;
-    let weights = Weights::new(
-        RandomInit::new(options.seed, config.initializer_range),
-        options.dtype,
-        &options.device,
-    );
+    let weights = options.weights(Arc::new(RandomInit::new(
+        options.seed,
+        config.initializer_range,
+    )));
     let b = Builder::new(weights).with_patches(options.patch_set());
     CausalLM::build(&b, config, family)
 }

@@ -1,19 +1,26 @@
 //! `CausalLM`: a decoder body with its output head, what `from_pretrained` returns; batched
-//! forward with padding masks and a KV cache, router outputs, explain, and what saving needs.
+//! forward with padding masks and a KV cache, router outputs, the training loss, gradients by
+//! checkpoint key, explain, and what saving needs.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
 use patch_checkpoint::{
     SaveOptions, SaveReport, Transform, Weights, checkpoint_conversion_mapping_for,
+    to_checkpoint_layout,
 };
 use patch_core::{BuildReport, Builder, Explain, PatchSet};
 
 use crate::decoder::linear::{Linear, projection};
-use crate::decoder::{DecoderConfig, DecoderInput, DecoderModel, KvCache, RouterRecord};
+use crate::decoder::{
+    DecoderConfig, DecoderInput, DecoderModel, FeedForwardKind, KvCache, RouterRecord,
+};
 use crate::family::ModelFamily;
+use crate::loss::{causal_lm_loss, integer_values, load_balancing_loss};
 use crate::{Error, Result};
 
 /// Which positions get logits.
@@ -34,11 +41,17 @@ pub enum LogitsMode {
 pub struct ForwardOptions {
     /// Which positions get logits.
     pub logits: LogitsMode,
-    /// Return each MoE layer's router output (transformers' `output_router_logits`).
-    pub output_router_logits: bool,
-    /// Expert ids `[batch * seq, top_k]` to force, by absolute layer index (replaying a
-    /// recorded routing); empty to route normally.
+    /// Return each MoE layer's router output, and the load-balancing loss (transformers'
+    /// `output_router_logits`); `None` takes the config's `output_router_logits` (false when
+    /// absent).
+    pub output_router_logits: Option<bool>,
+    /// Expert ids `[batch * seq, top_k]` (any integer dtype) to force, by absolute MoE layer
+    /// index (replaying a recorded routing); an id of -1 lets that token choose freely. Empty
+    /// to route normally.
     pub forced_experts: BTreeMap<usize, Tensor>,
+    /// Labels `[batch, seq]` (any integer dtype; -100 ignores a position): the pass then
+    /// returns the causal-LM loss ([`ForwardOutput::loss`]). Needs [`LogitsMode::All`].
+    pub labels: Option<Tensor>,
 }
 
 /// What [`CausalLM::forward_with`] returns.
@@ -48,6 +61,13 @@ pub struct ForwardOutput {
     pub logits: Option<Tensor>,
     /// Each MoE layer's routing, in layer order, when asked for.
     pub router_logits: Vec<RouterRecord>,
+    /// With labels: the mean shifted cross-entropy (float32 `[]`), plus
+    /// `router_aux_loss_coef * aux_loss` when router outputs are returned (as
+    /// `Qwen2MoeForCausalLM.forward` computes it). Differentiable when the model is trainable.
+    pub loss: Option<Tensor>,
+    /// For MoE models returning router outputs: the load-balancing loss (float32 `[]`,
+    /// transformers' `load_balancing_loss_func`, padding-aware with an attention mask).
+    pub aux_loss: Option<Tensor>,
 }
 
 /// A causal language model: a [`DecoderModel`] body and an output head, plus what it was
@@ -62,6 +82,7 @@ pub struct CausalLM {
     report: BuildReport,
     patches: PatchSet,
     transforms: Vec<Transform>,
+    vars: Option<VarMap>,
 }
 
 impl fmt::Debug for CausalLM {
@@ -100,15 +121,59 @@ impl CausalLM {
                 false,
             )?
         };
+        let weights = b.weights().clone();
+        let vars = weights.is_trainable().then(|| {
+            let map = VarMap::new();
+            {
+                let mut data = map
+                    .data()
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                data.extend(weights.params().vars());
+            }
+            map
+        });
         Ok(Self {
             model,
             lm_head,
             family,
-            weights: b.weights().clone(),
+            weights,
             report: b.report(),
             patches: b.patches(),
             transforms,
+            vars,
         })
+    }
+
+    /// The trainable variables, by parameter name (`model.layers.0.self_attn.q_proj.weight`,
+    /// `model.layers.0.mlp.experts.gate_up_proj`, ...), to hand to an optimiser
+    /// (`AdamW::new(model.vars()?.all_vars(), ..)`); an error unless loaded with
+    /// [`LoadOptions::trainable`](crate::LoadOptions::trainable).
+    pub fn vars(&self) -> Result<&VarMap> {
+        self.vars
+            .as_ref()
+            .ok_or(Error::NotTrainable { what: "vars" })
+    }
+
+    /// Every gradient of `grads` (what `loss.backward()` returned), keyed by the checkpoint
+    /// tensor it belongs to and in that tensor's layout, float32: the reverse transforms apply
+    /// to gradients as saving applies them to weights (a stacked-experts gradient split per
+    /// expert, a fused q/k/v gradient into three), and a tied head counts once, through the
+    /// embedding it shares. A parameter the loss does not depend on gets zeros.
+    pub fn gradients(&self, grads: &GradStore) -> Result<BTreeMap<String, Tensor>> {
+        if !self.weights.is_trainable() {
+            return Err(Error::NotTrainable { what: "gradients" });
+        }
+        Ok(to_checkpoint_layout(
+            &self.weights,
+            &self.transforms,
+            |_, param| {
+                Ok(match grads.get(param) {
+                    Some(g) => g.to_dtype(DType::F32)?,
+                    None => param.zeros_like()?.to_dtype(DType::F32)?,
+                })
+            },
+        )?)
     }
 
     /// Writes the config and weights to `dir` in the checkpoint layout transformers reads:
@@ -216,11 +281,25 @@ impl CausalLM {
             Some(m) => check_mask(m, batch, seq)?,
             None => vec![1u8; batch * seq],
         };
+        self.check_forced_experts(&options.forced_experts, batch * seq)?;
+        if options.labels.is_some() && options.logits != LogitsMode::All {
+            return Err(Error::input(
+                "labels",
+                format!(
+                    "the loss needs logits at every position, but the pass computes {:?}",
+                    options.logits
+                ),
+            ));
+        }
+        let moe = self.config().moe.as_ref();
+        let output_router_logits = options
+            .output_router_logits
+            .unwrap_or(moe.is_some_and(|m| m.output_router_logits));
         let input = DecoderInput {
             input_ids: &ids,
             attention_mask: &mask,
             forced_experts: &options.forced_experts,
-            output_router_logits: options.output_router_logits,
+            output_router_logits,
         };
         let (hidden, router_logits) = self.model.forward(&input, cache)?;
         let hidden = match options.logits {
@@ -232,10 +311,85 @@ impl CausalLM {
             Some(h) => Some(self.lm_head.forward(&h)?.to_dtype(DType::F32)?),
             None => None,
         };
+        let aux_loss = match moe {
+            Some(m) if output_router_logits && !router_logits.is_empty() => {
+                let layers: Vec<&Tensor> = router_logits.iter().map(|r| &r.router.logits).collect();
+                let mask = attention_mask.map(|_| mask.as_slice());
+                Some(load_balancing_loss(
+                    &layers,
+                    m.num_experts,
+                    m.num_experts_per_tok,
+                    mask,
+                )?)
+            }
+            _ => None,
+        };
+        let loss = match (&options.labels, &logits) {
+            (Some(labels), Some(logits)) => {
+                let loss = causal_lm_loss(logits, labels)?;
+                Some(match (&aux_loss, moe) {
+                    (Some(aux), Some(m)) => (loss + (aux * m.router_aux_loss_coef)?)?,
+                    _ => loss,
+                })
+            }
+            _ => None,
+        };
         Ok(ForwardOutput {
             logits,
             router_logits,
+            loss,
+            aux_loss,
         })
+    }
+
+    /// Checks forced experts before the pass: each names an MoE layer of this model and holds
+    /// `[tokens, top_k]` integers, each -1 or an expert id; errors name the layer and position.
+    fn check_forced_experts(&self, forced: &BTreeMap<usize, Tensor>, tokens: usize) -> Result<()> {
+        if forced.is_empty() {
+            return Ok(());
+        }
+        let c = self.config();
+        let moe = c.moe()?;
+        let sparse: Vec<usize> = (0..c.num_hidden_layers)
+            .filter(|&i| c.feed_forward_kind(i) == FeedForwardKind::Sparse)
+            .collect();
+        let (k, experts) = (moe.num_experts_per_tok, moe.num_experts);
+        for (&layer, ids) in forced {
+            let name = format!("forced_experts[{layer}]");
+            if !sparse.contains(&layer) {
+                return Err(Error::input(
+                    name,
+                    format!(
+                        "layer {layer} is not an MoE layer of this model (MoE layers: {sparse:?})"
+                    ),
+                ));
+            }
+            if ids.dims() != [tokens, k] {
+                return Err(Error::input(
+                    name,
+                    format!(
+                        "shape {:?}: this pass routes {tokens} tokens to {k} experts each ([{tokens}, {k}])",
+                        ids.dims()
+                    ),
+                ));
+            }
+            let values = integer_values(&name, ids)?;
+            if let Some((i, e)) = values
+                .iter()
+                .enumerate()
+                .find(|&(_, &e)| e < -1 || e >= experts as i64)
+            {
+                return Err(Error::input(
+                    name,
+                    format!(
+                        "expert {e} at token {}, choice {}: expected -1 (route freely) or an expert below {experts}",
+                        i / k,
+                        i % k
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `input_ids` as a u32 tensor on the model's device, after checking its shape, dtype and

@@ -74,6 +74,14 @@ pub enum Error {
         /// What is allowed.
         message: String,
     },
+    /// Training was asked of a model whose weights are not trainable variables.
+    #[error(
+        "{what}: this model was loaded for inference; load it with LoadOptions::trainable() to train it"
+    )]
+    NotTrainable {
+        /// What was asked (`vars`, `gradients`).
+        what: &'static str,
+    },
     /// Building the model failed (a site's constructor, a missing weight, a patch conflict).
     #[error(transparent)]
     Build(#[from] patch_core::Error),

@@ -48,6 +48,9 @@ pub struct GenerationConfig {
     pub pad_token_id: Option<u32>,
     /// Return each step's logits (float32 `[batch, vocab]`, before any processing).
     pub output_logits: bool,
+    /// Record the experts every token of each sequence was routed to (MoE models), ready to
+    /// replay in a training pass over the sequence ([`Generation::routed_experts`]).
+    pub output_routed_experts: bool,
 }
 
 impl Default for GenerationConfig {
@@ -60,6 +63,7 @@ impl Default for GenerationConfig {
             ignore_eos: false,
             pad_token_id: None,
             output_logits: false,
+            output_routed_experts: false,
         }
     }
 }
@@ -122,6 +126,11 @@ pub struct Generation {
     pub new_tokens: Vec<Vec<u32>>,
     /// Each step's logits `[batch, vocab]`, when asked for (rows already finished included).
     pub logits: Vec<Tensor>,
+    /// Per row, when asked for: the experts each token of `sequences[row]` was routed to,
+    /// `[len, num_moe_layers, top_k]` (i64), vLLM's `routed_experts` layout
+    /// ([`crate::routing::experts_from_vllm`] turns it into forced experts). The last token was
+    /// never run through the model: its row is -1 (routes freely on replay).
+    pub routed_experts: Vec<Tensor>,
 }
 
 /// Picks tokens from logits.
@@ -300,15 +309,19 @@ impl CausalLM {
         let device = self.device();
         let mut new_tokens = vec![Vec::new(); batch];
         let mut step_logits = Vec::new();
+        let mut routes = RouteRecorder::new(batch, config.output_routed_experts);
         if config.max_new_tokens > 0 {
             let mut cache = self.new_cache(batch, width + config.max_new_tokens);
             let options = ForwardOptions {
                 logits: LogitsMode::Last,
+                output_router_logits: Some(config.output_routed_experts),
                 ..ForwardOptions::default()
             };
+            let real: Vec<bool> = mask.iter().map(|&m| m != 0).collect();
             let ids = Tensor::from_vec(ids, (batch, width), device)?;
             let mask = Tensor::from_vec(mask, (batch, width), device)?;
             let mut out = self.forward_with(&ids, Some(&mask), Some(&mut cache), &options)?;
+            routes.record(&out.router_logits, &real)?;
             let mut sampler = Sampler::new(&config.sampling);
             let mut finished = vec![false; batch];
             for step in 0..config.max_new_tokens {
@@ -322,6 +335,7 @@ impl CausalLM {
                     step_logits.push(logits);
                 }
                 let mut next = vec![pad; batch];
+                let mut fed = vec![false; batch];
                 for (r, mut row) in rows.into_iter().enumerate() {
                     if finished[r] {
                         continue;
@@ -333,6 +347,7 @@ impl CausalLM {
                     }
                     let token = sampler.pick(&mut row);
                     next[r] = token;
+                    fed[r] = true;
                     new_tokens[r].push(token);
                     on_token(r, token);
                     if !config.ignore_eos && eos.contains(&token) {
@@ -344,18 +359,91 @@ impl CausalLM {
                 }
                 let next = Tensor::from_vec(next, (batch, 1), device)?;
                 out = self.forward_with(&next, None, Some(&mut cache), &options)?;
+                routes.record(&out.router_logits, &fed)?;
             }
         }
-        let sequences = prompts
+        let sequences: Vec<Vec<u32>> = prompts
             .iter()
             .zip(&new_tokens)
             .map(|(p, n)| p.iter().chain(n).copied().collect())
             .collect();
+        let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
         Ok(Generation {
+            routed_experts: routes.finish(&lengths, device)?,
             sequences,
             new_tokens,
             logits: step_logits,
         })
+    }
+}
+
+/// Collects, per row, the experts each real token was routed to, pass after pass.
+struct RouteRecorder {
+    enabled: bool,
+    /// Per row: one entry per real token run, `num_moe_layers * top_k` ids.
+    rows: Vec<Vec<Vec<i64>>>,
+    /// `(num_moe_layers, top_k)`, once a pass recorded something.
+    shape: Option<(usize, usize)>,
+}
+
+impl RouteRecorder {
+    fn new(batch: usize, enabled: bool) -> Self {
+        Self {
+            enabled,
+            rows: vec![Vec::new(); batch],
+            shape: None,
+        }
+    }
+
+    /// Records a pass's routing; `real[row * seq + t]` says whether that token belongs to the
+    /// row's sequence (not padding, not a finished row's filler).
+    fn record(&mut self, records: &[crate::decoder::RouterRecord], real: &[bool]) -> Result<()> {
+        if !self.enabled || records.is_empty() {
+            return Ok(());
+        }
+        let batch = self.rows.len();
+        let layers: Vec<Vec<i64>> = records
+            .iter()
+            .map(|r| {
+                r.router
+                    .indices
+                    .to_dtype(candle_core::DType::I64)?
+                    .flatten_all()?
+                    .to_vec1()
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let (tokens, k) = records[0].router.indices.dims2()?;
+        self.shape = Some((layers.len(), k));
+        let seq = tokens / batch.max(1);
+        for (row, entries) in self.rows.iter_mut().enumerate() {
+            for t in 0..seq {
+                let token = row * seq + t;
+                if real.get(token).copied().unwrap_or(false) {
+                    let mut ids = Vec::with_capacity(layers.len() * k);
+                    for l in &layers {
+                        ids.extend_from_slice(&l[token * k..(token + 1) * k]);
+                    }
+                    entries.push(ids);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Per row, `[lengths[row], num_moe_layers, top_k]`, rows never run filled with -1.
+    fn finish(self, lengths: &[usize], device: &candle_core::Device) -> Result<Vec<Tensor>> {
+        let Some((layers, k)) = self.shape else {
+            return Ok(Vec::new());
+        };
+        self.rows
+            .into_iter()
+            .zip(lengths)
+            .map(|(mut entries, &len)| {
+                entries.resize(len, vec![-1; layers * k]);
+                let flat: Vec<i64> = entries.into_iter().flatten().collect();
+                Ok(Tensor::from_vec(flat, (len, layers, k), device)?)
+            })
+            .collect()
     }
 }
 

@@ -34,6 +34,8 @@ pub mod family;
 mod generation;
 pub mod kernels;
 pub mod llama;
+pub mod loss;
+pub mod ops;
 pub mod qwen2_moe;
 pub mod routing;
 

@@ -150,7 +150,7 @@ fn router_outputs_match_reference() {
         }
         let model = load(f)?;
         let options = ForwardOptions {
-            output_router_logits: true,
+            output_router_logits: Some(true),
             ..ForwardOptions::default()
         };
         let out = model

@@ -267,7 +267,7 @@ fn record(
     forced: BTreeMap<usize, Tensor>,
 ) -> (Tensor, Vec<(usize, Tensor, Tensor)>) {
     let opts = ForwardOptions {
-        output_router_logits: true,
+        output_router_logits: Some(true),
         forced_experts: forced,
         ..ForwardOptions::default()
     };

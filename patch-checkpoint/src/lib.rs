@@ -66,7 +66,7 @@ pub use registry::{
     unregister_checkpoint_conversion_mapping,
 };
 pub use resave::{ResaveReport, resave};
-pub use save::{SaveOptions, SaveReport, save_pretrained};
+pub use save::{SaveOptions, SaveReport, save_pretrained, to_checkpoint_layout};
 pub use source::{RandomInit, TensorMap};
 pub use transform::{Op, Transform, WeightConverter, WeightRenaming};
 pub use weights::{Param, ParamStore, TransformScope, WeightRequest, WeightSource, Weights};

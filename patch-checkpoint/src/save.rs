@@ -233,6 +233,48 @@ pub fn save_pretrained(
     })
 }
 
+/// Maps a value per recorded parameter to the checkpoint's keys and layout, by the same
+/// reverse steps [`save_pretrained`] writes with (stacked experts split per expert, fused q/k/v
+/// split into three, renamings undone; tied aliases left out): `value(name, tensor)` gives the
+/// value for the parameter `name` recorded as `tensor`, with its shape.
+///
+/// Gradients by checkpoint key are this map applied to each parameter's gradient.
+pub fn to_checkpoint_layout(
+    weights: &Weights,
+    transforms: &[Transform],
+    mut value: impl FnMut(&str, &Tensor) -> Result<Tensor>,
+) -> Result<BTreeMap<String, Tensor>> {
+    let units = plan_units(weights, transforms, &SaveOptions::default())?;
+    let mut values: HashMap<String, Tensor> = HashMap::new();
+    for (name, tensor) in weights.params().snapshot() {
+        let v = value(&name, &tensor)?;
+        if v.dims() != tensor.dims() {
+            return Err(save_err(
+                &name,
+                format!(
+                    "the value given has shape {:?}, the parameter {:?}",
+                    v.dims(),
+                    tensor.dims()
+                ),
+            ));
+        }
+        values.insert(name, v);
+    }
+    let mut out = BTreeMap::new();
+    for unit in &units {
+        for (t, slot) in unit.outputs.iter().zip(run_unit(unit, &values)?) {
+            let tensor = slot.ok_or_else(|| save_err(&t.name, "internal: output missing"))?;
+            if out.insert(t.name.clone(), tensor).is_some() {
+                return Err(save_err(
+                    &t.name,
+                    "two parameters map to this checkpoint key",
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Removes weight files of an earlier save that this one did not write.
 fn remove_stale(dir: &Path, written: &[PathBuf]) -> Result<()> {
     let shard =

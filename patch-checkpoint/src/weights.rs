@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use candle_core::{DType, Device, Shape, Tensor};
+use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::{Origin, Result, Transform};
@@ -140,6 +140,18 @@ impl ParamStore {
             .clone()
     }
 
+    /// The recorded trainable variables (every tensor handed out by a
+    /// [trainable](Weights::trainable) handle), sorted by name: what an optimiser updates.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.tensors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, p)| p.tensor.is_variable())
+            .filter_map(|(k, p)| Var::from_tensor(&p.tensor).ok().map(|v| (k.clone(), v)))
+            .collect()
+    }
+
     /// The recorded tensors, sorted by name.
     pub fn snapshot(&self) -> Vec<(String, Tensor)> {
         self.tensors
@@ -194,6 +206,7 @@ pub struct Weights {
     dtype: DType,
     device: Device,
     params: Arc<ParamStore>,
+    trainable: bool,
 }
 
 impl std::fmt::Debug for Weights {
@@ -203,6 +216,7 @@ impl std::fmt::Debug for Weights {
             .field("dtype", &self.dtype)
             .field("device", &self.device)
             .field("scopes", &self.scopes.len())
+            .field("trainable", &self.trainable)
             .finish()
     }
 }
@@ -222,7 +236,33 @@ impl Weights {
             dtype,
             device: device.clone(),
             params: Arc::new(ParamStore::default()),
+            trainable: false,
         }
+    }
+
+    /// This handle (and every handle descended from it) handing out each floating-point
+    /// tensor as a trainable candle [`Var`]: a copy of what the source produced, recorded in
+    /// [`Weights::params`] (see [`ParamStore::vars`]), so an optimiser's updates are what the
+    /// model computes with and what saving writes.
+    pub fn trainable(mut self) -> Self {
+        self.trainable = true;
+        self
+    }
+
+    /// Whether tensors are handed out as trainable variables.
+    pub fn is_trainable(&self) -> bool {
+        self.trainable
+    }
+
+    /// Records `tensor` under `full` (as a new variable when trainable) and hands it out.
+    fn hand_out(&self, full: &str, tensor: Tensor) -> candle_core::Result<Tensor> {
+        let tensor = if self.trainable && tensor.dtype().is_float() {
+            Var::from_tensor(&tensor)?.into_inner()
+        } else {
+            tensor
+        };
+        self.params.insert(full, &tensor, &self.scopes);
+        Ok(tensor)
     }
 
     /// The handle for sub-module `name` (`"layers"`, `"0"`, `"self_attn"`, or a dotted path).
@@ -302,8 +342,7 @@ impl Weights {
             device: &self.device,
             scopes: &self.scopes,
         })?;
-        self.params.insert(&full, &tensor, &self.scopes);
-        Ok(tensor)
+        Ok(self.hand_out(&full, tensor)?)
     }
 
     /// Declares that the model uses `target` for `alias` too (both relative to this path), as
@@ -400,8 +439,7 @@ impl candle_nn::var_builder::SimpleBackend for Backend {
                 scopes: &w.scopes,
             })
             .map_err(candle_core::Error::wrap)?;
-        w.params.insert(name, &tensor, &w.scopes);
-        Ok(tensor)
+        w.hand_out(name, tensor)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

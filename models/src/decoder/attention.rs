@@ -2,15 +2,13 @@
 //! keys/values, KV-cache writes, masking), and the q/k/v/o self-attention of the Llama-style
 //! families.
 
-use candle_core::{D, DType, Tensor};
+use candle_core::Tensor;
 use patch_core::{Builder, Module, Result, Slot};
 
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::layer::LayerContext;
 use crate::decoder::linear::{Linear, fused_projection, projection};
-use crate::kernels::attention::AttentionShape;
-use crate::kernels::tensor::{cpu_tensor, with_slice};
-use crate::kernels::{self, Isa};
+use crate::ops::{KeyValues, tracks_gradients};
 
 /// The attention slot: causal self-attention over `hidden_states` (`[batch, seq, hidden]`),
 /// with the pass's positions, mask and this layer's KV cache in `ctx`.
@@ -37,14 +35,9 @@ impl Slot for dyn Attention {
     type Args<'a> = AttentionArgs<'a>;
 }
 
-/// `softmax(q k^T * scale + bias) v` for `q` `[batch, heads, seq, head_dim]` and `k`, `v`
-/// `[batch, kv_heads, kv_len, head_dim]`, with `bias` `[batch, 1, seq, kv_len]`; returns
-/// `[batch, heads, seq, head_dim]`.
-///
-/// Grouped-query attention without repeating keys/values: consecutive query heads share a
-/// key/value head, so the `heads / kv_heads` query heads of a group are folded into the row
-/// dimension of one matmul per key/value head (a free reshape of contiguous `q`). `k` and `v`
-/// may be strided views (a KV cache narrowed to its filled length): nothing is copied.
+/// `softmax(q k^T * scale + bias) v` on candle's ops for `q` `[batch, heads, seq, head_dim]`
+/// and `k`, `v` `[batch, kv_heads, kv_len, head_dim]`, with `bias` `[batch, 1, seq, kv_len]`;
+/// returns `[batch, heads, seq, head_dim]` (see [`crate::ops::eager_attention`]).
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,
@@ -52,35 +45,18 @@ pub fn scaled_dot_product_attention(
     bias: Option<&Tensor>,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    let (b, heads, t, d) = q.dims4()?;
-    let (_, kv_heads, s, _) = k.dims4()?;
-    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
-        candle_core::bail!(
-            "attention: {heads} query heads cannot share {kv_heads} key/value heads"
-        );
-    }
-    let groups = heads / kv_heads;
-    let q = (q.contiguous()? * scale)?.reshape((b, kv_heads, groups * t, d))?;
-    let scores = q.matmul(&k.t()?)?;
-    let scores = match bias {
-        Some(bias) => scores
-            .reshape((b, kv_heads, groups, t, s))?
-            .broadcast_add(&bias.unsqueeze(1)?)?
-            .reshape((b, kv_heads, groups * t, s))?,
-        None => scores,
-    };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    probs.matmul(v)?.reshape((b, heads, t, v.dim(D::Minus1)?))
+    Ok(crate::ops::eager_attention(q, k, v, bias, scale, false)?.0)
 }
 
 /// The attention step shared by every attention here and by replacements: takes rotated `q`
 /// `[batch, seq, heads, head_dim]` and `k`, `v` `[batch, seq, kv_heads, head_dim]` (the
 /// projections' natural layout), appends `k`/`v` to this layer's cache when there is one,
-/// attends with the pass's mask, and returns `[batch, seq, heads * head_dim]`, ready for the
-/// output projection (transformers' `past_key_values.update` + `sdpa_attention_forward`).
+/// attends with the pass's mask ([`crate::ops::attention`], reading the cache in place), and
+/// returns `[batch, seq, heads * head_dim]`, ready for the output projection (transformers'
+/// `past_key_values.update` + `sdpa_attention_forward`).
 ///
-/// On CPU in float32 the attention runs on [`crate::kernels::attention::attention`], reading
-/// the cache buffers in place; elsewhere on [`scaled_dot_product_attention`].
+/// When gradients are tracked, they flow through this pass's keys and values; cached
+/// positions from earlier passes are constants.
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -88,101 +64,46 @@ pub fn attend(
     ctx: &mut LayerContext<'_>,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    let (b, t, heads, d) = q.dims4()?;
+    let t = q.dim(1)?;
     let kt = k.transpose(1, 2)?.contiguous()?;
     let vt = v.transpose(1, 2)?.contiguous()?;
-    let fast = q.device().is_cpu()
-        && q.dtype() == DType::F32
-        && k.dtype() == DType::F32
-        && v.dim(3)? == d
-        && ctx.mask.is_none_or(|m| m.dtype() == DType::F32);
-    let (kc, vc, kv_len, capacity) = match ctx.cache.as_deref_mut() {
+    let out = match ctx.cache.as_deref_mut() {
         Some(cache) => {
+            let past = cache.len();
             let (kc, vc) = cache.append(&kt, &vt)?;
-            if !fast {
-                let y = scaled_dot_product_attention(
-                    &q.transpose(1, 2)?.contiguous()?,
-                    &kc,
-                    &vc,
-                    ctx.mask,
-                    scale,
-                )?;
-                return y.transpose(1, 2)?.reshape((b, t, heads * d));
+            if tracks_gradients(&[q, &kt, &vt]) {
+                // The cache holds copies; attend over the tracked keys of this pass.
+                let keys = Tensor::cat(&[&kc.narrow(2, 0, past)?, &kt], 2)?;
+                let values = Tensor::cat(&[&vc.narrow(2, 0, past)?, &vt], 2)?;
+                let kv = KeyValues {
+                    keys: &keys,
+                    values: &values,
+                    len: past + t,
+                };
+                crate::ops::attention(q, &kv, ctx.mask, scale, false)?
+            } else {
+                let len = cache.len();
+                let (kb, vb) = cache.buffers().ok_or_else(|| {
+                    candle_core::Error::Msg("kv cache: no buffers after a write".into())
+                })?;
+                let kv = KeyValues {
+                    keys: kb,
+                    values: vb,
+                    len,
+                };
+                crate::ops::attention(q, &kv, ctx.mask, scale, false)?
             }
-            let len = cache.len();
-            let (kb, vb) = cache.buffers().ok_or_else(|| {
-                candle_core::Error::Msg("kv cache: no buffers after a write".into())
-            })?;
-            (kb.clone(), vb.clone(), len, cache.capacity())
         }
         None => {
-            if !fast {
-                let y = scaled_dot_product_attention(
-                    &q.transpose(1, 2)?.contiguous()?,
-                    &kt,
-                    &vt,
-                    ctx.mask,
-                    scale,
-                )?;
-                return y.transpose(1, 2)?.reshape((b, t, heads * d));
-            }
-            (kt, vt, t, t)
+            let kv = KeyValues {
+                keys: &kt,
+                values: &vt,
+                len: t,
+            };
+            crate::ops::attention(q, &kv, ctx.mask, scale, false)?
         }
     };
-    let kv_heads = kc.dim(1)?;
-    let shape = AttentionShape {
-        batch: b,
-        q_len: t,
-        heads,
-        kv_heads,
-        head_dim: d,
-        kv_len,
-        kv_capacity: capacity,
-    };
-    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
-        candle_core::bail!(
-            "attention: {heads} query heads cannot share {kv_heads} key/value heads"
-        );
-    }
-    let q = q.contiguous()?;
-    let mask = ctx.mask.map(Tensor::contiguous).transpose()?;
-    if let Some(m) = &mask
-        && m.dims() != [b, 1, t, kv_len]
-    {
-        candle_core::bail!(
-            "attention: mask {:?}, expected [{b}, 1, {t}, {kv_len}]",
-            m.dims()
-        );
-    }
-    let out = with_slice::<f32, _>(&q, |qs| {
-        with_slice::<f32, _>(&kc, |ks| {
-            with_slice::<f32, _>(&vc, |vs| {
-                let run = |bias: Option<&[f32]>| {
-                    let mut out = vec![0f32; qs.len()];
-                    kernels::attention::attention(
-                        Isa::detect(),
-                        &shape,
-                        qs,
-                        ks,
-                        vs,
-                        bias,
-                        scale as f32,
-                        &mut out,
-                    );
-                    out
-                };
-                match &mask {
-                    Some(m) => with_slice::<f32, _>(m, |bias| run(Some(bias))),
-                    None => Some(run(None)),
-                }
-            })
-        })
-    })
-    .flatten()
-    .flatten()
-    .flatten()
-    .ok_or_else(|| candle_core::Error::Msg("attention: tensors not readable on CPU".into()))?;
-    cpu_tensor(out, (b, t, heads * d))
+    Ok(out.0)
 }
 
 /// Multi-head self-attention with q/k/v/o projections and rotary embeddings (the attention of

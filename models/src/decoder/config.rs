@@ -87,6 +87,11 @@ pub struct MoeConfig {
     pub shared_expert_intermediate_size: usize,
     /// Whether the top-k routing weights are renormalised to sum to one.
     pub norm_topk_prob: bool,
+    /// Weight of the load-balancing loss in the training loss (`router_aux_loss_coef`).
+    pub router_aux_loss_coef: f64,
+    /// Whether forward passes return router outputs (and the aux loss) unless told otherwise
+    /// (`output_router_logits`).
+    pub output_router_logits: bool,
 }
 
 /// The normalised config every decoder slot's constructor receives (see the module docs).
@@ -221,6 +226,14 @@ impl<'a> ConfigCheck<'a> {
     pub fn positive_f64(&self, key: &str, value: f64) -> Result<f64> {
         if !(value.is_finite() && value > 0.0) {
             return Err(self.error(key, format!("must be a positive number, found {value}")));
+        }
+        Ok(value)
+    }
+
+    /// `value` must be finite (zero and negative allowed).
+    pub fn finite(&self, key: &str, value: f64) -> Result<f64> {
+        if !value.is_finite() {
+            return Err(self.error(key, format!("must be a finite number, found {value}")));
         }
         Ok(value)
     }

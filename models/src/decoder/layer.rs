@@ -11,7 +11,7 @@ use crate::decoder::mlp::Mlp;
 use crate::decoder::moe::{RouterOutput, SparseMoe};
 use crate::decoder::norm::Norm;
 use crate::decoder::rotary::RopeTables;
-use crate::kernels::tensor::add_scaled;
+use crate::ops::add_scaled;
 
 /// What a decoder layer and its children receive for one forward pass, instead of hidden
 /// instance state: the rope tables of the pass's positions, the attention bias for this
@@ -30,8 +30,9 @@ pub struct LayerContext<'a> {
     pub mask: Option<&'a Tensor>,
     /// This layer's KV cache, when the pass uses one.
     pub cache: Option<&'a mut LayerKvCache>,
-    /// Expert indices `[batch * seq, top_k]` (u32) the router of this layer must choose
-    /// instead of its own top-k (replaying a recorded routing); `None` to route normally.
+    /// Expert ids `[batch * seq, top_k]` (any integer dtype) the router of this layer must
+    /// choose instead of its own top-k (replaying a recorded routing); an id of -1 leaves that
+    /// choice to the router (partial replay). `None` to route normally.
     pub forced_experts: Option<&'a Tensor>,
 }
 

@@ -1,47 +1,84 @@
-//! Linear projections: the [`Linear`] layer every family here uses (the CPU kernels of
-//! [`crate::kernels`] for f32 and bf16 weights, candle's matmul elsewhere), loading with the
-//! initialisation transformers uses (so a checkpoint and a seeded random model go through the
-//! same code), and fused projections that keep the checkpoint's separate tensors as views.
+//! Linear projections: the [`Linear`] layer every family here uses (computing with
+//! [`crate::ops::linear`]), loading with the initialisation transformers uses (so a checkpoint
+//! and a seeded random model go through the same code), and fused projections that keep the
+//! checkpoint's separate tensors as views.
 
 use candle_core::{DType, Tensor};
 use candle_nn::Init;
 use patch_core::{Builder, Result};
 
 use crate::decoder::config::DecoderConfig;
-use crate::kernels::tensor::{cpu_tensor, with_slice};
-use crate::kernels::{Isa, WeightElem, bf16, gemm};
 
 /// `y = x W^T + b` with the weight stored `[out, in]` as in checkpoints.
 ///
-/// On CPU with float32 activations, the product runs on [`crate::kernels::gemm::matmul_t`]
-/// (a matrix-vector product for one token), reading the weight in place whether it is kept in
-/// float32 or bfloat16; on other devices or dtypes it is candle's matmul (a bfloat16 weight is
-/// then converted to the activations' dtype per call).
+/// The weight may be kept in bfloat16 while computing in float32 (the CPU kernels widen it as
+/// they read). A fused layer built from trainable parts ([`Linear::from_rows`]) concatenates
+/// its parts at each call, so every part stays its own variable and an optimiser's update of
+/// one is seen at once.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    params: Params,
+}
+
+#[derive(Clone, Debug)]
+enum Params {
+    One {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
+    Rows(Vec<Linear>),
 }
 
 impl Linear {
     /// A layer from its weight `[out, in]` and optional bias `[out]`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            params: Params::One { weight, bias },
+        }
     }
 
-    /// The weight, `[out, in]`.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The layer whose output rows are those of `parts`, in order, computed from the parts at
+    /// each call (what [`fused_projection`] builds from trainable weights).
+    pub fn from_rows(parts: Vec<Linear>) -> Self {
+        Self {
+            params: Params::Rows(parts),
+        }
     }
 
-    /// The bias, `[out]`.
-    pub fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
+    /// The weight, `[out, in]` (for a layer of parts, their rows concatenated now).
+    pub fn weight(&self) -> candle_core::Result<Tensor> {
+        match &self.params {
+            Params::One { weight, .. } => Ok(weight.clone()),
+            Params::Rows(parts) => {
+                let ws = parts
+                    .iter()
+                    .map(Linear::weight)
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&ws, 0)
+            }
+        }
+    }
+
+    /// The bias, `[out]`, if the layer has one.
+    pub fn bias(&self) -> candle_core::Result<Option<Tensor>> {
+        match &self.params {
+            Params::One { bias, .. } => Ok(bias.clone()),
+            Params::Rows(parts) => {
+                let bs = parts
+                    .iter()
+                    .map(Linear::bias)
+                    .collect::<candle_core::Result<Option<Vec<_>>>>()?;
+                bs.map(|bs| Tensor::cat(&bs, 0)).transpose()
+            }
+        }
     }
 
     /// Applies the layer to `x` (`[..., in]`), returning `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        affine(x, &self.weight, self.bias.as_ref())
+        match &self.params {
+            Params::One { weight, bias } => crate::ops::linear(x, weight, bias.as_ref()),
+            Params::Rows(_) => crate::ops::linear(x, &self.weight()?, self.bias()?.as_ref()),
+        }
     }
 }
 
@@ -49,73 +86,6 @@ impl candle_core::Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         Linear::forward(self, x)
     }
-}
-
-/// `x W^T` for `x` `[..., in]` and `w` `[out, in]`: the CPU kernels for float32 `x` and a
-/// contiguous float32 or bfloat16 `w`, candle's matmul otherwise.
-pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    affine(x, w, None)
-}
-
-/// `x W^T + bias` (see [`matmul_t`]); the bias is added in the same pass on CPU.
-pub fn affine(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
-    let (n, k) = w.dims2()?;
-    let mut dims = x.dims().to_vec();
-    let last = dims.pop().unwrap_or(0);
-    if last != k {
-        candle_core::bail!(
-            "linear: input {:?} does not end in the weight's {k} inputs (weight {:?})",
-            x.shape(),
-            w.shape()
-        );
-    }
-    let m: usize = dims.iter().product();
-    dims.push(n);
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if cpu_f32(x) && w.device().is_cpu() && bias.is_none_or(cpu_f32) && m > 0 {
-        let x = x.contiguous()?;
-        let bias = bias.map(Tensor::contiguous).transpose()?;
-        let isa = Isa::detect();
-        let out = with_slice::<f32, _>(&x, |xs| {
-            let with_bias = |b: Option<&[f32]>| match w.dtype() {
-                DType::F32 => with_slice::<f32, _>(w, |ws| run(isa, xs, m, ws, n, b)),
-                DType::BF16 => with_slice::<bf16, _>(w, |ws| run(isa, xs, m, ws, n, b)),
-                _ => None,
-            };
-            match &bias {
-                Some(b) => with_slice::<f32, _>(b, |b| with_bias(Some(b))).flatten(),
-                None => with_bias(None),
-            }
-        })
-        .flatten();
-        if let Some(out) = out {
-            return cpu_tensor(out, dims);
-        }
-    }
-    let w = if w.dtype() == x.dtype() {
-        w.clone()
-    } else {
-        w.to_dtype(x.dtype())?
-    };
-    let y = x.reshape((m, k))?.matmul(&w.t()?)?;
-    let y = match bias {
-        Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
-        None => y,
-    };
-    y.reshape(dims)
-}
-
-fn run<E: WeightElem>(
-    isa: Isa,
-    x: &[f32],
-    m: usize,
-    w: &[E],
-    n: usize,
-    bias: Option<&[f32]>,
-) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    gemm::matmul_t(isa, x, m, w, n, bias, &mut out);
-    out
 }
 
 /// The linear layer `name` under `b` (`name.weight` `[out, in]`, and `name.bias` `[out]` when
@@ -201,10 +171,24 @@ pub fn fused_projection(
         .iter()
         .map(|(name, out)| projection(b, config, name, in_dim, *out, bias))
         .collect::<Result<Vec<_>>>()?;
-    let cat = |ts: Vec<&Tensor>| Tensor::cat(&ts, 0).map_err(patch_core::Error::other);
-    let weight = cat(loaded.iter().map(|l| l.weight()).collect())?;
+    if b.weights().is_trainable() {
+        // Each part stays the variable the optimiser updates; the fused layer reads them.
+        return Ok((Linear::from_rows(loaded.clone()), loaded));
+    }
+    let err = patch_core::Error::other;
+    let weights = loaded
+        .iter()
+        .map(Linear::weight)
+        .collect::<candle_core::Result<Vec<_>>>()
+        .map_err(err)?;
+    let weight = Tensor::cat(&weights, 0).map_err(err)?;
     let fused_bias = if bias {
-        Some(cat(loaded.iter().filter_map(|l| l.bias()).collect())?)
+        let biases = loaded
+            .iter()
+            .filter_map(|l| l.bias().transpose())
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(err)?;
+        Some(Tensor::cat(&biases, 0).map_err(err)?)
     } else {
         None
     };
@@ -212,7 +196,7 @@ pub fn fused_projection(
     let mut views = Vec::with_capacity(parts.len());
     let mut row = 0;
     for (name, out) in parts {
-        let narrow = |t: &Tensor| t.narrow(0, row, *out).map_err(patch_core::Error::other);
+        let narrow = |t: &Tensor| t.narrow(0, row, *out).map_err(err);
         let w = narrow(&weight)?;
         let path = b.pp(name);
         params.set(&format!("{}.weight", path.path()), w.clone());
@@ -233,42 +217,4 @@ pub fn fused_projection(
 /// A norm weight `[dim]` under `b`, initialised to ones by random sources.
 pub fn norm_weight(b: &Builder, dim: usize) -> Result<Tensor> {
     b.get_with_init(dim, "weight", Init::Const(1.0))
-}
-
-#[cfg(test)]
-mod tests {
-    use candle_core::Device;
-
-    use super::*;
-
-    #[test]
-    fn linear_matches_candle_matmul_for_f32_and_bf16_weights() {
-        let dev = Device::Cpu;
-        for (m, n, k) in [(1, 7, 13), (3, 17, 33), (12, 40, 100)] {
-            let x = Tensor::randn(0f32, 1.0, (2, m, k), &dev).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-            let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
-            for w in [w.clone(), w.to_dtype(DType::BF16).unwrap()] {
-                let got = Linear::new(w.clone(), Some(b.clone())).forward(&x).unwrap();
-                let w32 = w.to_dtype(DType::F32).unwrap();
-                let want = x
-                    .broadcast_matmul(&w32.t().unwrap())
-                    .unwrap()
-                    .broadcast_add(&b)
-                    .unwrap();
-                assert_eq!(got.dims(), want.dims());
-                let diff = (got - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(diff < 1e-4, "{m}x{n}x{k} {:?}: {diff}", w.dtype());
-            }
-        }
-    }
 }

@@ -1,13 +1,10 @@
 //! The MLP slot and the gated MLP (`down(act(gate(x)) * up(x))`) of the Llama-style families.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use patch_core::{Builder, Module, Result, Slot};
 
 use crate::decoder::config::{DecoderConfig, HiddenAct};
 use crate::decoder::linear::{Linear, fused_projection, projection};
-use crate::kernels::Isa;
-use crate::kernels::activation::swiglu;
-use crate::kernels::tensor::{cpu_tensor, with_slice};
 
 /// The MLP slot: a position-wise feed-forward network, `[..., hidden] -> [..., hidden]`.
 pub trait Mlp: Module {
@@ -33,8 +30,8 @@ impl Slot for dyn Mlp {
 /// `down_proj(act(gate_proj(x)) * up_proj(x))`.
 ///
 /// Gate and up run as one fused projection (`gate_up_proj`, gate rows first, one product per
-/// step) followed by the fused SwiGLU kernel on CPU; `gate_proj` and `up_proj` are views of
-/// its rows, recorded under the checkpoint's names (see [`fused_projection`]).
+/// step) followed by [`crate::ops::gated`]; `gate_proj` and `up_proj` are views of its rows,
+/// recorded under the checkpoint's names (see [`fused_projection`]).
 #[derive(Clone, Debug)]
 pub struct GatedMlp {
     /// Gate then up rows, `[2 * intermediate, hidden]`.
@@ -71,31 +68,7 @@ impl GatedMlp {
     /// Applies the MLP.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let gate_up = self.gate_up_proj.forward(x)?;
-        let hidden = gated(&gate_up, self.act)?;
+        let hidden = crate::ops::gated(&gate_up, self.act)?;
         self.down_proj.forward(&hidden)
     }
-}
-
-/// `act(gate) * up` for `gate_up` `[..., 2 * inter]` (gate columns first): the fused SwiGLU
-/// kernel for SiLU on CPU float32, candle's ops otherwise.
-pub fn gated(gate_up: &Tensor, act: HiddenAct) -> candle_core::Result<Tensor> {
-    let two_i = gate_up.dim(candle_core::D::Minus1)?;
-    let inter = two_i / 2;
-    let mut dims = gate_up.dims().to_vec();
-    if let Some(last) = dims.last_mut() {
-        *last = inter;
-    }
-    if act == HiddenAct::Silu && gate_up.device().is_cpu() && gate_up.dtype() == DType::F32 {
-        let gu = gate_up.contiguous()?;
-        if let Some(out) = with_slice::<f32, _>(&gu, |gu| {
-            let mut out = vec![0f32; gu.len() / 2];
-            swiglu(Isa::detect(), gu, inter, &mut out);
-            out
-        }) {
-            return cpu_tensor(out, dims);
-        }
-    }
-    let last = gate_up.rank() - 1;
-    let gate = act.apply(&gate_up.narrow(last, 0, inter)?)?;
-    gate * gate_up.narrow(last, inter, inter)?
 }

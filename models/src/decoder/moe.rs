@@ -1,7 +1,7 @@
 //! The mixture-of-experts slots: the top-k router, the experts, and the sparse block that
 //! combines them (with an optional shared expert).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use patch_core::{Module, Slot};
 
 use crate::decoder::config::DecoderConfig;
@@ -110,77 +110,110 @@ impl TopKRouter {
         })
     }
 
-    /// Routes `x` (`[tokens, hidden]`).
+    /// Routes `x` (`[tokens, hidden]`): softmax of the logits in float32, the top-k experts
+    /// (or the forced ones of `ctx`; a forced id of -1 leaves that choice to the router), and
+    /// their weights gathered from the probabilities, so gradients reach the router weight
+    /// whichever experts were chosen.
     pub fn forward(&self, x: &Tensor, ctx: &LayerContext<'_>) -> candle_core::Result<RouterOutput> {
-        let logits = crate::decoder::linear::matmul_t(x, &self.weight)?;
+        let logits = crate::ops::linear(x, &self.weight, None)?;
         let (tokens, experts) = logits.dims2()?;
-        let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(candle_core::DType::F32)?)?;
-        let p: Vec<f32> = probs.flatten_all()?.to_vec1()?;
+        let probs = crate::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
         let k = self.top_k;
-        let indices: Vec<u32> = match ctx.forced_experts {
-            Some(forced) => {
-                if forced.dims() != [tokens, k] {
-                    candle_core::bail!(
-                        "layer {}: forced experts have shape {:?}, the router chooses [{tokens}, {k}]",
-                        ctx.layer_idx,
-                        forced.dims()
-                    );
-                }
-                let ids: Vec<u32> = forced
-                    .to_dtype(candle_core::DType::U32)?
-                    .flatten_all()?
-                    .to_vec1()?;
-                if let Some(bad) = ids.iter().find(|&&e| e as usize >= experts) {
-                    candle_core::bail!(
-                        "layer {}: forced expert {bad} >= {experts} experts",
-                        ctx.layer_idx
-                    );
-                }
-                ids
-            }
-            None => {
-                let mut ids = Vec::with_capacity(tokens * k);
-                let mut order: Vec<u32> = Vec::with_capacity(experts);
-                for row in p.chunks(experts) {
-                    order.clear();
-                    order.extend(0..experts as u32);
-                    // Highest probability first; ties keep the lower expert id first.
-                    order.sort_by(|&a, &b| {
-                        row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b))
-                    });
-                    ids.extend_from_slice(&order[..k]);
-                }
-                ids
-            }
+        if k == 0 || k > experts {
+            candle_core::bail!(
+                "layer {}: the router picks {k} of {experts} experts",
+                ctx.layer_idx
+            );
+        }
+        let forced = match ctx.forced_experts {
+            Some(f) => Some(forced_ids(f, tokens, k, experts, ctx.layer_idx)?),
+            None => None,
         };
-        let mut weights: Vec<f32> = indices
-            .iter()
-            .enumerate()
-            .map(|(i, &e)| p[(i / k) * experts + e as usize])
-            .collect();
-        if self.norm_topk_prob {
-            for row in weights.chunks_mut(k) {
-                let sum: f32 = row.iter().sum();
-                row.iter_mut().for_each(|w| *w /= sum);
+        let p: Vec<f32> = probs.detach().flatten_all()?.to_vec1()?;
+        let mut ids: Vec<u32> = Vec::with_capacity(tokens * k);
+        let mut order: Vec<u32> = Vec::with_capacity(experts);
+        for (t, row) in p.chunks(experts).enumerate() {
+            let forced_row = forced.as_ref().map(|f| &f[t * k..(t + 1) * k]);
+            if let Some(f) = forced_row
+                && f.iter().all(|&e| e >= 0)
+            {
+                ids.extend(f.iter().map(|&e| e as u32));
+                continue;
+            }
+            order.clear();
+            order.extend(0..experts as u32);
+            // Highest probability first; ties keep the lower expert id first.
+            order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+            match forced_row {
+                // Partly forced: the forced choices stay, the free ones take the best others.
+                Some(f) => {
+                    let mut free = order.iter().filter(|e| !f.contains(&(**e as i64)));
+                    for &e in f {
+                        ids.push(if e >= 0 {
+                            e as u32
+                        } else {
+                            *free.next().unwrap_or(&0)
+                        });
+                    }
+                }
+                None => ids.extend_from_slice(&order[..k]),
             }
         }
-        let device = x.device();
+        let indices = Tensor::from_vec(ids, (tokens, k), x.device())?;
+        let mut weights = probs.gather(&indices, 1)?;
+        if self.norm_topk_prob {
+            weights = weights.broadcast_div(&weights.sum_keepdim(1)?)?;
+        }
         Ok(RouterOutput {
-            weights: Tensor::from_vec(weights, (tokens, k), device)?.to_dtype(x.dtype())?,
-            indices: Tensor::from_vec(indices, (tokens, k), device)?,
+            weights: weights.to_dtype(x.dtype())?,
+            indices,
             logits,
         })
     }
 }
 
+/// The forced expert ids of one layer as i64, `[tokens * k]`, after checking their shape and
+/// that each is -1 (free) or an expert.
+fn forced_ids(
+    forced: &Tensor,
+    tokens: usize,
+    k: usize,
+    experts: usize,
+    layer: usize,
+) -> candle_core::Result<Vec<i64>> {
+    if forced.dims() != [tokens, k] {
+        candle_core::bail!(
+            "layer {layer}: forced experts have shape {:?}, the router chooses [{tokens}, {k}]",
+            forced.dims()
+        );
+    }
+    let ids: Vec<i64> = match forced.dtype() {
+        DType::U8 | DType::U32 | DType::I16 | DType::I32 | DType::I64 => {
+            forced.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?
+        }
+        other => {
+            candle_core::bail!("layer {layer}: forced experts must be integers, found {other:?}")
+        }
+    };
+    if let Some((slot, bad)) = ids
+        .iter()
+        .enumerate()
+        .find(|&(_, &e)| e < -1 || e >= experts as i64)
+    {
+        candle_core::bail!(
+            "layer {layer}: forced expert {bad} at token {}, choice {}: expected -1 (route freely) or an expert below {experts}",
+            slot / k,
+            slot % k
+        );
+    }
+    Ok(ids)
+}
+
 /// Routed experts with stacked weights (transformers v5's layout): `gate_up_proj`
 /// `[E, 2I, H]` (gate rows first) and `down_proj` `[E, H, I]`.
 ///
-/// Dispatch is grouped: the tokens routed to each expert are gathered, each active expert
-/// runs once over its tokens (two matmuls on views of its slice of the stacked weights), and
-/// all results are scattered back with their routing weights in one `index_add`. Experts no
-/// token chose are never touched; there is no loop over tokens and no dense pass over all
-/// experts.
+/// Dispatch is grouped ([`crate::ops::routed_experts`]): each active expert runs once over the
+/// tokens routed to it; experts no token chose are never touched.
 #[derive(Clone, Debug)]
 pub struct StackedExperts {
     /// `[E, 2I, H]`.
@@ -215,112 +248,20 @@ impl StackedExperts {
         })
     }
 
-    /// See [`Experts::forward`].
+    /// See [`Experts::forward`] ([`crate::ops::routed_experts`]).
     pub fn forward(
         &self,
         x: &Tensor,
         indices: &Tensor,
         weights: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        let (tokens, k) = indices.dims2()?;
-        let num_experts = self.gate_up_proj.dim(0)?;
-        let inter = self.down_proj.dim(2)?;
-        let ids: Vec<u32> = indices
-            .to_dtype(candle_core::DType::U32)?
-            .flatten_all()?
-            .to_vec1()?;
-        let w: Vec<f32> = weights
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        if let Some(out) = self.forward_cpu(x, &ids, &w, k)? {
-            return Ok(out);
-        }
-        // Per expert: the tokens routed to it and their weights, in token order.
-        let mut routed: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); num_experts];
-        for (slot, &e) in ids.iter().enumerate() {
-            let e = e as usize;
-            if e >= num_experts {
-                candle_core::bail!("expert id {e} >= {num_experts} experts");
-            }
-            routed[e].0.push((slot / k) as u32);
-            routed[e].1.push(w[slot]);
-        }
-        let device = x.device();
-        let mut outputs = Vec::new();
-        let mut targets: Vec<u32> = Vec::with_capacity(tokens * k);
-        for (e, (token_ids, token_weights)) in routed.into_iter().enumerate() {
-            if token_ids.is_empty() {
-                continue;
-            }
-            let m = token_ids.len();
-            let rows = Tensor::from_vec(token_ids.clone(), m, device)?;
-            let xs = x.index_select(&rows, 0)?;
-            let gate_up = crate::decoder::linear::matmul_t(&xs, &self.gate_up_proj.get(e)?)?;
-            let gate = self.act.apply(&gate_up.narrow(1, 0, inter)?)?;
-            let up = gate_up.narrow(1, inter, inter)?;
-            let y = crate::decoder::linear::matmul_t(&(gate * up)?, &self.down_proj.get(e)?)?;
-            let scale = Tensor::from_vec(token_weights, (m, 1), device)?.to_dtype(y.dtype())?;
-            outputs.push(y.broadcast_mul(&scale)?);
-            targets.extend(token_ids);
-        }
-        let out = Tensor::zeros(x.shape(), x.dtype(), device)?;
-        if outputs.is_empty() {
-            return Ok(out);
-        }
-        let ys = Tensor::cat(&outputs, 0)?;
-        let targets = Tensor::from_vec(targets, ys.dim(0)?, device)?;
-        out.index_add(&targets, &ys, 0)
-    }
-
-    /// The CPU path ([`crate::kernels::moe::routed_experts`]) for float32 activations and
-    /// float32 or bfloat16 expert weights with a SiLU gate; `None` when it does not apply.
-    fn forward_cpu(
-        &self,
-        x: &Tensor,
-        ids: &[u32],
-        w: &[f32],
-        top_k: usize,
-    ) -> candle_core::Result<Option<Tensor>> {
-        use crate::kernels::moe::{ExpertsShape, routed_experts};
-        use crate::kernels::tensor::{cpu_tensor, with_slice};
-        use crate::kernels::{Isa, bf16};
-        let cpu = x.device().is_cpu() && self.gate_up_proj.device().is_cpu();
-        if !cpu
-            || x.dtype() != candle_core::DType::F32
-            || self.act != crate::decoder::HiddenAct::Silu
-        {
-            return Ok(None);
-        }
-        let (tokens, hidden) = x.dims2()?;
-        let (experts, two_i, _) = self.gate_up_proj.dims3()?;
-        let shape = ExpertsShape {
-            tokens,
-            hidden,
-            inter: two_i / 2,
-            experts,
-            top_k,
-        };
-        let x = x.contiguous()?;
-        let gu = self.gate_up_proj.contiguous()?;
-        let down = self.down_proj.contiguous()?;
-        let isa = Isa::detect();
-        let result = with_slice::<f32, _>(&x, |xs| match gu.dtype() {
-            candle_core::DType::F32 => with_slice::<f32, _>(&gu, |g| {
-                with_slice::<f32, _>(&down, |d| routed_experts(isa, &shape, xs, g, d, ids, w))
-            })
-            .flatten(),
-            candle_core::DType::BF16 => with_slice::<bf16, _>(&gu, |g| {
-                with_slice::<bf16, _>(&down, |d| routed_experts(isa, &shape, xs, g, d, ids, w))
-            })
-            .flatten(),
-            _ => None,
-        })
-        .flatten();
-        match result {
-            Some(Ok(out)) => Ok(Some(cpu_tensor(out, (tokens, hidden))?)),
-            Some(Err(e)) => candle_core::bail!("{e}"),
-            None => Ok(None),
-        }
+        crate::ops::routed_experts(
+            x,
+            &self.gate_up_proj,
+            &self.down_proj,
+            indices,
+            weights,
+            self.act,
+        )
     }
 }

@@ -26,8 +26,7 @@ impl Slot for dyn Norm {
     type Args<'a> = NormArgs<'a>;
 }
 
-/// `weight * x / sqrt(mean(x^2) + eps)`, with candle-nn's fused kernel (statistics in float32
-/// for half-precision inputs).
+/// `weight * x / sqrt(mean(x^2) + eps)` ([`crate::ops::rms_norm`]).
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
     /// The learned scale `[dim]`.
@@ -47,6 +46,6 @@ impl RmsNorm {
 
     /// Normalises `x`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)
+        crate::ops::rms_norm(x, &self.weight, self.eps)
     }
 }

@@ -415,10 +415,9 @@ pub struct RopeTables {
 
 impl RopeTables {
     /// Rotates `x`, laid out `[batch, seq, heads, head_dim]` (the projection's natural
-    /// layout), with candle-nn's fused rope kernel (the rotate-half convention of
-    /// transformers).
+    /// layout), in the rotate-half convention of transformers ([`crate::ops::rope`]).
     pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &self.cos, &self.sin)
+        crate::ops::rope(x, &self.cos, &self.sin)
     }
 }
 

@@ -5,10 +5,9 @@
 //! Every kernel has two implementations: AVX2 + FMA, chosen at run time when the CPU has them
 //! (`is_x86_feature_detected!`; no `target-cpu` flag needed), and a portable one that is used
 //! everywhere else. Both are reachable through the [`Isa`] argument of the slice-level
-//! functions, so tests check both against candle's reference ops. The model layers call
-//! them through tensor-level wrappers ([`crate::decoder::linear::Linear`],
-//! [`crate::decoder::attention::attend`]) that use them for CPU tensors and fall back to
-//! candle's ops on other devices.
+//! functions, so tests check both against float64 references. The layers never call them
+//! directly: the tensor-level operations of [`crate::ops`] choose between them and candle's
+//! differentiable ops, in one place per operation.
 //!
 //! Threads: the calling thread plus `rayon::current_num_threads() - 1` helpers of a small pool
 //! of their own that poll briefly between jobs (a decoding step is a chain of short products;
@@ -21,7 +20,6 @@ pub mod gemm;
 pub mod gemv;
 pub mod moe;
 pub(crate) mod pool;
-pub(crate) mod tensor;
 
 use std::sync::OnceLock;
 

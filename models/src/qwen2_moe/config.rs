@@ -74,6 +74,10 @@ pub struct Qwen2MoeConfig {
     pub num_experts: usize,
     /// Whether the top-k routing weights are renormalised.
     pub norm_topk_prob: bool,
+    /// Weight of the load-balancing loss added to the training loss.
+    pub router_aux_loss_coef: f64,
+    /// Whether forward passes return router outputs by default.
+    pub output_router_logits: bool,
     /// Whether q/k/v projections have biases.
     pub qkv_bias: bool,
     /// Beginning-of-sequence token.
@@ -117,6 +121,8 @@ impl Default for Qwen2MoeConfig {
             num_experts_per_tok: 4,
             num_experts: 60,
             norm_topk_prob: false,
+            router_aux_loss_coef: 0.001,
+            output_router_logits: false,
             qkv_bias: true,
             bos_token_id: None,
             eos_token_id: None,
@@ -249,6 +255,9 @@ impl Qwen2MoeConfig {
                     .positive("moe_intermediate_size", self.moe_intermediate_size)?,
                 shared_expert_intermediate_size: self.shared_expert_intermediate_size,
                 norm_topk_prob: self.norm_topk_prob,
+                router_aux_loss_coef: check
+                    .finite("router_aux_loss_coef", self.router_aux_loss_coef)?,
+                output_router_logits: self.output_router_logits,
             })
         } else {
             None

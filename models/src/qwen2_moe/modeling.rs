@@ -268,7 +268,7 @@ impl SparseMoe for Qwen2MoeSparseMoeBlock {
             .forward(&flat, &router.indices, &router.weights)?;
         if let (Some(shared), Some(gate)) = (&self.shared_expert, &self.shared_expert_gate) {
             let scale = candle_nn::ops::sigmoid(&gate.forward(&flat)?)?;
-            out = crate::kernels::tensor::add_scaled(&out, &shared.forward(&flat)?, Some(&scale))?;
+            out = crate::ops::add_scaled(&out, &shared.forward(&flat)?, Some(&scale))?;
         }
         Ok(MoeOutput {
             hidden_states: out.reshape((b, t, h))?,

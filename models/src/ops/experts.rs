@@ -1,0 +1,172 @@
+//! Routed experts over stacked weights: each token through its chosen experts, summed with
+//! its routing weights.
+
+use candle_core::{DType, Tensor};
+
+use super::cpu::{CpuSlice, cpu_tensor};
+use super::{cpu_f32, gated, linear, tracks_gradients};
+use crate::decoder::HiddenAct;
+use crate::kernels::moe::{ExpertsShape, routed_experts as kernel};
+use crate::kernels::{Isa, bf16};
+
+/// `out[t] = sum_j weights[t, j] * expert_{ids[t, j]}(x[t])` with
+/// `expert_e(x) = down_e (act(gate_e x) * up_e x)`, for `x` `[tokens, hidden]`, stacked
+/// `gate_up` `[E, 2I, H]` (gate rows first) and `down` `[E, H, I]`, `ids` and `weights`
+/// `[tokens, top_k]`; returns `[tokens, hidden]`. Experts no token chose are never read.
+///
+/// Kernel path (SiLU, CPU float32 activations, float32 or bfloat16 experts, nothing tracking
+/// gradients): [`crate::kernels::moe::routed_experts`]. Otherwise grouped dispatch on
+/// candle's ops: each active expert runs once over its tokens (views of its slice of the
+/// stacked weights), scaled by its routing weights gathered from `weights` (so gradients
+/// reach the router), and the results are added back in one `index_add`.
+pub fn routed_experts(
+    x: &Tensor,
+    gate_up: &Tensor,
+    down: &Tensor,
+    ids: &Tensor,
+    weights: &Tensor,
+    act: HiddenAct,
+) -> candle_core::Result<Tensor> {
+    let (tokens, hidden) = x.dims2()?;
+    let (experts, two_i, gh) = gate_up.dims3()?;
+    let (de, dh, inter) = down.dims3()?;
+    let (it, top_k) = ids.dims2()?;
+    if gh != hidden || de != experts || dh != hidden || two_i != 2 * inter {
+        candle_core::bail!(
+            "experts: gate_up {:?} and down {:?} do not fit tokens {:?}",
+            gate_up.dims(),
+            down.dims(),
+            x.dims()
+        );
+    }
+    if it != tokens || weights.dims() != [tokens, top_k] {
+        candle_core::bail!(
+            "experts: ids {:?} and weights {:?} do not fit {tokens} tokens",
+            ids.dims(),
+            weights.dims()
+        );
+    }
+    let id_values: Vec<u32> = ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+    if let Some((slot, e)) = id_values
+        .iter()
+        .enumerate()
+        .find(|&(_, &e)| e as usize >= experts)
+    {
+        candle_core::bail!(
+            "experts: token {} choice {} is expert {e}, but there are {experts} experts",
+            slot / top_k.max(1),
+            slot % top_k.max(1)
+        );
+    }
+    let operands = [x, gate_up, down, weights];
+    let fits = act == HiddenAct::Silu
+        && cpu_f32(x)
+        && gate_up.device().is_cpu()
+        && down.device().is_cpu()
+        && gate_up.dtype() == down.dtype();
+    if fits && !tracks_gradients(&operands) {
+        let shape = ExpertsShape {
+            tokens,
+            hidden,
+            inter,
+            experts,
+            top_k,
+        };
+        let w: Vec<f32> = weights.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let (x, gu, dn) = (x.contiguous()?, gate_up.contiguous()?, down.contiguous()?);
+        let (rx, rg, rd) = (CpuSlice::of(&x), CpuSlice::of(&gu), CpuSlice::of(&dn));
+        if let (Some(xs), Some(rg), Some(rd)) = (rx.as_ref().and_then(CpuSlice::get::<f32>), rg, rd)
+        {
+            let isa = Isa::detect();
+            let out = match gu.dtype() {
+                DType::F32 => rg
+                    .get::<f32>()
+                    .zip(rd.get::<f32>())
+                    .map(|(g, d)| kernel(isa, &shape, xs, g, d, &id_values, &w)),
+                DType::BF16 => rg
+                    .get::<bf16>()
+                    .zip(rd.get::<bf16>())
+                    .map(|(g, d)| kernel(isa, &shape, xs, g, d, &id_values, &w)),
+                _ => None,
+            };
+            match out {
+                Some(Ok(out)) => return cpu_tensor(out, (tokens, hidden)),
+                Some(Err(e)) => candle_core::bail!("experts: {e}"),
+                None => {}
+            }
+        }
+    }
+    // Per expert: the tokens routed to it and the (token, choice) slots they came through.
+    let mut routed: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); experts];
+    for (slot, &e) in id_values.iter().enumerate() {
+        routed[e as usize].0.push((slot / top_k) as u32);
+        routed[e as usize].1.push(slot as u32);
+    }
+    let device = x.device();
+    let flat_weights = weights.flatten_all()?;
+    let mut outputs = Vec::new();
+    let mut targets: Vec<u32> = Vec::with_capacity(tokens * top_k);
+    for (e, (token_ids, slots)) in routed.into_iter().enumerate() {
+        if token_ids.is_empty() {
+            continue;
+        }
+        let m = token_ids.len();
+        let rows = Tensor::from_vec(token_ids.clone(), m, device)?;
+        let xs = x.index_select(&rows, 0)?;
+        let h = gated(&linear(&xs, &gate_up.get(e)?, None)?, act)?;
+        let y = linear(&h, &down.get(e)?, None)?;
+        let slots = Tensor::from_vec(slots, m, device)?;
+        let scale = flat_weights
+            .index_select(&slots, 0)?
+            .to_dtype(y.dtype())?
+            .unsqueeze(1)?;
+        outputs.push(y.broadcast_mul(&scale)?);
+        targets.extend(token_ids);
+    }
+    let out = Tensor::zeros((tokens, hidden), x.dtype(), device)?;
+    if outputs.is_empty() {
+        return Ok(out);
+    }
+    let ys = Tensor::cat(&outputs, 0)?;
+    let targets = Tensor::from_vec(targets, ys.dim(0)?, device)?;
+    out.index_add(&targets, &ys, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    #[test]
+    fn kernel_and_graph_paths_agree_and_gradients_reach_the_routing_weights() {
+        let dev = Device::Cpu;
+        let (t, h, i, e, k) = (6, 16, 8, 5, 2);
+        let x = Tensor::randn(0f32, 1.0, (t, h), &dev).unwrap();
+        let gu = Tensor::randn(0f32, 0.3, (e, 2 * i, h), &dev).unwrap();
+        let down = Tensor::randn(0f32, 0.3, (e, h, i), &dev).unwrap();
+        let ids = Tensor::new(&[[0u32, 3], [3, 1], [4, 0], [0, 3], [2, 2], [1, 4]], &dev).unwrap();
+        let w = Tensor::rand(0f32, 1.0, (t, k), &dev).unwrap();
+        let fast = routed_experts(&x, &gu, &down, &ids, &w, HiddenAct::Silu).unwrap();
+        let wv = Var::from_tensor(&w).unwrap();
+        let graph = routed_experts(&x, &gu, &down, &ids, wv.as_tensor(), HiddenAct::Silu).unwrap();
+        assert!(graph.track_op() && !fast.track_op());
+        let d = crate::ops::max_diff(&fast, &graph);
+        assert!(d < 1e-5, "{d}");
+        let grads = graph.sum_all().unwrap().backward().unwrap();
+        let g: Vec<Vec<f32>> = grads.get(wv.as_tensor()).unwrap().to_vec2().unwrap();
+        // d out / d w[t, j] = expert_{ids[t, j]}(x[t]): one expert run alone, weight 1.
+        let one = Tensor::ones((1, 1), DType::F32, &dev).unwrap();
+        let x2 = x.narrow(0, 1, 1).unwrap();
+        let id = Tensor::new(&[[1u32]], &dev).unwrap();
+        let alone = routed_experts(&x2, &gu, &down, &id, &one, HiddenAct::Silu).unwrap();
+        let want = alone.sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!((g[1][1] - want).abs() < 1e-4, "{} vs {want}", g[1][1]);
+        let bad = Tensor::new(&[[0u32, 9], [3, 1], [4, 0], [0, 3], [2, 2], [1, 4]], &dev).unwrap();
+        let err = routed_experts(&x, &gu, &down, &bad, &w, HiddenAct::Silu).unwrap_err();
+        assert!(
+            err.to_string().contains("token 0 choice 1 is expert 9"),
+            "{err}"
+        );
+    }
+}
