@@ -2,17 +2,24 @@
 //!
 //! A family names its `model_type`, parses and validates its `config.json` into the common
 //! [`DecoderConfig`], builds its decoder body from its sites, and lists those sites (for
-//! `explain`). Registering one is one [`register_family!`](crate::register_family) line next to
-//! it: no central match to edit. The weight transforms its checkpoints need are registered the
-//! same way, with the checkpoint engine's `submit_conversion_mapping!` under its `model_type`,
-//! so users can override them (`register_checkpoint_conversion_mapping(.., overwrite)`).
+//! `explain`). A family module declares its sites ([`crate::decoder_sites!`]), names them for
+//! the shared building blocks ([`DecoderSites`]), and registers itself with one
+//! [`family!`](crate::family) (or, for a hand-written [`ModelFamily`],
+//! [`register_family!`](crate::register_family)): no central match to edit. The weight
+//! transforms its checkpoints need are registered the same way, with the checkpoint engine's
+//! `submit_conversion_mapping!` under its `model_type`, so users can override them
+//! (`register_checkpoint_conversion_mapping(.., overwrite)`).
 
-use std::sync::OnceLock;
+use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use patch_core::{Builder, SiteInfo};
 use serde_json::Value;
 
-use crate::decoder::{DecoderConfig, DecoderModel};
+use crate::auto::{LoadOptions, create_from_config, load_pretrained};
+use crate::causal_lm::CausalLM;
+use crate::decoder::{DecoderConfig, DecoderModel, DecoderSites, FamilyConfig};
 use crate::{Error, Result};
 
 /// A model family (see the module docs).
@@ -28,6 +35,76 @@ pub struct ModelFamily {
         fn(&Builder, &std::sync::Arc<DecoderConfig>) -> patch_core::Result<DecoderModel>,
     /// Its sites, in forward order.
     pub sites: &'static [SiteInfo],
+}
+
+impl ModelFamily {
+    /// The family whose sites are `M`'s, whose config is `M::Config` and whose sites list (for
+    /// `explain`) is `sites`.
+    pub const fn of<M: Family>(sites: &'static [SiteInfo]) -> Self {
+        Self {
+            model_type: <M::Config as FamilyConfig>::MODEL_TYPE,
+            architecture: <M::Config as FamilyConfig>::ARCHITECTURE,
+            parse_config: <M::Config as FamilyConfig>::parse,
+            build_model: DecoderModel::load::<M>,
+            sites,
+        }
+    }
+}
+
+/// A family's decoder body (transformers' `LlamaModel`): its sites, its config type and its
+/// registered [`ModelFamily`]. What the `...ForCausalLM` entry points ([`ForCausalLM`]) build.
+pub trait Family: DecoderSites {
+    /// Its `config.json`.
+    type Config: FamilyConfig;
+
+    /// Its registered family.
+    fn family() -> &'static ModelFamily;
+}
+
+/// A family's causal-LM entry points (transformers' `LlamaForCausalLM`, ...): each family
+/// names it with a type alias (`pub type LlamaForCausalLM = ForCausalLM<LlamaModel>`).
+#[derive(Clone, Copy, Debug)]
+pub struct ForCausalLM<M>(PhantomData<M>);
+
+impl<M: Family> ForCausalLM<M> {
+    /// Loads a checkpoint folder of this family with the registered patches (an error if its
+    /// `model_type` is another family's).
+    pub fn from_pretrained(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<CausalLM> {
+        load_pretrained(dir.as_ref(), Some(M::family()), options)
+    }
+
+    /// A seeded random model for `config`, with the registered patches.
+    pub fn from_config(config: &M::Config, options: &LoadOptions) -> Result<CausalLM> {
+        create_from_config(&config.to_json(), M::family(), options)
+    }
+
+    /// Builds a model with `b` by hand: patches as `b` resolves them, so the originals unless
+    /// built inside [`patch_core::apply_patches`] or with [`Builder::with_patches`]
+    /// (transformers' `LlamaForCausalLM(config)`).
+    pub fn build(b: &Builder, config: &M::Config) -> Result<CausalLM> {
+        let json = Arc::new(config.to_json());
+        CausalLM::build(b, config.decoder_config(json, "config")?, M::family())
+    }
+}
+
+/// Declares and registers a family: `pub static NAME = Model(Config, SITES);` defines the
+/// static [`ModelFamily`] of `Model`'s sites (listed in `SITES`) and `Config`, implements
+/// [`Family`] for `Model`, and registers it at link time.
+#[macro_export]
+macro_rules! family {
+    ($(#[$meta:meta])* $vis:vis static $name:ident = $model:ident($config:ty, $sites:expr);) => {
+        $(#[$meta])*
+        $vis static $name: $crate::ModelFamily = $crate::ModelFamily::of::<$model>($sites);
+
+        impl $crate::family::Family for $model {
+            type Config = $config;
+            fn family() -> &'static $crate::ModelFamily {
+                &$name
+            }
+        }
+
+        $crate::register_family!($name);
+    };
 }
 
 impl std::fmt::Debug for ModelFamily {
@@ -48,7 +125,8 @@ inventory::collect!(RegisteredFamily);
 ///
 /// ```
 /// use std::sync::Arc;
-/// use patchwork_models::llama::{LlamaConfig, LlamaModel};
+/// use patchwork_models::decoder::DecoderModel;
+/// use patchwork_models::llama::{LLAMA_SITES, LlamaConfig, LlamaModel};
 /// use patchwork_models::{ModelFamily, register_family};
 ///
 /// /// Llama's layers under another model type.
@@ -58,8 +136,8 @@ inventory::collect!(RegisteredFamily);
 ///     parse_config: |json, source| {
 ///         LlamaConfig::from_json(json, source)?.decoder_config(Arc::new(json.clone()), source)
 ///     },
-///     build_model: LlamaModel::build,
-///     sites: &[],
+///     build_model: DecoderModel::load::<LlamaModel>,
+///     sites: LLAMA_SITES,
 /// };
 /// register_family!(MY_FAMILY);
 ///

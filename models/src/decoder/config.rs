@@ -10,47 +10,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::decoder::rotary::RopeConfig;
+use crate::decoder::activation::HiddenAct;
+use crate::decoder::config_check::ConfigCheck;
+use crate::decoder::rope::RopeConfig;
 use crate::{Error, Result};
-
-/// The activation of the gated MLPs (`hidden_act`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HiddenAct {
-    /// `silu` (also accepted as `swish`): x * sigmoid(x).
-    Silu,
-    /// `gelu`: the exact, erf-based GELU.
-    Gelu,
-    /// `gelu_pytorch_tanh` / `gelu_new`: the tanh approximation.
-    GeluTanh,
-    /// `relu`.
-    Relu,
-}
-
-impl HiddenAct {
-    /// The names accepted in `hidden_act`.
-    pub const SUPPORTED: &'static str = "silu, swish, gelu, gelu_pytorch_tanh, gelu_new, relu";
-
-    /// Parses transformers' name of the activation; `None` if it is not supported.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "silu" | "swish" => HiddenAct::Silu,
-            "gelu" => HiddenAct::Gelu,
-            "gelu_pytorch_tanh" | "gelu_new" => HiddenAct::GeluTanh,
-            "relu" => HiddenAct::Relu,
-            _ => return None,
-        })
-    }
-
-    /// Applies the activation.
-    pub fn apply(self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
-        match self {
-            HiddenAct::Silu => candle_nn::ops::silu(x),
-            HiddenAct::Gelu => x.gelu_erf(),
-            HiddenAct::GeluTanh => x.gelu(),
-            HiddenAct::Relu => x.relu(),
-        }
-    }
-}
 
 /// Which attention a layer runs: over every past token, or over a sliding window of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +86,9 @@ pub struct DecoderConfig {
     pub max_position_embeddings: usize,
     /// Whether q/k/v projections have a bias.
     pub qkv_bias: bool,
+    /// Whether queries and keys are RMS-normalised per head before the rotary embedding
+    /// (Qwen3's `q_norm`/`k_norm`).
+    pub qk_norm: bool,
     /// Whether the attention output projection has a bias.
     pub o_proj_bias: bool,
     /// Whether the MLP projections have biases.
@@ -174,6 +140,15 @@ impl DecoderConfig {
             .unwrap_or(FeedForwardKind::Dense)
     }
 
+    /// This config after the checks that need every layer's kind: `intermediate_size` must be
+    /// at least 1 when some layer has a dense MLP (an all-sparse MoE config may leave it 0).
+    pub fn checked(self, check: &ConfigCheck<'_>) -> Result<Self> {
+        if self.feed_forward.contains(&FeedForwardKind::Dense) {
+            check.positive("intermediate_size", self.intermediate_size)?;
+        }
+        Ok(self)
+    }
+
     /// Whether any layer uses a sliding window.
     pub fn has_sliding_layers(&self) -> bool {
         self.layer_types
@@ -191,134 +166,5 @@ impl DecoderConfig {
                 "this model type has no mixture-of-experts config, but an MoE layer was asked for",
             )
         })
-    }
-}
-
-/// Reads and checks keys of a config JSON object, with errors naming the source and the key.
-///
-/// Family configs deserialize with serde; this covers the values serde cannot check (ranges,
-/// cross-key constraints) and the loosely typed keys (`eos_token_id` as an int or a list).
-#[derive(Clone, Copy, Debug)]
-pub struct ConfigCheck<'a> {
-    source_name: &'a str,
-}
-
-impl<'a> ConfigCheck<'a> {
-    /// Checks for the config read from `source_name`.
-    pub fn new(source_name: &'a str) -> Self {
-        Self { source_name }
-    }
-
-    /// The error for `key`.
-    pub fn error(&self, key: &str, message: impl Into<String>) -> Error {
-        Error::config(self.source_name, key, message)
-    }
-
-    /// `value` must be at least 1.
-    pub fn positive(&self, key: &str, value: usize) -> Result<usize> {
-        if value == 0 {
-            return Err(self.error(key, "must be at least 1, found 0"));
-        }
-        Ok(value)
-    }
-
-    /// `value` must be finite and strictly positive.
-    pub fn positive_f64(&self, key: &str, value: f64) -> Result<f64> {
-        if !(value.is_finite() && value > 0.0) {
-            return Err(self.error(key, format!("must be a positive number, found {value}")));
-        }
-        Ok(value)
-    }
-
-    /// `value` must be finite (zero and negative allowed).
-    pub fn finite(&self, key: &str, value: f64) -> Result<f64> {
-        if !value.is_finite() {
-            return Err(self.error(key, format!("must be a finite number, found {value}")));
-        }
-        Ok(value)
-    }
-
-    /// The supported activation named `name`.
-    pub fn hidden_act(&self, key: &str, name: &str) -> Result<HiddenAct> {
-        HiddenAct::from_name(name).ok_or_else(|| {
-            self.error(
-                key,
-                format!(
-                    "unsupported activation {name:?} (supported: {})",
-                    HiddenAct::SUPPORTED
-                ),
-            )
-        })
-    }
-
-    /// A token id key: absent/null, an integer, or (for eos) a list of integers, each below
-    /// `vocab_size`.
-    pub fn token_ids(
-        &self,
-        key: &str,
-        value: Option<&Value>,
-        vocab_size: usize,
-    ) -> Result<Vec<u32>> {
-        let one = |v: &Value| -> Result<u32> {
-            let id = v.as_u64().ok_or_else(|| {
-                self.error(
-                    key,
-                    format!("expected a token id (a non-negative integer), found {v}"),
-                )
-            })?;
-            if id >= vocab_size as u64 {
-                return Err(self.error(
-                    key,
-                    format!("token id {id} is not below vocab_size {vocab_size}"),
-                ));
-            }
-            Ok(id as u32)
-        };
-        match value {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(items)) => items.iter().map(one).collect(),
-            Some(v) => Ok(vec![one(v)?]),
-        }
-    }
-
-    /// Head layout: `num_attention_heads`, `num_key_value_heads` dividing it, `head_dim`
-    /// given or `hidden_size / num_attention_heads` (which must then divide evenly), and even
-    /// (rotary embeddings rotate pairs).
-    pub fn heads(
-        &self,
-        hidden_size: usize,
-        num_attention_heads: usize,
-        num_key_value_heads: Option<usize>,
-        head_dim: Option<usize>,
-    ) -> Result<(usize, usize, usize)> {
-        let heads = self.positive("num_attention_heads", num_attention_heads)?;
-        let kv = self.positive("num_key_value_heads", num_key_value_heads.unwrap_or(heads))?;
-        if !heads.is_multiple_of(kv) {
-            return Err(self.error(
-                "num_key_value_heads",
-                format!("{kv} does not divide num_attention_heads = {heads}"),
-            ));
-        }
-        let head_dim = match head_dim {
-            Some(d) => self.positive("head_dim", d)?,
-            None => {
-                if !hidden_size.is_multiple_of(heads) {
-                    return Err(self.error(
-                        "num_attention_heads",
-                        format!(
-                            "{heads} does not divide hidden_size = {hidden_size}, and no head_dim is given"
-                        ),
-                    ));
-                }
-                hidden_size / heads
-            }
-        };
-        if head_dim % 2 != 0 {
-            return Err(self.error(
-                "head_dim",
-                format!("must be even for rotary embeddings, found {head_dim}"),
-            ));
-        }
-        Ok((heads, kv, head_dim))
     }
 }

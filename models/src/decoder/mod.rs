@@ -1,39 +1,52 @@
-//! The shared decoder contracts: slots (attention, MLP, norm, rotary embedding, decoder layer,
+//! The shared decoder: the slots (attention, MLP, norm, rotary embedding, decoder layer,
 //! router, experts, sparse MoE block) with one config view ([`DecoderConfig`]) and explicit
-//! forward contexts ([`LayerContext`]), so a replacement written once serves every family.
+//! forward contexts ([`LayerContext`]), so a replacement written once serves every family; the
+//! building blocks the families' sites are thin types around ([`blocks`]); what a family is
+//! made of ([`DecoderSites`], [`decoder_sites!`](crate::decoder_sites)); and the body
+//! ([`DecoderModel`]) with its KV cache, masks and positions.
 //!
-//! Also the building blocks the families here assemble their sites from: [`SelfAttention`],
-//! [`GatedMlp`], [`RmsNorm`], [`PreNormLayer`], the attention kernel ([`attend`],
-//! [`scaled_dot_product_attention`]), the [`KvCache`], and the [`DecoderModel`] body.
+//! Files hold one concept each: a slot per file (`attention.rs`, `mlp.rs`, `norm.rs`,
+//! `rotary.rs`, `layer.rs`, `moe.rs`), a block per file under `blocks/`, the config view
+//! (`config.rs`), its checks (`config_check.rs`) and the keys families share
+//! (`config_keys.rs`), rope parameters, frequencies and tables under `rope/`.
 
-pub mod attention;
-pub mod config;
-pub mod kv_cache;
-pub mod layer;
+mod activation;
+mod attention;
+pub mod blocks;
+mod config;
+mod config_check;
+mod config_keys;
+mod context;
+mod kv_cache;
+mod layer;
 pub mod linear;
 pub mod mask;
-pub mod mlp;
-pub mod model;
-pub mod moe;
-pub mod norm;
-pub mod positions;
-pub mod rotary;
+mod mlp;
+mod model;
+mod moe;
+mod norm;
+mod positions;
+pub mod rope;
+mod rotary;
+pub mod sites;
 
-pub use attention::{
-    Attention, AttentionArgs, SelfAttention, attend, scaled_dot_product_attention,
+pub use activation::HiddenAct;
+pub use attention::{Attention, AttentionArgs, attend, scaled_dot_product_attention};
+pub use blocks::{
+    GatedMlp, PreNormLayer, RmsNorm, SelfAttention, SparseMoeBlock, StackedExperts, TopKRouter,
 };
-pub use config::{
-    AttentionKind, ConfigCheck, DecoderConfig, FeedForwardKind, HiddenAct, MoeConfig,
-};
+pub use config::{AttentionKind, DecoderConfig, FeedForwardKind, MoeConfig};
+pub use config_check::ConfigCheck;
+pub use config_keys::{DecoderKeys, FamilyConfig, MoeKeys, SlidingWindowKeys, key_group};
+pub use context::LayerContext;
 pub use kv_cache::{KvCache, LayerKvCache};
-pub use layer::{
-    DecoderLayer, DecoderLayerArgs, FeedForward, LayerContext, LayerOutput, PreNormLayer,
-};
-pub use mlp::{GatedMlp, Mlp, MlpArgs};
+pub use layer::{DecoderLayer, DecoderLayerArgs, FeedForward, LayerOutput};
+pub use linear::{Linear, fused_projection, linear, norm_weight, projection};
+pub use mlp::{Mlp, MlpArgs};
 pub use model::{DecoderInput, DecoderModel, RouterRecord};
-pub use moe::{
-    Experts, MoeArgs, MoeOutput, Router, RouterOutput, SparseMoe, StackedExperts, TopKRouter,
-};
-pub use norm::{Norm, NormArgs, RmsNorm};
+pub use moe::{Experts, MoeArgs, MoeOutput, Router, RouterOutput, SparseMoe};
+pub use norm::{Norm, NormArgs};
 pub use positions::Positions;
-pub use rotary::{RopeConfig, RopeScaling, RopeTables, RotaryArgs, RotaryEmbedding};
+pub use rope::{RopeConfig, RopeScaling, RopeTables};
+pub use rotary::{RotaryArgs, RotaryEmbedding};
+pub use sites::{DecoderSites, MoeSites};

@@ -9,13 +9,15 @@ use candle_nn::{Embedding, Module as _};
 use patch_core::{Builder, Result as BuildResult};
 
 use crate::decoder::config::{AttentionKind, DecoderConfig};
+use crate::decoder::context::LayerContext;
 use crate::decoder::kv_cache::KvCache;
-use crate::decoder::layer::{DecoderLayer, LayerContext};
+use crate::decoder::layer::{DecoderLayer, DecoderLayerArgs};
 use crate::decoder::mask::attention_bias;
 use crate::decoder::moe::RouterOutput;
-use crate::decoder::norm::Norm;
+use crate::decoder::norm::{Norm, NormArgs};
 use crate::decoder::positions::Positions;
-use crate::decoder::rotary::RotaryEmbedding;
+use crate::decoder::rotary::{RotaryArgs, RotaryEmbedding};
+use crate::decoder::sites::DecoderSites;
 use crate::{Error, Result};
 
 /// The routing one MoE layer produced in a forward pass.
@@ -55,6 +57,34 @@ pub struct DecoderModel {
 }
 
 impl DecoderModel {
+    /// Builds the body of family `S` under `b` (conventionally at `model`): the embedding,
+    /// `num_hidden_layers` of `S`'s decoder layers, its final norm and its rotary embedding,
+    /// in transformers' order.
+    pub fn load<S: DecoderSites>(b: &Builder, config: &Arc<DecoderConfig>) -> BuildResult<Self> {
+        let embed_tokens = Self::load_embedding(b, config)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|layer_idx| {
+                b.pp("layers")
+                    .pp(layer_idx.to_string())
+                    .build::<S::DecoderLayer>(DecoderLayerArgs { config, layer_idx })
+            })
+            .collect::<BuildResult<Vec<_>>>()?;
+        let norm = b.pp("norm").build::<S::Norm>(NormArgs {
+            config,
+            dim: config.hidden_size,
+        })?;
+        let rotary_emb = b
+            .pp("rotary_emb")
+            .build::<S::RotaryEmbedding>(RotaryArgs { config })?;
+        Ok(Self::new(
+            config.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            rotary_emb,
+        ))
+    }
+
     /// Loads the embedding `embed_tokens.weight` under `b` (random sources: N(0, std)).
     pub fn load_embedding(b: &Builder, config: &DecoderConfig) -> BuildResult<Embedding> {
         let weight = b.pp("embed_tokens").get_with_init(

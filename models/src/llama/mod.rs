@@ -5,6 +5,6 @@ mod modeling;
 
 pub use config::{LLAMA_MODEL_TYPE, LlamaConfig};
 pub use modeling::{
-    LLAMA, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP, LlamaModel, LlamaRMSNorm,
-    LlamaRotaryEmbedding,
+    LLAMA, LLAMA_SITES, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP, LlamaModel,
+    LlamaRMSNorm, LlamaRotaryEmbedding,
 };

@@ -1,0 +1,113 @@
+//! Multi-head self-attention with q/k/v/o projections and rotary embeddings, the attention of
+//! every family here.
+
+use candle_core::Tensor;
+use patch_core::{Builder, Result};
+
+use crate::decoder::attention::{AttentionArgs, attend};
+use crate::decoder::context::LayerContext;
+use crate::decoder::linear::{Linear, fused_projection, projection};
+use crate::decoder::norm::{Norm, NormArgs};
+use crate::decoder::sites::DecoderSites;
+
+/// Multi-head self-attention: q/k/v projections (biases when `qkv_bias`), per-head q/k RMS
+/// norms before the rotary embedding when `qk_norm` (Qwen3's `q_norm`/`k_norm`, sites of the
+/// family's norm type), grouped-query attention over the KV cache ([`attend`]), and the output
+/// projection (a bias when `o_proj_bias`).
+///
+/// q, k and v run as one fused projection (`qkv_proj`, one product per step); `q_proj`,
+/// `k_proj` and `v_proj` are views of its rows, recorded under the checkpoint's names (see
+/// [`fused_projection`]).
+pub struct SelfAttention {
+    /// q, k and v rows in that order, `[(heads + 2 * kv_heads) * head_dim, hidden]`.
+    pub qkv_proj: Linear,
+    /// `[heads * head_dim, hidden]` (a view of `qkv_proj`).
+    pub q_proj: Linear,
+    /// `[kv_heads * head_dim, hidden]` (a view of `qkv_proj`).
+    pub k_proj: Linear,
+    /// `[kv_heads * head_dim, hidden]` (a view of `qkv_proj`).
+    pub v_proj: Linear,
+    /// `[hidden, heads * head_dim]`.
+    pub o_proj: Linear,
+    /// Per-head query norm over `head_dim`, when the family has one.
+    pub q_norm: Option<Box<dyn Norm>>,
+    /// Per-head key norm over `head_dim`, when the family has one.
+    pub k_norm: Option<Box<dyn Norm>>,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+    /// `head_dim^-0.5`.
+    pub scaling: f64,
+}
+
+impl SelfAttention {
+    /// Loads `q_proj`, `k_proj`, `v_proj` (fused) and `o_proj` under `b`, and builds `q_norm`
+    /// and `k_norm` as `S`'s norm sites when the config has per-head q/k norms.
+    pub fn load<S: DecoderSites>(b: &Builder, args: AttentionArgs<'_>) -> Result<Self> {
+        let c = args.config;
+        let (h, d) = (c.hidden_size, c.head_dim);
+        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+        let (qkv_proj, parts) = fused_projection(
+            b,
+            c,
+            &[("q_proj", nh * d), ("k_proj", nkv * d), ("v_proj", nkv * d)],
+            h,
+            c.qkv_bias,
+        )?;
+        let [q_proj, k_proj, v_proj]: [Linear; 3] = parts.try_into().map_err(|_| {
+            patch_core::Error::other(candle_core::Error::Msg("qkv: 3 parts".into()))
+        })?;
+        let o_proj = projection(b, c, "o_proj", nh * d, h, c.o_proj_bias)?;
+        let head_norm = NormArgs { config: c, dim: d };
+        let (q_norm, k_norm) = if c.qk_norm {
+            (
+                Some(b.pp("q_norm").build::<S::Norm>(head_norm)?),
+                Some(b.pp("k_norm").build::<S::Norm>(head_norm)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            qkv_proj,
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            q_norm,
+            k_norm,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+            scaling: (d as f64).powf(-0.5),
+        })
+    }
+
+    /// Attends over `hidden_states` (`[batch, seq, hidden]`).
+    pub fn forward(
+        &self,
+        hidden_states: &Tensor,
+        ctx: &mut LayerContext<'_>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = hidden_states.dims3()?;
+        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let qkv = self.qkv_proj.forward(hidden_states)?;
+        let mut q = qkv.narrow(2, 0, nh * d)?.reshape((b, t, nh, d))?;
+        let mut k = qkv.narrow(2, nh * d, nkv * d)?.reshape((b, t, nkv, d))?;
+        let v = qkv
+            .narrow(2, (nh + nkv) * d, nkv * d)?
+            .reshape((b, t, nkv, d))?;
+        if let Some(norm) = &self.q_norm {
+            q = norm.forward(&q)?;
+        }
+        if let Some(norm) = &self.k_norm {
+            k = norm.forward(&k)?;
+        }
+        let q = ctx.rope.apply(&q)?;
+        let k = ctx.rope.apply(&k)?;
+        let y = attend(&q, &k, &v, ctx, self.scaling)?;
+        self.o_proj.forward(&y)
+    }
+}

@@ -1,0 +1,30 @@
+//! What a decoder layer and its children receive for one forward pass, instead of hidden
+//! instance state.
+
+use candle_core::Tensor;
+
+use crate::decoder::kv_cache::LayerKvCache;
+use crate::decoder::rope::RopeTables;
+
+/// What a decoder layer and its children receive for one forward pass, instead of hidden
+/// instance state: the rope tables of the pass's positions, the attention bias for this
+/// layer's attention kind, this layer's KV cache, and (MoE layers) expert indices to replay.
+///
+/// Outputs are never written here: a child returns what it produced (the router's logits and
+/// choices in [`RouterOutput`](crate::decoder::RouterOutput)) and its parent hands it up in its own return value, so the
+/// model records it whatever class was replaced along the way.
+pub struct LayerContext<'a> {
+    /// Index of the layer.
+    pub layer_idx: usize,
+    /// cos/sin for the positions of this pass.
+    pub rope: &'a RopeTables,
+    /// Additive attention bias `[batch, 1, seq, kv_len]` for this layer's attention kind
+    /// (causal, padding, sliding window); `None` when nothing is masked.
+    pub mask: Option<&'a Tensor>,
+    /// This layer's KV cache, when the pass uses one.
+    pub cache: Option<&'a mut LayerKvCache>,
+    /// Expert ids `[batch * seq, top_k]` (any integer dtype) the router of this layer must
+    /// choose instead of its own top-k (replaying a recorded routing); an id of -1 leaves that
+    /// choice to the router (partial replay). `None` to route normally.
+    pub forced_experts: Option<&'a Tensor>,
+}
