@@ -1,4 +1,5 @@
-//! The upstream page's "record and replay MoE routing" pattern, in Rust, on Qwen2-MoE: record
+//! The upstream page's "record and replay MoE routing" pattern, in Rust, on Qwen3-MoE (the
+//! family the page writes it for, `Qwen3MoeTopKRouter`): record
 //! which experts every token went to in one pass, then replay exactly that routing in a later
 //! pass even though the router now decides differently (RL training: generation and the
 //! training pass must use the same experts). Also: routing returned by vLLM
@@ -9,7 +10,7 @@
 //! forward output (`output_router_logits`) and replay a forward input (`forced_experts`):
 //! no instance state, and it keeps working when the router is replaced.
 //!
-//! `cargo run --release --example routing_replay` (runs on the embedded qwen2-moe-tiny).
+//! `cargo run --release --example routing_replay` (runs on the embedded qwen3-moe-tiny).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,19 +18,19 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use patch_core::{Build, Builder, PatchSet, Replacement};
 use patchwork_models::decoder::{LayerContext, MoeArgs, Router, RouterOutput};
-use patchwork_models::qwen2_moe::Qwen2MoeTopKRouter;
+use patchwork_models::qwen3_moe::Qwen3MoeTopKRouter;
 use patchwork_models::routing::{experts_from_vllm, recorded_experts};
 use patchwork_models::{AutoModelForCausalLM, CausalLM, ForwardOptions, LoadOptions};
 
 /// A router whose decisions drift from the recorded ones, as a router does while training
 /// updates its weights: it routes a rescaled copy of its input. It wraps the original, which
 /// honours forced experts (recomputing their scores from its current logits).
-pub struct DriftedRouter(Qwen2MoeTopKRouter);
+pub struct DriftedRouter(Qwen3MoeTopKRouter);
 
 impl Build for DriftedRouter {
     type Slot = dyn Router;
     fn build(b: &Builder, args: MoeArgs<'_>) -> patch_core::Result<Box<dyn Router>> {
-        Ok(Box::new(Self(Qwen2MoeTopKRouter::new(b, args)?)))
+        Ok(Box::new(Self(Qwen3MoeTopKRouter::new(b, args)?)))
     }
 }
 
@@ -62,7 +63,7 @@ fn route(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen2-moe-tiny");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/qwen3-moe-tiny");
     let input = Tensor::new(&[[66u32, 221, 47, 234, 117, 102, 13, 226]], &Device::Cpu)?;
 
     // Record: the experts the original router chooses.
@@ -86,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let drifted = AutoModelForCausalLM::from_pretrained(
         &dir,
         &LoadOptions::default().with_patches(PatchSet::from_mapping([(
-            "Qwen2MoeTopKRouter",
+            "Qwen3MoeTopKRouter",
             Replacement::of::<DriftedRouter>(),
         )])?),
     )?;
@@ -117,10 +118,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The same with a layer axis over every decoder layer (the dense layer's entries unused).
     let layers = drifted.config().num_hidden_layers;
+    let top_k = drifted.config().moe()?.num_experts_per_tok;
     let all: Vec<Tensor> = (0..layers)
         .map(|l| match recorded.get(&l) {
             Some(ids) => ids.to_dtype(candle_core::DType::I64)?.unsqueeze(1),
-            None => Tensor::zeros((input.dim(1)?, 1, 2), candle_core::DType::I64, &Device::Cpu),
+            None => Tensor::zeros(
+                (input.dim(1)?, 1, top_k),
+                candle_core::DType::I64,
+                &Device::Cpu,
+            ),
         })
         .collect::<candle_core::Result<_>>()?;
     let all_layers = Tensor::cat(&all, 1)?;

@@ -515,3 +515,97 @@ fn forward_replays_a_routing_file_and_its_own_output() {
     let err = replay_error(1, r["replay_experts.0"].clone());
     assert!(err.contains("layer 1 is not an MoE layer"), "{err}");
 }
+
+/// Every command runs on every family's reference checkpoint: `inspect` names it, `forward`
+/// reproduces its logits, `generate` its greedy ids, `resave` its files, `bench` runs.
+#[test]
+fn every_command_runs_on_every_family() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("reference.safetensors").exists() {
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let r = reference(&name);
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        let model_type = config["model_type"].as_str().unwrap();
+        let text = stdout(&patchwork(&["inspect", dir.to_str().unwrap()]));
+        assert!(
+            text.starts_with(&format!("model_type: {model_type}\n")),
+            "{text}"
+        );
+
+        let written = forward(
+            &name,
+            HashMap::from([("input_ids".to_string(), r["input_ids"].clone())]),
+            &[],
+        );
+        assert_close(
+            &format!("{name} logits"),
+            &written["logits"],
+            &r["logits"],
+            |_| true,
+        );
+
+        let prompt: Vec<i64> = r["gen_prompt"].flatten_all().unwrap().to_vec1().unwrap();
+        let expected: Vec<i64> = r["gen_output"].flatten_all().unwrap().to_vec1().unwrap();
+        let prompt_arg: Vec<String> = prompt.iter().map(i64::to_string).collect();
+        let new = (expected.len() - prompt.len()).to_string();
+        let text = stdout(&patchwork(&[
+            "generate",
+            dir.to_str().unwrap(),
+            "--prompt-ids",
+            &prompt_arg.join(","),
+            "--max-new-tokens",
+            &new,
+            "--ignore-eos",
+        ]));
+        let expected: Vec<String> = expected.iter().map(i64::to_string).collect();
+        assert_eq!(text.lines().last().unwrap(), expected.join(","), "{name}");
+
+        let out = tempfile::tempdir().unwrap();
+        stdout(&patchwork(&[
+            "resave",
+            dir.to_str().unwrap(),
+            out.path().to_str().unwrap(),
+        ]));
+        let original = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let saved = std::fs::read(out.path().join("model.safetensors")).unwrap();
+        let tensors = |b: &[u8]| {
+            let st = safetensors::SafeTensors::deserialize(b).unwrap();
+            let mut t: Vec<(String, Vec<u8>)> = st
+                .tensors()
+                .into_iter()
+                .map(|(k, v)| (k, v.data().to_vec()))
+                .collect();
+            t.sort();
+            t
+        };
+        assert!(
+            tensors(&original) == tensors(&saved),
+            "{name}: resave is bit-exact"
+        );
+
+        let text = stdout(&patchwork(&[
+            "bench",
+            dir.to_str().unwrap(),
+            "--prompt-len",
+            "8",
+            "--decode",
+            "4",
+            "--repeats",
+            "1",
+        ]));
+        assert!(
+            text.lines().last().unwrap().starts_with("prefill_tok_s="),
+            "{text}"
+        );
+        seen.push(model_type.to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, ["llama", "qwen2_moe", "qwen3", "qwen3_moe"]);
+}

@@ -1,13 +1,15 @@
 #![warn(missing_docs)]
-//! Llama and Qwen2-MoE on candle, built from patchable sites.
+//! Llama, Qwen2-MoE, Qwen3 and Qwen3-MoE on candle, built from patchable sites.
 //!
 //! - [`decoder`]: the shared contracts (slots) every family's layers fill — attention, MLP,
 //!   norm, rotary embedding, decoder layer, router, experts, sparse MoE block — with one
 //!   config view ([`DecoderConfig`](decoder::DecoderConfig)) and explicit forward contexts,
 //!   so one replacement serves several families; plus the building blocks, the attention
 //!   kernel and the KV cache.
-//! - [`llama`], [`qwen2_moe`]: the families; every layer type is a site named as upstream
-//!   (`LlamaAttention`, `Qwen2MoeExperts`, ...).
+//! - [`llama`], [`qwen2_moe`], [`qwen3`], [`qwen3_moe`]: the families; every layer type is a
+//!   site named as upstream (`LlamaAttention`, `Qwen3MoeTopKRouter`, ...).
+//! - [`ops`]: the operations layers compute with, each choosing between the CPU kernels
+//!   ([`kernels`]) and candle's differentiable ops in one place; [`loss`]: the training losses.
 //! - [`AutoModelForCausalLM`]: load (`from_pretrained`) or create (`from_config`) a model of
 //!   whichever linked family a config names; families register at link time ([`family`]).
 //! - [`CausalLM`]: forward with padding masks and a KV cache, [`generate`](CausalLM::generate),
@@ -37,6 +39,8 @@ pub mod llama;
 pub mod loss;
 pub mod ops;
 pub mod qwen2_moe;
+pub mod qwen3;
+pub mod qwen3_moe;
 pub mod routing;
 
 pub use auto::{AutoModelForCausalLM, LoadOptions};

@@ -2,6 +2,8 @@
 //! by default (widened exactly as the kernels read them) or upcast at load on request; both
 //! give the same logits, and saving writes the checkpoint back unchanged.
 
+mod common;
+
 use std::path::Path;
 
 use candle_core::DType;
@@ -101,12 +103,10 @@ fn check(fixture: &str) {
     }
 }
 
+/// Every family's reference checkpoint, saved as bf16.
 #[test]
-fn llama_bf16_weights_are_kept_and_match_upcast() {
-    check("llama-tiny");
-}
-
-#[test]
-fn qwen2_moe_bf16_weights_are_kept_and_match_upcast() {
-    check("qwen2-moe-tiny");
+fn bf16_weights_are_kept_and_match_upcast_for_every_family() {
+    for f in common::fixtures() {
+        check(&f.name);
+    }
 }

@@ -9,8 +9,13 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{Fixture, check_close, fixtures, ids};
-use patch_core::PatchSet;
+use patch_core::{Build, Builder, PatchSet, Replacement};
+use patchwork_models::decoder::{Attention, AttentionArgs, LayerContext};
 use patchwork_models::family::families;
+use patchwork_models::llama::LlamaAttention;
+use patchwork_models::qwen2_moe::Qwen2MoeAttention;
+use patchwork_models::qwen3::Qwen3Attention;
+use patchwork_models::qwen3_moe::Qwen3MoeAttention;
 use patchwork_models::{
     AutoModelForCausalLM, CausalLM, ForwardOptions, GenerationConfig, LoadOptions,
 };
@@ -295,6 +300,93 @@ fn saving_restores_the_original_files_exactly() {
         plain_logits(f, &again)?;
         Ok(format!(
             "{n} tensors saved back bit for bit; the saved folder reproduces the logits"
+        ))
+    });
+}
+
+#[test]
+fn sharded_saves_reload_and_save_back_to_the_original_files() {
+    for_each_fixture(|f| {
+        let model = load(f)?;
+        let out = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let sharded = out.path().join("sharded");
+        let options = patch_core::checkpoint::SaveOptions {
+            max_shard_size: 64 * 1024,
+            ..Default::default()
+        };
+        let report = model
+            .save_pretrained(&sharded, &options)
+            .map_err(|e| e.to_string())?;
+        let shards = report
+            .files
+            .iter()
+            .filter(|p| p.to_string_lossy().contains("-of-"))
+            .count();
+        if shards < 2 || !sharded.join("model.safetensors.index.json").exists() {
+            return Err(format!("expected a sharded save, wrote {:?}", report.files));
+        }
+        let again = AutoModelForCausalLM::from_pretrained(
+            &sharded,
+            &LoadOptions::default().with_patches(PatchSet::empty()),
+        )
+        .map_err(|e| e.to_string())?;
+        plain_logits(f, &again)?;
+        let single = out.path().join("single");
+        again
+            .save_pretrained(&single, &Default::default())
+            .map_err(|e| e.to_string())?;
+        let n = common::same_checkpoint(&f.dir, &single)?;
+        Ok(format!(
+            "{shards} shards reload to the reference logits and save back {n} tensors bit for bit"
+        ))
+    });
+}
+
+/// One attention replacement for every family: delegates to the family's own attention.
+struct AnyAttention(Box<dyn Attention>);
+impl Build for AnyAttention {
+    type Slot = dyn Attention;
+    fn build(b: &Builder, args: AttentionArgs<'_>) -> patch_core::Result<Box<dyn Attention>> {
+        let original = match args.config.model_type.as_str() {
+            "qwen2_moe" => Qwen2MoeAttention::build(b, args)?,
+            "qwen3" => Qwen3Attention::build(b, args)?,
+            "qwen3_moe" => Qwen3MoeAttention::build(b, args)?,
+            _ => LlamaAttention::build(b, args)?,
+        };
+        Ok(Box::new(Self(original)))
+    }
+}
+impl Attention for AnyAttention {
+    fn forward(&self, x: &Tensor, ctx: &mut LayerContext<'_>) -> candle_core::Result<Tensor> {
+        self.0.forward(x, ctx)
+    }
+}
+
+#[test]
+fn one_attention_pattern_patches_every_family() {
+    let patches =
+        PatchSet::from_mapping([(".*Attention", Replacement::of::<AnyAttention>())]).unwrap();
+    for_each_fixture(|f| {
+        let options = LoadOptions::default().with_patches(patches.clone());
+        let model =
+            AutoModelForCausalLM::from_pretrained(&f.dir, &options).map_err(|e| e.to_string())?;
+        let layers = model.config().num_hidden_layers;
+        let patched: Vec<&str> = model
+            .report()
+            .sites()
+            .iter()
+            .filter(|s| s.patch.is_some())
+            .map(|s| s.site)
+            .collect();
+        if patched.len() != layers || !patched.iter().all(|s| s.ends_with("Attention")) {
+            return Err(format!(
+                "patched {patched:?}, expected one attention per layer"
+            ));
+        }
+        plain_logits(f, &model)?;
+        Ok(format!(
+            "{} attention sites patched, logits unchanged",
+            patched.len()
         ))
     });
 }

@@ -181,6 +181,23 @@ pub struct MoeKeys {
     pub output_router_logits: bool,
 }
 
+impl Default for MoeKeys {
+    /// transformers' Qwen-MoE defaults (every layer sparse, 0.001 aux weight), with
+    /// Qwen1.5-MoE-A2.7B's expert counts: a family's `Default` sets its own over these.
+    fn default() -> Self {
+        Self {
+            decoder_sparse_step: 1,
+            mlp_only_layers: Vec::new(),
+            moe_intermediate_size: 1408,
+            num_experts_per_tok: 4,
+            num_experts: 60,
+            norm_topk_prob: false,
+            router_aux_loss_coef: 0.001,
+            output_router_logits: false,
+        }
+    }
+}
+
 impl MoeKeys {
     /// Sets `config`'s feed-forward kinds and MoE facts: a layer is sparse when it is not in
     /// `mlp_only_layers`, there are experts, and `(layer + 1) % decoder_sparse_step == 0`;
@@ -252,6 +269,17 @@ pub struct SlidingWindowKeys {
 }
 
 impl SlidingWindowKeys {
+    /// transformers' defaults of the Qwen families: no sliding window, 4096 when enabled, from
+    /// layer 28 on.
+    pub fn qwen() -> Self {
+        Self {
+            use_sliding_window: false,
+            sliding_window: Some(4096),
+            max_window_layers: 28,
+            layer_types: None,
+        }
+    }
+
     /// Sets `config`'s attention kinds: `layer_types` when given, else layers from
     /// `max_window_layers` on are sliding (transformers' rule); either way a layer slides only
     /// when `use_sliding_window` is true.
@@ -316,9 +344,21 @@ pub trait FamilyConfig: Serialize + DeserializeOwned + Default {
     /// so that an error names the key: the flattened groups of a family config hide it.
     fn check_keys(json: &Value, source_name: &str) -> Result<()>;
 
+    /// The keys every family reads.
+    fn common(&self) -> &DecoderKeys;
+
+    /// What this family's own keys make of the common view `config` (lowered from
+    /// [`FamilyConfig::common`]): biases, norms, sliding windows, experts.
+    fn lower(&self, check: &ConfigCheck<'_>, config: &mut DecoderConfig) -> Result<()>;
+
     /// Validates this config and lowers it to the common view; `json` is the config as
     /// published (kept for saving and read for the rope keys).
-    fn decoder_config(&self, json: Arc<Value>, source_name: &str) -> Result<DecoderConfig>;
+    fn decoder_config(&self, json: Arc<Value>, source_name: &str) -> Result<DecoderConfig> {
+        let check = ConfigCheck::new(source_name);
+        let mut config = self.common().lower(Self::MODEL_TYPE, &check, json)?;
+        self.lower(&check, &mut config)?;
+        config.checked(&check)
+    }
 
     /// Parses a config JSON object: its keys over the family's defaults; `source_name` (the
     /// file) and the key appear in errors.
@@ -370,10 +410,24 @@ pub fn key_group<T: DeserializeOwned>(json: &Value, source_name: &str) -> Result
 }
 
 /// Implements [`FamilyConfig`] for a family config made of the key groups listed (each one a
-/// flattened field), and the inherent `from_json`/`to_json` that forward to it.
+/// flattened field, the decoder keys under `common`) whose own keys lower as `lower`'s block
+/// says, and the inherent `from_json`, `to_json` and `decoder_config` that forward to it.
+///
+/// ```ignore
+/// family_config! {
+///     LlamaConfig: "llama", "LlamaForCausalLM"; groups DecoderKeys;
+///     lower(self, check, c) {
+///         c.mlp_bias = self.mlp_bias;
+///         Ok(())
+///     }
+/// }
+/// ```
 #[macro_export]
 macro_rules! family_config {
-    ($config:ident: $model_type:expr, $architecture:expr; groups $($group:ty),+) => {
+    (
+        $config:ident: $model_type:expr, $architecture:expr; groups $($group:ty),+;
+        lower($self:ident, $check:ident, $c:ident) $body:block
+    ) => {
         impl $crate::decoder::FamilyConfig for $config {
             const MODEL_TYPE: &'static str = $model_type;
             const ARCHITECTURE: &'static str = $architecture;
@@ -383,13 +437,16 @@ macro_rules! family_config {
                 Ok(())
             }
 
-            fn decoder_config(
-                &self,
-                json: ::std::sync::Arc<::serde_json::Value>,
-                source_name: &str,
-            ) -> $crate::Result<$crate::decoder::DecoderConfig> {
-                $config::decoder_config(self, json, source_name)
+            fn common(&self) -> &$crate::decoder::DecoderKeys {
+                &self.common
             }
+
+            #[allow(unused_variables)]
+            fn lower(
+                &$self,
+                $check: &$crate::decoder::ConfigCheck<'_>,
+                $c: &mut $crate::decoder::DecoderConfig,
+            ) -> $crate::Result<()> $body
         }
 
         impl $config {
@@ -404,6 +461,16 @@ macro_rules! family_config {
             /// `architectures`).
             pub fn to_json(&self) -> ::serde_json::Value {
                 <Self as $crate::decoder::FamilyConfig>::to_json(self)
+            }
+
+            /// Validates this config and lowers it to the common view; `json` is the config
+            /// as published (kept for saving and read for the rope keys).
+            pub fn decoder_config(
+                &self,
+                json: ::std::sync::Arc<::serde_json::Value>,
+                source_name: &str,
+            ) -> $crate::Result<$crate::decoder::DecoderConfig> {
+                <Self as $crate::decoder::FamilyConfig>::decoder_config(self, json, source_name)
             }
         }
     };

@@ -1,12 +1,8 @@
 //! `LlamaConfig`: Llama's `config.json`, as published.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::Result;
-use crate::decoder::{ConfigCheck, DecoderConfig, DecoderKeys};
+use crate::decoder::DecoderKeys;
 
 /// The `model_type` of Llama configs.
 pub const LLAMA_MODEL_TYPE: &str = "llama";
@@ -39,17 +35,12 @@ impl Default for LlamaConfig {
     }
 }
 
-crate::family_config!(LlamaConfig: LLAMA_MODEL_TYPE, "LlamaForCausalLM"; groups DecoderKeys);
-
-impl LlamaConfig {
-    /// Validates this config and lowers it to the common view; `json` is the config as
-    /// published (kept for saving and read for the rope keys).
-    pub fn decoder_config(&self, json: Arc<Value>, source_name: &str) -> Result<DecoderConfig> {
-        let check = ConfigCheck::new(source_name);
-        let mut c = self.common.lower(LLAMA_MODEL_TYPE, &check, json)?;
+crate::family_config! {
+    LlamaConfig: LLAMA_MODEL_TYPE, "LlamaForCausalLM"; groups DecoderKeys;
+    lower(self, check, c) {
         c.qkv_bias = self.attention_bias;
         c.o_proj_bias = self.attention_bias;
         c.mlp_bias = self.mlp_bias;
-        c.checked(&check)
+        Ok(())
     }
 }

@@ -200,16 +200,12 @@ impl RopeConfig {
                 }
             }
             "yarn" => {
-                let mut factor = factor(check)?;
-                // As transformers: when the original length is given, the factor is the ratio
-                // of the extended length to it.
-                let original = match num(check, obj, prefix, "original_max_position_embeddings")? {
-                    Some(_) => {
-                        let o = original(check, None)?;
-                        factor = max_position_embeddings as f64 / o as f64;
-                        o
-                    }
-                    None => max_position_embeddings,
+                // As transformers (v5): the original length defaults to
+                // `max_position_embeddings`; a missing factor is the ratio of the two.
+                let original = original(check, Some(max_position_embeddings))?;
+                let factor = match num(check, obj, prefix, "factor")? {
+                    Some(_) => factor(check)?,
+                    None => max_position_embeddings as f64 / original as f64,
                 };
                 let mscale = num(check, obj, prefix, "mscale")?;
                 let mscale_all_dim = num(check, obj, prefix, "mscale_all_dim")?;
