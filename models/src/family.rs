@@ -4,7 +4,7 @@
 //! [`DecoderConfig`], builds its decoder body from its sites, and lists those sites (for
 //! `explain`). A family module declares its sites ([`crate::decoder_sites!`]), names them for
 //! the shared building blocks ([`DecoderSites`]), and registers itself with one
-//! [`family!`](crate::family) (or, for a hand-written [`ModelFamily`],
+//! [`decoder_family!`](crate::decoder_family) (or, for a hand-written [`ModelFamily`],
 //! [`register_family!`](crate::register_family)): no central match to edit. The weight
 //! transforms its checkpoints need are registered the same way, with the checkpoint engine's
 //! `submit_conversion_mapping!` under its `model_type`, so users can override them
@@ -91,7 +91,7 @@ impl<M: Family> ForCausalLM<M> {
 /// static [`ModelFamily`] of `Model`'s sites (listed in `SITES`) and `Config`, implements
 /// [`Family`] for `Model`, and registers it at link time.
 #[macro_export]
-macro_rules! family {
+macro_rules! decoder_family {
     ($(#[$meta:meta])* $vis:vis static $name:ident = $model:ident($config:ty, $sites:expr);) => {
         $(#[$meta])*
         $vis static $name: $crate::ModelFamily = $crate::ModelFamily::of::<$model>($sites);

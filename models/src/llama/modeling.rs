@@ -26,7 +26,7 @@ crate::decoder_sites! {
     LlamaDecoderLayer: DecoderLayer(PreNormLayer) = PreNormLayer::load::<LlamaModel>;
 }
 
-crate::family! {
+crate::decoder_family! {
     /// The Llama family (`model_type` `llama`), registered at link time.
     pub static LLAMA = LlamaModel(LlamaConfig, LLAMA_SITES);
 }

@@ -39,7 +39,7 @@ crate::decoder_sites! {
     Qwen2MoeDecoderLayer: DecoderLayer(PreNormLayer) = PreNormLayer::load::<Qwen2MoeModel>;
 }
 
-crate::family! {
+crate::decoder_family! {
     /// The Qwen2-MoE family (`model_type` `qwen2_moe`), registered at link time.
     pub static QWEN2_MOE = Qwen2MoeModel(Qwen2MoeConfig, QWEN2_MOE_SITES);
 }

@@ -26,7 +26,7 @@ crate::decoder_sites! {
     Qwen3DecoderLayer: DecoderLayer(PreNormLayer) = PreNormLayer::load::<Qwen3Model>;
 }
 
-crate::family! {
+crate::decoder_family! {
     /// The Qwen3 family (`model_type` `qwen3`), registered at link time.
     pub static QWEN3 = Qwen3Model(Qwen3Config, QWEN3_SITES);
 }

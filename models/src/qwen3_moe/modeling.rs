@@ -35,7 +35,7 @@ crate::decoder_sites! {
     Qwen3MoeDecoderLayer: DecoderLayer(PreNormLayer) = PreNormLayer::load::<Qwen3MoeModel>;
 }
 
-crate::family! {
+crate::decoder_family! {
     /// The Qwen3-MoE family (`model_type` `qwen3_moe`), registered at link time.
     pub static QWEN3_MOE = Qwen3MoeModel(Qwen3MoeConfig, QWEN3_MOE_SITES);
 }

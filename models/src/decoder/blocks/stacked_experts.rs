@@ -45,7 +45,7 @@ impl StackedExperts {
         })
     }
 
-    /// See [`Experts::forward`] ([`crate::ops::routed_experts`]).
+    /// See [`Experts::forward`](crate::decoder::Experts::forward) ([`crate::ops::routed_experts`]).
     pub fn forward(
         &self,
         x: &Tensor,
