@@ -4,85 +4,18 @@
 //!
 //! - [`FusedQkvAttention`]: one `qkv_proj` instead of `q_proj`/`k_proj`/`v_proj`, carrying the
 //!   transform that concatenates the checkpoint's three projections (and splits them back on
-//!   save). It fills the shared attention slot, so it serves Llama and Qwen2-MoE alike
-//!   (biases when the config has them, grouped-query attention).
+//!   save). It fills the shared attention slot, so it serves every family (biases and head
+//!   norms when the config has them, grouped-query attention). The models crate ships it.
 //! - [`ModuleListExperts`]: one MLP per expert, loaded straight from the per-expert checkpoint
 //!   keys (what a quantizer that only understands per-expert linears needs).
 
 use candle_core::Tensor;
-use patch_core::checkpoint::{Op, Transform, WeightConverter};
 use patch_core::{Build, Builder};
-use patchwork_models::decoder::linear::{Linear, linear};
-use patchwork_models::decoder::{
-    Attention, AttentionArgs, Experts, GatedMlp, LayerContext, MlpArgs, MoeArgs, attend,
-};
+use patchwork_models::decoder::{Experts, GatedMlp, MlpArgs, MoeArgs, PassContext};
 
-/// Attention with a fused `qkv_proj` `[(heads + 2 * kv_heads) * head_dim, hidden]`.
-pub struct FusedQkvAttention {
-    /// q, k and v rows, in that order.
-    pub qkv_proj: Linear,
-    /// Output projection.
-    pub o_proj: Linear,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-}
-
-impl FusedQkvAttention {
-    /// Loads `qkv_proj` and `o_proj` under `b` (the checkpoint's q/k/v must already be fused
-    /// into `qkv_proj` there: through [`Build::transforms`] when the registry builds it, or a
-    /// registered conversion mapping).
-    pub fn new(b: &Builder, args: AttentionArgs<'_>) -> patch_core::Result<Self> {
-        let c = args.config;
-        let (h, d, std) = (c.hidden_size, c.head_dim, c.initializer_range);
-        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
-        Ok(Self {
-            qkv_proj: linear(b, "qkv_proj", h, (nh + 2 * nkv) * d, c.qkv_bias, std)?,
-            o_proj: linear(b, "o_proj", nh * d, h, c.o_proj_bias, std)?,
-            num_heads: nh,
-            num_kv_heads: nkv,
-            head_dim: d,
-        })
-    }
-}
-
-impl Build for FusedQkvAttention {
-    type Slot = dyn Attention;
-
-    fn build(b: &Builder, args: AttentionArgs<'_>) -> patch_core::Result<Box<dyn Attention>> {
-        Ok(Box::new(Self::new(b, args)?))
-    }
-
-    /// `q_proj`, `k_proj`, `v_proj` (weights and biases) concatenated along the output rows
-    /// into `qkv_proj`; split back into the three on save.
-    fn transforms() -> Vec<Transform> {
-        vec![
-            WeightConverter::new(
-                ["q_proj", "k_proj", "v_proj"],
-                ["qkv_proj"],
-                [Op::Concatenate { dim: 0 }],
-            )
-            .into(),
-        ]
-    }
-}
-
-impl Attention for FusedQkvAttention {
-    fn forward(&self, x: &Tensor, ctx: &mut LayerContext<'_>) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let qkv = self.qkv_proj.forward(x)?;
-        let q = qkv.narrow(2, 0, nh * d)?.reshape((b, t, nh, d))?;
-        let k = qkv.narrow(2, nh * d, nkv * d)?.reshape((b, t, nkv, d))?;
-        let v = qkv
-            .narrow(2, (nh + nkv) * d, nkv * d)?
-            .reshape((b, t, nkv, d))?;
-        let q = ctx.rope.apply(&q)?;
-        let k = ctx.rope.apply(&k)?;
-        let y = attend(&q, &k, &v, ctx, (d as f64).powf(-0.5))?;
-        self.o_proj.forward(&y)
-    }
-}
+/// Attention with one fused `qkv_proj`, carrying the q/k/v concatenation it needs: the
+/// models crate ships it (`patchwork_models::replacements`), written as a user would write it.
+pub use patchwork_models::replacements::FusedQkvAttention;
 
 /// Routed experts as a list of MLPs (`experts.{i}.gate_proj` ...), upstream's
 /// `ModuleListExperts`. Tokens are grouped per expert; each chosen expert runs once.
@@ -113,25 +46,31 @@ impl Experts for ModuleListExperts {
         x: &Tensor,
         indices: &Tensor,
         weights: &Tensor,
+        _: &PassContext,
     ) -> candle_core::Result<Tensor> {
         let k = indices.dim(1)?;
-        let ids: Vec<u32> = indices.flatten_all()?.to_vec1()?;
-        let w: Vec<f32> = weights
-            .to_dtype(candle_core::DType::F32)?
+        let ids: Vec<u32> = indices
+            .to_dtype(candle_core::DType::U32)?
             .flatten_all()?
             .to_vec1()?;
         let device = x.device();
+        // Routing weights are gathered from the tensor, so gradients reach the router.
+        let flat_weights = weights.flatten_all()?;
         let mut out = Tensor::zeros(x.shape(), x.dtype(), device)?;
         for (e, expert) in self.experts.iter().enumerate() {
-            let slots: Vec<usize> = (0..ids.len()).filter(|&s| ids[s] as usize == e).collect();
+            let slots: Vec<u32> = (0..ids.len() as u32)
+                .filter(|&s| ids[s as usize] as usize == e)
+                .collect();
             if slots.is_empty() {
                 continue;
             }
-            let tokens: Vec<u32> = slots.iter().map(|&s| (s / k) as u32).collect();
-            let scale: Vec<f32> = slots.iter().map(|&s| w[s]).collect();
+            let tokens: Vec<u32> = slots.iter().map(|&s| s / k as u32).collect();
             let rows = Tensor::new(tokens.as_slice(), device)?;
             let y = expert.forward(&x.index_select(&rows, 0)?)?;
-            let scale = Tensor::from_vec(scale, (slots.len(), 1), device)?.to_dtype(y.dtype())?;
+            let scale = flat_weights
+                .index_select(&Tensor::new(slots.as_slice(), device)?, 0)?
+                .to_dtype(y.dtype())?
+                .unsqueeze(1)?;
             out = out.index_add(&rows, &y.broadcast_mul(&scale)?, 0)?;
         }
         Ok(out)

@@ -208,6 +208,23 @@ fn bench_configs() -> Vec<(&'static str, serde_json::Value)> {
                 "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"
             }),
         ),
+        (
+            // Qwen3-30B-A3B's structure at the bench size: q/k norms, head_dim 128 wider than
+            // hidden / heads, GQA 4:1, no shared expert, normalised top-k.
+            "qwen3_moe",
+            serde_json::json!({
+                "model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"],
+                "vocab_size": 32000, "hidden_size": 1024, "intermediate_size": 2816,
+                "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 4,
+                "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 2048,
+                "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": false,
+                "initializer_range": 0.02, "attention_bias": false, "use_sliding_window": false,
+                "sliding_window": null, "max_window_layers": 8, "decoder_sparse_step": 1,
+                "mlp_only_layers": [], "moe_intermediate_size": 512, "num_experts_per_tok": 4,
+                "num_experts": 16, "norm_topk_prob": true,
+                "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"
+            }),
+        ),
     ]
 }
 
@@ -227,19 +244,26 @@ fn bytes_per_token(c: &serde_json::Value, elem: usize) -> usize {
         get(c, "num_hidden_layers"),
     );
     let (nh, nkv) = (get(c, "num_attention_heads"), get(c, "num_key_value_heads"));
-    let d = h / nh;
+    let d = c["head_dim"].as_u64().map_or(h / nh, |d| d as usize);
     let qkv_bias = c["qkv_bias"].as_bool().unwrap_or(false);
-    let attn =
-        h * nh * d + 2 * h * nkv * d + nh * d * h + if qkv_bias { (nh + 2 * nkv) * d } else { 0 };
+    let qk_norms = if c["model_type"] == "qwen3_moe" { 2 * d } else { 0 };
+    let attn = h * nh * d
+        + 2 * h * nkv * d
+        + nh * d * h
+        + if qkv_bias { (nh + 2 * nkv) * d } else { 0 }
+        + qk_norms;
     let norms = 2 * h;
-    let ff = if c["model_type"] == "qwen2_moe" {
-        let (e, k, i, s) = (
+    let ff = if c.get("num_experts").is_some() {
+        let (e, k, i) = (
             get(c, "num_experts"),
             get(c, "num_experts_per_tok"),
             get(c, "moe_intermediate_size"),
-            get(c, "shared_expert_intermediate_size"),
         );
-        e * h + k * 3 * i * h + 3 * s * h + h
+        // The shared expert and its gate, where there is one.
+        let shared = c["shared_expert_intermediate_size"]
+            .as_u64()
+            .map_or(0, |s| 3 * s as usize * h + h);
+        e * h + k * 3 * i * h + shared
     } else {
         3 * get(c, "intermediate_size") * h
     };
@@ -382,10 +406,11 @@ enum Theirs {
         candle_transformers::models::llama::Config,
     ),
     Moe(candle_transformers::models::qwen2_moe::Model),
+    Qwen3Moe(candle_transformers::models::qwen3_moe::ModelForCausalLM),
 }
 
 fn load_theirs(dir: &std::path::Path, c: &serde_json::Value) -> Theirs {
-    use candle_transformers::models::{llama, qwen2_moe};
+    use candle_transformers::models::{llama, qwen2_moe, qwen3_moe};
     let dev = Device::Cpu;
     let files = vec![dir.join("model.safetensors")];
     // SAFETY: the files are not modified while mapped (the harness wrote them and only reads).
@@ -412,6 +437,33 @@ fn load_theirs(dir: &std::path::Path, c: &serde_json::Value) -> Theirs {
         Theirs::Llama(
             llama::Llama::load(vb, &cfg).expect("candle-transformers llama"),
             cfg,
+        )
+    } else if c["model_type"] == "qwen3_moe" {
+        let cfg = qwen3_moe::Config {
+            vocab_size: get(c, "vocab_size"),
+            hidden_size: get(c, "hidden_size"),
+            intermediate_size: get(c, "intermediate_size"),
+            num_hidden_layers: get(c, "num_hidden_layers"),
+            num_attention_heads: get(c, "num_attention_heads"),
+            head_dim: get(c, "head_dim"),
+            attention_bias: false,
+            num_key_value_heads: get(c, "num_key_value_heads"),
+            max_position_embeddings: get(c, "max_position_embeddings"),
+            sliding_window: None,
+            max_window_layers: get(c, "max_window_layers"),
+            tie_word_embeddings: false,
+            rope_theta: f("rope_theta"),
+            rms_norm_eps: f("rms_norm_eps"),
+            use_sliding_window: false,
+            hidden_act: candle_nn::Activation::Silu,
+            decoder_sparse_step: get(c, "decoder_sparse_step"),
+            moe_intermediate_size: get(c, "moe_intermediate_size"),
+            num_experts_per_tok: get(c, "num_experts_per_tok"),
+            num_experts: get(c, "num_experts"),
+            norm_topk_prob: true,
+        };
+        Theirs::Qwen3Moe(
+            qwen3_moe::ModelForCausalLM::new(&cfg, vb).expect("candle-transformers qwen3_moe"),
         )
     } else {
         let cfg = qwen2_moe::Config {
@@ -452,12 +504,17 @@ fn run_theirs(model: &mut Theirs, prompt: &[u32], decode: usize) -> Timing {
             m.clear_kv_cache();
             None
         }
+        Theirs::Qwen3Moe(m) => {
+            m.clear_kv_cache();
+            None
+        }
     };
     let mut step = |ids: &[u32], pos: usize| -> u32 {
         let input = Tensor::new(ids, &dev).unwrap().unsqueeze(0).unwrap();
         let logits = match model {
             Theirs::Llama(m, _) => m.forward(&input, pos, cache.as_mut().unwrap()).unwrap(),
             Theirs::Moe(m) => m.forward(&input, pos).unwrap(),
+            Theirs::Qwen3Moe(m) => m.forward(&input, pos).unwrap(),
         };
         let v: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
         argmax(&v)

@@ -15,11 +15,16 @@
 //!
 //! `--forced-experts FILE` replays a routing: `selected_experts.L` (`[B*T, K]`, any integer
 //! dtype, -1 = route freely) for MoE layer `L`, exactly what this command writes.
+//!
+//! `--output-hidden-states` adds `hidden_states.I` (f32 `[B, T, H]`, `I = 0..=L`: 0 the
+//! embedding output, `I` the output of layer `I - 1`, `L` the final norm's output);
+//! `--output-attentions` adds `attentions.L` (f32 `[B, heads, T, kv_len]`, post-softmax).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+use patchwork_models::decoder::Selection;
 use patchwork_models::{AutoModelForCausalLM, ForwardOptions, LoadOptions};
 
 use crate::CliResult;
@@ -46,6 +51,12 @@ pub struct Args {
     /// Safetensors file of `selected_experts.L` to replay (what `forward` writes).
     #[arg(long, value_name = "ROUTING")]
     forced_experts: Option<PathBuf>,
+    /// Also write `hidden_states.I` for every layer boundary.
+    #[arg(long)]
+    output_hidden_states: bool,
+    /// Also write `attentions.L`, every layer's attention probabilities.
+    #[arg(long)]
+    output_attentions: bool,
 }
 
 /// Runs `forward`.
@@ -72,10 +83,13 @@ pub fn run(args: Args) -> CliResult {
         options = options.trainable();
     }
     let model = AutoModelForCausalLM::from_pretrained(&args.dir, &options)?;
+    let all = |on: bool| if on { Selection::All } else { Selection::None };
     let forward = ForwardOptions {
         output_router_logits: Some(true),
         forced_experts,
         labels,
+        output_hidden_states: all(args.output_hidden_states),
+        output_attentions: all(args.output_attentions),
         ..ForwardOptions::default()
     };
     let out = model.forward_with(input_ids, inputs.get("attention_mask"), None, &forward)?;
@@ -93,6 +107,15 @@ pub fn run(args: Args) -> CliResult {
             format!("selected_experts.{l}"),
             record.router.indices.to_dtype(DType::I64)?,
         );
+    }
+    for (i, h) in &out.hidden_states {
+        tensors.insert(
+            format!("hidden_states.{i}"),
+            h.detach().to_dtype(DType::F32)?,
+        );
+    }
+    for (l, a) in &out.attentions {
+        tensors.insert(format!("attentions.{l}"), a.detach().to_dtype(DType::F32)?);
     }
     if let Some(aux) = &out.aux_loss
         && out.loss.is_some()

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod compare;
 mod dtype;
 mod forward;
 mod generate;
@@ -34,6 +35,9 @@ enum Command {
     /// Load time, prefill and decode tokens/s and peak memory; the last line of stdout is
     /// `prefill_tok_s=<x> decode_tok_s=<y>`.
     Bench(bench::Args),
+    /// Run a patch set and the original on the same tokens with every site recorded: the
+    /// largest difference per module path, and the first divergence (exit 1 when there is one).
+    Compare(compare::Args),
 }
 
 /// The error every subcommand returns.
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Resave(args) => resave::run(&args),
         Command::Bench(args) => bench::run(args),
+        Command::Compare(args) => compare::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -609,3 +609,62 @@ fn every_command_runs_on_every_family() {
     seen.sort();
     assert_eq!(seen, ["llama", "qwen2_moe", "qwen3", "qwen3_moe"]);
 }
+
+#[test]
+fn forward_writes_hidden_states_and_attentions_matching_transformers() {
+    for name in ["llama-tiny", "qwen3-tiny"] {
+        let r = training_reference(name);
+        let out = forward(
+            name,
+            HashMap::from([("input_ids".to_string(), r["input_ids"].clone())]),
+            &["--output-hidden-states", "--output-attentions"],
+        );
+        let hidden: Vec<&String> = r
+            .keys()
+            .filter(|k| k.starts_with("hidden_states."))
+            .collect();
+        let attentions: Vec<&String> = r.keys().filter(|k| k.starts_with("attentions.")).collect();
+        assert!(!hidden.is_empty() && !attentions.is_empty());
+        for key in hidden.into_iter().chain(attentions) {
+            assert_eq!(out[key].dtype(), DType::F32, "{name} {key}");
+            assert_close(&format!("{name} {key}"), &out[key], &r[key], |_| true);
+        }
+        let plain = forward(
+            name,
+            HashMap::from([("input_ids".to_string(), r["input_ids"].clone())]),
+            &[],
+        );
+        assert!(
+            !plain
+                .keys()
+                .any(|k| k.starts_with("hidden_states.") || k.starts_with("attentions."))
+        );
+    }
+}
+
+#[test]
+fn compare_reports_every_site_and_passes_for_the_fused_qkv_patch_set() {
+    for name in ["qwen2-moe-tiny", "qwen3-tiny"] {
+        let text = stdout(&patchwork(&["compare", fixture(name).to_str().unwrap()]));
+        assert!(
+            text.contains("model.layers.0.self_attn") && text.contains("model.norm"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .last()
+                .unwrap()
+                .starts_with("every site within"),
+            "{text}"
+        );
+    }
+    let bad = patchwork(&[
+        "compare",
+        fixture("llama-tiny").to_str().unwrap(),
+        "--patch-set",
+        "nope",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("nope") && err.contains("fused-qkv"), "{err}");
+}

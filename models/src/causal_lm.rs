@@ -17,7 +17,8 @@ use patch_core::{BuildReport, Builder, Explain, PatchSet};
 
 use crate::decoder::linear::{Linear, projection};
 use crate::decoder::{
-    DecoderConfig, DecoderInput, DecoderModel, FeedForwardKind, KvCache, RouterRecord,
+    DecoderConfig, DecoderInput, DecoderModel, FeedForwardKind, KvCache, PassContext, Recorders,
+    Records, RouterRecord, Selection,
 };
 use crate::family::ModelFamily;
 use crate::loss::{causal_lm_loss, integer_values, load_balancing_loss};
@@ -52,6 +53,14 @@ pub struct ForwardOptions {
     /// Labels `[batch, seq]` (any integer dtype; -100 ignores a position): the pass then
     /// returns the causal-LM loss ([`ForwardOutput::loss`]). Needs [`LogitsMode::All`].
     pub labels: Option<Tensor>,
+    /// Which hidden states to return ([`ForwardOutput::hidden_states`]), by index
+    /// `0..=num_hidden_layers` (negatives count from the end).
+    pub output_hidden_states: Selection,
+    /// Which layers' attention probabilities to return ([`ForwardOutput::attentions`]), by
+    /// layer index (negatives count from the end). Those layers attend on the eager path.
+    pub output_attentions: Selection,
+    /// Which sites' outputs to record ([`ForwardOutput::records`]), by site name or regex.
+    pub recorders: Recorders,
 }
 
 /// What [`CausalLM::forward_with`] returns.
@@ -68,6 +77,15 @@ pub struct ForwardOutput {
     /// For MoE models returning router outputs: the load-balancing loss (float32 `[]`,
     /// transformers' `load_balancing_loss_func`, padding-aware with an attention mask).
     pub aux_loss: Option<Tensor>,
+    /// The selected hidden states `[batch, seq, hidden]`, by index: 0 the embedding output,
+    /// `i` the output of layer `i - 1`, `num_hidden_layers` the final norm's output
+    /// (transformers' `output_hidden_states` convention).
+    pub hidden_states: BTreeMap<usize, Tensor>,
+    /// The selected layers' post-softmax attention probabilities `[batch, heads, seq,
+    /// kv_len]`, masked as the pass masks them, by layer index.
+    pub attentions: BTreeMap<usize, Tensor>,
+    /// The recorded sites' outputs, by module path, typed by slot.
+    pub records: Records,
 }
 
 /// A causal language model: a [`DecoderModel`] body and an output head, plus what it was
@@ -295,13 +313,24 @@ impl CausalLM {
         let output_router_logits = options
             .output_router_logits
             .unwrap_or(moe.is_some_and(|m| m.output_router_logits));
+        let layers = self.model.layers.len();
+        let hidden_states = options
+            .output_hidden_states
+            .resolve("output_hidden_states", layers + 1)?;
+        let attentions = options
+            .output_attentions
+            .resolve("output_attentions", layers)?;
+        let pass = PassContext::new(&self.report, &options.recorders, attentions);
         let input = DecoderInput {
             input_ids: &ids,
             attention_mask: &mask,
             forced_experts: &options.forced_experts,
             output_router_logits,
+            hidden_states: &hidden_states,
+            pass: &pass,
         };
-        let (hidden, router_logits) = self.model.forward(&input, cache)?;
+        let out = self.model.forward(&input, cache)?;
+        let (hidden, router_logits) = (out.last_hidden_state, out.routers);
         let hidden = match options.logits {
             LogitsMode::All => Some(hidden),
             LogitsMode::Last => Some(hidden.narrow(1, seq - 1, 1)?),
@@ -334,11 +363,15 @@ impl CausalLM {
             }
             _ => None,
         };
+        let (records, attentions) = pass.into_captured();
         Ok(ForwardOutput {
             logits,
             router_logits,
             loss,
             aux_loss,
+            hidden_states: out.hidden_states,
+            attentions,
+            records,
         })
     }
 

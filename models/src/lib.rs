@@ -30,6 +30,7 @@
 
 mod auto;
 mod causal_lm;
+pub mod compare;
 pub mod decoder;
 mod error;
 pub mod family;
@@ -41,6 +42,7 @@ pub mod ops;
 pub mod qwen2_moe;
 pub mod qwen3;
 pub mod qwen3_moe;
+pub mod replacements;
 pub mod routing;
 
 pub use auto::{AutoModelForCausalLM, LoadOptions};

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
-use crate::decoder::{DecoderConfig, FeedForwardKind, RouterRecord};
+use crate::decoder::{DecoderConfig, FeedForwardKind, Record, Records, RouterRecord};
 use crate::{Error, Result};
 
 /// The selected experts of a recorded pass (`output_router_logits`), by absolute layer index:
@@ -21,6 +21,38 @@ pub fn recorded_experts(records: &[RouterRecord]) -> BTreeMap<usize, Tensor> {
         .iter()
         .map(|r| (r.layer, r.router.indices.clone()))
         .collect()
+}
+
+/// The selected experts of every router recorded in `records` (a pass with
+/// [`Recorders`](crate::decoder::Recorders) on the routers: transformers'
+/// `output_selected_experts`), by the absolute layer index of the `layers.N` segment of the
+/// router's module path: what `forced_experts` replays. An error names a router recorded
+/// outside a numbered layer.
+pub fn experts_from_records(records: &Records) -> Result<BTreeMap<usize, Tensor>> {
+    let mut out = BTreeMap::new();
+    for r in records.iter() {
+        let Record::Router(router) = &r.record else {
+            continue;
+        };
+        let layer = r
+            .path
+            .split('.')
+            .collect::<Vec<_>>()
+            .windows(2)
+            .find(|w| w[0] == "layers")
+            .and_then(|w| w[1].parse::<usize>().ok())
+            .ok_or_else(|| {
+                Error::input(
+                    "records",
+                    format!(
+                        "router {} ({}) is not under a numbered layer (`layers.N`)",
+                        r.path, r.site
+                    ),
+                )
+            })?;
+        out.entry(layer).or_insert_with(|| router.indices.clone());
+    }
+    Ok(out)
 }
 
 /// The absolute indices of the MoE layers of `config`, in order.

@@ -10,7 +10,7 @@ use patch_checkpoint::{Init, Transform, Weights};
 
 use crate::matching::{Outcome, Rule};
 use crate::replacement::short_type_name;
-use crate::{Build, Error, PatchSet, Result, Site, Slot};
+use crate::{Build, Error, ObservedSite, PatchSet, Result, Site, Slot};
 
 /// A module under construction's view of the model being built: its path, its weights, and
 /// the patches sub-sites resolve against. Cheap to clone; [`Builder::pp`] descends.
@@ -101,13 +101,13 @@ impl Builder {
         let resolution = self.patches().resolve_site::<T>();
         let built = match &resolution.outcome {
             Outcome::Original => {
-                self.note(
+                let index = self.note(
                     T::NAME,
                     <T::Slot as Slot>::NAME,
                     std::any::type_name::<T>(),
                     None,
                 );
-                T::build(&self.with_transforms_of::<T>(), args)
+                T::build(&self.with_transforms_of::<T>(), args).map(|m| (m, index))
             }
             Outcome::Patched { record, rule } => {
                 let replacement = record.replacement();
@@ -122,7 +122,7 @@ impl Builder {
                             replacement: replacement.type_name().to_string(),
                             replacement_slot: replacement.slot(),
                         })?;
-                self.note(
+                let index = self.note(
                     T::NAME,
                     <T::Slot as Slot>::NAME,
                     replacement.type_name(),
@@ -130,18 +130,25 @@ impl Builder {
                 );
                 let scoped =
                     self.with_transforms(replacement.type_name(), replacement.transforms());
-                (factory.build)(&scoped, args)
+                (factory.build)(&scoped, args).map(|m| (m, index))
             }
             Outcome::Conflict(conflict) => Err(conflict.to_error(&resolution.site)),
         };
-        built.map_err(|e| match e {
-            e @ Error::Build { .. } => e,
-            other => Error::Build {
-                path: self.path().to_string(),
-                site: T::NAME,
-                source: Box::new(other),
-            },
-        })
+        let site = |index| ObservedSite {
+            index,
+            path: self.path().into(),
+            site: T::NAME,
+        };
+        built
+            .map(|(module, index)| <T::Slot as Slot>::observe(module, site(index)))
+            .map_err(|e| match e {
+                e @ Error::Build { .. } => e,
+                other => Error::Build {
+                    path: self.path().to_string(),
+                    site: T::NAME,
+                    source: Box::new(other),
+                },
+            })
     }
 
     /// This builder with `transforms` active for every tensor requested under this path;
@@ -161,23 +168,23 @@ impl Builder {
         self.with_transforms(std::any::type_name::<T>(), T::transforms())
     }
 
+    /// Records a site about to be built; returns its index in the report.
     fn note(
         &self,
         site: &'static str,
         slot: &'static str,
         module: &'static str,
         patch: Option<(Rule, String)>,
-    ) {
-        self.record
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(BuiltSite {
-                path: self.path().to_string(),
-                site,
-                slot,
-                module,
-                patch,
-            });
+    ) -> usize {
+        let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+        record.push(BuiltSite {
+            path: self.path().to_string(),
+            site,
+            slot,
+            module,
+            patch,
+        });
+        record.len() - 1
     }
 
     /// Every site built through this builder (and its clones) so far, parents first.

@@ -41,7 +41,7 @@ impl PatchSet {
             .filter(|r| {
                 !sites
                     .iter()
-                    .any(|s| r.is_exact(s.site.name) || r.is_match(s.site.name))
+                    .any(|s| r.matcher().rule(s.site.name).is_some())
             })
             .cloned()
             .collect();

@@ -72,6 +72,7 @@ mod error;
 mod explain;
 mod mapping;
 pub mod matching;
+mod observed;
 mod patch_set;
 mod registry;
 mod replacement;
@@ -83,6 +84,8 @@ pub use builder::{BuildReport, Builder, BuiltSite};
 pub use error::{Error, Result};
 pub use explain::{Explain, explain};
 pub use mapping::{Origin, PatchEntry, PatchMapping, PatchRecord};
+pub use matching::SiteMatcher;
+pub use observed::{Observed, ObservedSite};
 pub use patch_set::PatchSet;
 pub use registry::{
     clear_patch_mapping, get_patch_mapping, register_patch_mapping, reset_patch_mapping,

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use regex::Regex;
+use crate::matching::SiteMatcher;
 
 use crate::{Error, Replacement, Result};
 
@@ -73,8 +73,7 @@ impl fmt::Display for Origin {
 /// One registered patch: a key, the replacement it maps to, its priority and origin.
 #[derive(Debug)]
 pub struct PatchRecord {
-    key: String,
-    regex: Regex,
+    matcher: SiteMatcher,
     replacement: Replacement,
     label: Option<String>,
     origin: Origin,
@@ -91,13 +90,8 @@ impl PatchRecord {
         origin: Origin,
         seq: u64,
     ) -> Result<Self> {
-        let regex = Regex::new(&key).map_err(|e| Error::InvalidPattern {
-            key: key.clone(),
-            message: e.to_string(),
-        })?;
         Ok(Self {
-            key,
-            regex,
+            matcher: SiteMatcher::new(key)?,
             replacement,
             label,
             origin,
@@ -107,7 +101,12 @@ impl PatchRecord {
 
     /// The key as registered (an exact site name or a pattern).
     pub fn key(&self) -> &str {
-        &self.key
+        self.matcher.key()
+    }
+
+    /// How the key matches site names.
+    pub fn matcher(&self) -> &SiteMatcher {
+        &self.matcher
     }
 
     /// The replacement.
@@ -135,26 +134,16 @@ impl PatchRecord {
         self.seq
     }
 
-    /// Whether the key equals `name`.
-    pub fn is_exact(&self, name: &str) -> bool {
-        self.key == name
-    }
-
-    /// Whether the key, as a regex, matches anywhere in `name` (`re.search` semantics).
-    pub fn is_match(&self, name: &str) -> bool {
-        self.regex.is_match(name)
-    }
-
     /// Whether the key is a plain name (no regex metacharacters): such a key is meant to name
     /// one site exactly.
     pub fn is_plain_name(&self) -> bool {
-        regex::escape(&self.key) == self.key
+        regex::escape(self.key()) == self.key()
     }
 }
 
 impl fmt::Display for PatchRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} -> {}", self.key, self.replacement.short_name())
+        write!(f, "{:?} -> {}", self.key(), self.replacement.short_name())
     }
 }
 
@@ -220,7 +209,7 @@ impl PatchMapping {
 
     /// The records registered under `key`.
     pub fn get(&self, key: &str) -> impl Iterator<Item = &PatchRecord> {
-        self.iter().filter(move |r| r.key == key)
+        self.iter().filter(move |r| r.key() == key)
     }
 
     /// Whether a patch is registered under `key`.
@@ -252,7 +241,7 @@ impl fmt::Display for PatchMapping {
         let key_w = self
             .records
             .iter()
-            .map(|r| r.key.len() + 2)
+            .map(|r| r.key().len() + 2)
             .max()
             .unwrap_or(0);
         let ty_w = self
@@ -265,7 +254,7 @@ impl fmt::Display for PatchMapping {
             writeln!(
                 f,
                 "{:<key_w$}  {:<ty_w$}  slot {:<12} priority {:<4} {}",
-                format!("{:?}", r.key),
+                format!("{:?}", r.key()),
                 r.replacement.type_name(),
                 r.replacement.slot(),
                 r.priority(),

@@ -24,7 +24,46 @@ use std::cmp::Reverse;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::{Error, PatchRecord};
+use regex::Regex;
+
+use crate::{Error, PatchRecord, Result};
+
+/// A key naming sites as patch keys do (rule 1 above): equal to a site's name (an exact
+/// match), or a regular expression matching anywhere in it (a pattern match). What patches,
+/// and whatever else selects sites by name (output recorders), match with.
+#[derive(Clone, Debug)]
+pub struct SiteMatcher {
+    key: String,
+    regex: Regex,
+}
+
+impl SiteMatcher {
+    /// The matcher of `key`; an error naming the key if it is not a valid regex.
+    pub fn new(key: impl Into<String>) -> Result<Self> {
+        let key = key.into();
+        let regex = Regex::new(&key).map_err(|e| Error::InvalidPattern {
+            key: key.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Self { key, regex })
+    }
+
+    /// The key as given.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// How the key matches the site named `name`, if it does.
+    pub fn rule(&self, name: &str) -> Option<Rule> {
+        if self.key == name {
+            Some(Rule::Exact)
+        } else if self.regex.is_match(name) {
+            Some(Rule::Pattern)
+        } else {
+            None
+        }
+    }
+}
 
 /// What a site is matched as: its name and the slot it fills.
 #[derive(Clone, Copy, Debug)]
@@ -156,11 +195,7 @@ pub(crate) fn resolve(site: SiteKey, records: &[Arc<PatchRecord>]) -> Resolution
     let mut eligible: Vec<(Rule, &Arc<PatchRecord>)> = Vec::new();
     let mut exact_conflict = None;
     for r in records {
-        let rule = if r.is_exact(site.name) {
-            Rule::Exact
-        } else if r.is_match(site.name) {
-            Rule::Pattern
-        } else {
+        let Some(rule) = r.matcher().rule(site.name) else {
             continue;
         };
         if r.replacement().slot_id() != site.slot_id {

@@ -5,7 +5,7 @@ use std::any::Any;
 
 use patch_checkpoint::Transform;
 
-use crate::{Builder, Result};
+use crate::{Builder, ObservedSite, Result};
 
 /// The contract a site fills: implemented for the trait object its parent stores
 /// (`impl Slot for dyn Attention`), it names the arguments every constructor of that slot
@@ -36,6 +36,14 @@ pub trait Slot: 'static {
     const NAME: &'static str;
     /// The constructor arguments besides the [`Builder`] (config view, layer index, ...).
     type Args<'a>;
+
+    /// What [`Builder::build`] hands back for a module built at `site`: the module itself by
+    /// default; a slot whose outputs a model records per forward pass wraps it in an
+    /// [`Observed`](crate::Observed) that implements the slot trait (see there).
+    fn observe(module: Box<Self>, site: ObservedSite) -> Box<Self> {
+        let _ = site;
+        module
+    }
 }
 
 /// The base of every slot trait: a built module reports its concrete type and can be

@@ -2,7 +2,7 @@
 //! then grouped-query attention over the cache in place, masked).
 
 use candle_core::Tensor;
-use patch_core::{Module, Slot};
+use patch_core::{Module, Observed, ObservedSite, Slot};
 
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::context::LayerContext;
@@ -31,6 +31,10 @@ pub struct AttentionArgs<'a> {
 impl Slot for dyn Attention {
     const NAME: &'static str = "Attention";
     type Args<'a> = AttentionArgs<'a>;
+
+    fn observe(module: Box<Self>, site: ObservedSite) -> Box<Self> {
+        Box::new(Observed::new(module, site))
+    }
 }
 
 /// `softmax(q k^T * scale + bias) v` on candle's ops for `q` `[batch, heads, seq, head_dim]`
@@ -54,7 +58,9 @@ pub fn scaled_dot_product_attention(
 /// `past_key_values.update` + `sdpa_attention_forward`).
 ///
 /// When gradients are tracked, they flow through this pass's keys and values; cached
-/// positions from earlier passes are constants.
+/// positions from earlier passes are constants. When the pass keeps this layer's attention
+/// probabilities ([`PassContext::wants_attention_weights`](crate::decoder::PassContext)), they
+/// are computed (by the eager path) and recorded; otherwise the fused path runs.
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -63,6 +69,7 @@ pub fn attend(
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     let t = q.dim(1)?;
+    let weights = ctx.pass.wants_attention_weights(ctx.layer_idx);
     let kt = k.transpose(1, 2)?.contiguous()?;
     let vt = v.transpose(1, 2)?.contiguous()?;
     let out = match ctx.cache.as_deref_mut() {
@@ -78,7 +85,7 @@ pub fn attend(
                     values: &values,
                     len: past + t,
                 };
-                crate::ops::attention(q, &kv, ctx.mask, scale, false)?
+                crate::ops::attention(q, &kv, ctx.mask, scale, weights)?
             } else {
                 let len = cache.len();
                 let (kb, vb) = cache.buffers().ok_or_else(|| {
@@ -89,7 +96,7 @@ pub fn attend(
                     values: vb,
                     len,
                 };
-                crate::ops::attention(q, &kv, ctx.mask, scale, false)?
+                crate::ops::attention(q, &kv, ctx.mask, scale, weights)?
             }
         }
         None => {
@@ -98,8 +105,12 @@ pub fn attend(
                 values: &vt,
                 len: t,
             };
-            crate::ops::attention(q, &kv, ctx.mask, scale, false)?
+            crate::ops::attention(q, &kv, ctx.mask, scale, weights)?
         }
     };
-    Ok(out.0)
+    let (y, probs) = out;
+    if let Some(probs) = probs {
+        ctx.pass.record_attention_weights(ctx.layer_idx, probs);
+    }
+    Ok(y)
 }

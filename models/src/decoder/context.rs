@@ -3,6 +3,7 @@
 
 use candle_core::Tensor;
 
+use crate::decoder::capture::PassContext;
 use crate::decoder::kv_cache::LayerKvCache;
 use crate::decoder::rope::RopeTables;
 
@@ -10,9 +11,9 @@ use crate::decoder::rope::RopeTables;
 /// instance state: the rope tables of the pass's positions, the attention bias for this
 /// layer's attention kind, this layer's KV cache, and (MoE layers) expert indices to replay.
 ///
-/// Outputs are never written here: a child returns what it produced (the router's logits and
-/// choices in [`RouterOutput`](crate::decoder::RouterOutput)) and its parent hands it up in its own return value, so the
-/// model records it whatever class was replaced along the way.
+/// Outputs travel up in return values (the router's logits and choices in
+/// [`RouterOutput`](crate::decoder::RouterOutput)); what a pass records besides goes to its
+/// [`PassContext`], which every built module reaches whatever class was replaced along the way.
 pub struct LayerContext<'a> {
     /// Index of the layer.
     pub layer_idx: usize,
@@ -27,4 +28,6 @@ pub struct LayerContext<'a> {
     /// choose instead of its own top-k (replaying a recorded routing); an id of -1 leaves that
     /// choice to the router (partial replay). `None` to route normally.
     pub forced_experts: Option<&'a Tensor>,
+    /// The pass's captures: what to record and where records go.
+    pub pass: &'a PassContext,
 }

@@ -1,21 +1,13 @@
 //! The decoder layer slot, what it returns, and what sits in its feed-forward position.
 
 use candle_core::Tensor;
-use patch_core::{Module, Slot};
+use patch_core::{Module, Observed, ObservedSite, Slot};
 
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::context::LayerContext;
 use crate::decoder::mlp::Mlp;
-use crate::decoder::moe::{RouterOutput, SparseMoe};
-
-/// What a decoder layer returns: its output and, for MoE layers, its router's output.
-#[derive(Clone, Debug)]
-pub struct LayerOutput {
-    /// `[batch, seq, hidden]`.
-    pub hidden_states: Tensor,
-    /// The routing of this layer's MoE block, if it has one.
-    pub router: Option<RouterOutput>,
-}
+use crate::decoder::moe::SparseMoe;
+use crate::decoder::outputs::{LayerOutput, RouterOutput};
 
 /// The decoder layer slot.
 pub trait DecoderLayer: Module {
@@ -39,6 +31,10 @@ pub struct DecoderLayerArgs<'a> {
 impl Slot for dyn DecoderLayer {
     const NAME: &'static str = "DecoderLayer";
     type Args<'a> = DecoderLayerArgs<'a>;
+
+    fn observe(module: Box<Self>, site: ObservedSite) -> Box<Self> {
+        Box::new(Observed::new(module, site))
+    }
 }
 
 /// What sits in a decoder layer's feed-forward position: a dense MLP or a sparse MoE block
@@ -66,7 +62,7 @@ impl FeedForward {
         ctx: &LayerContext<'_>,
     ) -> candle_core::Result<(Tensor, Option<RouterOutput>)> {
         match self {
-            FeedForward::Dense(mlp) => Ok((mlp.forward(x)?, None)),
+            FeedForward::Dense(mlp) => Ok((mlp.forward(x, ctx.pass)?, None)),
             FeedForward::Sparse(moe) => {
                 let out = moe.forward(x, ctx)?;
                 Ok((out.hidden_states, Some(out.router)))

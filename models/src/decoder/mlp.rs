@@ -1,14 +1,15 @@
 //! The MLP slot: a position-wise feed-forward network.
 
 use candle_core::Tensor;
-use patch_core::{Module, Slot};
+use patch_core::{Module, Observed, ObservedSite, Slot};
 
+use crate::decoder::capture::PassContext;
 use crate::decoder::config::DecoderConfig;
 
 /// The MLP slot: a position-wise feed-forward network, `[..., hidden] -> [..., hidden]`.
 pub trait Mlp: Module {
     /// Applies the MLP to `x`.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+    fn forward(&self, x: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor>;
 }
 
 /// What every MLP constructor receives.
@@ -24,4 +25,8 @@ pub struct MlpArgs<'a> {
 impl Slot for dyn Mlp {
     const NAME: &'static str = "Mlp";
     type Args<'a> = MlpArgs<'a>;
+
+    fn observe(module: Box<Self>, site: ObservedSite) -> Box<Self> {
+        Box::new(Observed::new(module, site))
+    }
 }

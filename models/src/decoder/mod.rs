@@ -13,6 +13,7 @@
 mod activation;
 mod attention;
 pub mod blocks;
+mod capture;
 mod config;
 mod config_check;
 mod config_keys;
@@ -25,6 +26,8 @@ mod mlp;
 mod model;
 mod moe;
 mod norm;
+mod observed;
+mod outputs;
 mod positions;
 pub mod rope;
 mod rotary;
@@ -35,17 +38,19 @@ pub use attention::{Attention, AttentionArgs, attend, scaled_dot_product_attenti
 pub use blocks::{
     GatedMlp, PreNormLayer, RmsNorm, SelfAttention, SparseMoeBlock, StackedExperts, TopKRouter,
 };
+pub use capture::{PassContext, Record, Recorded, Recorders, Records, Selection};
 pub use config::{AttentionKind, DecoderConfig, FeedForwardKind, MoeConfig};
 pub use config_check::ConfigCheck;
 pub use config_keys::{DecoderKeys, FamilyConfig, MoeKeys, SlidingWindowKeys, key_group};
 pub use context::LayerContext;
 pub use kv_cache::{KvCache, LayerKvCache};
-pub use layer::{DecoderLayer, DecoderLayerArgs, FeedForward, LayerOutput};
+pub use layer::{DecoderLayer, DecoderLayerArgs, FeedForward};
 pub use linear::{Linear, fused_projection, linear, norm_weight, projection};
 pub use mlp::{Mlp, MlpArgs};
-pub use model::{DecoderInput, DecoderModel, RouterRecord};
-pub use moe::{Experts, MoeArgs, MoeOutput, Router, RouterOutput, SparseMoe};
+pub use model::{DecoderInput, DecoderModel, DecoderOutput, RouterRecord};
+pub use moe::{Experts, MoeArgs, Router, SparseMoe};
 pub use norm::{Norm, NormArgs};
+pub use outputs::{LayerOutput, MoeOutput, RouterOutput};
 pub use positions::Positions;
 pub use rope::{RopeConfig, RopeScaling, RopeTables};
 pub use rotary::{RotaryArgs, RotaryEmbedding};

@@ -8,13 +8,14 @@ use candle_core::Tensor;
 use candle_nn::{Embedding, Module as _};
 use patch_core::{Builder, Result as BuildResult};
 
+use crate::decoder::capture::PassContext;
 use crate::decoder::config::{AttentionKind, DecoderConfig};
 use crate::decoder::context::LayerContext;
 use crate::decoder::kv_cache::KvCache;
 use crate::decoder::layer::{DecoderLayer, DecoderLayerArgs};
 use crate::decoder::mask::attention_bias;
-use crate::decoder::moe::RouterOutput;
 use crate::decoder::norm::{Norm, NormArgs};
+use crate::decoder::outputs::RouterOutput;
 use crate::decoder::positions::Positions;
 use crate::decoder::rotary::{RotaryArgs, RotaryEmbedding};
 use crate::decoder::sites::DecoderSites;
@@ -40,6 +41,24 @@ pub struct DecoderInput<'a> {
     pub forced_experts: &'a BTreeMap<usize, Tensor>,
     /// Whether to return the routers' outputs.
     pub output_router_logits: bool,
+    /// Which hidden states to keep, by index `0..=num_hidden_layers` (see
+    /// [`DecoderOutput::hidden_states`]); empty or all false for none.
+    pub hidden_states: &'a [bool],
+    /// What the pass records (sites, attention probabilities).
+    pub pass: &'a PassContext,
+}
+
+/// What the decoder body returns.
+#[derive(Clone, Debug)]
+pub struct DecoderOutput {
+    /// The final norm's output `[batch, seq, hidden]`.
+    pub last_hidden_state: Tensor,
+    /// Each MoE layer's routing, when asked for.
+    pub routers: Vec<RouterRecord>,
+    /// The selected hidden states, by index (transformers' `output_hidden_states`
+    /// convention): 0 the embedding output, `i` the output of layer `i - 1`, and
+    /// `num_hidden_layers` the final norm's output.
+    pub hidden_states: BTreeMap<usize, Tensor>,
 }
 
 /// The decoder body (transformers' `LlamaModel`, `Qwen2MoeModel`): the same structure and
@@ -120,17 +139,22 @@ impl DecoderModel {
         &self.config
     }
 
-    /// Runs the body: returns the final hidden states `[batch, seq, hidden]` and, when asked,
-    /// every MoE layer's routing. With a cache, the tokens continue the cached sequence (their
-    /// positions and mask extend it) and the cache is extended.
+    /// Runs the body: the final hidden states `[batch, seq, hidden]` and, when asked, every
+    /// MoE layer's routing and the selected hidden states. With a cache, the tokens continue
+    /// the cached sequence (their positions and mask extend it) and the cache is extended.
     pub fn forward(
         &self,
         input: &DecoderInput<'_>,
         mut cache: Option<&mut KvCache>,
-    ) -> Result<(Tensor, Vec<RouterRecord>)> {
+    ) -> Result<DecoderOutput> {
         let (batch, seq_len) = input.input_ids.dims2()?;
         let mask = input.attention_mask;
         let mut h = self.embed_tokens.forward(input.input_ids)?;
+        let keep = |i: usize| input.hidden_states.get(i).copied().unwrap_or(false);
+        let mut hidden_states = BTreeMap::new();
+        if keep(0) {
+            hidden_states.insert(0, h.clone());
+        }
         let dtype = h.dtype();
         let device = h.device().clone();
 
@@ -156,7 +180,9 @@ impl DecoderModel {
                 Positions::from_mask(batch, seq_len, mask, &vec![0; batch]),
             ),
         };
-        let rope = self.rotary_emb.forward(&positions, dtype, &device)?;
+        let rope = self
+            .rotary_emb
+            .forward(&positions, dtype, &device, input.pass)?;
 
         // One bias per attention kind the layers use, built before the layers borrow the cache.
         let mut biases: Vec<(AttentionKind, Option<Tensor>)> = Vec::new();
@@ -202,9 +228,14 @@ impl DecoderModel {
                 mask: bias,
                 cache: layer_caches.as_deref_mut().map(|c| &mut c[i]),
                 forced_experts: input.forced_experts.get(&i),
+                pass: input.pass,
             };
             let out = layer.forward(&h, &mut ctx)?;
             h = out.hidden_states;
+            // The last layer's output is not kept: transformers' last hidden state is normed.
+            if i + 1 < self.layers.len() && keep(i + 1) {
+                hidden_states.insert(i + 1, h.clone());
+            }
             if input.output_router_logits
                 && let Some(router) = out.router
             {
@@ -214,7 +245,14 @@ impl DecoderModel {
         if let Some(c) = cache {
             c.commit(seq_len);
         }
-        let h = self.norm.forward(&h)?;
-        Ok((h, routers))
+        let h = self.norm.forward(&h, input.pass)?;
+        if keep(self.layers.len()) {
+            hidden_states.insert(self.layers.len(), h.clone());
+        }
+        Ok(DecoderOutput {
+            last_hidden_state: h,
+            routers,
+            hidden_states,
+        })
     }
 }

@@ -2,22 +2,12 @@
 //! them; what they return and receive.
 
 use candle_core::Tensor;
-use patch_core::{Module, Slot};
+use patch_core::{Module, Observed, ObservedSite, Slot};
 
+use crate::decoder::capture::PassContext;
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::context::LayerContext;
-
-/// What a router returns, as transformers' `TopKRouter`: the raw logits, and the chosen
-/// experts with their weights.
-#[derive(Clone, Debug)]
-pub struct RouterOutput {
-    /// Router logits before softmax, `[tokens, num_experts]`.
-    pub logits: Tensor,
-    /// Routing weights of the chosen experts, `[tokens, top_k]`.
-    pub weights: Tensor,
-    /// Chosen expert ids, `[tokens, top_k]` (u32), in top-k order.
-    pub indices: Tensor,
-}
+use crate::decoder::outputs::{MoeOutput, RouterOutput};
 
 /// The router slot: chooses `top_k` experts per token.
 pub trait Router: Module {
@@ -35,17 +25,8 @@ pub trait Experts: Module {
         x: &Tensor,
         indices: &Tensor,
         weights: &Tensor,
+        pass: &PassContext,
     ) -> candle_core::Result<Tensor>;
-}
-
-/// What a sparse block returns: its output and its router's output (which the decoder layer
-/// hands up for recording).
-#[derive(Clone, Debug)]
-pub struct MoeOutput {
-    /// `[batch, seq, hidden]`.
-    pub hidden_states: Tensor,
-    /// The routing that produced it.
-    pub router: RouterOutput,
 }
 
 /// The sparse MoE block slot: sits in a decoder layer's feed-forward position.
@@ -66,14 +47,26 @@ pub struct MoeArgs<'a> {
 impl Slot for dyn Router {
     const NAME: &'static str = "Router";
     type Args<'a> = MoeArgs<'a>;
+
+    fn observe(module: Box<Self>, site: ObservedSite) -> Box<Self> {
+        Box::new(Observed::new(module, site))
+    }
 }
 
 impl Slot for dyn Experts {
     const NAME: &'static str = "Experts";
     type Args<'a> = MoeArgs<'a>;
+
+    fn observe(module: Box<Self>, site: ObservedSite) -> Box<Self> {
+        Box::new(Observed::new(module, site))
+    }
 }
 
 impl Slot for dyn SparseMoe {
     const NAME: &'static str = "SparseMoe";
     type Args<'a> = MoeArgs<'a>;
+
+    fn observe(module: Box<Self>, site: ObservedSite) -> Box<Self> {
+        Box::new(Observed::new(module, site))
+    }
 }

@@ -1,14 +1,15 @@
 //! The norm slot: a shape-preserving normalisation of the last dimension.
 
 use candle_core::Tensor;
-use patch_core::{Module, Slot};
+use patch_core::{Module, Observed, ObservedSite, Slot};
 
+use crate::decoder::capture::PassContext;
 use crate::decoder::config::DecoderConfig;
 
 /// The norm slot: a shape-preserving normalisation of the last dimension.
 pub trait Norm: Module {
     /// Normalises `x` (`[..., dim]`).
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+    fn forward(&self, x: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor>;
 }
 
 /// What every norm constructor receives.
@@ -23,4 +24,8 @@ pub struct NormArgs<'a> {
 impl Slot for dyn Norm {
     const NAME: &'static str = "Norm";
     type Args<'a> = NormArgs<'a>;
+
+    fn observe(module: Box<Self>, site: ObservedSite) -> Box<Self> {
+        Box::new(Observed::new(module, site))
+    }
 }

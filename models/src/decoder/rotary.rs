@@ -2,8 +2,9 @@
 //! per pass, for every layer.
 
 use candle_core::{DType, Device};
-use patch_core::{Builder, Module, Result, Slot};
+use patch_core::{Builder, Module, Observed, ObservedSite, Result, Slot};
 
+use crate::decoder::capture::PassContext;
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::positions::Positions;
 use crate::decoder::rope::{RopeConfig, RopeTables};
@@ -17,6 +18,7 @@ pub trait RotaryEmbedding: Module {
         positions: &Positions,
         dtype: DType,
         device: &Device,
+        pass: &PassContext,
     ) -> candle_core::Result<RopeTables>;
 }
 
@@ -30,6 +32,10 @@ pub struct RotaryArgs<'a> {
 impl Slot for dyn RotaryEmbedding {
     const NAME: &'static str = "RotaryEmbedding";
     type Args<'a> = RotaryArgs<'a>;
+
+    fn observe(module: Box<Self>, site: ObservedSite) -> Box<Self> {
+        Box::new(Observed::new(module, site))
+    }
 }
 
 impl RopeConfig {

@@ -187,7 +187,11 @@ macro_rules! decoder_sites {
     };
     (@forward Norm for $site:ident) => {
         impl $crate::decoder::Norm for $site {
-            fn forward(&self, x: &::candle_core::Tensor) -> ::candle_core::Result<::candle_core::Tensor> {
+            fn forward(
+                &self,
+                x: &::candle_core::Tensor,
+                _: &$crate::decoder::PassContext,
+            ) -> ::candle_core::Result<::candle_core::Tensor> {
                 self.0.forward(x)
             }
         }
@@ -199,6 +203,7 @@ macro_rules! decoder_sites {
                 positions: &$crate::decoder::Positions,
                 dtype: ::candle_core::DType,
                 device: &::candle_core::Device,
+                _: &$crate::decoder::PassContext,
             ) -> ::candle_core::Result<$crate::decoder::RopeTables> {
                 self.0.tables(positions, dtype, device)
             }
@@ -206,7 +211,11 @@ macro_rules! decoder_sites {
     };
     (@forward Mlp for $site:ident) => {
         impl $crate::decoder::Mlp for $site {
-            fn forward(&self, x: &::candle_core::Tensor) -> ::candle_core::Result<::candle_core::Tensor> {
+            fn forward(
+                &self,
+                x: &::candle_core::Tensor,
+                _: &$crate::decoder::PassContext,
+            ) -> ::candle_core::Result<::candle_core::Tensor> {
                 self.0.forward(x)
             }
         }
@@ -251,6 +260,7 @@ macro_rules! decoder_sites {
                 x: &::candle_core::Tensor,
                 indices: &::candle_core::Tensor,
                 weights: &::candle_core::Tensor,
+                _: &$crate::decoder::PassContext,
             ) -> ::candle_core::Result<::candle_core::Tensor> {
                 self.0.forward(x, indices, weights)
             }

@@ -5,8 +5,9 @@ use patch_core::{Builder, Result};
 
 use crate::decoder::attention::{Attention, AttentionArgs};
 use crate::decoder::context::LayerContext;
-use crate::decoder::layer::{DecoderLayerArgs, FeedForward, LayerOutput};
+use crate::decoder::layer::{DecoderLayerArgs, FeedForward};
 use crate::decoder::norm::{Norm, NormArgs};
+use crate::decoder::outputs::LayerOutput;
 use crate::decoder::sites::DecoderSites;
 use crate::ops::add_scaled;
 
@@ -49,11 +50,11 @@ impl PreNormLayer {
         ctx: &mut LayerContext<'_>,
     ) -> candle_core::Result<LayerOutput> {
         let residual = hidden_states;
-        let h = self.input_layernorm.forward(hidden_states)?;
+        let h = self.input_layernorm.forward(hidden_states, ctx.pass)?;
         let h = self.self_attn.forward(&h, ctx)?;
         let h = add_scaled(residual, &h, None)?;
         let residual = &h;
-        let x = self.post_attention_layernorm.forward(&h)?;
+        let x = self.post_attention_layernorm.forward(&h, ctx.pass)?;
         let (x, router) = self.mlp.forward(&x, ctx)?;
         Ok(LayerOutput {
             hidden_states: add_scaled(residual, &x, None)?,

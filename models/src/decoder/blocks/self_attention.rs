@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use patch_core::{Builder, Result};
 
 use crate::decoder::attention::{AttentionArgs, attend};
+use crate::decoder::config::DecoderConfig;
 use crate::decoder::context::LayerContext;
 use crate::decoder::linear::{Linear, fused_projection, projection};
 use crate::decoder::norm::{Norm, NormArgs};
@@ -70,7 +71,58 @@ impl SelfAttention {
         } else {
             (None, None)
         };
-        Ok(Self {
+        Ok(Self::assemble(
+            c,
+            qkv_proj,
+            [q_proj, k_proj, v_proj],
+            o_proj,
+            q_norm,
+            k_norm,
+        ))
+    }
+
+    /// A self-attention from an already fused `qkv_proj` (q, k then v rows), `o_proj` and
+    /// optional per-head norms, with the head layout of `config`; `q_proj`, `k_proj` and
+    /// `v_proj` become views of `qkv_proj`'s rows.
+    pub fn from_fused(
+        config: &DecoderConfig,
+        qkv_proj: Linear,
+        o_proj: Linear,
+        q_norm: Option<Box<dyn Norm>>,
+        k_norm: Option<Box<dyn Norm>>,
+    ) -> candle_core::Result<Self> {
+        let (nh, nkv, d) = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        );
+        let (w, bias) = (qkv_proj.weight()?, qkv_proj.bias()?);
+        let rows = |start: usize, len: usize| -> candle_core::Result<Linear> {
+            Ok(Linear::new(
+                w.narrow(0, start, len)?,
+                bias.as_ref().map(|b| b.narrow(0, start, len)).transpose()?,
+            ))
+        };
+        let parts = [
+            rows(0, nh * d)?,
+            rows(nh * d, nkv * d)?,
+            rows((nh + nkv) * d, nkv * d)?,
+        ];
+        Ok(Self::assemble(
+            config, qkv_proj, parts, o_proj, q_norm, k_norm,
+        ))
+    }
+
+    fn assemble(
+        config: &DecoderConfig,
+        qkv_proj: Linear,
+        [q_proj, k_proj, v_proj]: [Linear; 3],
+        o_proj: Linear,
+        q_norm: Option<Box<dyn Norm>>,
+        k_norm: Option<Box<dyn Norm>>,
+    ) -> Self {
+        let d = config.head_dim;
+        Self {
             qkv_proj,
             q_proj,
             k_proj,
@@ -78,11 +130,11 @@ impl SelfAttention {
             o_proj,
             q_norm,
             k_norm,
-            num_heads: nh,
-            num_kv_heads: nkv,
+            num_heads: config.num_attention_heads,
+            num_kv_heads: config.num_key_value_heads,
             head_dim: d,
             scaling: (d as f64).powf(-0.5),
-        })
+        }
     }
 
     /// Attends over `hidden_states` (`[batch, seq, hidden]`).
@@ -100,10 +152,10 @@ impl SelfAttention {
             .narrow(2, (nh + nkv) * d, nkv * d)?
             .reshape((b, t, nkv, d))?;
         if let Some(norm) = &self.q_norm {
-            q = norm.forward(&q)?;
+            q = norm.forward(&q, ctx.pass)?;
         }
         if let Some(norm) = &self.k_norm {
-            k = norm.forward(&k)?;
+            k = norm.forward(&k, ctx.pass)?;
         }
         let q = ctx.rope.apply(&q)?;
         let k = ctx.rope.apply(&k)?;

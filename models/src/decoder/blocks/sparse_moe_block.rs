@@ -7,7 +7,8 @@ use patch_core::{Builder, Result};
 use crate::decoder::context::LayerContext;
 use crate::decoder::linear::{Linear, projection};
 use crate::decoder::mlp::{Mlp, MlpArgs};
-use crate::decoder::moe::{Experts, MoeArgs, MoeOutput, Router};
+use crate::decoder::moe::{Experts, MoeArgs, Router};
+use crate::decoder::outputs::MoeOutput;
 use crate::decoder::sites::MoeSites;
 
 /// `experts(x, router(x)) + sigmoid(shared_expert_gate(x)) * shared_expert(x)`, the shared
@@ -57,10 +58,10 @@ impl SparseMoeBlock {
         let router = self.gate.forward(&flat, ctx)?;
         let mut out = self
             .experts
-            .forward(&flat, &router.indices, &router.weights)?;
+            .forward(&flat, &router.indices, &router.weights, ctx.pass)?;
         if let (Some(shared), Some(gate)) = (&self.shared_expert, &self.shared_expert_gate) {
             let scale = candle_nn::ops::sigmoid(&gate.forward(&flat)?)?;
-            out = crate::ops::add_scaled(&out, &shared.forward(&flat)?, Some(&scale))?;
+            out = crate::ops::add_scaled(&out, &shared.forward(&flat, ctx.pass)?, Some(&scale))?;
         }
         Ok(MoeOutput {
             hidden_states: out.reshape((b, t, h))?,

@@ -4,7 +4,8 @@ use candle_core::{DType, Tensor};
 use patch_core::{Builder, Result};
 
 use crate::decoder::context::LayerContext;
-use crate::decoder::moe::{MoeArgs, RouterOutput};
+use crate::decoder::moe::MoeArgs;
+use crate::decoder::outputs::RouterOutput;
 
 /// A softmax top-k router over a `[num_experts, hidden]` weight (transformers' `TopKRouter`
 /// of the Qwen-MoE families): softmax in float32, top-k of the probabilities, optionally
