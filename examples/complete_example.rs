@@ -36,9 +36,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         false,
     )?;
-    // Override the default qwen2_moe conversion mapping (which stacks the experts): the
-    // ModuleList experts read the per-expert keys as they are. The fused attention carries its
-    // own q/k/v concatenation, so unlike upstream it needs no entry here.
+    // Upstream overrides the default qwen2_moe conversion mapping here. In patchwork it is not
+    // needed (the ModuleList experts ask for the per-expert keys by their own names, and those
+    // are served as stored; the stacking only runs when its target is asked for), nor is the
+    // q/k/v fusion (the fused attention carries it): the override is kept to mirror the page,
+    // and changes nothing.
     register_checkpoint_conversion_mapping("qwen2_moe", Vec::new(), true)?;
 
     let model = AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default())?;

@@ -9,69 +9,40 @@
 //! - [`ModuleListExperts`]: one MLP per expert, loaded straight from the per-expert checkpoint
 //!   keys (what a quantizer that only understands per-expert linears needs).
 
-use candle_core::Tensor;
+use candle_core::{Result, Tensor};
 use patch_core::{Build, Builder};
 use patchwork_models::decoder::{Experts, GatedMlp, MlpArgs, MoeArgs, PassContext};
+use patchwork_models::ops::tokens_per_expert;
 
 /// Attention with one fused `qkv_proj`, carrying the q/k/v concatenation it needs: the
 /// models crate ships it (`patchwork_models::replacements`), written as a user would write it.
 pub use patchwork_models::replacements::FusedQkvAttention;
 
 /// Routed experts as a list of MLPs (`experts.{i}.gate_proj` ...), upstream's
-/// `ModuleListExperts`. Tokens are grouped per expert; each chosen expert runs once.
+/// `ModuleListExperts`: each expert chosen by some token runs once over its tokens.
 pub struct ModuleListExperts {
-    /// One gated MLP per expert.
+    /// One gated MLP per expert, loaded from the per-expert checkpoint keys as they are.
     pub experts: Vec<GatedMlp>,
 }
 
 impl Build for ModuleListExperts {
     type Slot = dyn Experts;
-
     fn build(b: &Builder, args: MoeArgs<'_>) -> patch_core::Result<Box<dyn Experts>> {
-        let moe = args.config.moe().map_err(patch_core::Error::other)?;
-        let mlp = MlpArgs {
-            config: args.config,
-            intermediate_size: moe.moe_intermediate_size,
-        };
-        let experts = (0..moe.num_experts)
-            .map(|i| GatedMlp::load(&b.pp(i.to_string()), mlp))
-            .collect::<patch_core::Result<Vec<_>>>()?;
-        Ok(Box::new(Self { experts }))
+        let moe = args.config.moe()?;
+        let mlp = MlpArgs::expert(args.config)?;
+        let experts = (0..moe.num_experts).map(|i| GatedMlp::load(&b.pp(i.to_string()), mlp));
+        Ok(Box::new(Self {
+            experts: experts.collect::<patch_core::Result<_>>()?,
+        }))
     }
 }
 
 impl Experts for ModuleListExperts {
-    fn forward(
-        &self,
-        x: &Tensor,
-        indices: &Tensor,
-        weights: &Tensor,
-        _: &PassContext,
-    ) -> candle_core::Result<Tensor> {
-        let k = indices.dim(1)?;
-        let ids: Vec<u32> = indices
-            .to_dtype(candle_core::DType::U32)?
-            .flatten_all()?
-            .to_vec1()?;
-        let device = x.device();
-        // Routing weights are gathered from the tensor, so gradients reach the router.
-        let flat_weights = weights.flatten_all()?;
-        let mut out = Tensor::zeros(x.shape(), x.dtype(), device)?;
-        for (e, expert) in self.experts.iter().enumerate() {
-            let slots: Vec<u32> = (0..ids.len() as u32)
-                .filter(|&s| ids[s as usize] as usize == e)
-                .collect();
-            if slots.is_empty() {
-                continue;
-            }
-            let tokens: Vec<u32> = slots.iter().map(|&s| s / k as u32).collect();
-            let rows = Tensor::new(tokens.as_slice(), device)?;
-            let y = expert.forward(&x.index_select(&rows, 0)?)?;
-            let scale = flat_weights
-                .index_select(&Tensor::new(slots.as_slice(), device)?, 0)?
-                .to_dtype(y.dtype())?
-                .unsqueeze(1)?;
-            out = out.index_add(&rows, &y.broadcast_mul(&scale)?, 0)?;
+    fn forward(&self, x: &Tensor, ids: &Tensor, w: &Tensor, _: &PassContext) -> Result<Tensor> {
+        let mut out = x.zeros_like()?;
+        for group in tokens_per_expert(ids, w)? {
+            let y = self.experts[group.expert].forward(&x.index_select(&group.rows, 0)?)?;
+            out = out.index_add(&group.rows, &y.broadcast_mul(&group.weights)?, 0)?;
         }
         Ok(out)
     }
@@ -89,7 +60,7 @@ pub type TensorBytes = std::collections::BTreeMap<String, (String, Vec<usize>, V
 /// Every tensor of the checkpoint folder `dir` (all its `model*.safetensors` files).
 pub fn checkpoint_tensors(
     dir: &std::path::Path,
-) -> Result<TensorBytes, Box<dyn std::error::Error>> {
+) -> std::result::Result<TensorBytes, Box<dyn std::error::Error>> {
     let mut out = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -120,7 +91,7 @@ pub fn checkpoint_tensors(
 pub fn same_checkpoint_tensors(
     original: &std::path::Path,
     saved: &std::path::Path,
-) -> Result<usize, Box<dyn std::error::Error>> {
+) -> std::result::Result<usize, Box<dyn std::error::Error>> {
     let a = checkpoint_tensors(original)?;
     let b = checkpoint_tensors(saved)?;
     for key in a.keys().chain(b.keys()) {

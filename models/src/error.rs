@@ -124,5 +124,18 @@ impl Error {
     }
 }
 
+/// Inside a replacement's `build`, `?` works on the models' errors (`config.moe()?`): they
+/// become [`patch_core::Error`]s (a build error stays what it was).
+impl From<Error> for patch_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Build(inner) => inner,
+            Error::Candle(inner) => patch_core::Error::Candle(inner),
+            Error::Checkpoint(inner) => patch_core::Error::Weights(inner),
+            other => patch_core::Error::other(other),
+        }
+    }
+}
+
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -51,6 +51,26 @@ pub use error::{Error, Result};
 pub use family::{ModelFamily, RegisteredFamily};
 pub use generation::{Generation, GenerationConfig, Sampling};
 
+/// What writing a replacement for these models needs, in one import:
+/// `use patchwork_models::prelude::*;` (patch-core's prelude, the slots with their arguments
+/// and contexts, the building blocks, the entry points).
+pub mod prelude {
+    pub use candle_core::Tensor;
+    pub use patch_core::prelude::*;
+
+    pub use crate::decoder::{
+        Attention, AttentionArgs, DecoderConfig, DecoderLayer, DecoderLayerArgs, Experts,
+        FeedForward, GatedMlp, LayerContext, LayerOutput, Linear, Mlp, MlpArgs, MoeArgs, MoeOutput,
+        Norm, NormArgs, PassContext, PreNormLayer, RmsNorm, RotaryArgs, RotaryEmbedding, Router,
+        RouterOutput, SelfAttention, SparseMoe, SparseMoeBlock, StackedExperts, TopKRouter, attend,
+        linear, projection,
+    };
+    pub use crate::{
+        AutoModelForCausalLM, CausalLM, ForwardOptions, ForwardOutput, GenerationConfig,
+        LoadOptions, delegate_children,
+    };
+}
+
 /// Not public API: what the macros expand to.
 #[doc(hidden)]
 pub mod __private {

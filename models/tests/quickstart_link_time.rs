@@ -44,7 +44,10 @@ fn link_time_patch_applies_to_from_pretrained() {
     let patched = AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default()).unwrap();
     assert!(attention_of(&patched).is::<CustomLlamaAttention>());
     let explained = AutoModelForCausalLM::explain("llama").unwrap().to_string();
-    assert!(explained.contains("#[patch] at"), "{explained}");
+    assert!(
+        explained.contains("#[patch] in crate quickstart_link_time at"),
+        "{explained}"
+    );
     let plain = AutoModelForCausalLM::from_pretrained(
         &dir,
         &LoadOptions::default().with_patches(PatchSet::empty()),

@@ -142,7 +142,33 @@ impl fmt::Display for Problem {
 }
 
 /// The problems of one load, formatted one per line under a count by kind.
-pub(crate) fn format_problems(problems: &[Problem]) -> String {
+/// The detail of an unexpected key that nothing claimed: a plain unused key.
+pub(crate) const UNUSED: &str = "no module asked for it";
+
+/// How many lines an accounting error shows before it counts the rest.
+pub const SHOWN_PROBLEMS: usize = 24;
+
+/// The module whose checkpoint layout a missing tensor points at: its name without a final
+/// `.weight`/`.bias` and without its own last segment (`model.layers.0.mlp.experts` for
+/// `model.layers.0.mlp.experts.gate_up_proj`, `model.layers.0.self_attn` for
+/// `model.layers.0.self_attn.qkv_proj.weight`).
+fn layout_prefix(name: &str) -> Option<&str> {
+    let module = name
+        .strip_suffix(".weight")
+        .or_else(|| name.strip_suffix(".bias"))
+        .unwrap_or(name);
+    // A top-level parent (`model`) would fold unrelated keys.
+    module
+        .rsplit_once('.')
+        .map(|(parent, _)| parent)
+        .filter(|parent| parent.contains('.'))
+}
+
+/// The problems as the accounting error lists them: counts by kind, then one line per problem,
+/// the plain unused keys under a missing tensor's module folded into one line after it (they
+/// are usually the same tensors in the checkpoint's layout), and at most `limit` lines before
+/// the rest is counted. `usize::MAX` lists everything.
+pub fn format_problems(problems: &[Problem], limit: usize) -> String {
     let mut kinds: Vec<(&str, usize)> = Vec::new();
     for p in problems {
         match kinds.iter_mut().find(|(k, _)| *k == p.kind()) {
@@ -157,9 +183,65 @@ pub(crate) fn format_problems(problems: &[Problem]) -> String {
         if problems.len() == 1 { "" } else { "s" },
         counts.join(", ")
     );
+    // Unexpected keys explained by a missing tensor: under its module.
+    let prefixes: Vec<Option<&str>> = problems
+        .iter()
+        .map(|p| match p {
+            Problem::Missing { name, .. } => layout_prefix(name),
+            _ => None,
+        })
+        .collect();
+    let explained_by = |key: &str| {
+        prefixes.iter().position(|pre| {
+            pre.is_some_and(|pre| {
+                key.strip_prefix(pre)
+                    .is_some_and(|rest| rest.starts_with('.'))
+            })
+        })
+    };
+    let mut folded: Vec<Vec<&str>> = vec![Vec::new(); problems.len()];
+    let mut lines: Vec<String> = Vec::new();
+    // Only plain unused keys fold: a key with a transform chain says something of its own.
+    let folds = |p: &Problem| match p {
+        Problem::Unexpected { key, detail } if detail == UNUSED => explained_by(key),
+        _ => None,
+    };
     for p in problems {
+        if let (Some(i), Problem::Unexpected { key, .. }) = (folds(p), p) {
+            folded[i].push(key);
+        }
+    }
+    for (i, p) in problems.iter().enumerate() {
+        if folds(p).is_none() {
+            lines.push(p.to_string());
+        }
+        if !folded[i].is_empty() {
+            let keys = &folded[i];
+            let shown: Vec<&str> = keys.iter().take(3).copied().collect();
+            let more = keys.len().saturating_sub(shown.len());
+            let prefix = prefixes[i].unwrap_or_default();
+            lines.push(format!(
+                "unexpected  {} checkpoint key{} under {prefix} (the checkpoint's layout of it): {}{}",
+                keys.len(),
+                if keys.len() == 1 { "" } else { "s" },
+                shown.join(", "),
+                if more > 0 {
+                    format!(", and {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    let hidden = lines.len().saturating_sub(limit);
+    for line in lines.iter().take(limit) {
         out.push_str("\n  ");
-        out.push_str(&p.to_string());
+        out.push_str(line);
+    }
+    if hidden > 0 {
+        out.push_str(&format!(
+            "\n  ... and {hidden} more (the error's `problems` holds all; `format_problems(&problems, usize::MAX)` lists them)"
+        ));
     }
     out
 }

@@ -413,7 +413,7 @@ impl CheckpointSource {
                     )),
                 }
             } else if detail.is_empty() {
-                detail.push_str("no module asked for it");
+                detail.push_str(crate::accounting::UNUSED);
             }
             problems.push(Problem::Unexpected {
                 key: key.original.clone(),

@@ -42,7 +42,10 @@ pub enum Error {
         message: String,
     },
     /// Strict accounting failed: everything wrong with one load, listed together.
-    #[error("{source_name}: {}", crate::accounting::format_problems(problems))]
+    #[error(
+        "{source_name}: {}",
+        crate::accounting::format_problems(problems, crate::accounting::SHOWN_PROBLEMS)
+    )]
     Accounting {
         /// What was loaded (`checkpoint path/to/dir`).
         source_name: String,

@@ -56,7 +56,7 @@ mod source;
 mod transform;
 mod weights;
 
-pub use accounting::{FiredTransform, LoadReport, Problem};
+pub use accounting::{FiredTransform, LoadReport, Problem, SHOWN_PROBLEMS, format_problems};
 pub use checkpoint::{Checkpoint, CheckpointSource, PlannedTensor};
 pub use error::{Error, Result};
 pub use origin::Origin;

@@ -124,6 +124,14 @@ pub use patch_macros::patchable;
 /// add `use that_crate as _;` to the binary that should pick them up.
 pub use patch_macros::patch;
 
+/// What writing a replacement needs, in one import: `use patch_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Build, Builder, Module, ModuleExt, PatchSet, Replacement, Site, Slot, apply_patches, patch,
+        patchable, register_patch_mapping,
+    };
+}
+
 /// The checkpoint crate: weights, transforms, loading and saving.
 pub use patch_checkpoint as checkpoint;
 
@@ -131,4 +139,33 @@ pub use patch_checkpoint as checkpoint;
 #[doc(hidden)]
 pub mod __private {
     pub use inventory;
+
+    /// `Slot: SameSlot<Site's Slot>` holds only when the two slots are the same type: the
+    /// compile-time check of `#[patch(SiteType)]`.
+    #[diagnostic::on_unimplemented(
+        message = "this replacement fills slot `{Self}`, but the site it names fills slot `{S}`",
+        label = "the site named here fills another slot than the replacement",
+        note = "a replacement must fill the slot of the site it replaces: its `Build::Slot` must be the site's"
+    )]
+    pub trait SameSlot<S: ?Sized> {}
+
+    impl<S: ?Sized> SameSlot<S> for S {}
+
+    /// `Field: WrapsSite<Site>` holds only when the wrapper's field is the site type: what a
+    /// `#[patch(SiteType)]` wrapper is built from.
+    #[diagnostic::on_unimplemented(
+        message = "a wrapper `#[patch({S})] struct X(Field)` holds the site it wraps, but its field is `{Self}`",
+        label = "the wrapper's field must be `{S}`",
+        note = "its `Build` calls `{S}::new(b, args)` and stores the result in the field"
+    )]
+    pub trait WrapsSite<S> {
+        /// The site value, as the field's type.
+        fn into_field(site: S) -> Self;
+    }
+
+    impl<S> WrapsSite<S> for S {
+        fn into_field(site: S) -> Self {
+            site
+        }
+    }
 }

@@ -64,8 +64,24 @@ pub enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::LinkTime { file, line, .. } => write!(f, "#[patch] at {file}:{line}"),
+            Origin::LinkTime { file, line, .. } => write!(
+                f,
+                "#[patch] in crate {} at {file}:{line}",
+                self.crate_name().unwrap_or("?")
+            ),
             Origin::Runtime => f.write_str("run time"),
+        }
+    }
+}
+
+impl Origin {
+    /// The crate a link-time patch was defined in (`None` for run-time registrations).
+    pub fn crate_name(&self) -> Option<&'static str> {
+        match self {
+            Origin::LinkTime { module_path, .. } => {
+                Some(module_path.split("::").next().unwrap_or(module_path))
+            }
+            Origin::Runtime => None,
         }
     }
 }

@@ -52,6 +52,26 @@ impl PatchSet {
         Self::from_records(link_time_records().0.clone())
     }
 
+    /// The crates whose `#[patch]` entries are linked into this binary, sorted: a crate of
+    /// patches that is only a dependency, never referenced, is missing here (add
+    /// `use that_crate as _;` to the binary).
+    ///
+    /// ```
+    /// // A binary checking that its patches crate is linked:
+    /// let crates = patch_core::PatchSet::link_time_crates();
+    /// assert!(crates.iter().all(|c| !c.is_empty()));
+    /// ```
+    pub fn link_time_crates() -> Vec<&'static str> {
+        let mut crates: Vec<&'static str> = link_time_records()
+            .0
+            .iter()
+            .filter_map(|r| r.origin().crate_name())
+            .collect();
+        crates.sort_unstable();
+        crates.dedup();
+        crates
+    }
+
     /// A snapshot of the global registry (what `from_pretrained` builds with).
     pub fn global() -> Self {
         crate::registry::snapshot()

@@ -7,6 +7,11 @@ use crate::{Build, Slot};
 
 /// A layer type whose construction goes through the patch registry. Implemented by
 /// `#[patchable]`; `NAME` is the upstream class name (`LlamaAttention`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a site: mark it `#[patchable]`",
+    label = "not a `#[patchable]` type",
+    note = "`#[patch(Type)]` names the site it replaces by its type; a string key (`#[patch(\"Name\")]`, or a regex) names sites by name"
+)]
 pub trait Site: Build {
     /// The name patches match against.
     const NAME: &'static str;

@@ -3,7 +3,7 @@
 use proc_macro2::{Span, TokenStream};
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
-use syn::{Expr, ExprLit, ExprUnary, Lit, LitInt, LitStr, Meta, Token, UnOp};
+use syn::{Expr, ExprLit, ExprUnary, Lit, LitInt, LitStr, Meta, Path, Token, UnOp};
 
 /// `#[patchable]` or `#[patchable(name = "UpstreamName")]`.
 pub struct PatchableArgs {
@@ -11,10 +11,19 @@ pub struct PatchableArgs {
     pub name: Option<LitStr>,
 }
 
-/// `#[patch("key")]`, `#[patch("key", priority = 10, name = "label")]`.
+/// What a patch is keyed by.
+pub enum PatchKey {
+    /// A site name or a regex, compiled here so a bad one fails the build.
+    Str(LitStr),
+    /// A site type (`LlamaAttention`): the key is its site name, and the replacement's slot is
+    /// checked against the site's at compile time.
+    Site(Box<Path>),
+}
+
+/// `#[patch("key")]`, `#[patch(SiteType)]`, `#[patch("key", priority = 10, name = "label")]`.
 pub struct PatchArgs {
-    /// The key: a site name or a regex, compiled here so a bad one fails the build.
-    pub key: LitStr,
+    /// The key.
+    pub key: PatchKey,
     /// Priority among patterns (default 0).
     pub priority: i32,
     /// A human label for reports.
@@ -61,16 +70,19 @@ impl PatchArgs {
             syn::parse::Parser::parse2(Punctuated::parse_terminated, attr)?;
         let mut args = all.into_iter();
         let key = match args.next() {
-            Some(PatchArg::Key(lit)) => lit,
+            Some(PatchArg::Key(lit)) => {
+                validate_key(&lit)?;
+                PatchKey::Str(lit)
+            }
+            Some(PatchArg::Site(path)) => PatchKey::Site(path),
             Some(PatchArg::Named(meta)) => {
                 return Err(syn::Error::new_spanned(
                     meta,
-                    "the first argument of #[patch] is the site name or pattern, as a string: #[patch(\"LlamaAttention\", ...)]",
+                    "the first argument of #[patch] is the site it replaces: a site type (#[patch(LlamaAttention)]) or a site name or pattern as a string (#[patch(\".*Attention\")])",
                 ));
             }
             None => return Err(missing()),
         };
-        validate_key(&key)?;
         let mut priority = None;
         let mut name = None;
         for arg in args {
@@ -78,6 +90,12 @@ impl PatchArgs {
                 PatchArg::Key(lit) => {
                     return Err(syn::Error::new_spanned(
                         lit,
+                        "#[patch] takes one key; put one #[patch] attribute per key",
+                    ));
+                }
+                PatchArg::Site(path) => {
+                    return Err(syn::Error::new_spanned(
+                        path,
                         "#[patch] takes one key; put one #[patch] attribute per key",
                     ));
                 }
@@ -108,19 +126,23 @@ impl PatchArgs {
     }
 }
 
-/// One argument of `#[patch]`: the key literal or `name = value`.
+/// One argument of `#[patch]`: the key (a string or a site type) or `name = value`.
 enum PatchArg {
     Key(LitStr),
+    Site(Box<Path>),
     Named(Box<Meta>),
 }
 
 impl Parse for PatchArg {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         if input.peek(LitStr) {
-            Ok(PatchArg::Key(input.parse()?))
-        } else {
-            Ok(PatchArg::Named(Box::new(input.parse()?)))
+            return Ok(PatchArg::Key(input.parse()?));
         }
+        let meta: Meta = input.parse()?;
+        Ok(match meta {
+            Meta::Path(path) => PatchArg::Site(Box::new(path)),
+            other => PatchArg::Named(Box::new(other)),
+        })
     }
 }
 

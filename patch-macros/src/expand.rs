@@ -3,7 +3,9 @@
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 
-use crate::args::{PatchArgs, PatchableArgs};
+use syn::spanned::Spanned;
+
+use crate::args::{PatchArgs, PatchKey, PatchableArgs};
 use crate::target::{Attr, Target};
 
 pub fn patchable(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -52,11 +54,17 @@ pub fn patch(attr: TokenStream, item: TokenStream) -> TokenStream {
     match parsed {
         Ok((args, target)) => {
             let ident = &target.ident;
-            let key = &args.key;
             let priority = args.priority;
             let label = match &args.name {
                 Some(lit) => quote!(::core::option::Option::Some(#lit)),
                 None => quote!(::core::option::Option::None),
+            };
+            let (key, generated) = match &args.key {
+                PatchKey::Str(lit) => (quote!(#lit), TokenStream::new()),
+                PatchKey::Site(site) => (
+                    quote_spanned!(site.span()=> <#site as ::patch_core::Site>::NAME),
+                    site_keyed(ident, site, target.wrapped.as_ref()),
+                ),
             };
             // One generated function both checks that the type fills its slot and names the
             // replacement, so a type without `Build` gets one error, not one per use.
@@ -82,10 +90,56 @@ pub fn patch(attr: TokenStream, item: TokenStream) -> TokenStream {
             };
             quote! {
                 #item
+                #generated
                 #entry
             }
         }
         Err(err) => with_error(item, err),
+    }
+}
+
+/// What `#[patch(SiteType)]` adds: for a wrapper (a tuple struct around the site type), its
+/// `Build` (the site's own constructor and carried transforms) and `Deref` to the site; for
+/// any other type, the compile-time check that its slot is the site's.
+fn site_keyed(ident: &syn::Ident, site: &syn::Path, wrapped: Option<&syn::Type>) -> TokenStream {
+    match wrapped {
+        Some(inner) => quote_spanned! {site.span()=>
+            impl ::patch_core::Build for #ident {
+                type Slot = <#site as ::patch_core::Build>::Slot;
+
+                fn build(
+                    b: &::patch_core::Builder,
+                    args: <Self::Slot as ::patch_core::Slot>::Args<'_>,
+                ) -> ::patch_core::Result<::std::boxed::Box<Self::Slot>> {
+                    let original = <#inner as ::patch_core::__private::WrapsSite<#site>>::into_field(
+                        #site::new(b, args)?,
+                    );
+                    ::core::result::Result::Ok(::std::boxed::Box::new(Self(original)))
+                }
+
+                fn transforms() -> ::std::vec::Vec<::patch_core::checkpoint::Transform> {
+                    <#site as ::patch_core::Build>::transforms()
+                }
+            }
+
+            impl ::core::ops::Deref for #ident {
+                type Target = #inner;
+                fn deref(&self) -> &#inner {
+                    &self.0
+                }
+            }
+        },
+        None => quote_spanned! {site.span()=>
+            const _: () = {
+                fn _replacement_fills_the_sites_slot()
+                where
+                    #site: ::patch_core::Site,
+                    <#ident as ::patch_core::Build>::Slot:
+                        ::patch_core::__private::SameSlot<<#site as ::patch_core::Build>::Slot>,
+                {
+                }
+            };
+        },
     }
 }
 

@@ -2,13 +2,16 @@
 
 use proc_macro2::TokenStream;
 use syn::spanned::Spanned;
-use syn::{Generics, Ident, Item};
+use syn::{Fields, Generics, Ident, Item, Type};
 
 /// A type the attributes can register: a non-generic struct or enum, or (for `#[patch]`) a
 /// type alias naming a concrete instance of a generic type.
 pub struct Target {
     /// The type's name.
     pub ident: Ident,
+    /// The type of its one field, when it is a tuple struct with exactly one: a wrapper, for
+    /// which `#[patch(SiteType)]` writes `Build`.
+    pub wrapped: Option<Type>,
 }
 
 /// Which attribute is asking, for messages and for what it accepts.
@@ -49,8 +52,16 @@ impl Target {
             }
         };
         reject_generics(generics, attr)?;
+        let wrapped = match &parsed {
+            Item::Struct(s) => match &s.fields {
+                Fields::Unnamed(f) if f.unnamed.len() == 1 => Some(f.unnamed[0].ty.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
         Ok(Target {
             ident: ident.clone(),
+            wrapped,
         })
     }
 }

@@ -6,6 +6,7 @@ use patch_core::{Module, Observed, ObservedSite, Slot};
 
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::context::LayerContext;
+use crate::decoder::norm::Norm;
 use crate::ops::{KeyValues, tracks_gradients};
 
 /// The attention slot: causal self-attention over `hidden_states` (`[batch, seq, hidden]`),
@@ -17,6 +18,16 @@ pub trait Attention: Module {
         hidden_states: &Tensor,
         ctx: &mut LayerContext<'_>,
     ) -> candle_core::Result<Tensor>;
+
+    /// The per-head query norm (`q_norm`), where the attention has one.
+    fn q_norm(&self) -> Option<&dyn Norm> {
+        None
+    }
+
+    /// The per-head key norm (`k_norm`), where the attention has one.
+    fn k_norm(&self) -> Option<&dyn Norm> {
+        None
+    }
 }
 
 /// What every attention constructor receives.

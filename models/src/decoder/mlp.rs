@@ -22,6 +22,16 @@ pub struct MlpArgs<'a> {
     pub intermediate_size: usize,
 }
 
+impl<'a> MlpArgs<'a> {
+    /// The arguments of one routed expert of `config`'s MoE layers (`moe_intermediate_size`).
+    pub fn expert(config: &'a DecoderConfig) -> crate::Result<Self> {
+        Ok(Self {
+            config,
+            intermediate_size: config.moe()?.moe_intermediate_size,
+        })
+    }
+}
+
 impl Slot for dyn Mlp {
     const NAME: &'static str = "Mlp";
     type Args<'a> = MlpArgs<'a>;

@@ -7,6 +7,7 @@ use patch_core::{Module, Observed, ObservedSite, Slot};
 use crate::decoder::capture::PassContext;
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::context::LayerContext;
+use crate::decoder::mlp::Mlp;
 use crate::decoder::outputs::{MoeOutput, RouterOutput};
 
 /// The router slot: chooses `top_k` experts per token.
@@ -33,6 +34,21 @@ pub trait Experts: Module {
 pub trait SparseMoe: Module {
     /// Applies the block to `x` (`[batch, seq, hidden]`).
     fn forward(&self, x: &Tensor, ctx: &LayerContext<'_>) -> candle_core::Result<MoeOutput>;
+
+    /// The shared expert, where the block has one.
+    fn shared_expert(&self) -> Option<&dyn Mlp> {
+        None
+    }
+
+    /// The router (`gate`), if the block has one.
+    fn gate(&self) -> Option<&dyn Router> {
+        None
+    }
+
+    /// The routed experts, if the block has them.
+    fn experts(&self) -> Option<&dyn Experts> {
+        None
+    }
 }
 
 /// What every router, experts and sparse-block constructor receives.

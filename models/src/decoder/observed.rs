@@ -9,7 +9,7 @@ use patch_core::Observed;
 use crate::decoder::attention::Attention;
 use crate::decoder::capture::{PassContext, Record};
 use crate::decoder::context::LayerContext;
-use crate::decoder::layer::DecoderLayer;
+use crate::decoder::layer::{DecoderLayer, FeedForward};
 use crate::decoder::mlp::Mlp;
 use crate::decoder::moe::{Experts, Router, SparseMoe};
 use crate::decoder::norm::Norm;
@@ -58,6 +58,14 @@ impl Attention for Observed<dyn Attention> {
         ctx.pass.record(self.site(), || Record::Tensor(y.clone()));
         Ok(y)
     }
+
+    fn q_norm(&self) -> Option<&dyn Norm> {
+        self.inner().q_norm()
+    }
+
+    fn k_norm(&self) -> Option<&dyn Norm> {
+        self.inner().k_norm()
+    }
 }
 
 impl DecoderLayer for Observed<dyn DecoderLayer> {
@@ -70,6 +78,22 @@ impl DecoderLayer for Observed<dyn DecoderLayer> {
         ctx.pass
             .record(self.site(), || Record::Tensor(out.hidden_states.clone()));
         Ok(out)
+    }
+
+    fn self_attn(&self) -> Option<&dyn Attention> {
+        self.inner().self_attn()
+    }
+
+    fn mlp(&self) -> Option<&FeedForward> {
+        self.inner().mlp()
+    }
+
+    fn input_layernorm(&self) -> Option<&dyn Norm> {
+        self.inner().input_layernorm()
+    }
+
+    fn post_attention_layernorm(&self) -> Option<&dyn Norm> {
+        self.inner().post_attention_layernorm()
     }
 }
 
@@ -101,5 +125,17 @@ impl SparseMoe for Observed<dyn SparseMoe> {
         ctx.pass
             .record(self.site(), || Record::Tensor(out.hidden_states.clone()));
         Ok(out)
+    }
+
+    fn shared_expert(&self) -> Option<&dyn Mlp> {
+        self.inner().shared_expert()
+    }
+
+    fn gate(&self) -> Option<&dyn Router> {
+        self.inner().gate()
+    }
+
+    fn experts(&self) -> Option<&dyn Experts> {
+        self.inner().experts()
     }
 }

@@ -229,6 +229,14 @@ macro_rules! decoder_sites {
             ) -> ::candle_core::Result<::candle_core::Tensor> {
                 self.0.forward(hidden_states, ctx)
             }
+
+            fn q_norm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
+                self.0.q_norm.as_deref()
+            }
+
+            fn k_norm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
+                self.0.k_norm.as_deref()
+            }
         }
     };
     (@forward DecoderLayer for $site:ident) => {
@@ -239,6 +247,24 @@ macro_rules! decoder_sites {
                 ctx: &mut $crate::decoder::LayerContext<'_>,
             ) -> ::candle_core::Result<$crate::decoder::LayerOutput> {
                 self.0.forward(hidden_states, ctx)
+            }
+
+            fn self_attn(&self) -> ::core::option::Option<&dyn $crate::decoder::Attention> {
+                ::core::option::Option::Some(&*self.0.self_attn)
+            }
+
+            fn mlp(&self) -> ::core::option::Option<&$crate::decoder::FeedForward> {
+                ::core::option::Option::Some(&self.0.mlp)
+            }
+
+            fn input_layernorm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
+                ::core::option::Option::Some(&*self.0.input_layernorm)
+            }
+
+            fn post_attention_layernorm(
+                &self,
+            ) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
+                ::core::option::Option::Some(&*self.0.post_attention_layernorm)
             }
         }
     };
@@ -275,6 +301,61 @@ macro_rules! decoder_sites {
             ) -> ::candle_core::Result<$crate::decoder::MoeOutput> {
                 self.0.forward(x, ctx)
             }
+
+            fn shared_expert(&self) -> ::core::option::Option<&dyn $crate::decoder::Mlp> {
+                self.0.shared_expert.as_deref()
+            }
+
+            fn gate(&self) -> ::core::option::Option<&dyn $crate::decoder::Router> {
+                ::core::option::Option::Some(&*self.0.gate)
+            }
+
+            fn experts(&self) -> ::core::option::Option<&dyn $crate::decoder::Experts> {
+                ::core::option::Option::Some(&*self.0.experts)
+            }
+        }
+    };
+}
+
+/// Inside a slot implementation for a wrapper, the accessors of the wrapped module's standard
+/// children, delegating to field `$field`: `delegate_children!(DecoderLayer, 0);` in
+/// `impl DecoderLayer for MyLayer { fn forward(..) {..} delegate_children!(DecoderLayer, 0); }`
+/// keeps `self_attn()`, `mlp()` and the norms (and so
+/// [`CausalLM::named_modules`](crate::CausalLM::named_modules) and `get_submodule`) working
+/// through the replacement. For `DecoderLayer`, `Attention` and `SparseMoe`.
+#[macro_export]
+macro_rules! delegate_children {
+    (DecoderLayer, $field:tt) => {
+        fn self_attn(&self) -> ::core::option::Option<&dyn $crate::decoder::Attention> {
+            $crate::decoder::DecoderLayer::self_attn(&self.$field)
+        }
+        fn mlp(&self) -> ::core::option::Option<&$crate::decoder::FeedForward> {
+            $crate::decoder::DecoderLayer::mlp(&self.$field)
+        }
+        fn input_layernorm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
+            $crate::decoder::DecoderLayer::input_layernorm(&self.$field)
+        }
+        fn post_attention_layernorm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
+            $crate::decoder::DecoderLayer::post_attention_layernorm(&self.$field)
+        }
+    };
+    (Attention, $field:tt) => {
+        fn q_norm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
+            $crate::decoder::Attention::q_norm(&self.$field)
+        }
+        fn k_norm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
+            $crate::decoder::Attention::k_norm(&self.$field)
+        }
+    };
+    (SparseMoe, $field:tt) => {
+        fn shared_expert(&self) -> ::core::option::Option<&dyn $crate::decoder::Mlp> {
+            $crate::decoder::SparseMoe::shared_expert(&self.$field)
+        }
+        fn gate(&self) -> ::core::option::Option<&dyn $crate::decoder::Router> {
+            $crate::decoder::SparseMoe::gate(&self.$field)
+        }
+        fn experts(&self) -> ::core::option::Option<&dyn $crate::decoder::Experts> {
+            $crate::decoder::SparseMoe::experts(&self.$field)
         }
     };
 }

@@ -96,40 +96,75 @@ pub fn routed_experts(
             }
         }
     }
-    // Per expert: the tokens routed to it and the (token, choice) slots they came through.
-    let mut routed: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); experts];
-    for (slot, &e) in id_values.iter().enumerate() {
-        routed[e as usize].0.push((slot / top_k) as u32);
-        routed[e as usize].1.push(slot as u32);
-    }
-    let device = x.device();
-    let flat_weights = weights.flatten_all()?;
     let mut outputs = Vec::new();
-    let mut targets: Vec<u32> = Vec::with_capacity(tokens * top_k);
-    for (e, (token_ids, slots)) in routed.into_iter().enumerate() {
-        if token_ids.is_empty() {
-            continue;
-        }
-        let m = token_ids.len();
-        let rows = Tensor::from_vec(token_ids.clone(), m, device)?;
-        let xs = x.index_select(&rows, 0)?;
-        let h = gated(&linear(&xs, &gate_up.get(e)?, None)?, act)?;
-        let y = linear(&h, &down.get(e)?, None)?;
-        let slots = Tensor::from_vec(slots, m, device)?;
-        let scale = flat_weights
-            .index_select(&slots, 0)?
-            .to_dtype(y.dtype())?
-            .unsqueeze(1)?;
-        outputs.push(y.broadcast_mul(&scale)?);
-        targets.extend(token_ids);
+    let mut targets = Vec::new();
+    for group in tokens_per_expert(ids, weights)? {
+        let xs = x.index_select(&group.rows, 0)?;
+        let h = gated(&linear(&xs, &gate_up.get(group.expert)?, None)?, act)?;
+        let y = linear(&h, &down.get(group.expert)?, None)?;
+        outputs.push(y.broadcast_mul(&group.weights.to_dtype(y.dtype())?)?);
+        targets.push(group.rows);
     }
-    let out = Tensor::zeros((tokens, hidden), x.dtype(), device)?;
+    let out = Tensor::zeros((tokens, hidden), x.dtype(), x.device())?;
     if outputs.is_empty() {
         return Ok(out);
     }
-    let ys = Tensor::cat(&outputs, 0)?;
-    let targets = Tensor::from_vec(targets, ys.dim(0)?, device)?;
-    out.index_add(&targets, &ys, 0)
+    out.index_add(&Tensor::cat(&targets, 0)?, &Tensor::cat(&outputs, 0)?, 0)
+}
+
+/// The tokens routed to one expert: what a per-expert loop runs it on.
+#[derive(Clone, Debug)]
+pub struct ExpertTokens {
+    /// The expert.
+    pub expert: usize,
+    /// The token rows routed to it, in token order (u32 `[m]`: `index_select` / `index_add`
+    /// indices).
+    pub rows: Tensor,
+    /// Their routing weights for this expert, `[m, 1]`, gathered from the weights tensor (so
+    /// gradients reach the router).
+    pub weights: Tensor,
+}
+
+/// For `indices` and `weights` `[tokens, top_k]` (a router's output), every expert some token
+/// chose, in expert order, with the tokens routed to it: the grouping of a per-expert loop
+/// (`for g in tokens_per_expert(..)? { out = out.index_add(&g.rows, &(expert(x[g.rows]) *
+/// g.weights), 0)? }`).
+pub fn tokens_per_expert(
+    indices: &Tensor,
+    weights: &Tensor,
+) -> candle_core::Result<Vec<ExpertTokens>> {
+    let (tokens, k) = indices.dims2()?;
+    if weights.dims() != [tokens, k] {
+        candle_core::bail!(
+            "experts: weights {:?} do not match expert ids {:?}",
+            weights.dims(),
+            indices.dims()
+        );
+    }
+    let ids: Vec<u32> = indices.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+    let experts = ids.iter().map(|&e| e as usize + 1).max().unwrap_or(0);
+    let mut routed: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); experts];
+    for (slot, &e) in ids.iter().enumerate() {
+        routed[e as usize].0.push((slot / k.max(1)) as u32);
+        routed[e as usize].1.push(slot as u32);
+    }
+    let device = indices.device();
+    let flat = weights.flatten_all()?;
+    routed
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (rows, _))| !rows.is_empty())
+        .map(|(expert, (rows, slots))| {
+            let m = rows.len();
+            Ok(ExpertTokens {
+                expert,
+                rows: Tensor::from_vec(rows, m, device)?,
+                weights: flat
+                    .index_select(&Tensor::from_vec(slots, m, device)?, 0)?
+                    .unsqueeze(1)?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

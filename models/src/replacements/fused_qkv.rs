@@ -44,8 +44,7 @@ impl FusedQkvAttention {
         } else {
             (None, None)
         };
-        let attention = SelfAttention::from_fused(c, qkv_proj, o_proj, q_norm, k_norm)
-            .map_err(patch_core::Error::other)?;
+        let attention = SelfAttention::from_fused(c, qkv_proj, o_proj, q_norm, k_norm)?;
         Ok(Self(attention))
     }
 }

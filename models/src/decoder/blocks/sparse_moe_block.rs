@@ -29,10 +29,7 @@ impl SparseMoeBlock {
     /// `S`'s sites.
     pub fn load<S: MoeSites>(b: &Builder, args: MoeArgs<'_>) -> Result<Self> {
         let c = args.config;
-        let shared = c
-            .moe()
-            .map_err(patch_core::Error::other)?
-            .shared_expert_intermediate_size;
+        let shared = c.moe()?.shared_expert_intermediate_size;
         let (shared_expert, shared_expert_gate) = if shared > 0 {
             let mlp = b.pp("shared_expert").build::<S::Mlp>(MlpArgs {
                 config: c,

@@ -25,7 +25,7 @@ impl StackedExperts {
     /// Loads `gate_up_proj` and `down_proj` under `b` (random sources: N(0, std)).
     pub fn load(b: &Builder, args: MoeArgs<'_>) -> Result<Self> {
         let c = args.config;
-        let moe = c.moe().map_err(patch_core::Error::other)?;
+        let moe = c.moe()?;
         let (e, i, h) = (moe.num_experts, moe.moe_intermediate_size, c.hidden_size);
         let init = candle_nn::Init::Randn {
             mean: 0.0,

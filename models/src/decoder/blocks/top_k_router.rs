@@ -23,7 +23,7 @@ pub struct TopKRouter {
 impl TopKRouter {
     /// Loads `weight` under `b` (random sources: N(0, std)).
     pub fn load(b: &Builder, args: MoeArgs<'_>) -> Result<Self> {
-        let moe = args.config.moe().map_err(patch_core::Error::other)?;
+        let moe = args.config.moe()?;
         let weight = b.get_with_init(
             (moe.num_experts, args.config.hidden_size),
             "weight",

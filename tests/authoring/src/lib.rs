@@ -1,0 +1,73 @@
+//! The upstream page's main use cases, written as a user crate writes them: each replacement in
+//! the shortest form the API allows. Linked into `tests/authoring.rs` (`use authoring_patches as
+//! _;`), whose every model is built with these link-time patches.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use patchwork_models::llama::{LlamaAttention, LlamaDecoderLayer};
+use patchwork_models::ops::tokens_per_expert;
+use patchwork_models::prelude::*;
+use patchwork_models::qwen3_moe::Qwen3MoeExperts;
+
+/// How many times a [`CountingAttention`] ran.
+pub static ATTENTION_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// Quickstart: every `LlamaAttention` replaced by one that counts its calls and delegates.
+#[patch(LlamaAttention)]
+pub struct CountingAttention(LlamaAttention);
+
+impl Attention for CountingAttention {
+    fn forward(&self, x: &Tensor, ctx: &mut LayerContext<'_>) -> candle_core::Result<Tensor> {
+        ATTENTION_CALLS.fetch_add(1, Ordering::Relaxed);
+        self.0.forward(x, ctx)
+    }
+}
+
+/// A decoder layer replaced by a wrapper that keeps its children reachable (`self_attn`,
+/// `mlp`, the norms): the original layer is built as usual, its attention patched above.
+#[patch(LlamaDecoderLayer)]
+pub struct WrappedLayer(LlamaDecoderLayer);
+
+impl DecoderLayer for WrappedLayer {
+    fn forward(&self, x: &Tensor, ctx: &mut LayerContext<'_>) -> candle_core::Result<LayerOutput> {
+        self.0.forward(x, ctx)
+    }
+
+    delegate_children!(DecoderLayer, 0);
+}
+
+/// ModuleList experts (one MLP per expert, loaded from the per-expert checkpoint keys as they
+/// are, no conversion override needed) for Qwen3-MoE; the slot is checked against the site's.
+#[patch(Qwen3MoeExperts)]
+pub struct ModuleListExperts {
+    experts: Vec<GatedMlp>,
+}
+
+impl Build for ModuleListExperts {
+    type Slot = dyn Experts;
+    fn build(b: &Builder, args: MoeArgs<'_>) -> patch_core::Result<Box<dyn Experts>> {
+        let mlp = MlpArgs::expert(args.config)?;
+        let n = args.config.moe()?.num_experts;
+        let experts = (0..n).map(|i| GatedMlp::load(&b.pp(i.to_string()), mlp));
+        Ok(Box::new(Self {
+            experts: experts.collect::<patch_core::Result<_>>()?,
+        }))
+    }
+}
+
+impl Experts for ModuleListExperts {
+    fn forward(
+        &self,
+        x: &Tensor,
+        ids: &Tensor,
+        w: &Tensor,
+        _: &PassContext,
+    ) -> candle_core::Result<Tensor> {
+        let mut out = x.zeros_like()?;
+        for group in tokens_per_expert(ids, w)? {
+            let y = self.experts[group.expert].forward(&x.index_select(&group.rows, 0)?)?;
+            out = out.index_add(&group.rows, &y.broadcast_mul(&group.weights)?, 0)?;
+        }
+        Ok(out)
+    }
+}
