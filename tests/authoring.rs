@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 // Referenced, so the linker keeps its patches (a crate of patches must be).
-use authoring_patches::{ATTENTION_CALLS, CountingAttention, ModuleListExperts, WrappedLayer};
+use authoring_patches::{
+    ATTENTION_CALLS, CUSTOM_ATTENTION_CALLS, CountingAttention, ModuleListExperts, WrappedLayer,
+};
 use candle_core::{Device, Tensor};
 use patch_core::checkpoint::{Checkpoint, SaveOptions, Weights};
 use patch_core::{Build, Builder, ModuleExt, PatchSet, Replacement, apply_patches};
@@ -202,5 +204,130 @@ fn manual_construction_uses_the_originals_unless_inside_apply_patches() {
             .get_submodule("model.layers.0.self_attn")
             .unwrap()
             .is::<CountingAttention>()
+    );
+}
+
+fn fixtures() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixture(""))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|d| d.join("reference.safetensors").exists())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn reference_logits(dir: &Path) -> (Tensor, Tensor) {
+    let r =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    (r["input_ids"].clone(), r["logits"].clone())
+}
+
+/// An attention implementation registered at link time by another crate gives the reference
+/// logits on every family, and so does switching implementations without a reload.
+#[test]
+fn a_link_time_attention_implementation_serves_every_family() {
+    for dir in fixtures() {
+        let (ids, want) = reference_logits(&dir);
+        let options = LoadOptions::default()
+            .with_patches(PatchSet::empty())
+            .with_attn_implementation("counted");
+        let mut model = AutoModelForCausalLM::from_pretrained(&dir, &options).unwrap();
+        assert_eq!(model.implementations().attention().name, "counted");
+        let before = CUSTOM_ATTENTION_CALLS.load(Ordering::Relaxed);
+        let logits = model.forward(&ids, None).unwrap();
+        assert!(
+            CUSTOM_ATTENTION_CALLS.load(Ordering::Relaxed)
+                >= before + model.config().num_hidden_layers
+        );
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1.0);
+        assert!(
+            max_diff(&logits, &want) <= 1e-4 * scale,
+            "{}",
+            dir.display()
+        );
+        // Switching: no reload, the same logits.
+        let weights_before = model.weights().params().snapshot();
+        model.set_attn_implementation("sdpa").unwrap();
+        let sdpa = model.forward(&ids, None).unwrap();
+        assert!(max_diff(&sdpa, &logits) <= 1e-4 * scale);
+        let weights_after = model.weights().params().snapshot();
+        assert!(
+            weights_before
+                .iter()
+                .zip(&weights_after)
+                .all(|(a, b)| a.1.id() == b.1.id())
+        );
+        if model.config().moe.is_some() {
+            model.set_experts_implementation("looped").unwrap();
+            let looped = model.forward(&ids, None).unwrap();
+            assert!(max_diff(&looped, &logits) <= 1e-4 * scale);
+        }
+        let text = model.explain().to_string();
+        assert!(text.contains("attention \"sdpa\""), "{text}");
+    }
+}
+
+#[test]
+fn a_per_model_registration_is_invisible_to_other_models() {
+    use patchwork_models::implementations::AttentionImplementation;
+    fn halved(
+        input: &patchwork_models::implementations::AttentionInput<'_>,
+    ) -> candle_core::Result<patchwork_models::implementations::AttentionOutput> {
+        let mut out = authoring_patches::counted_attention(input)?;
+        out.output = (out.output * 0.5)?;
+        Ok(out)
+    }
+    let options = LoadOptions::default().with_patches(PatchSet::empty());
+    let mut a = AutoModelForCausalLM::from_pretrained(fixture("llama-tiny"), &options).unwrap();
+    let mut b = AutoModelForCausalLM::from_pretrained(fixture("llama-tiny"), &options).unwrap();
+    a.register_attention_implementation(AttentionImplementation::new("halved", halved));
+    a.set_attn_implementation("halved").unwrap();
+    let err = b.set_attn_implementation("halved").unwrap_err().to_string();
+    assert!(
+        err.contains("unknown implementation \"halved\"")
+            && err.contains("counted")
+            && err.contains("sdpa"),
+        "{err}"
+    );
+    let c = AutoModelForCausalLM::from_pretrained(
+        fixture("llama-tiny"),
+        &options.clone().with_attn_implementation("halved"),
+    );
+    assert!(c.is_err(), "a model loaded later does not see it either");
+    let x = tokens();
+    assert!(max_diff(&a.forward(&x, None).unwrap(), &b.forward(&x, None).unwrap()) > 1e-3);
+}
+
+/// Under training the default "sdpa" gives way to "eager"; an implementation that declares
+/// gradients is used as it is.
+#[test]
+fn a_gradient_capable_implementation_is_used_under_training() {
+    let options = LoadOptions::default()
+        .with_patches(PatchSet::empty())
+        .trainable()
+        .with_attn_implementation("counted");
+    let model = AutoModelForCausalLM::from_pretrained(fixture("llama-tiny"), &options).unwrap();
+    let before = CUSTOM_ATTENTION_CALLS.load(Ordering::Relaxed);
+    let logits = model.forward(&tokens(), None).unwrap();
+    assert!(CUSTOM_ATTENTION_CALLS.load(Ordering::Relaxed) > before);
+    let grads = logits.sum_all().unwrap().backward().unwrap();
+    let by_key = model.gradients(&grads).unwrap();
+    let g = &by_key["model.layers.0.self_attn.q_proj.weight"];
+    assert!(
+        g.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
     );
 }

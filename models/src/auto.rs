@@ -37,6 +37,13 @@ pub struct LoadOptions {
     /// them with the model ([`CausalLM::vars`]), for an optimiser. Default `false`: inference,
     /// with memory-mapped checkpoints and bf16 weights kept.
     pub trainable: bool,
+    /// The attention implementation (`"sdpa"`, `"eager"`, or a registered name; see
+    /// [`crate::implementations`]); `None` takes the config's `attn_implementation`, else
+    /// `"sdpa"`.
+    pub attn_implementation: Option<String>,
+    /// The routed-experts implementation (`"grouped_mm"`, `"eager"`, or a registered name);
+    /// `None` takes the config's `experts_implementation`, else `"grouped_mm"`.
+    pub experts_implementation: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -48,6 +55,8 @@ impl Default for LoadOptions {
             patches: None,
             upcast_weights: false,
             trainable: false,
+            attn_implementation: None,
+            experts_implementation: None,
         }
     }
 }
@@ -82,6 +91,29 @@ impl LoadOptions {
     pub fn with_upcast_weights(mut self, upcast: bool) -> Self {
         self.upcast_weights = upcast;
         self
+    }
+
+    /// These options computing attention with the implementation named `name`.
+    pub fn with_attn_implementation(mut self, name: impl Into<String>) -> Self {
+        self.attn_implementation = Some(name.into());
+        self
+    }
+
+    /// These options computing routed experts with the implementation named `name`.
+    pub fn with_experts_implementation(mut self, name: impl Into<String>) -> Self {
+        self.experts_implementation = Some(name.into());
+        self
+    }
+
+    /// Applies the options' implementation choices to a built model.
+    fn select_implementations(&self, model: &mut CausalLM) -> Result<()> {
+        if let Some(name) = &self.attn_implementation {
+            model.set_attn_implementation(name)?;
+        }
+        if let Some(name) = &self.experts_implementation {
+            model.set_experts_implementation(name)?;
+        }
+        Ok(())
     }
 
     /// These options building every parameter as a trainable variable (see
@@ -136,8 +168,9 @@ pub(crate) fn load_pretrained(
     let source = ckpt.source(ckpt.registered_transforms()?)?;
     let weights = options.weights(Arc::new(source));
     let b = Builder::new(weights.clone()).with_patches(options.patch_set());
-    let model = CausalLM::build(&b, config, found)?;
+    let mut model = CausalLM::build(&b, config, found)?;
     weights.finish()?;
+    options.select_implementations(&mut model)?;
     Ok(model)
 }
 
@@ -175,7 +208,9 @@ pub(crate) fn create_from_config(
         config.initializer_range,
     )));
     let b = Builder::new(weights).with_patches(options.patch_set());
-    CausalLM::build(&b, config, family)
+    let mut model = CausalLM::build(&b, config, family)?;
+    options.select_implementations(&mut model)?;
+    Ok(model)
 }
 
 /// Loads or creates a causal LM of whichever linked family the config names (transformers'
@@ -225,6 +260,7 @@ impl AutoModelForCausalLM {
             architecture: family.architecture,
             explain: PatchSet::global().explain(family.sites),
             report: None,
+            implementations: None,
         })
     }
 }

@@ -21,6 +21,7 @@ use crate::decoder::{
     PassContext, Recorders, Records, RouterRecord, Selection,
 };
 use crate::family::ModelFamily;
+use crate::implementations::{AttentionImplementation, ExpertsImplementation, Implementations};
 use crate::loss::{causal_lm_loss, integer_values, load_balancing_loss};
 use crate::{Error, Result};
 
@@ -101,6 +102,7 @@ pub struct CausalLM {
     patches: PatchSet,
     transforms: Vec<Transform>,
     vars: Option<VarMap>,
+    implementations: Implementations,
 }
 
 impl fmt::Debug for CausalLM {
@@ -151,6 +153,18 @@ impl CausalLM {
             }
             map
         });
+        let name = |key: &str, default: &str| {
+            config
+                .json
+                .get(key)
+                .and_then(|v| v.as_str())
+                .unwrap_or(default)
+                .to_string()
+        };
+        let implementations = Implementations::resolve(
+            &name("attn_implementation", "sdpa"),
+            &name("experts_implementation", "grouped_mm"),
+        )?;
         Ok(Self {
             model,
             lm_head,
@@ -160,7 +174,42 @@ impl CausalLM {
             patches: b.patches(),
             transforms,
             vars,
+            implementations,
         })
+    }
+
+    /// The attention and experts implementations the model computes with.
+    pub fn implementations(&self) -> &Implementations {
+        &self.implementations
+    }
+
+    /// Computes attention with the implementation named `name` from now on (a model's own
+    /// registration first, then the global ones): nothing is reloaded. An unknown name is an
+    /// error listing the registered ones.
+    pub fn set_attn_implementation(&mut self, name: &str) -> Result<()> {
+        self.implementations.set_attention(name)
+    }
+
+    /// Computes routed experts with the implementation named `name` from now on.
+    pub fn set_experts_implementation(&mut self, name: &str) -> Result<()> {
+        self.implementations.set_experts(name)
+    }
+
+    /// Registers `implementation` for this model only (transformers' per-model local
+    /// mapping): other models, loaded before or after, never see it. Select it with
+    /// [`set_attn_implementation`](Self::set_attn_implementation).
+    pub fn register_attention_implementation(&mut self, implementation: AttentionImplementation) {
+        self.implementations
+            .local_attention
+            .insert(implementation.name.clone(), Arc::new(implementation));
+    }
+
+    /// Registers `implementation` for this model only; select it with
+    /// [`set_experts_implementation`](Self::set_experts_implementation).
+    pub fn register_experts_implementation(&mut self, implementation: ExpertsImplementation) {
+        self.implementations
+            .local_experts
+            .insert(implementation.name.clone(), Arc::new(implementation));
     }
 
     /// The trainable variables, by parameter name (`model.layers.0.self_attn.q_proj.weight`,
@@ -337,6 +386,10 @@ impl CausalLM {
             architecture: self.family.architecture,
             explain: self.patches.explain(self.family.sites),
             report: Some(self.report.clone()),
+            implementations: Some((
+                self.implementations.attention().name.clone(),
+                self.implementations.experts().name.clone(),
+            )),
         }
     }
 
@@ -392,7 +445,12 @@ impl CausalLM {
         let attentions = options
             .output_attentions
             .resolve("output_attentions", layers)?;
-        let pass = PassContext::new(&self.report, &options.recorders, attentions);
+        let pass = PassContext::new(
+            &self.report,
+            &options.recorders,
+            attentions,
+            &self.implementations,
+        );
         let input = DecoderInput {
             input_ids: &ids,
             attention_mask: &mask,
@@ -630,6 +688,10 @@ pub struct ModelExplain {
     pub explain: Explain,
     /// What was built at each path (built models only).
     pub report: Option<BuildReport>,
+    /// The attention and experts implementations the built model computes with (built models
+    /// only): what every attention site that attends through `decoder::attend` and every
+    /// stacked-experts site runs.
+    pub implementations: Option<(String, String)>,
 }
 
 impl fmt::Display for ModelExplain {
@@ -639,6 +701,23 @@ impl fmt::Display for ModelExplain {
         if let Some(report) = &self.report {
             writeln!(f)?;
             write!(f, "built: {report}")?;
+        }
+        if let Some((attention, experts)) = &self.implementations {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "implementations: attention {attention:?} (every Attention site attending through decoder::attend)"
+            )?;
+            let moe = self
+                .report
+                .as_ref()
+                .is_some_and(|r| r.sites().iter().any(|s| s.slot == "Experts"));
+            if moe {
+                writeln!(
+                    f,
+                    "                 experts {experts:?} (every Experts site over stacked weights)"
+                )?;
+            }
         }
         Ok(())
     }

@@ -35,6 +35,7 @@ pub mod decoder;
 mod error;
 pub mod family;
 mod generation;
+pub mod implementations;
 pub mod kernels;
 pub mod llama;
 pub mod loss;
@@ -70,6 +71,16 @@ pub mod prelude {
         LoadOptions, delegate_children,
     };
 }
+
+/// Registers a function as a named attention implementation at link time:
+/// `#[attention_implementation("my_attention", gradients, weights)]` on a
+/// `fn(&AttentionInput<'_>) -> candle_core::Result<AttentionOutput>` (see [`implementations`]).
+pub use patchwork_models_macros::attention_implementation;
+
+/// Registers a function as a named routed-experts implementation at link time:
+/// `#[experts_implementation("my_experts", gradients)]` on a
+/// `fn(&ExpertsInput<'_>) -> candle_core::Result<Tensor>` (see [`implementations`]).
+pub use patchwork_models_macros::experts_implementation;
 
 /// Not public API: what the macros expand to.
 #[doc(hidden)]

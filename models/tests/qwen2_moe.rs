@@ -158,7 +158,14 @@ fn grouped_expert_dispatch_matches_the_per_token_definition() {
         &Device::Cpu,
     )
     .unwrap();
-    let ours = experts.forward(&x, &idx, &w).unwrap();
+    let ours = experts
+        .forward(
+            &x,
+            &idx,
+            &w,
+            &patchwork_models::decoder::PassContext::default(),
+        )
+        .unwrap();
     let mut rows = Vec::new();
     for t in 0..5 {
         let xt = x.i(t..t + 1).unwrap();

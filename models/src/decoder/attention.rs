@@ -7,6 +7,7 @@ use patch_core::{Module, Observed, ObservedSite, Slot};
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::context::LayerContext;
 use crate::decoder::norm::Norm;
+use crate::implementations::{AttentionInput, attention};
 use crate::ops::{KeyValues, tracks_gradients};
 
 /// The attention slot: causal self-attention over `hidden_states` (`[batch, seq, hidden]`),
@@ -80,48 +81,56 @@ pub fn attend(
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     let t = q.dim(1)?;
-    let weights = ctx.pass.wants_attention_weights(ctx.layer_idx);
+    let want_weights = ctx.pass.wants_attention_weights(ctx.layer_idx);
     let kt = k.transpose(1, 2)?.contiguous()?;
     let vt = v.transpose(1, 2)?.contiguous()?;
+    let tracks = tracks_gradients(&[q, &kt, &vt]);
+    let imp = attention::for_pass(ctx.pass.attention_implementation(), tracks, want_weights);
+    let (layer_idx, bias, sliding_window) = (ctx.layer_idx, ctx.mask, ctx.sliding_window);
+    let run = |kv: KeyValues<'_>| {
+        (imp.function)(&AttentionInput {
+            q,
+            kv,
+            bias,
+            scale,
+            sliding_window,
+            want_weights,
+            layer_idx,
+        })
+    };
     let out = match ctx.cache.as_deref_mut() {
         Some(cache) => {
             let past = cache.len();
             let (kc, vc) = cache.append(&kt, &vt)?;
-            if tracks_gradients(&[q, &kt, &vt]) {
+            if tracks {
                 // The cache holds copies; attend over the tracked keys of this pass.
                 let keys = Tensor::cat(&[&kc.narrow(2, 0, past)?, &kt], 2)?;
                 let values = Tensor::cat(&[&vc.narrow(2, 0, past)?, &vt], 2)?;
-                let kv = KeyValues {
+                run(KeyValues {
                     keys: &keys,
                     values: &values,
                     len: past + t,
-                };
-                crate::ops::attention(q, &kv, ctx.mask, scale, weights)?
+                })?
             } else {
                 let len = cache.len();
                 let (kb, vb) = cache.buffers().ok_or_else(|| {
                     candle_core::Error::Msg("kv cache: no buffers after a write".into())
                 })?;
-                let kv = KeyValues {
+                run(KeyValues {
                     keys: kb,
                     values: vb,
                     len,
-                };
-                crate::ops::attention(q, &kv, ctx.mask, scale, weights)?
+                })?
             }
         }
-        None => {
-            let kv = KeyValues {
-                keys: &kt,
-                values: &vt,
-                len: t,
-            };
-            crate::ops::attention(q, &kv, ctx.mask, scale, weights)?
-        }
+        None => run(KeyValues {
+            keys: &kt,
+            values: &vt,
+            len: t,
+        })?,
     };
-    let (y, probs) = out;
-    if let Some(probs) = probs {
-        ctx.pass.record_attention_weights(ctx.layer_idx, probs);
+    if let Some(probs) = out.weights {
+        ctx.pass.record_attention_weights(layer_idx, probs);
     }
-    Ok(y)
+    Ok(out.output)
 }

@@ -15,6 +15,7 @@ use patch_core::{BuildReport, ObservedSite, SiteMatcher};
 
 use crate::decoder::outputs::RouterOutput;
 use crate::decoder::rope::RopeTables;
+use crate::implementations::{AttentionImplementation, ExpertsImplementation, Implementations};
 use crate::{Error, Result};
 
 /// Which of a numbered list of outputs to keep (hidden states, attention probabilities).
@@ -203,11 +204,14 @@ impl Records {
     }
 }
 
-/// What every module receives for one forward pass: which outputs to capture, and where the
-/// captured ones go. Built by [`CausalLM::forward_with`](crate::CausalLM::forward_with) from
-/// the call's options; [`PassContext::default`] captures nothing (a module called directly).
+/// What every module receives for one forward pass: which outputs to capture and where the
+/// captured ones go, and the attention and experts implementations the model computes with.
+/// Built by [`CausalLM::forward_with`](crate::CausalLM::forward_with) from the call's options;
+/// [`PassContext::default`] captures nothing and computes with the defaults (a module called
+/// directly).
 #[derive(Debug, Default)]
 pub struct PassContext {
+    implementations: Implementations,
     /// By build-report index: whether that site's output is recorded.
     sites: Vec<bool>,
     /// By layer: whether its attention probabilities are kept.
@@ -219,7 +223,12 @@ pub struct PassContext {
 impl PassContext {
     /// A pass recording the sites of `report` that `recorders` select, and the attention
     /// probabilities of the layers `attentions` selects (by layer index).
-    pub fn new(report: &BuildReport, recorders: &Recorders, attentions: Vec<bool>) -> Self {
+    pub fn new(
+        report: &BuildReport,
+        recorders: &Recorders,
+        attentions: Vec<bool>,
+        implementations: &Implementations,
+    ) -> Self {
         let sites = if recorders.is_empty() {
             Vec::new()
         } else {
@@ -230,10 +239,22 @@ impl PassContext {
                 .collect()
         };
         Self {
+            implementations: implementations.clone(),
             sites,
             attentions,
             ..Self::default()
         }
+    }
+
+    /// The attention implementation the model computes with ([`crate::decoder::attend`] runs
+    /// it, or `"eager"` where it cannot do what the pass needs).
+    pub fn attention_implementation(&self) -> &std::sync::Arc<AttentionImplementation> {
+        self.implementations.attention()
+    }
+
+    /// The routed-experts implementation the model computes with.
+    pub fn experts_implementation(&self) -> &std::sync::Arc<ExpertsImplementation> {
+        self.implementations.experts()
     }
 
     /// Records `record()` as the output of the module built at `site`, if this pass records

@@ -28,6 +28,8 @@ pub struct LayerContext<'a> {
     /// choose instead of its own top-k (replaying a recorded routing); an id of -1 leaves that
     /// choice to the router (partial replay). `None` to route normally.
     pub forced_experts: Option<&'a Tensor>,
-    /// The pass's captures: what to record and where records go.
+    /// The layer's sliding window, if it has one (the mask applies it already).
+    pub sliding_window: Option<usize>,
+    /// The pass's captures and implementations.
     pub pass: &'a PassContext,
 }

@@ -228,6 +228,10 @@ impl DecoderModel {
                 mask: bias,
                 cache: layer_caches.as_deref_mut().map(|c| &mut c[i]),
                 forced_experts: input.forced_experts.get(&i),
+                sliding_window: match kind {
+                    AttentionKind::Sliding { window } => Some(window),
+                    AttentionKind::Full => None,
+                },
                 pass: input.pass,
             };
             let out = layer.forward(&h, &mut ctx)?;

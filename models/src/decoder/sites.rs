@@ -286,9 +286,9 @@ macro_rules! decoder_sites {
                 x: &::candle_core::Tensor,
                 indices: &::candle_core::Tensor,
                 weights: &::candle_core::Tensor,
-                _: &$crate::decoder::PassContext,
+                pass: &$crate::decoder::PassContext,
             ) -> ::candle_core::Result<::candle_core::Tensor> {
-                self.0.forward(x, indices, weights)
+                self.0.forward(x, indices, weights, pass)
             }
         }
     };

@@ -96,6 +96,21 @@ pub fn routed_experts(
             }
         }
     }
+    experts_per_expert_loop(x, gate_up, down, ids, weights, act)
+}
+
+/// The same as [`routed_experts`], always on candle's ops: each expert some token chose runs
+/// once over its tokens (views of its slice of the stacked weights), scaled by its routing
+/// weights gathered from `weights`, the results added back in one `index_add`. The reference
+/// the kernels are checked against, and the differentiable path.
+pub fn experts_per_expert_loop(
+    x: &Tensor,
+    gate_up: &Tensor,
+    down: &Tensor,
+    ids: &Tensor,
+    weights: &Tensor,
+    act: HiddenAct,
+) -> candle_core::Result<Tensor> {
     let mut outputs = Vec::new();
     let mut targets = Vec::new();
     for group in tokens_per_expert(ids, weights)? {
@@ -105,7 +120,7 @@ pub fn routed_experts(
         outputs.push(y.broadcast_mul(&group.weights.to_dtype(y.dtype())?)?);
         targets.push(group.rows);
     }
-    let out = Tensor::zeros((tokens, hidden), x.dtype(), x.device())?;
+    let out = x.zeros_like()?;
     if outputs.is_empty() {
         return Ok(out);
     }

@@ -21,7 +21,7 @@ use candle_core::{D, DType, Tensor};
 
 pub use activation::gated;
 pub use attention::{KeyValues, attention, eager_attention};
-pub use experts::{ExpertTokens, routed_experts, tokens_per_expert};
+pub use experts::{ExpertTokens, experts_per_expert_loop, routed_experts, tokens_per_expert};
 pub use linear::linear;
 pub use norm::rms_norm;
 pub use rope::rope;

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use patchwork_models::implementations::{AttentionInput, AttentionOutput, ExpertsInput};
 use patchwork_models::llama::{LlamaAttention, LlamaDecoderLayer};
 use patchwork_models::ops::tokens_per_expert;
 use patchwork_models::prelude::*;
@@ -70,4 +71,40 @@ impl Experts for ModuleListExperts {
         }
         Ok(out)
     }
+}
+
+/// How many times [`counted_attention`] ran.
+pub static CUSTOM_ATTENTION_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// An attention implementation of this crate, registered at link time: the textbook softmax
+/// attention on candle's ops (so it declares gradients and probabilities), counting its calls.
+#[patchwork_models::attention_implementation("counted", gradients, weights)]
+pub fn counted_attention(input: &AttentionInput<'_>) -> candle_core::Result<AttentionOutput> {
+    CUSTOM_ATTENTION_CALLS.fetch_add(1, Ordering::Relaxed);
+    let (b, t, heads, _) = input.q.dims4()?;
+    let k = input.kv.keys.narrow(2, 0, input.kv.len)?;
+    let v = input.kv.values.narrow(2, 0, input.kv.len)?;
+    let (y, weights) = patchwork_models::ops::eager_attention(
+        &input.q.transpose(1, 2)?,
+        &k,
+        &v,
+        input.bias,
+        input.scale,
+        input.want_weights,
+    )?;
+    let output = y.transpose(1, 2)?.reshape((b, t, heads * v.dim(3)?))?;
+    Ok(AttentionOutput { output, weights })
+}
+
+/// A routed-experts implementation of this crate: the reference per-expert loop.
+#[patchwork_models::experts_implementation("looped")]
+pub fn looped_experts(input: &ExpertsInput<'_>) -> candle_core::Result<Tensor> {
+    patchwork_models::ops::experts_per_expert_loop(
+        input.x,
+        input.gate_up,
+        input.down,
+        input.indices,
+        input.weights,
+        input.act,
+    )
 }

@@ -4,7 +4,10 @@ use candle_core::Tensor;
 use patch_core::{Builder, Result};
 
 use crate::decoder::activation::HiddenAct;
+use crate::decoder::capture::PassContext;
 use crate::decoder::moe::MoeArgs;
+use crate::implementations::{ExpertsInput, experts};
+use crate::ops::tracks_gradients;
 
 /// Routed experts with stacked weights (transformers v5's layout): `gate_up_proj`
 /// `[E, 2I, H]` (gate rows first) and `down_proj` `[E, H, I]`.
@@ -45,20 +48,25 @@ impl StackedExperts {
         })
     }
 
-    /// See [`Experts::forward`](crate::decoder::Experts::forward) ([`crate::ops::routed_experts`]).
+    /// See [`Experts::forward`](crate::decoder::Experts::forward): the pass's experts
+    /// implementation over the stacked weights (`"grouped_mm"` by default; `"eager"` when the
+    /// pass tracks gradients and the selected one does not support them).
     pub fn forward(
         &self,
         x: &Tensor,
         indices: &Tensor,
         weights: &Tensor,
+        pass: &PassContext,
     ) -> candle_core::Result<Tensor> {
-        crate::ops::routed_experts(
+        let tracks = tracks_gradients(&[x, &self.gate_up_proj, &self.down_proj, weights]);
+        let imp = experts::for_pass(pass.experts_implementation(), tracks);
+        (imp.function)(&ExpertsInput {
             x,
-            &self.gate_up_proj,
-            &self.down_proj,
             indices,
             weights,
-            self.act,
-        )
+            gate_up: &self.gate_up_proj,
+            down: &self.down_proj,
+            act: self.act,
+        })
     }
 }

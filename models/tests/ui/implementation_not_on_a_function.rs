@@ -1,0 +1,4 @@
+#[patchwork_models::attention_implementation("mine")]
+pub struct NotAFunction;
+
+fn main() {}
