@@ -1,6 +1,6 @@
 //! A local HF checkpoint folder and the load session that serves a model from it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -9,11 +9,12 @@ use candle_core::{DType, Tensor};
 use regex::Regex;
 
 use crate::accounting::{FiredTransform, LoadReport, Problem};
+use crate::files::{malformed, read_json};
 use crate::ops::{Slot, run_steps};
 use crate::origin::{Origin, OriginKind};
 use crate::pattern::natural_cmp;
 use crate::plan::{Plan, under};
-use crate::safetensors_io::{SafetensorsFile, TensorMeta, candle_dtype, io_err};
+use crate::safetensors_io::{SafetensorsFile, TensorMeta, candle_dtype};
 use crate::{Error, Result, Transform, TransformScope, WeightRequest, WeightSource};
 
 /// An opened checkpoint folder: `config.json` plus `model.safetensors`, or shards listed in
@@ -41,14 +42,86 @@ pub struct Checkpoint {
     files: Arc<Vec<SafetensorsFile>>,
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
-    serde_json::from_str(&text).map_err(|e| io_err(path, format!("invalid JSON: {e}")))
+/// The shards an index lists, opened and checked against it: every key it lists is in the
+/// shard it names, and every key a shard stores is listed for that shard.
+fn open_shards(dir: &Path, index: &Path) -> Result<Vec<SafetensorsFile>> {
+    let value = read_json(index)?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| malformed(index, "no \"weight_map\" object"))?;
+    let mut shards: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+    for (key, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| malformed(index, format!("weight_map[{key:?}] is not a file name")))?;
+        let plain = Path::new(file)
+            .file_name()
+            .is_some_and(|name| name == std::ffi::OsStr::new(file));
+        if !plain || file == ".." || file == "." {
+            return Err(malformed(
+                index,
+                format!("weight_map[{key:?}] = {file:?} is not a file in this folder"),
+            ));
+        }
+        shards.entry(file).or_default().insert(key);
+    }
+    let files = shards
+        .keys()
+        .map(|name| SafetensorsFile::open(&dir.join(name)))
+        .collect::<Result<Vec<_>>>()?;
+    let stored: Vec<HashSet<&str>> = files
+        .iter()
+        .map(|f| f.tensors.iter().map(|(k, _)| k.as_str()).collect())
+        .collect();
+    // A key listed in the wrong shard is reported as such, before the shard that holds it
+    // reports it unlisted.
+    for ((name, keys), stored) in shards.iter().zip(&stored) {
+        let mut absent: Vec<&&str> = keys.iter().filter(|k| !stored.contains(**k)).collect();
+        if !absent.is_empty() {
+            absent.sort_by(|a, b| natural_cmp(a, b));
+            return Err(malformed(
+                index,
+                format!(
+                    "lists {} in {name}, which does not contain {}",
+                    listing(&absent),
+                    if absent.len() == 1 { "it" } else { "them" }
+                ),
+            ));
+        }
+    }
+    for (((_, keys), stored), f) in shards.iter().zip(&stored).zip(&files) {
+        let mut unlisted: Vec<&&str> = stored.iter().filter(|k| !keys.contains(**k)).collect();
+        if !unlisted.is_empty() {
+            unlisted.sort_by(|a, b| natural_cmp(a, b));
+            return Err(malformed(
+                &f.path,
+                format!(
+                    "stores {}, which {} does not list for this shard",
+                    listing(&unlisted),
+                    index.display()
+                ),
+            ));
+        }
+    }
+    drop(stored);
+    Ok(files)
+}
+
+/// `"a", "b" and 3 more`: keys for a message, at most five.
+fn listing(keys: &[&&str]) -> String {
+    let shown: Vec<String> = keys.iter().take(5).map(|k| format!("{k:?}")).collect();
+    if keys.len() > 5 {
+        format!("{} and {} more", shown.join(", "), keys.len() - 5)
+    } else {
+        shown.join(", ")
+    }
 }
 
 impl Checkpoint {
-    /// Opens `dir`: reads `config.json`, maps the safetensors files and checks the index (every
-    /// key it lists is in the shard it names, no key is stored twice).
+    /// Opens `dir`: reads `config.json`, maps the safetensors files (regular files only, headers
+    /// checked) and checks the index (every key it lists is in the shard it names, every key a
+    /// shard stores is listed for it, no key is stored twice).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let config = read_json(&dir.join("config.json"))?;
@@ -57,40 +130,9 @@ impl Checkpoint {
         let files = if single.exists() {
             vec![SafetensorsFile::open(&single)?]
         } else if index.exists() {
-            let value = read_json(&index)?;
-            let map = value
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| io_err(&index, "no \"weight_map\" object"))?;
-            let mut shards: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-            for (key, file) in map {
-                let file = file.as_str().ok_or_else(|| {
-                    io_err(&index, format!("weight_map[{key:?}] is not a file name"))
-                })?;
-                if file.contains('/') || file.contains('\\') || file == ".." {
-                    return Err(io_err(
-                        &index,
-                        format!("weight_map[{key:?}] = {file:?} is not a file in this folder"),
-                    ));
-                }
-                shards.entry(file.to_string()).or_default().push(key);
-            }
-            let mut files = Vec::with_capacity(shards.len());
-            for (name, keys) in &shards {
-                let f = SafetensorsFile::open(&dir.join(name))?;
-                for key in keys {
-                    if !f.tensors.iter().any(|(k, _)| k == key) {
-                        return Err(io_err(
-                            &index,
-                            format!("lists {key:?} in {name}, which does not contain it"),
-                        ));
-                    }
-                }
-                files.push(f);
-            }
-            files
+            open_shards(&dir, &index)?
         } else {
-            return Err(io_err(
+            return Err(malformed(
                 &dir,
                 "no model.safetensors or model.safetensors.index.json in this folder",
             ));
@@ -99,7 +141,7 @@ impl Checkpoint {
         for f in &files {
             for (k, _) in &f.tensors {
                 if let Some(other) = seen.insert(k, &f.path) {
-                    return Err(io_err(
+                    return Err(malformed(
                         &f.path,
                         format!("tensor {k:?} is also stored in {}", other.display()),
                     ));
@@ -571,7 +613,7 @@ impl CheckpointSource {
         let f = self
             .files
             .get(file)
-            .ok_or_else(|| io_err(&self.dir, "internal: file index out of range"))?;
+            .ok_or_else(|| malformed(&self.dir, "internal: file index out of range"))?;
         f.load(name, meta, r.dtype, r.device)
     }
 
@@ -705,7 +747,10 @@ impl WeightSource for CheckpointSource {
                             outputs.into_iter().flat_map(Slot::into_items).collect();
                         let unit = st.plan.units[u].as_mut();
                         let Some(unit) = unit else {
-                            return Err(io_err(&self.dir, "internal: unit vanished while running"));
+                            return Err(malformed(
+                                &self.dir,
+                                "internal: unit vanished while running",
+                            ));
                         };
                         unit.runs += 1;
                         unit.served[index] = true;
@@ -733,7 +778,7 @@ impl WeightSource for CheckpointSource {
                         }
                         st.stats.busy += started.elapsed();
                         if index >= flat.len() {
-                            return Err(io_err(&self.dir, "internal: unit output out of range"));
+                            return Err(malformed(&self.dir, "internal: unit output out of range"));
                         }
                         return Ok(flat.swap_remove(index));
                     }

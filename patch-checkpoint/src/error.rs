@@ -33,13 +33,53 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
-    /// A file could not be read or written.
-    #[error("{path}: {message}")]
+    /// A file or folder could not be read or written; the operating system's error is the
+    /// source.
+    #[error("{path}: {action}")]
     Io {
         /// The file involved.
         path: String,
-        /// What happened.
+        /// What was attempted (`cannot read`, `cannot rename the written file into place`).
+        action: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file's contents (or kind) are not what its format requires: a safetensors header, an
+    /// index, a JSON file; the message names the tensor, key or byte offset.
+    #[error("{path}: {message}")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// What is wrong, and where in the file.
         message: String,
+    },
+    /// Writing refused an output path: a symbolic link, not a regular file, or one of the
+    /// inputs.
+    #[error("{path}: {message}")]
+    Output {
+        /// The output path.
+        path: String,
+        /// Why it is refused.
+        message: String,
+    },
+    /// An allocation would need more memory than the machine can give.
+    #[error(
+        "{what} needs {} but only {} is available ({limit_source}){hint}",
+        crate::memory::human_bytes((*needed).into()),
+        crate::memory::human_bytes((*available).into())
+    )]
+    Memory {
+        /// What would be allocated (`the KV cache for 1000000000 positions`).
+        what: String,
+        /// Bytes it needs (saturating).
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+        /// Where the available figure comes from (`MemAvailable + SwapFree`, a cgroup limit).
+        limit_source: String,
+        /// How to need less, starting with a separator when present.
+        hint: String,
     },
     /// Strict accounting failed: everything wrong with one load, listed together.
     #[error(

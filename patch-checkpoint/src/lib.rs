@@ -42,7 +42,9 @@ mod accounting;
 mod checkpoint;
 mod convert;
 mod error;
+pub mod files;
 pub mod mappings;
+pub mod memory;
 mod ops;
 mod origin;
 mod pattern;
@@ -50,6 +52,7 @@ mod plan;
 mod registry;
 mod rename;
 mod resave;
+mod safetensors_header;
 mod safetensors_io;
 mod save;
 mod source;
@@ -66,6 +69,8 @@ pub use registry::{
     unregister_checkpoint_conversion_mapping,
 };
 pub use resave::{ResaveReport, resave};
+pub use safetensors_header::MAX_HEADER_BYTES;
+pub use safetensors_io::{read_safetensors, write_safetensors};
 pub use save::{SaveOptions, SaveReport, save_pretrained, to_checkpoint_layout};
 pub use source::{RandomInit, TensorMap};
 pub use transform::{Op, Transform, WeightConverter, WeightRenaming};

@@ -10,28 +10,19 @@
 //! Writing streams: the header is computed from names, dtypes and shapes alone, then each
 //! tensor's bytes are produced and written one at a time.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use safetensors::Dtype;
 
+use crate::files::{PendingFile, io_error, malformed, open_regular};
+pub(crate) use crate::safetensors_header::TensorMeta;
 use crate::{Error, Result};
 
 #[cfg(target_endian = "big")]
 compile_error!("patch-checkpoint reads and writes little-endian safetensors data in place");
-
-/// Where one tensor lives in a file.
-#[derive(Clone, Debug)]
-pub(crate) struct TensorMeta {
-    pub dtype: Dtype,
-    pub shape: Vec<usize>,
-    /// Byte range in the file (absolute).
-    pub start: usize,
-    pub end: usize,
-}
 
 /// An open, memory-mapped safetensors file.
 #[derive(Debug)]
@@ -42,39 +33,14 @@ pub(crate) struct SafetensorsFile {
     pub tensors: Vec<(String, TensorMeta)>,
 }
 
-pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    }
-}
-
 impl SafetensorsFile {
-    /// Maps `path` and parses its header.
+    /// Maps `path` (a regular file) and parses and checks its header.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| io_err(path, e))?;
+        let (file, _) = open_regular(path)?;
         // SAFETY: the map is read-only; like every mmap-based loader (candle's, safetensors')
         // this assumes the file is not truncated or rewritten while the checkpoint is open.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
-        let (n, meta) = safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| io_err(path, format!("not a valid safetensors file: {e:?}")))?;
-        let data_start = 8 + n;
-        let mut tensors: Vec<(String, TensorMeta)> = meta
-            .tensors()
-            .into_iter()
-            .map(|(name, info)| {
-                (
-                    name,
-                    TensorMeta {
-                        dtype: info.dtype,
-                        shape: info.shape.clone(),
-                        start: data_start + info.data_offsets.0,
-                        end: data_start + info.data_offsets.1,
-                    },
-                )
-            })
-            .collect();
-        tensors.sort_by_key(|(_, m)| m.start);
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| io_error(path, "cannot map", e))?;
+        let tensors = crate::safetensors_header::parse(path, &mmap)?;
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
@@ -92,7 +58,7 @@ impl SafetensorsFile {
         device: &Device,
     ) -> Result<Tensor> {
         let file_dtype = candle_dtype(meta.dtype).ok_or_else(|| {
-            io_err(
+            malformed(
                 &self.path,
                 format!(
                     "tensor {name:?} has dtype {:?}, which candle cannot hold",
@@ -100,15 +66,31 @@ impl SafetensorsFile {
                 ),
             )
         })?;
+        if dtype.is_float() && !file_dtype.is_float() {
+            return Err(malformed(
+                &self.path,
+                format!(
+                    "tensor {name:?} is stored as {:?}, but the model computes in {dtype:?}: a weight must be a float tensor",
+                    meta.dtype
+                ),
+            ));
+        }
         let bytes = self.mmap.get(meta.start..meta.end).ok_or_else(|| {
-            io_err(
+            malformed(
                 &self.path,
                 format!("tensor {name:?}: data range out of the file"),
             )
         })?;
-        let t = Tensor::from_raw_buffer(bytes, file_dtype, &meta.shape, device)
-            .map_err(|e| io_err(&self.path, format!("tensor {name:?}: {e}")))?;
-        self.release(meta.start, meta.end - meta.start);
+        crate::memory::check(
+            crate::memory::bytes_of(
+                meta.shape.iter().map(|&d| d as u128).product(),
+                dtype.size_in_bytes().max(file_dtype.size_in_bytes()),
+            ),
+            || format!("{}: tensor {name:?}", self.path.display()),
+            "",
+        )?;
+        let t = Tensor::from_raw_buffer(bytes, file_dtype, &meta.shape, device)?;
+        self.release(meta.start, meta.len());
         let t = if file_dtype != dtype && file_dtype.is_float() && dtype.is_float() {
             t.to_dtype(dtype)?
         } else {
@@ -167,8 +149,8 @@ pub(crate) fn dtype_name(d: DType) -> Result<&'static str> {
         DType::F64 => "F64",
         DType::F8E4M3 => "F8_E4M3",
         other => {
-            return Err(Error::Io {
-                path: String::new(),
+            return Err(Error::Save {
+                name: String::new(),
                 message: format!("dtype {other:?} cannot be written to safetensors"),
             });
         }
@@ -184,77 +166,133 @@ pub(crate) struct OutTensor {
 }
 
 impl OutTensor {
-    pub fn nbytes(&self) -> usize {
-        self.shape.iter().product::<usize>() * self.dtype.size_in_bytes()
+    /// Bytes of data, or an error naming the tensor when they do not fit in a `u64`.
+    pub fn nbytes(&self) -> Result<u64> {
+        self.shape
+            .iter()
+            .try_fold(self.dtype.size_in_bytes() as u64, |acc, &d| {
+                acc.checked_mul(d as u64)
+            })
+            .ok_or_else(|| Error::Save {
+                name: self.name.clone(),
+                message: format!("shape {:?} is too large to write", self.shape),
+            })
     }
 }
 
 /// Writes a safetensors file holding `tensors` in this order (with `{"format": "pt"}` metadata,
 /// as transformers writes), asking `produce` for each tensor's data when its turn comes. The
-/// file is written under a temporary name and renamed into place at the end.
+/// file is complete under a temporary name when this returns; committing it renames it into
+/// place.
 pub(crate) fn write_file(
     path: &Path,
     tensors: &[OutTensor],
+    inputs: &[&Path],
     mut produce: impl FnMut(&OutTensor) -> Result<Tensor>,
-) -> Result<()> {
+) -> Result<PendingFile> {
     let mut header = serde_json::Map::new();
     let mut meta = serde_json::Map::new();
     meta.insert("format".into(), "pt".into());
     header.insert("__metadata__".into(), meta.into());
-    let mut offset = 0usize;
+    let mut offset = 0u64;
     for t in tensors {
-        let n = t.nbytes();
+        let n = t.nbytes()?;
+        let end = offset.checked_add(n).ok_or_else(|| Error::Save {
+            name: t.name.clone(),
+            message: "the file would be larger than 2^64 bytes".into(),
+        })?;
         header.insert(
             t.name.clone(),
             serde_json::json!({
                 "dtype": dtype_name(t.dtype)?,
                 "shape": t.shape,
-                "data_offsets": [offset, offset + n],
+                "data_offsets": [offset, end],
             }),
         );
-        offset += n;
+        offset = end;
     }
-    let mut text = serde_json::to_string(&header).map_err(|e| io_err(path, e))?;
+    let mut text = serde_json::to_string(&header).map_err(|e| Error::Save {
+        name: path.display().to_string(),
+        message: format!("header: {e}"),
+    })?;
     // Pad the header so the data starts 8-byte aligned, as the safetensors writer does.
     while !(text.len() + 8).is_multiple_of(8) {
         text.push(' ');
     }
-    let tmp = path.with_extension("safetensors.tmp");
-    let file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    let write = |w: &mut BufWriter<File>, b: &[u8]| w.write_all(b).map_err(|e| io_err(&tmp, e));
-    write(&mut w, &(text.len() as u64).to_le_bytes())?;
-    write(&mut w, text.as_bytes())?;
+    let mut file = PendingFile::create(path, inputs)?;
+    file.write_all(&(text.len() as u64).to_le_bytes())?;
+    file.write_all(text.as_bytes())?;
     for t in tensors {
         let tensor = produce(t)?;
         if tensor.dims() != t.shape.as_slice() || tensor.dtype() != t.dtype {
-            return Err(io_err(
-                path,
-                format!(
-                    "tensor {:?} came out as {:?} {:?}, planned {:?} {:?}",
-                    t.name,
+            return Err(Error::Save {
+                name: t.name.clone(),
+                message: format!(
+                    "came out as {:?} {:?}, planned {:?} {:?}",
                     tensor.dtype(),
                     tensor.dims(),
                     t.dtype,
                     t.shape
                 ),
-            ));
+            });
         }
-        write_tensor(&mut w, &tensor)
-            .map_err(|e| io_err(&tmp, format!("tensor {:?}: {e}", t.name)))?;
+        write_tensor(&mut file, &tensor)?;
     }
-    let file = w.into_inner().map_err(|e| io_err(&tmp, e.error()))?;
-    file.sync_all().map_err(|e| io_err(&tmp, e))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
-    Ok(())
+    Ok(file)
+}
+
+/// Reads every tensor of the safetensors file `path` onto `device`, in its stored dtype: the
+/// checked reader of checkpoints, for input files (token ids, masks, routings).
+pub fn read_safetensors(
+    path: impl AsRef<Path>,
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>> {
+    let path = path.as_ref();
+    let file = SafetensorsFile::open(path)?;
+    let mut out = BTreeMap::new();
+    for (name, meta) in &file.tensors {
+        let dtype = candle_dtype(meta.dtype).ok_or_else(|| {
+            malformed(
+                path,
+                format!(
+                    "tensor {name:?} has dtype {:?}, which candle cannot hold",
+                    meta.dtype
+                ),
+            )
+        })?;
+        out.insert(name.clone(), file.load(name, meta, dtype, device)?);
+    }
+    Ok(out)
+}
+
+/// Writes `tensors` to the safetensors file `path` (names sorted), atomically: nothing
+/// replaces `path` unless everything was written; a symbolic link, a non-regular file or one
+/// of `inputs` at `path` is refused (see [`crate::files`]).
+pub fn write_safetensors(
+    path: impl AsRef<Path>,
+    tensors: &BTreeMap<String, Tensor>,
+    inputs: &[&Path],
+) -> Result<()> {
+    let path = path.as_ref();
+    let planned: Vec<OutTensor> = tensors
+        .iter()
+        .map(|(name, t)| OutTensor {
+            name: name.clone(),
+            dtype: t.dtype(),
+            shape: t.dims().to_vec(),
+        })
+        .collect();
+    write_file(path, &planned, inputs, |t| {
+        tensors.get(&t.name).cloned().ok_or_else(|| Error::Save {
+            name: t.name.clone(),
+            message: "internal: tensor vanished".into(),
+        })
+    })?
+    .commit()
 }
 
 /// Writes a tensor's elements, little-endian, row-major.
-fn write_tensor(
-    w: &mut impl Write,
-    t: &Tensor,
-) -> std::result::Result<(), Box<dyn std::error::Error>> {
+fn write_tensor(w: &mut PendingFile, t: &Tensor) -> Result<()> {
     let t = t.to_device(&Device::Cpu)?.flatten_all()?;
     match t.dtype() {
         DType::U8 => w.write_all(&t.to_vec1::<u8>()?)?,
@@ -266,7 +304,12 @@ fn write_tensor(
         DType::F16 => w.write_all(bytemuck::cast_slice(&t.to_vec1::<half::f16>()?))?,
         DType::F32 => w.write_all(bytemuck::cast_slice(&t.to_vec1::<f32>()?))?,
         DType::F64 => w.write_all(bytemuck::cast_slice(&t.to_vec1::<f64>()?))?,
-        other => return Err(format!("dtype {other:?} cannot be written").into()),
+        other => {
+            return Err(Error::Save {
+                name: w.target().display().to_string(),
+                message: format!("dtype {other:?} cannot be written"),
+            });
+        }
     }
     Ok(())
 }

@@ -22,12 +22,13 @@ use candle_core::{DType, Tensor};
 
 use crate::convert::CompiledConverter;
 use crate::convert::ListSide;
+use crate::files::{PendingFile, PendingFiles, check_output, io_error};
 use crate::ops::{Shapes, Slot, Step, run_steps};
 use crate::origin::OriginKind;
 use crate::pattern::natural_cmp;
 use crate::plan::under;
 use crate::rename::CompiledRenaming;
-use crate::safetensors_io::{OutTensor, io_err, write_file};
+use crate::safetensors_io::{OutTensor, write_file};
 use crate::{Error, Param, Result, Transform, Weights};
 
 /// How [`save_pretrained`] writes.
@@ -115,10 +116,10 @@ pub fn save_pretrained(
         && let (Ok(a), Ok(b)) = (src.canonicalize(), dir.canonicalize())
         && a == b
     {
-        return Err(io_err(
-            dir,
-            "is the checkpoint the weights are read from (memory-mapped): save to another folder",
-        ));
+        return Err(Error::Output {
+            path: dir.display().to_string(),
+            message: "is the checkpoint the weights are read from (memory-mapped): save to another folder".into(),
+        });
     }
     let units = plan_units(weights, transforms, options)?;
 
@@ -145,9 +146,9 @@ pub fn save_pretrained(
     let mut shards: Vec<Vec<(usize, usize)>> = Vec::new();
     let mut current = 0u64;
     for &(u, o) in &keys {
-        let n = units[u].outputs[o].nbytes() as u64;
+        let n = units[u].outputs[o].nbytes()?;
         match shards.last_mut() {
-            Some(shard) if current + n <= options.max_shard_size => {
+            Some(shard) if current.saturating_add(n) <= options.max_shard_size => {
                 shard.push((u, o));
                 current += n;
             }
@@ -160,16 +161,6 @@ pub fn save_pretrained(
     if shards.is_empty() {
         shards.push(Vec::new());
     }
-
-    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    let mut files = Vec::new();
-    let config_path = dir.join("config.json");
-    let text = serde_json::to_string_pretty(config).map_err(|e| io_err(&config_path, e))?;
-    std::fs::write(&config_path, text + "\n").map_err(|e| io_err(&config_path, e))?;
-    files.push(config_path);
-
-    let params: HashMap<String, Tensor> = weights.params().snapshot().into_iter().collect();
-    let mut cache: HashMap<usize, Vec<Option<Tensor>>> = HashMap::new();
     let n = shards.len();
     let names: Vec<String> = if n == 1 {
         vec!["model.safetensors".to_string()]
@@ -178,6 +169,22 @@ pub fn save_pretrained(
             .map(|i| format!("model-{i:05}-of-{n:05}.safetensors"))
             .collect()
     };
+    let config_path = dir.join("config.json");
+    let index_path = dir.join("model.safetensors.index.json");
+
+    // Every target is checked before anything is written; everything is written under
+    // temporary names, then renamed into place, the weights first and the config last.
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, "cannot create the folder", e))?;
+    for target in names
+        .iter()
+        .map(|name| dir.join(name))
+        .chain([index_path.clone(), config_path.clone()])
+    {
+        check_output(&target, &[])?;
+    }
+    let mut pending = PendingFiles::new();
+    let params: HashMap<String, Tensor> = weights.params().snapshot().into_iter().collect();
+    let mut cache: HashMap<usize, Vec<Option<Tensor>>> = HashMap::new();
     let mut weight_map = BTreeMap::new();
     let mut total_size = 0u64;
     for (shard, name) in shards.iter().zip(&names) {
@@ -187,7 +194,7 @@ pub fn save_pretrained(
             .collect();
         let path = dir.join(name);
         let mut next = shard.iter();
-        write_file(&path, &out, |t| {
+        let file = write_file(&path, &out, &[], |t| {
             let &(u, o) = next
                 .next()
                 .ok_or_else(|| save_err(&t.name, "internal: shard order"))?;
@@ -209,22 +216,21 @@ pub fn save_pretrained(
             };
             Ok(slot)
         })?;
+        pending.push(file);
         for t in &out {
             weight_map.insert(t.name.clone(), name.clone());
-            total_size += t.nbytes() as u64;
+            total_size = total_size.saturating_add(t.nbytes()?);
         }
-        files.push(path);
     }
-    let index_path = dir.join("model.safetensors.index.json");
     if n > 1 {
         let index = serde_json::json!({
             "metadata": { "total_size": total_size },
             "weight_map": weight_map,
         });
-        let text = serde_json::to_string_pretty(&index).map_err(|e| io_err(&index_path, e))?;
-        std::fs::write(&index_path, text + "\n").map_err(|e| io_err(&index_path, e))?;
-        files.push(index_path);
+        pending.push(json_file(&index_path, &index)?);
     }
+    pending.push(json_file(&config_path, config)?);
+    let files = pending.commit()?;
     remove_stale(dir, &files)?;
     Ok(SaveReport {
         files,
@@ -275,20 +281,39 @@ pub fn to_checkpoint_layout(
     Ok(out)
 }
 
+/// A pretty-printed JSON file, written under a temporary name.
+fn json_file(path: &Path, value: &serde_json::Value) -> Result<PendingFile> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| save_err(&path.display().to_string(), e.to_string()))?;
+    let mut file = PendingFile::create(path, &[])?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
+    Ok(file)
+}
+
 /// Removes weight files of an earlier save that this one did not write.
 fn remove_stale(dir: &Path, written: &[PathBuf]) -> Result<()> {
-    let shard =
-        regex::Regex::new(r"^model-\d{5}-of-\d{5}\.safetensors$").map_err(|e| io_err(dir, e))?;
-    let entries = std::fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
+    let is_shard = |name: &str| {
+        name.strip_prefix("model-")
+            .and_then(|rest| rest.strip_suffix(".safetensors"))
+            .and_then(|rest| rest.split_once("-of-"))
+            .is_some_and(|(a, b)| {
+                [a, b]
+                    .iter()
+                    .all(|p| p.len() == 5 && p.bytes().all(|c| c.is_ascii_digit()))
+            })
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| io_error(dir, "cannot list", e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| io_err(dir, e))?;
+        let entry = entry.map_err(|e| io_error(dir, "cannot list", e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
         let ours = name == "model.safetensors"
             || name == "model.safetensors.index.json"
-            || shard.is_match(&name);
+            || is_shard(&name);
         if ours && !written.contains(&entry.path()) {
-            std::fs::remove_file(entry.path()).map_err(|e| io_err(&entry.path(), e))?;
+            std::fs::remove_file(entry.path())
+                .map_err(|e| io_error(&entry.path(), "cannot remove a stale weight file", e))?;
         }
     }
     Ok(())

@@ -49,19 +49,6 @@ impl Slot for dyn Attention {
     }
 }
 
-/// `softmax(q k^T * scale + bias) v` on candle's ops for `q` `[batch, heads, seq, head_dim]`
-/// and `k`, `v` `[batch, kv_heads, kv_len, head_dim]`, with `bias` `[batch, 1, seq, kv_len]`;
-/// returns `[batch, heads, seq, head_dim]` (see [`crate::ops::eager_attention`]).
-pub fn scaled_dot_product_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    bias: Option<&Tensor>,
-    scale: f64,
-) -> candle_core::Result<Tensor> {
-    Ok(crate::ops::eager_attention(q, k, v, bias, scale, false)?.0)
-}
-
 /// The attention step shared by every attention here and by replacements: takes rotated `q`
 /// `[batch, seq, heads, head_dim]` and `k`, `v` `[batch, seq, kv_heads, head_dim]` (the
 /// projections' natural layout), appends `k`/`v` to this layer's cache when there is one,
@@ -86,12 +73,12 @@ pub fn attend(
     let vt = v.transpose(1, 2)?.contiguous()?;
     let tracks = tracks_gradients(&[q, &kt, &vt]);
     let imp = attention::for_pass(ctx.pass.attention_implementation(), tracks, want_weights);
-    let (layer_idx, bias, sliding_window) = (ctx.layer_idx, ctx.mask, ctx.sliding_window);
+    let (layer_idx, mask, sliding_window) = (ctx.layer_idx, ctx.mask, ctx.sliding_window);
     let run = |kv: KeyValues<'_>| {
         (imp.function)(&AttentionInput {
             q,
             kv,
-            bias,
+            mask,
             scale,
             sliding_window,
             want_weights,

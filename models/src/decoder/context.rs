@@ -6,9 +6,10 @@ use candle_core::Tensor;
 use crate::decoder::capture::PassContext;
 use crate::decoder::kv_cache::LayerKvCache;
 use crate::decoder::rope::RopeTables;
+use crate::ops::AttentionMask;
 
 /// What a decoder layer and its children receive for one forward pass, instead of hidden
-/// instance state: the rope tables of the pass's positions, the attention bias for this
+/// instance state: the rope tables of the pass's positions, the attention mask for this
 /// layer's attention kind, this layer's KV cache, and (MoE layers) expert indices to replay.
 ///
 /// Outputs travel up in return values (the router's logits and choices in
@@ -19,9 +20,9 @@ pub struct LayerContext<'a> {
     pub layer_idx: usize,
     /// cos/sin for the positions of this pass.
     pub rope: &'a RopeTables,
-    /// Additive attention bias `[batch, 1, seq, kv_len]` for this layer's attention kind
-    /// (causal, padding, sliding window); `None` when nothing is masked.
-    pub mask: Option<&'a Tensor>,
+    /// Which keys each query sees for this layer's attention kind (causal, padding, sliding
+    /// window); [`AttentionMask::bias`] gives it as an additive bias.
+    pub mask: &'a AttentionMask,
     /// This layer's KV cache, when the pass uses one.
     pub cache: Option<&'a mut LayerKvCache>,
     /// Expert ids `[batch * seq, top_k]` (any integer dtype) the router of this layer must

@@ -21,7 +21,6 @@ mod context;
 mod kv_cache;
 mod layer;
 pub mod linear;
-pub mod mask;
 mod mlp;
 mod model;
 mod moe;
@@ -34,7 +33,7 @@ mod rotary;
 pub mod sites;
 
 pub use activation::HiddenAct;
-pub use attention::{Attention, AttentionArgs, attend, scaled_dot_product_attention};
+pub use attention::{Attention, AttentionArgs, attend};
 pub use blocks::{
     GatedMlp, PreNormLayer, RmsNorm, SelfAttention, SparseMoeBlock, StackedExperts, TopKRouter,
 };

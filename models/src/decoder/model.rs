@@ -13,12 +13,12 @@ use crate::decoder::config::{AttentionKind, DecoderConfig};
 use crate::decoder::context::LayerContext;
 use crate::decoder::kv_cache::KvCache;
 use crate::decoder::layer::{DecoderLayer, DecoderLayerArgs};
-use crate::decoder::mask::attention_bias;
 use crate::decoder::norm::{Norm, NormArgs};
 use crate::decoder::outputs::RouterOutput;
 use crate::decoder::positions::Positions;
 use crate::decoder::rotary::{RotaryArgs, RotaryEmbedding};
 use crate::decoder::sites::DecoderSites;
+use crate::ops::AttentionMask;
 use crate::{Error, Result};
 
 /// The routing one MoE layer produced in a forward pass.
@@ -184,48 +184,49 @@ impl DecoderModel {
             .rotary_emb
             .forward(&positions, dtype, &device, input.pass)?;
 
-        // One bias per attention kind the layers use, built before the layers borrow the cache.
-        let mut biases: Vec<(AttentionKind, Option<Tensor>)> = Vec::new();
+        // One mask per attention kind the layers use, made before the layers borrow the cache.
+        let key_mask: Vec<u8> = match cache.as_deref() {
+            Some(c) => (0..batch)
+                .flat_map(|r| c.key_mask(r, past + seq_len).iter().copied())
+                .collect(),
+            None => mask.to_vec(),
+        };
+        let mut masks: Vec<(AttentionKind, AttentionMask)> = Vec::new();
         for i in 0..self.layers.len() {
             let kind = self.config.attention_kind(i);
-            if biases.iter().any(|(k, _)| *k == kind) {
+            if masks.iter().any(|(k, _)| *k == kind) {
                 continue;
             }
-            let bias = match cache.as_deref() {
-                Some(c) => attention_bias(
-                    batch,
-                    past,
-                    seq_len,
-                    kind,
-                    |r| c.key_mask(r, past + seq_len),
-                    dtype,
-                    &device,
-                )?,
-                None => attention_bias(
-                    batch,
-                    0,
-                    seq_len,
-                    kind,
-                    |r| &mask[r * seq_len..(r + 1) * seq_len],
-                    dtype,
-                    &device,
-                )?,
+            let window = match kind {
+                AttentionKind::Full => None,
+                AttentionKind::Sliding { window } => Some(window),
             };
-            biases.push((kind, bias));
+            let m = AttentionMask::new(
+                batch,
+                past,
+                seq_len,
+                window,
+                key_mask.clone(),
+                dtype,
+                &device,
+            )?;
+            masks.push((kind, m));
         }
 
         let mut routers = Vec::new();
         let mut layer_caches = cache.as_deref_mut().map(KvCache::layers_mut);
         for (i, layer) in self.layers.iter().enumerate() {
             let kind = self.config.attention_kind(i);
-            let bias = biases
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .and_then(|(_, b)| b.as_ref());
+            let Some((_, attention_mask)) = masks.iter().find(|(k, _)| *k == kind) else {
+                return Err(Error::input(
+                    "attention mask",
+                    format!("none made for layer {i}"),
+                ));
+            };
             let mut ctx = LayerContext {
                 layer_idx: i,
                 rope: &rope,
-                mask: bias,
+                mask: attention_mask,
                 cache: layer_caches.as_deref_mut().map(|c| &mut c[i]),
                 forced_experts: input.forced_experts.get(&i),
                 sliding_window: match kind {

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 
 use super::registry::Named;
 use crate::Result;
-use crate::ops::KeyValues;
+use crate::ops::{AttentionMask, KeyValues};
 
 /// What an attention implementation computes on: one layer's queries, keys and values after
 /// the rotary embedding, its mask, and what is asked of it.
@@ -17,11 +17,12 @@ pub struct AttentionInput<'a> {
     /// Keys and values: this layer's cache buffers read in place (`[batch, kv_heads,
     /// capacity, head_dim]`, the first `len` positions filled), or this pass's own.
     pub kv: KeyValues<'a>,
-    /// The additive mask `[batch, 1, seq, kv.len]` (causal, padding and window), if any.
-    pub bias: Option<&'a Tensor>,
+    /// Which keys each query sees (causal, padding and window); [`AttentionMask::bias`] gives
+    /// the additive bias `[batch, 1, seq, kv.len]` for code that adds it to scores.
+    pub mask: &'a AttentionMask,
     /// The scale of the scores (`head_dim^-0.5`).
     pub scale: f64,
-    /// The layer's sliding window, if it has one (already in `bias`).
+    /// The layer's sliding window, if it has one (already in `mask`).
     pub sliding_window: Option<usize>,
     /// Whether the post-softmax probabilities are wanted.
     pub want_weights: bool,
@@ -95,7 +96,7 @@ fn eager_fn(input: &AttentionInput<'_>) -> candle_core::Result<AttentionOutput> 
         &input.q.transpose(1, 2)?,
         &k,
         &v,
-        input.bias,
+        Some(input.mask),
         input.scale,
         input.want_weights,
     )?;
@@ -108,7 +109,7 @@ fn eager_fn(input: &AttentionInput<'_>) -> candle_core::Result<AttentionOutput> 
 
 fn sdpa_fn(input: &AttentionInput<'_>) -> candle_core::Result<AttentionOutput> {
     let (output, weights) =
-        crate::ops::attention(input.q, &input.kv, input.bias, input.scale, false)?;
+        crate::ops::attention(input.q, &input.kv, Some(input.mask), input.scale, false)?;
     Ok(AttentionOutput { output, weights })
 }
 

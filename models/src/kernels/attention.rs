@@ -1,7 +1,7 @@
 //! Scaled dot-product attention of the new queries over a KV cache, on slices: grouped-query
 //! attention reads each key/value head in place for all the query heads that share it (no
-//! copies per group), masked keys (an additive bias of `-inf`) are skipped, and each
-//! (row, head) pair is one task on the kernel threads.
+//! copies per group), masked keys are skipped (the mask is read as a description, never as a
+//! `queries x keys` buffer), and each (row, head) pair is one task on the kernel threads.
 
 use std::sync::Mutex;
 
@@ -27,14 +27,58 @@ pub struct AttentionShape {
     pub kv_capacity: usize,
 }
 
-/// `out = softmax(q k^T * scale + bias) v` for every row, query and head.
+/// Which keys a query sees (see [`crate::ops::AttentionMask`]): query `t` sits at position
+/// `past + t`; it sees the real keys (`key_mask`, `batch x kv_len`, 1 = real, read only when
+/// `padded`) that are not after it and less than `window` behind it; a padding query sees
+/// itself only.
+#[derive(Clone, Copy, Debug)]
+pub struct MaskView<'a> {
+    /// Positions before the first query.
+    pub past: usize,
+    /// Sliding window (`usize::MAX`: none).
+    pub window: usize,
+    /// Key flags, `batch x kv_len`.
+    pub key_mask: &'a [u8],
+    /// Whether any flag is 0.
+    pub padded: bool,
+}
+
+/// The keys query `t` of row `b` reads: `lo..end`, the flags to skip padding keys by.
+struct Visible<'a> {
+    lo: usize,
+    end: usize,
+    flags: Option<&'a [u8]>,
+}
+
+impl<'a> MaskView<'a> {
+    fn keys(&self, b: usize, t: usize, kv_len: usize) -> Visible<'a> {
+        let q = self.past + t;
+        let flags = &self.key_mask[b * kv_len..(b + 1) * kv_len];
+        if self.padded && flags[q] == 0 {
+            return Visible {
+                lo: q,
+                end: q + 1,
+                flags: None,
+            };
+        }
+        Visible {
+            lo: (q + 1).saturating_sub(self.window),
+            end: q + 1,
+            flags: self.padded.then_some(flags),
+        }
+    }
+}
+
+/// `out = softmax(q k^T * scale + mask) v` for every row, query and head; without a mask,
+/// every query sees all `kv_len` keys.
 ///
 /// Layouts: `q` and `out` `[batch, q_len, heads, head_dim]` (the projections' natural
 /// layout), `k` and `v` `[batch, kv_heads, kv_capacity, head_dim]` (the cache; the first
-/// `kv_len` positions are read), `bias` `[batch, q_len, kv_len]`.
+/// `kv_len` positions are read).
 ///
 /// # Panics
-/// If a slice is shorter than its layout or `kv_heads` does not divide `heads`.
+/// If a slice is shorter than its layout, `kv_heads` does not divide `heads`, or the mask's
+/// queries do not end at `kv_len`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     isa: Isa,
@@ -42,7 +86,7 @@ pub fn attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    bias: Option<&[f32]>,
+    mask: Option<MaskView<'_>>,
     scale: f32,
     out: &mut [f32],
 ) {
@@ -62,8 +106,9 @@ pub fn attention(
         v.len() >= s.batch * s.kv_heads * s.kv_capacity * d,
         "attention: v"
     );
-    if let Some(b) = bias {
-        assert_eq!(b.len(), s.batch * s.q_len * s.kv_len, "attention: bias");
+    if let Some(m) = &mask {
+        assert_eq!(m.key_mask.len(), s.batch * s.kv_len, "attention: key mask");
+        assert_eq!(m.past + s.q_len, s.kv_len, "attention: mask positions");
     }
     let task = |bh: usize| -> Vec<f32> {
         let (b, h) = (bh / s.heads, bh % s.heads);
@@ -75,9 +120,16 @@ pub fn attention(
         let mut scores = vec![0f32; s.kv_len];
         for t in 0..s.q_len {
             let qrow = &q[((b * s.q_len + t) * s.heads + h) * d..][..d];
-            let brow = bias.map(|bias| &bias[(b * s.q_len + t) * s.kv_len..][..s.kv_len]);
+            let visible = match &mask {
+                Some(m) => m.keys(b, t, s.kv_len),
+                None => Visible {
+                    lo: 0,
+                    end: s.kv_len,
+                    flags: None,
+                },
+            };
             let orow = &mut result[t * d..(t + 1) * d];
-            head(isa, qrow, keys, values, brow, scale, &mut scores, orow);
+            head(isa, qrow, keys, values, &visible, scale, &mut scores, orow);
         }
         result
     };
@@ -115,7 +167,7 @@ fn head(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
-    bias: Option<&[f32]>,
+    visible: &Visible<'_>,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
@@ -124,9 +176,9 @@ fn head(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma if Isa::detect() == Isa::Avx2Fma => {
             // SAFETY: AVX2 and FMA were detected.
-            unsafe { head_avx2(q, keys, values, bias, scale, scores, out) }
+            unsafe { head_avx2(q, keys, values, visible, scale, scores, out) }
         }
-        _ => head_generic(Isa::Portable, q, keys, values, bias, scale, scores, out),
+        _ => head_generic(Isa::Portable, q, keys, values, visible, scale, scores, out),
     }
 }
 
@@ -141,12 +193,12 @@ unsafe fn head_avx2(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
-    bias: Option<&[f32]>,
+    visible: &Visible<'_>,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    head_generic(Isa::Avx2Fma, q, keys, values, bias, scale, scores, out)
+    head_generic(Isa::Avx2Fma, q, keys, values, visible, scale, scores, out)
 }
 
 #[inline(always)]
@@ -156,44 +208,38 @@ fn head_generic(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
-    bias: Option<&[f32]>,
+    visible: &Visible<'_>,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     let d = q.len();
-    let n = scores.len();
-    // Keys after the last visible one are never read.
-    let end = match bias {
-        Some(b) => b
-            .iter()
-            .rposition(|x| *x != f32::NEG_INFINITY)
-            .map_or(0, |i| i + 1),
-        None => n,
-    };
-    if end == 0 {
+    let (lo, end) = (visible.lo, visible.end.min(scores.len()));
+    let scores = &mut scores[lo.min(end)..end];
+    let mut max = f32::NEG_INFINITY;
+    for (i, score) in scores.iter_mut().enumerate() {
+        let s = lo + i;
+        *score = if visible.flags.is_some_and(|f| f[s] == 0) {
+            f32::NEG_INFINITY
+        } else {
+            dot(q, &keys[s * d..(s + 1) * d]) * scale
+        };
+        max = max.max(*score);
+    }
+    if max == f32::NEG_INFINITY {
         // Every key masked: softmax of all -inf is NaN, as the reference computes it.
         out.fill(f32::NAN);
         return;
     }
-    let mut max = f32::NEG_INFINITY;
-    for (s, score) in scores[..end].iter_mut().enumerate() {
-        let b = bias.map_or(0.0, |b| b[s]);
-        *score = if b == f32::NEG_INFINITY {
-            f32::NEG_INFINITY
-        } else {
-            dot(q, &keys[s * d..(s + 1) * d]) * scale + b
-        };
-        max = max.max(*score);
-    }
-    for score in &mut scores[..end] {
+    for score in scores.iter_mut() {
         *score -= max;
     }
-    exp_in_place(isa, &mut scores[..end]);
-    let sum: f32 = scores[..end].iter().sum();
+    exp_in_place(isa, scores);
+    let sum: f32 = scores.iter().sum();
     out.fill(0.0);
-    for (s, &p) in scores[..end].iter().enumerate() {
+    for (i, &p) in scores.iter().enumerate() {
         if p != 0.0 {
+            let s = lo + i;
             axpy(out, p, &values[s * d..(s + 1) * d]);
         }
     }
@@ -251,21 +297,30 @@ mod tests {
                 let q = random(batch * q_len * heads * d, 1);
                 let k = random(batch * kv_heads * cap * d, 2);
                 let v = random(batch * kv_heads * cap * d, 3);
-                // Causal over the last q_len positions, plus one masked key in row 1.
-                let mut bias = vec![0f32; batch * q_len * kv_len];
-                for b in 0..batch {
-                    for t in 0..q_len {
-                        for j in 0..kv_len {
-                            let pos = kv_len - q_len + t;
-                            if j > pos || (b == 1 && j == 0) {
-                                bias[(b * q_len + t) * kv_len + j] = f32::NEG_INFINITY;
-                            }
-                        }
-                    }
+                // Causal over the last q_len positions, a window of 5 on every other shape,
+                // and key 0 of row 1 padding.
+                let window = if q_len % 2 == 0 { 5 } else { usize::MAX };
+                let mut key_mask = vec![1u8; batch * kv_len];
+                if batch > 1 {
+                    key_mask[kv_len] = 0;
                 }
+                let past = kv_len - q_len;
+                let view = MaskView {
+                    past,
+                    window,
+                    key_mask: &key_mask,
+                    padded: batch > 1,
+                };
+                let visible = |b: usize, t: usize, j: usize| {
+                    let pos = past + t;
+                    if key_mask[b * kv_len + pos] == 0 {
+                        return j == pos;
+                    }
+                    j <= pos && key_mask[b * kv_len + j] != 0 && pos - j < window
+                };
                 let scale = 0.3;
                 let mut out = vec![f32::NAN; q.len()];
-                attention(isa, &s, &q, &k, &v, Some(&bias), scale, &mut out);
+                attention(isa, &s, &q, &k, &v, Some(view), scale, &mut out);
                 let mut want = vec![0f64; q.len()];
                 for b in 0..batch {
                     for t in 0..q_len {
@@ -278,7 +333,11 @@ mod tests {
                                     let dotp: f64 = (0..d)
                                         .map(|i| q[qo + i] as f64 * k[ko + j * d + i] as f64)
                                         .sum();
-                                    dotp * scale as f64 + bias[(b * q_len + t) * kv_len + j] as f64
+                                    if visible(b, t, j) {
+                                        dotp * scale as f64
+                                    } else {
+                                        f64::NEG_INFINITY
+                                    }
                                 })
                                 .collect();
                             let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);

@@ -14,6 +14,7 @@ mod activation;
 mod attention;
 mod experts;
 mod linear;
+mod mask;
 mod norm;
 mod rope;
 
@@ -23,6 +24,7 @@ pub use activation::gated;
 pub use attention::{KeyValues, attention, eager_attention};
 pub use experts::{ExpertTokens, experts_per_expert_loop, routed_experts, tokens_per_expert};
 pub use linear::linear;
+pub use mask::AttentionMask;
 pub use norm::rms_norm;
 pub use rope::rope;
 

@@ -88,7 +88,7 @@ pub fn counted_attention(input: &AttentionInput<'_>) -> candle_core::Result<Atte
         &input.q.transpose(1, 2)?,
         &k,
         &v,
-        input.bias,
+        Some(input.mask),
         input.scale,
         input.want_weights,
     )?;
