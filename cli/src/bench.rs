@@ -6,19 +6,18 @@
 //! token (prefill) and the steps after it (decode). The last line of stdout is exactly
 //! `prefill_tok_s=<x> decode_tok_s=<y>`, the medians over the repeats (other tools parse it).
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use patchwork_models::{AutoModelForCausalLM, GenerationConfig, LoadOptions};
+use patchwork_models::{AutoModelForCausalLM, GenerationConfig};
 
 use crate::CliResult;
-use crate::dtype::DTypeArg;
+use crate::model_args::ModelArgs;
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Checkpoint folder.
-    dir: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Prompt length in tokens.
     #[arg(long, default_value_t = 64)]
     prompt_len: usize,
@@ -28,9 +27,6 @@ pub struct Args {
     /// Repeats; the medians are reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// Compute dtype.
-    #[arg(long, value_enum, default_value_t)]
-    dtype: DTypeArg,
     /// Convert half-precision weights to the compute dtype at load instead of keeping them.
     #[arg(long)]
     upcast_weights: bool,
@@ -42,10 +38,24 @@ pub fn run(args: Args) -> CliResult {
         return Err("--prompt-len, --decode and --repeats must be at least 1".into());
     }
     let start = Instant::now();
-    let options = LoadOptions::default()
-        .with_dtype(args.dtype.into())
-        .with_upcast_weights(args.upcast_weights);
-    let model = AutoModelForCausalLM::from_pretrained(&args.dir, &options)?;
+    let options = args.model.options().with_upcast_weights(args.upcast_weights);
+    let model = AutoModelForCausalLM::from_pretrained(&args.model.dir, &options)?;
+    let steps = args
+        .decode
+        .checked_add(1)
+        .filter(|steps| {
+            args.prompt_len
+                .checked_add(*steps)
+                .is_some_and(|n| n <= model.max_positions())
+        })
+        .ok_or_else(|| {
+            format!(
+                "--prompt-len {} and --decode {} reach past the {} positions the model allows (--max-positions raises it)",
+                args.prompt_len,
+                args.decode,
+                model.max_positions()
+            )
+        })?;
     let load = start.elapsed().as_secs_f64();
     let vocab = model.config().vocab_size;
     println!(
@@ -60,7 +70,7 @@ pub fn run(args: Args) -> CliResult {
         .collect();
     let config = GenerationConfig {
         ignore_eos: true,
-        ..GenerationConfig::greedy(args.decode + 1)
+        ..GenerationConfig::greedy(steps)
     };
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
     for rep in 0..args.repeats {

@@ -11,17 +11,18 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use patch_core::PatchSet;
+use patchwork_models::AutoModelForCausalLM;
 use patchwork_models::compare::compare_models;
 use patchwork_models::replacements::{PATCH_SETS, patch_set};
-use patchwork_models::{AutoModelForCausalLM, LoadOptions};
 
 use crate::CliResult;
+use crate::model_args::{ModelArgs, read_tensors};
 
 /// Arguments of `compare`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Checkpoint folder.
-    dir: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The replacements to check (see `patchwork_models::replacements::PATCH_SETS`).
     #[arg(long, default_value = "fused-qkv")]
     patch_set: String,
@@ -39,18 +40,17 @@ pub fn run(args: Args) -> CliResult {
     let patches = patch_set(&args.patch_set)
         .map_err(|e| format!("--patch-set: {e} (known: {})", PATCH_SETS.join(", ")))?;
     let original = AutoModelForCausalLM::from_pretrained(
-        &args.dir,
-        &LoadOptions::default().with_patches(PatchSet::empty()),
+        &args.model.dir,
+        &args.model.options().with_patches(PatchSet::empty()),
     )?;
     let patched = AutoModelForCausalLM::from_pretrained(
-        &args.dir,
-        &LoadOptions::default().with_patches(patches),
+        &args.model.dir,
+        &args.model.options().with_patches(patches),
     )?;
     let (ids, mask) = match &args.inputs {
         Some(path) => {
             let name = path.display().to_string();
-            let mut t = candle_core::safetensors::load(path, &Device::Cpu)
-                .map_err(|e| format!("{name}: {e}"))?;
+            let mut t = read_tensors(path)?;
             let ids = t
                 .remove("input_ids")
                 .ok_or_else(|| format!("{name}: no tensor named input_ids"))?;

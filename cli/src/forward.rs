@@ -1,5 +1,5 @@
 //! `patchwork forward DIR --inputs IN.safetensors --out OUT.safetensors [--dtype f32|bf16|f16]
-//! [--grads] [--forced-experts ROUTING.safetensors]`.
+//! [--max-positions N] [--grads] [--forced-experts ROUTING.safetensors]`.
 //!
 //! Reads `input_ids` (`[B, T]`, any integer dtype), and if present `attention_mask` (`[B, T]`,
 //! 1 = token, 0 = padding) and `labels` (`[B, T]`, any integer dtype, -100 ignored). Writes:
@@ -19,31 +19,34 @@
 //! `--output-hidden-states` adds `hidden_states.I` (f32 `[B, T, H]`, `I = 0..=L`: 0 the
 //! embedding output, `I` the output of layer `I - 1`, `L` the final norm's output);
 //! `--output-attentions` adds `attentions.L` (f32 `[B, heads, T, kv_len]`, post-softmax).
+//!
+//! `OUT` is written atomically (a temporary beside it, renamed into place when complete) and
+//! is refused when it is one of the inputs, a file of the checkpoint, a symbolic link or not a
+//! regular file. Logits holding NaN or infinity are an error that says where they come from.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
+use patch_checkpoint::files::check_output;
 use patchwork_models::decoder::Selection;
-use patchwork_models::{AutoModelForCausalLM, ForwardOptions, LoadOptions};
+use patchwork_models::{AutoModelForCausalLM, ForwardOptions};
 
 use crate::CliResult;
-use crate::dtype::DTypeArg;
+use crate::model_args::{ModelArgs, read_tensors};
 
 /// Arguments of `forward`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Checkpoint folder.
-    dir: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Safetensors file with `input_ids`, and optionally `attention_mask` and `labels`.
     #[arg(long)]
     inputs: PathBuf,
-    /// Safetensors file to write.
+    /// Safetensors file to write (atomically; never one of the inputs, a link or a
+    /// non-regular file).
     #[arg(long)]
     out: PathBuf,
-    /// Compute dtype.
-    #[arg(long, value_enum, default_value_t)]
-    dtype: DTypeArg,
     /// Also write `grad.KEY`, the gradient of `loss` for every checkpoint tensor (needs
     /// `labels` in the inputs).
     #[arg(long)]
@@ -62,8 +65,16 @@ pub struct Args {
 /// Runs `forward`.
 pub fn run(args: Args) -> CliResult {
     let name = args.inputs.display().to_string();
-    let inputs = candle_core::safetensors::load(&args.inputs, &Device::Cpu)
-        .map_err(|e| format!("{name}: {e}"))?;
+    // The inputs, and every file of the checkpoint, are never overwritten: refused before any
+    // work, and again when the written file is renamed into place.
+    let checkpoint_files: Vec<PathBuf> = std::fs::read_dir(&args.model.dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    let mut protected: Vec<&Path> = vec![&args.inputs];
+    protected.extend(args.forced_experts.as_deref());
+    protected.extend(checkpoint_files.iter().map(PathBuf::as_path));
+    check_output(&args.out, &protected)?;
+    let inputs = read_tensors(&args.inputs)?;
     let input_ids = inputs
         .get("input_ids")
         .ok_or_else(|| format!("{name}: no tensor named input_ids"))?;
@@ -78,11 +89,11 @@ pub fn run(args: Args) -> CliResult {
         Some(path) => read_forced_experts(path)?,
         None => BTreeMap::new(),
     };
-    let mut options = LoadOptions::default().with_dtype(args.dtype.into());
+    let mut options = args.model.options();
     if args.grads {
         options = options.trainable();
     }
-    let model = AutoModelForCausalLM::from_pretrained(&args.dir, &options)?;
+    let model = AutoModelForCausalLM::from_pretrained(&args.model.dir, &options)?;
     let all = |on: bool| if on { Selection::All } else { Selection::None };
     let forward = ForwardOptions {
         output_router_logits: Some(true),
@@ -93,8 +104,20 @@ pub fn run(args: Args) -> CliResult {
         ..ForwardOptions::default()
     };
     let out = model.forward_with(input_ids, inputs.get("attention_mask"), None, &forward)?;
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     if let Some(logits) = &out.logits {
+        let finite = logits
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|l| l.is_finite());
+        if !finite {
+            return Err(patchwork_models::Error::NonFinite {
+                what: "the logits".into(),
+                diagnosis: model.diagnose_non_finite(input_ids),
+            }
+            .into());
+        }
         tensors.insert("logits".into(), logits.detach().to_dtype(DType::F32)?);
     }
     for record in &out.router_logits {
@@ -131,16 +154,14 @@ pub fn run(args: Args) -> CliResult {
             }
         }
     }
-    candle_core::safetensors::save(&tensors, &args.out)
-        .map_err(|e| format!("{}: {e}", args.out.display()))?;
+    patch_checkpoint::write_safetensors(&args.out, &tensors, &protected)?;
     Ok(())
 }
 
 /// `selected_experts.L` of a routing file, by layer `L`.
-fn read_forced_experts(path: &std::path::Path) -> Result<BTreeMap<usize, Tensor>, String> {
+fn read_forced_experts(path: &Path) -> Result<BTreeMap<usize, Tensor>, Box<dyn std::error::Error>> {
     let name = path.display().to_string();
-    let tensors =
-        candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| format!("{name}: {e}"))?;
+    let tensors = read_tensors(path)?;
     let mut forced = BTreeMap::new();
     for (key, t) in tensors {
         let Some(layer) = key.strip_prefix("selected_experts.") else {
@@ -154,7 +175,8 @@ fn read_forced_experts(path: &std::path::Path) -> Result<BTreeMap<usize, Tensor>
     if forced.is_empty() {
         return Err(format!(
             "{name}: no selected_experts.L tensor (what `patchwork forward` writes for MoE layer L)"
-        ));
+        )
+        .into());
     }
     Ok(forced)
 }

@@ -1,23 +1,23 @@
 //! `patchwork generate DIR --prompt-ids 5,6,7 --max-new-tokens N [--ignore-eos]
-//! [--temperature T] [--top-k K] [--top-p P] [--seed S] [--dtype f32|bf16|f16]`.
+//! [--temperature T] [--top-k K] [--top-p P] [--seed S] [--dtype f32|bf16|f16]
+//! [--max-positions N]`.
 //!
 //! Greedy unless a temperature is given (`--top-k`, `--top-p` and `--seed` need one). The last
 //! line of stdout is the whole sequence, prompt then new ids, comma-separated; timings go to
 //! stderr.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use patchwork_models::{AutoModelForCausalLM, GenerationConfig, LoadOptions, Sampling};
+use patchwork_models::{AutoModelForCausalLM, GenerationConfig, Sampling};
 
 use crate::CliResult;
-use crate::dtype::DTypeArg;
+use crate::model_args::ModelArgs;
 
 /// Arguments of `generate`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Checkpoint folder.
-    dir: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Prompt token ids, comma-separated.
     #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
     prompt_ids: Vec<u32>,
@@ -39,16 +39,12 @@ pub struct Args {
     /// Seed of the sampler.
     #[arg(long, requires = "temperature")]
     seed: Option<u64>,
-    /// Compute dtype.
-    #[arg(long, value_enum, default_value_t)]
-    dtype: DTypeArg,
 }
 
 /// Runs `generate`.
 pub fn run(args: Args) -> CliResult {
     let start = Instant::now();
-    let options = LoadOptions::default().with_dtype(args.dtype.into());
-    let model = AutoModelForCausalLM::from_pretrained(&args.dir, &options)?;
+    let model = AutoModelForCausalLM::from_pretrained(&args.model.dir, &args.model.options())?;
     let loaded = start.elapsed();
     let sampling = match args.temperature {
         None => Sampling::Greedy,

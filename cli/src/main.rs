@@ -11,6 +11,7 @@ mod dtype;
 mod forward;
 mod generate;
 mod inspect;
+mod model_args;
 mod resave;
 
 /// Load, run, inspect, convert and save transformer checkpoints with patchwork.

@@ -44,6 +44,10 @@ pub struct LoadOptions {
     /// The routed-experts implementation (`"grouped_mm"`, `"eager"`, or a registered name);
     /// `None` takes the config's `experts_implementation`, else `"grouped_mm"`.
     pub experts_implementation: Option<String>,
+    /// How many positions a pass or a generation may reach; `None` (the default) takes the
+    /// config's `max_position_embeddings`. Raising it runs the rotary embedding past the
+    /// context the model was trained for (extrapolation), which is then the caller's choice.
+    pub max_positions: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -57,6 +61,7 @@ impl Default for LoadOptions {
             trainable: false,
             attn_implementation: None,
             experts_implementation: None,
+            max_positions: None,
         }
     }
 }
@@ -105,8 +110,18 @@ impl LoadOptions {
         self
     }
 
-    /// Applies the options' implementation choices to a built model.
+    /// These options allowing passes and generations to reach `positions` positions (see
+    /// [`LoadOptions::max_positions`]).
+    pub fn with_max_positions(mut self, positions: usize) -> Self {
+        self.max_positions = Some(positions);
+        self
+    }
+
+    /// Applies the options' implementation choices and position limit to a built model.
     fn select_implementations(&self, model: &mut CausalLM) -> Result<()> {
+        if let Some(n) = self.max_positions {
+            model.set_max_positions(n)?;
+        }
         if let Some(name) = &self.attn_implementation {
             model.set_attn_implementation(name)?;
         }
@@ -163,6 +178,7 @@ pub(crate) fn load_pretrained(
     }
     let mut config = (found.parse_config)(ckpt.config(), &source_name)?;
     config.weight_dtype = kept_weight_dtype(&ckpt, options);
+    crate::load_checks::check_against_checkpoint(&config, &ckpt, &source_name, options.dtype)?;
     // The registry's transforms for this config (a family's link-time default, or what the
     // user registered over it); replacements add theirs through their scopes.
     let source = ckpt.source(ckpt.registered_transforms()?)?;
@@ -203,6 +219,7 @@ pub(crate) fn create_from_config(
     options: &LoadOptions,
 ) -> Result<CausalLM> {
     let config = (family.parse_config)(config, "config")?;
+    crate::load_checks::check_from_config(&config, options.dtype)?;
     let weights = options.weights(Arc::new(RandomInit::new(
         options.seed,
         config.initializer_range,

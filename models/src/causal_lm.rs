@@ -103,6 +103,7 @@ pub struct CausalLM {
     transforms: Vec<Transform>,
     vars: Option<VarMap>,
     implementations: Implementations,
+    max_positions: usize,
 }
 
 impl fmt::Debug for CausalLM {
@@ -165,6 +166,7 @@ impl CausalLM {
             &name("attn_implementation", "sdpa"),
             &name("experts_implementation", "grouped_mm"),
         )?;
+        let max_positions = config.max_position_embeddings;
         Ok(Self {
             model,
             lm_head,
@@ -175,7 +177,42 @@ impl CausalLM {
             transforms,
             vars,
             implementations,
+            max_positions,
         })
+    }
+
+    /// How many positions a pass or a generation may reach: the config's
+    /// `max_position_embeddings` unless [`set_max_positions`](Self::set_max_positions) (or
+    /// [`LoadOptions::max_positions`](crate::LoadOptions::max_positions)) said otherwise.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Allows passes and generations to reach `positions` positions; past the config's
+    /// `max_position_embeddings` the rotary embedding extrapolates, which is then the
+    /// caller's choice.
+    pub fn set_max_positions(&mut self, positions: usize) -> Result<()> {
+        let max = crate::decoder::bounds::MAX_POSITIONS;
+        if positions == 0 || positions > max {
+            return Err(Error::input(
+                "max_positions",
+                format!("{positions} is not in 1..={max}"),
+            ));
+        }
+        self.max_positions = positions;
+        Ok(())
+    }
+
+    /// Fails when `what` would reach `positions` positions, past [`CausalLM::max_positions`].
+    pub(crate) fn check_positions(&self, what: &str, positions: Option<usize>) -> Result<()> {
+        match positions {
+            Some(n) if n <= self.max_positions => Ok(()),
+            _ => Err(Error::TooLong {
+                what: what.to_string(),
+                positions: positions.map_or_else(|| "more than 2^64".into(), |n| n.to_string()),
+                limit: self.max_positions,
+            }),
+        }
     }
 
     /// The attention and experts implementations the model computes with.
@@ -394,8 +431,22 @@ impl CausalLM {
     }
 
     /// A KV cache for `batch` rows and `capacity` positions (prompt plus new tokens),
-    /// allocated on first use and then written in place.
-    pub fn new_cache(&self, batch: usize, capacity: usize) -> KvCache {
+    /// allocated on first use and then written in place. `capacity` is checked against
+    /// [`CausalLM::max_positions`] and the cache's size against the memory available.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
+        self.check_positions(&format!("a KV cache of {capacity} positions"), Some(capacity))?;
+        let c = self.config();
+        let per_position = (self.model.layers.len() as u128)
+            * (c.num_key_value_heads as u128)
+            * (c.head_dim as u128)
+            * 2
+            * self.dtype().size_in_bytes() as u128
+            + 1;
+        patch_checkpoint::memory::check(
+            (batch as u128) * (capacity as u128) * per_position,
+            || format!("a KV cache of {batch} rows x {capacity} positions"),
+            "generate fewer tokens, or fewer rows at once",
+        )?;
         KvCache::new(self.model.layers.len(), batch, capacity)
     }
 
@@ -420,6 +471,12 @@ impl CausalLM {
     ) -> Result<ForwardOutput> {
         let ids = self.check_input_ids(input_ids)?;
         let (batch, seq) = ids.dims2()?;
+        let past = cache.as_deref().map_or(0, KvCache::len);
+        self.check_positions(
+            &format!("a pass of {seq} tokens after {past} cached positions"),
+            past.checked_add(seq),
+        )?;
+        self.check_pass_memory(batch, seq, options)?;
         let mask = match attention_mask {
             Some(m) => check_mask(m, batch, seq)?,
             None => vec![1u8; batch * seq],
@@ -503,6 +560,84 @@ impl CausalLM {
             attentions,
             records,
         })
+    }
+
+    /// Where NaN or infinite values in a pass over `input_ids` (`[batch, seq]`) come from: the
+    /// first weight holding one, else the first hidden state (by
+    /// [`ForwardOptions::output_hidden_states`]'s index) holding one, else the output head.
+    /// What [`Error::NonFinite`] says; slow (it scans every weight and reruns the pass).
+    pub fn diagnose_non_finite(&self, input_ids: &Tensor) -> String {
+        let first_bad = |t: &Tensor| -> Option<usize> {
+            let values = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .ok()?;
+            values.iter().position(|v| !v.is_finite())
+        };
+        let mut params = self.weights.params().snapshot();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in &params {
+            if let Some(i) = first_bad(t) {
+                return format!("weight {name:?} holds a NaN or infinite value (element {i})");
+            }
+        }
+        let options = ForwardOptions {
+            logits: LogitsMode::None,
+            output_hidden_states: Selection::All,
+            ..ForwardOptions::default()
+        };
+        match self.forward_with(input_ids, None, None, &options) {
+            Ok(out) => {
+                for (i, h) in &out.hidden_states {
+                    if first_bad(h).is_some() {
+                        let what = match *i {
+                            0 => "the embedding output".to_string(),
+                            i if i == self.model.layers.len() => "the final norm's output".to_string(),
+                            i => format!("the output of layer {}", i - 1),
+                        };
+                        return format!(
+                            "the weights are finite; hidden state {i} ({what}) is the first to hold NaN or infinity"
+                        );
+                    }
+                }
+                "the weights and hidden states are finite; the output head overflowed".into()
+            }
+            Err(e) => format!("the weights are finite; rerunning the pass failed: {e}"),
+        }
+    }
+
+    /// Checks that the activations of a pass of `batch x seq` tokens fit in memory: about
+    /// float32 values per token for the logits asked for, the residual stream and norms, the
+    /// widest feed-forward's three projections, and queries, keys and values (attention itself
+    /// is linear in the tokens on the fused path and works in blocks on the eager one).
+    fn check_pass_memory(&self, batch: usize, seq: usize, options: &ForwardOptions) -> Result<()> {
+        let c = self.config();
+        let widest = c
+            .moe
+            .as_ref()
+            .map_or(0, |m| {
+                (m.moe_intermediate_size * m.num_experts_per_tok)
+                    .max(m.shared_expert_intermediate_size)
+            })
+            .max(c.intermediate_size) as u128;
+        let logits = match options.logits {
+            LogitsMode::All => c.vocab_size as u128,
+            LogitsMode::Last | LogitsMode::None => 0,
+        };
+        let attention = ((c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim) as u128;
+        let per_token = logits + 4 * c.hidden_size as u128 + 3 * widest + 2 * attention;
+        let tokens = (batch as u128) * (seq as u128);
+        patch_checkpoint::memory::check(
+            tokens.saturating_mul(per_token).saturating_mul(4),
+            || format!("a forward pass of {batch} x {seq} tokens"),
+            if logits > 0 {
+                "pass fewer tokens, or ask for the last position's logits only (LogitsMode::Last)"
+            } else {
+                "pass fewer tokens"
+            },
+        )?;
+        Ok(())
     }
 
     /// Checks forced experts before the pass: each names an MoE layer of this model and holds

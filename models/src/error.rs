@@ -64,6 +64,26 @@ pub enum Error {
         /// Positions this forward pass writes.
         adding: usize,
     },
+    /// A pass or a generation would reach more positions than the model allows.
+    #[error(
+        "{what} reaches {positions} positions, past the {limit} this model allows (max_position_embeddings in its config); LoadOptions::with_max_positions (--max-positions) raises the limit, the rotary embedding then extrapolating"
+    )]
+    TooLong {
+        /// What would (`a pass of 600 tokens after 0 cached positions`).
+        what: String,
+        /// The positions it would reach.
+        positions: String,
+        /// The model's limit.
+        limit: usize,
+    },
+    /// A computation produced NaN or infinite values where the result must be finite.
+    #[error("{what} are not finite: {diagnosis}")]
+    NonFinite {
+        /// What (`the logits of generation step 0`).
+        what: String,
+        /// Where the non-finite values come from, as far as it could be traced.
+        diagnosis: String,
+    },
     /// A generation setting is out of range.
     #[error("generation setting {name} = {value}: {message}")]
     Generation {
@@ -91,14 +111,6 @@ pub enum Error {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-    /// A file could not be read or written.
-    #[error("{path}: {message}")]
-    Io {
-        /// The file.
-        path: String,
-        /// What happened.
-        message: String,
-    },
 }
 
 impl Error {

@@ -151,7 +151,7 @@ impl Sampler {
         }
     }
 
-    fn pick(&mut self, logits: &mut [f32]) -> u32 {
+    fn pick(&mut self, logits: &[f32]) -> u32 {
         match (&self.sampling, &mut self.rng) {
             (
                 Sampling::Sample {
@@ -162,20 +162,26 @@ impl Sampler {
                 },
                 Some(rng),
             ) => {
-                let inv_t = (1.0 / temperature) as f32;
-                logits.iter_mut().for_each(|l| *l *= inv_t);
+                // Scaled after subtracting the maximum, in f64: however small the temperature,
+                // the most likely token stays at 0 and the others go to -inf (greedy), never
+                // to NaN.
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let mut scores: Vec<f64> = logits
+                    .iter()
+                    .map(|&l| (l as f64 - max) / temperature)
+                    .collect();
                 if let Some(k) = *top_k
-                    && k < logits.len()
+                    && k < scores.len()
                 {
-                    let mut sorted = logits.to_vec();
+                    let mut sorted = scores.clone();
                     sorted.sort_unstable_by(|a, b| b.total_cmp(a));
                     let threshold = sorted[k - 1];
-                    logits
+                    scores
                         .iter_mut()
                         .filter(|l| **l < threshold)
-                        .for_each(|l| *l = f32::NEG_INFINITY);
+                        .for_each(|l| *l = f64::NEG_INFINITY);
                 }
-                let mut probs = softmax(logits);
+                let mut probs = softmax(&scores);
                 if let Some(p) = *top_p {
                     let mut order: Vec<usize> = (0..probs.len()).collect();
                     order.sort_unstable_by(|&a, &b| probs[a].total_cmp(&probs[b]));
@@ -184,10 +190,10 @@ impl Sampler {
                     for (rank, &i) in order.iter().enumerate() {
                         cumulative += probs[i];
                         if cumulative <= 1.0 - p && rank != last {
-                            logits[i] = f32::NEG_INFINITY;
+                            scores[i] = f64::NEG_INFINITY;
                         }
                     }
-                    probs = softmax(logits);
+                    probs = softmax(&scores);
                 }
                 let u: f64 = rng.random();
                 let mut acc = 0.0;
@@ -218,9 +224,9 @@ fn argmax(xs: &[f32]) -> u32 {
     best as u32
 }
 
-fn softmax(xs: &[f32]) -> Vec<f64> {
-    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exps: Vec<f64> = xs.iter().map(|&x| ((x as f64) - max).exp()).collect();
+fn softmax(xs: &[f64]) -> Vec<f64> {
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = xs.iter().map(|&x| (x - max).exp()).collect();
     let sum: f64 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
 }
@@ -306,12 +312,21 @@ impl CausalLM {
                 std::iter::repeat_n(0u32, padding).chain(std::iter::repeat_n(1u32, prompt.len())),
             );
         }
+        let capacity = width.checked_add(config.max_new_tokens);
+        self.check_positions(
+            &format!(
+                "a prompt of {width} tokens and max_new_tokens = {}",
+                config.max_new_tokens
+            ),
+            capacity,
+        )?;
+        let capacity = capacity.unwrap_or(usize::MAX);
         let device = self.device();
         let mut new_tokens = vec![Vec::new(); batch];
         let mut step_logits = Vec::new();
         let mut routes = RouteRecorder::new(batch, config.output_routed_experts);
         if config.max_new_tokens > 0 {
-            let mut cache = self.new_cache(batch, width + config.max_new_tokens);
+            let mut cache = self.new_cache(batch, capacity)?;
             let options = ForwardOptions {
                 logits: LogitsMode::Last,
                 output_router_logits: Some(config.output_routed_experts),
@@ -319,6 +334,7 @@ impl CausalLM {
             };
             let real: Vec<bool> = mask.iter().map(|&m| m != 0).collect();
             let ids = Tensor::from_vec(ids, (batch, width), device)?;
+            let prompt_ids = ids.clone();
             let mask = Tensor::from_vec(mask, (batch, width), device)?;
             let mut out = self.forward_with(&ids, Some(&mask), Some(&mut cache), &options)?;
             routes.record(&out.router_logits, &real)?;
@@ -340,12 +356,18 @@ impl CausalLM {
                     if finished[r] {
                         continue;
                     }
+                    if row.iter().any(|l| l.is_nan() || *l == f32::INFINITY) {
+                        return Err(Error::NonFinite {
+                            what: format!("the logits of row {r} at generation step {step}"),
+                            diagnosis: self.diagnose_non_finite(&prompt_ids.narrow(0, r, 1)?),
+                        });
+                    }
                     if step < config.min_new_tokens {
                         for &e in &eos {
                             row[e as usize] = f32::NEG_INFINITY;
                         }
                     }
-                    let token = sampler.pick(&mut row);
+                    let token = sampler.pick(&row);
                     next[r] = token;
                     fed[r] = true;
                     new_tokens[r].push(token);

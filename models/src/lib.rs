@@ -35,6 +35,7 @@ pub mod decoder;
 mod error;
 pub mod family;
 mod generation;
+mod load_checks;
 pub mod implementations;
 pub mod kernels;
 pub mod llama;

@@ -185,7 +185,7 @@ fn cached_decoding_matches_a_full_forward() {
     let full = model.forward(&input_ids, None).unwrap();
     let (batch, seq) = input_ids.dims2().unwrap();
     // Prefill 5 tokens, then one token at a time through the cache.
-    let mut cache = model.new_cache(batch, seq);
+    let mut cache = model.new_cache(batch, seq).unwrap();
     let prefill = 5;
     let opts = ForwardOptions::default();
     let mut steps = vec![

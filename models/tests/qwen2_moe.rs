@@ -234,7 +234,7 @@ fn a_sliding_window_limits_what_a_token_sees_and_the_cache_path_agrees() {
         .is_err()
     );
     // Decoding through the cache applies the same window.
-    let mut cache = m.new_cache(1, 8);
+    let mut cache = m.new_cache(1, 8).unwrap();
     let mut steps = vec![
         m.forward_with(
             &x.narrow(1, 0, 2).unwrap(),

@@ -43,6 +43,14 @@ pub enum Problem {
         /// What went wrong, with the converter.
         detail: String,
     },
+    /// A stored tensor could not be read: its bytes, dtype or values are not a usable weight
+    /// (an integer tensor for a float weight, NaN or infinite values), or memory ran short.
+    Unreadable {
+        /// The tensor that was asked for.
+        name: String,
+        /// What is wrong, with the file and key.
+        detail: String,
+    },
     /// Transforms disagree (two converters claim one name, a re-plan would change a conversion
     /// that already ran).
     Conflict {
@@ -74,6 +82,7 @@ impl Problem {
             Problem::Shape { .. } => "mis-shaped",
             Problem::Unexpected { .. } => "unexpected",
             Problem::Conversion { .. } => "conversion",
+            Problem::Unreadable { .. } => "unreadable",
             Problem::Conflict { .. } => "conflict",
             Problem::TiedButStored { .. } => "tied",
             Problem::InvalidTransform { .. } => "transform",
@@ -87,6 +96,7 @@ impl Problem {
             Problem::Missing { name, .. } => (2, name),
             Problem::Shape { name, .. } => (3, name),
             Problem::Conversion { name, .. } => (4, name),
+            Problem::Unreadable { name, .. } => (4, name),
             Problem::TiedButStored { alias, .. } => (5, alias),
             Problem::Unexpected { key, .. } => (6, key),
         }
@@ -129,6 +139,7 @@ impl fmt::Display for Problem {
                 with_detail(f, detail)
             }
             Problem::Conversion { name, detail } => write!(f, "conversion  {name}: {detail}"),
+            Problem::Unreadable { name, detail } => write!(f, "unreadable  {name}: {detail}"),
             Problem::Conflict { detail } => write!(f, "conflict    {detail}"),
             Problem::TiedButStored { alias, target } => write!(
                 f,

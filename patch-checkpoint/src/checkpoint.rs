@@ -707,7 +707,7 @@ impl WeightSource for CheckpointSource {
                 file,
                 meta,
                 original,
-            } => self.load_key(file, &original, &meta, r).map(|t| {
+            } => self.load_key(file, &original, &meta, r).map_err(|e| (true, e)).map(|t| {
                 (
                     t,
                     Some((k, original, meta.clone())),
@@ -733,7 +733,10 @@ impl WeightSource for CheckpointSource {
                         })
                     })
                     .collect();
-                let outputs = inputs.and_then(|inputs| Ok(run_steps(&steps, inputs)?));
+                let outputs = match inputs {
+                    Ok(inputs) => run_steps(&steps, inputs).map_err(|e| (false, Error::from(e))),
+                    Err(e) => Err((true, e)),
+                };
                 match outputs {
                     Ok(outputs) => {
                         let mut st = self.lock();
@@ -786,6 +789,7 @@ impl WeightSource for CheckpointSource {
                 }
             }
         };
+        // Errors of reading are the key's; errors of converting, the unit's.
         let mut st = self.lock();
         st.stats.busy += started.elapsed();
         match result {
@@ -807,10 +811,12 @@ impl WeightSource for CheckpointSource {
                 }
                 Ok(t)
             }
-            Err(e) => {
-                let p = Problem::Conversion {
-                    name: r.name.to_string(),
-                    detail: e.to_string(),
+            Err((reading, e)) => {
+                let (name, detail) = (r.name.to_string(), e.to_string());
+                let p = if reading {
+                    Problem::Unreadable { name, detail }
+                } else {
+                    Problem::Conversion { name, detail }
                 };
                 let origin = Origin(OriginKind::Placeholder {
                     problem: p.to_string(),

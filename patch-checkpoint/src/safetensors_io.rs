@@ -89,6 +89,15 @@ impl SafetensorsFile {
             || format!("{}: tensor {name:?}", self.path.display()),
             "",
         )?;
+        if let Some(at) = first_non_finite(bytes, meta.dtype) {
+            return Err(malformed(
+                &self.path,
+                format!(
+                    "tensor {name:?} holds a NaN or infinite value (element {at} of shape {:?}): a weight must be finite",
+                    meta.shape
+                ),
+            ));
+        }
         let t = Tensor::from_raw_buffer(bytes, file_dtype, &meta.shape, device)?;
         self.release(meta.start, meta.len());
         let t = if file_dtype != dtype && file_dtype.is_float() && dtype.is_float() {
@@ -115,6 +124,27 @@ impl SafetensorsFile {
         {
             let _ = (offset, len);
         }
+    }
+}
+
+/// The index of the first NaN or infinite element of little-endian `bytes` of `dtype` (an
+/// all-ones exponent; float dtypes with infinities and NaNs only), if any.
+pub(crate) fn first_non_finite(bytes: &[u8], dtype: Dtype) -> Option<usize> {
+    fn scan<const N: usize>(bytes: &[u8], bad: impl Fn([u8; N]) -> bool) -> Option<usize> {
+        bytes.chunks_exact(N).position(|c| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(c);
+            bad(a)
+        })
+    }
+    match dtype {
+        Dtype::F32 => scan::<4>(bytes, |b| u32::from_le_bytes(b) & 0x7f80_0000 == 0x7f80_0000),
+        Dtype::BF16 => scan::<2>(bytes, |b| u16::from_le_bytes(b) & 0x7f80 == 0x7f80),
+        Dtype::F16 => scan::<2>(bytes, |b| u16::from_le_bytes(b) & 0x7c00 == 0x7c00),
+        Dtype::F64 => scan::<8>(bytes, |b| {
+            u64::from_le_bytes(b) & 0x7ff0_0000_0000_0000 == 0x7ff0_0000_0000_0000
+        }),
+        _ => None,
     }
 }
 
@@ -289,6 +319,24 @@ pub fn write_safetensors(
         })
     })?
     .commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_values_are_found_in_every_float_dtype() {
+        let f32s: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(first_non_finite(&f32s, Dtype::F32), Some(1));
+        let inf: Vec<u8> = [half::bf16::INFINITY, half::bf16::ONE].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(first_non_finite(&inf, Dtype::BF16), Some(0));
+        let f16s: Vec<u8> = [half::f16::MAX, half::f16::NEG_INFINITY].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(first_non_finite(&f16s, Dtype::F16), Some(1));
+        let f64s: Vec<u8> = [f64::MAX, -0.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(first_non_finite(&f64s, Dtype::F64), None);
+        assert_eq!(first_non_finite(&[0xff; 4], Dtype::I32), None);
+    }
 }
 
 /// Writes a tensor's elements, little-endian, row-major.

@@ -149,6 +149,46 @@ impl DecoderConfig {
         Ok(self)
     }
 
+    /// The number of parameters a model of this config has, by transformers' layout of the
+    /// standard sites (u128: the sizes are bounded, so it cannot overflow): what loading
+    /// compares with the checkpoint, and `from_config` with the memory available.
+    pub fn parameter_count(&self) -> u128 {
+        let h = self.hidden_size as u128;
+        let hd = self.head_dim as u128;
+        let (heads, kv) = (
+            self.num_attention_heads as u128,
+            self.num_key_value_heads as u128,
+        );
+        let bias = |yes: bool, n: u128| if yes { n } else { 0 };
+        let attention = h * hd * (heads + 2 * kv)
+            + bias(self.qkv_bias, hd * (heads + 2 * kv))
+            + heads * hd * h
+            + bias(self.o_proj_bias, h)
+            + bias(self.qk_norm, 2 * hd);
+        let mlp = |i: u128| 3 * h * i + bias(self.mlp_bias, 2 * i + h);
+        let sparse = self.moe.as_ref().map_or(0, |m| {
+            let e = m.num_experts as u128;
+            let shared = m.shared_expert_intermediate_size as u128;
+            e * h
+                + e * 3 * h * m.moe_intermediate_size as u128
+                + if shared > 0 { 3 * h * shared + h } else { 0 }
+        });
+        let layers: u128 = self
+            .feed_forward
+            .iter()
+            .map(|kind| {
+                attention
+                    + 2 * h
+                    + match kind {
+                        FeedForwardKind::Dense => mlp(self.intermediate_size as u128),
+                        FeedForwardKind::Sparse => sparse,
+                    }
+            })
+            .sum();
+        let embeddings = self.vocab_size as u128 * h;
+        embeddings + layers + h + if self.tie_word_embeddings { 0 } else { embeddings }
+    }
+
     /// Whether any layer uses a sliding window.
     pub fn has_sliding_layers(&self) -> bool {
         self.layer_types

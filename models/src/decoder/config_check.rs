@@ -6,6 +6,25 @@ use serde_json::Value;
 use crate::decoder::activation::HiddenAct;
 use crate::{Error, Result};
 
+/// The largest sizes a config may give. They sit far above every published model (the largest
+/// have 126 layers, a hidden size of 16,384, 53,248-wide MLPs, 262,144 vocabulary entries and
+/// 384 experts) and low enough that a corrupt value is an error before anything is computed
+/// or allocated from it. A real model beyond them needs these constants raised.
+pub mod bounds {
+    /// Decoder layers.
+    pub const MAX_LAYERS: usize = 1 << 12;
+    /// Widths: `hidden_size`, the intermediate sizes, `head_dim`, heads x `head_dim`.
+    pub const MAX_WIDTH: usize = 1 << 20;
+    /// Attention heads (query or key/value).
+    pub const MAX_HEADS: usize = 1 << 12;
+    /// Vocabulary entries.
+    pub const MAX_VOCAB: usize = 1 << 24;
+    /// Routed experts.
+    pub const MAX_EXPERTS: usize = 1 << 16;
+    /// `max_position_embeddings`, and any other position count.
+    pub const MAX_POSITIONS: usize = 1 << 31;
+}
+
 /// Reads and checks keys of a config JSON object, with errors naming the source and the key.
 ///
 /// Family configs deserialize with serde; this covers the values serde cannot check (ranges,
@@ -30,6 +49,18 @@ impl<'a> ConfigCheck<'a> {
     pub fn positive(&self, key: &str, value: usize) -> Result<usize> {
         if value == 0 {
             return Err(self.error(key, "must be at least 1, found 0"));
+        }
+        Ok(value)
+    }
+
+    /// `value` must be in `1..=max`.
+    pub fn size(&self, key: &str, value: usize, max: usize) -> Result<usize> {
+        self.positive(key, value)?;
+        if value > max {
+            return Err(self.error(
+                key,
+                format!("{value} is over the limit of {max} (patchwork_models::decoder::bounds)"),
+            ));
         }
         Ok(value)
     }
@@ -103,8 +134,12 @@ impl<'a> ConfigCheck<'a> {
         num_key_value_heads: Option<usize>,
         head_dim: Option<usize>,
     ) -> Result<(usize, usize, usize)> {
-        let heads = self.positive("num_attention_heads", num_attention_heads)?;
-        let kv = self.positive("num_key_value_heads", num_key_value_heads.unwrap_or(heads))?;
+        let heads = self.size("num_attention_heads", num_attention_heads, bounds::MAX_HEADS)?;
+        let kv = self.size(
+            "num_key_value_heads",
+            num_key_value_heads.unwrap_or(heads),
+            bounds::MAX_HEADS,
+        )?;
         if !heads.is_multiple_of(kv) {
             return Err(self.error(
                 "num_key_value_heads",
@@ -112,7 +147,7 @@ impl<'a> ConfigCheck<'a> {
             ));
         }
         let head_dim = match head_dim {
-            Some(d) => self.positive("head_dim", d)?,
+            Some(d) => self.size("head_dim", d, bounds::MAX_WIDTH)?,
             None => {
                 if !hidden_size.is_multiple_of(heads) {
                     return Err(self.error(
@@ -125,6 +160,16 @@ impl<'a> ConfigCheck<'a> {
                 hidden_size / heads
             }
         };
+        if heads * head_dim > bounds::MAX_WIDTH {
+            return Err(self.error(
+                "head_dim",
+                format!(
+                    "{heads} heads of {head_dim} make {}, over the limit of {} (patchwork_models::decoder::bounds)",
+                    heads * head_dim,
+                    bounds::MAX_WIDTH
+                ),
+            ));
+        }
         if head_dim % 2 != 0 {
             return Err(self.error(
                 "head_dim",

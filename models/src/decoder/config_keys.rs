@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::decoder::config::{AttentionKind, DecoderConfig, FeedForwardKind, MoeConfig};
-use crate::decoder::config_check::ConfigCheck;
+use crate::decoder::config_check::{ConfigCheck, bounds};
 use crate::decoder::rope::RopeConfig;
 use crate::{Error, Result};
 
@@ -107,17 +107,23 @@ impl DecoderKeys {
         check: &ConfigCheck<'_>,
         json: Arc<Value>,
     ) -> Result<DecoderConfig> {
-        let vocab_size = check.positive("vocab_size", self.vocab_size)?;
-        let hidden_size = check.positive("hidden_size", self.hidden_size)?;
+        let vocab_size = check.size("vocab_size", self.vocab_size, bounds::MAX_VOCAB)?;
+        let hidden_size = check.size("hidden_size", self.hidden_size, bounds::MAX_WIDTH)?;
         let (heads, kv_heads, head_dim) = check.heads(
             hidden_size,
             self.num_attention_heads,
             self.num_key_value_heads,
             self.head_dim,
         )?;
-        let layers = check.positive("num_hidden_layers", self.num_hidden_layers)?;
-        let max_position_embeddings =
-            check.positive("max_position_embeddings", self.max_position_embeddings)?;
+        let layers = check.size("num_hidden_layers", self.num_hidden_layers, bounds::MAX_LAYERS)?;
+        let max_position_embeddings = check.size(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            bounds::MAX_POSITIONS,
+        )?;
+        if self.intermediate_size > bounds::MAX_WIDTH {
+            check.size("intermediate_size", self.intermediate_size, bounds::MAX_WIDTH)?;
+        }
         let rope = RopeConfig::parse(check, &json, head_dim, max_position_embeddings, 10000.0)?;
         let first = |key: &str, value: &Option<Value>| -> Result<Option<u32>> {
             Ok(check
@@ -227,7 +233,7 @@ impl MoeKeys {
             })
             .collect();
         config.moe = if config.feed_forward.contains(&FeedForwardKind::Sparse) {
-            let num_experts = self.num_experts;
+            let num_experts = check.size("num_experts", self.num_experts, bounds::MAX_EXPERTS)?;
             let top_k = check.positive("num_experts_per_tok", self.num_experts_per_tok)?;
             if top_k > num_experts {
                 return Err(check.error(
@@ -238,9 +244,20 @@ impl MoeKeys {
             Some(MoeConfig {
                 num_experts,
                 num_experts_per_tok: top_k,
-                moe_intermediate_size: check
-                    .positive("moe_intermediate_size", self.moe_intermediate_size)?,
-                shared_expert_intermediate_size,
+                moe_intermediate_size: check.size(
+                    "moe_intermediate_size",
+                    self.moe_intermediate_size,
+                    bounds::MAX_WIDTH,
+                )?,
+                shared_expert_intermediate_size: if shared_expert_intermediate_size > 0 {
+                    check.size(
+                        "shared_expert_intermediate_size",
+                        shared_expert_intermediate_size,
+                        bounds::MAX_WIDTH,
+                    )?
+                } else {
+                    0
+                },
                 norm_topk_prob: self.norm_topk_prob,
                 router_aux_loss_coef: check
                     .finite("router_aux_loss_coef", self.router_aux_loss_coef)?,
@@ -287,7 +304,7 @@ impl SlidingWindowKeys {
         let layers = config.num_hidden_layers;
         let window = match (self.use_sliding_window, self.sliding_window) {
             (false, _) => None,
-            (true, Some(w)) => Some(check.positive("sliding_window", w)?),
+            (true, Some(w)) => Some(check.size("sliding_window", w, bounds::MAX_POSITIONS)?),
             (true, None) => {
                 return Err(check.error(
                     "sliding_window",

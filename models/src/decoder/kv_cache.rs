@@ -59,7 +59,7 @@ impl LayerKvCache {
                 v.shape()
             );
         }
-        if self.len + t > self.capacity {
+        if self.len.checked_add(t).is_none_or(|n| n > self.capacity) {
             candle_core::bail!(
                 "kv cache full: capacity {}, {} positions used, {t} more asked",
                 self.capacity,
@@ -69,6 +69,13 @@ impl LayerKvCache {
         let (kc, vc) = match &self.kv {
             Some(kv) => kv.clone(),
             None => {
+                let elements = (b as u128) * (h as u128) * (self.capacity as u128);
+                patch_checkpoint::memory::check(
+                    elements * (d + v.dim(3)?) as u128 * k.dtype().size_in_bytes() as u128,
+                    || format!("a layer's KV cache of {b} rows x {} positions", self.capacity),
+                    "",
+                )
+                .map_err(candle_core::Error::wrap)?;
                 let kc = Tensor::zeros((b, h, self.capacity, d), k.dtype(), k.device())?;
                 let vc = Tensor::zeros((b, h, self.capacity, v.dim(3)?), v.dtype(), v.device())?;
                 self.kv = Some((kc.clone(), vc.clone()));
@@ -101,18 +108,25 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `num_layers` layers, `batch` rows and `capacity` positions.
-    pub fn new(num_layers: usize, batch: usize, capacity: usize) -> Self {
-        Self {
+    /// An empty cache for `num_layers` layers, `batch` rows and `capacity` positions (the
+    /// layers' buffers are allocated on first write).
+    pub fn new(num_layers: usize, batch: usize, capacity: usize) -> Result<Self> {
+        let flags = batch.checked_mul(capacity).ok_or_else(|| {
+            Error::input(
+                "cache",
+                format!("{batch} rows x {capacity} positions overflow"),
+            )
+        })?;
+        Ok(Self {
             batch,
             capacity,
             len: 0,
             layers: (0..num_layers)
                 .map(|_| LayerKvCache::new(capacity))
                 .collect(),
-            key_mask: vec![0; batch * capacity],
+            key_mask: vec![0; flags],
             seen: vec![0; batch],
-        }
+        })
     }
 
     /// Rows.
@@ -149,7 +163,7 @@ impl KvCache {
     /// seq_len`); returns the starting positions of each row. The layers write their keys
     /// during the pass; [`KvCache::commit`] ends it.
     pub(crate) fn begin(&mut self, mask: &[u8], seq_len: usize) -> Result<Vec<u32>> {
-        if self.len + seq_len > self.capacity {
+        if self.len.checked_add(seq_len).is_none_or(|n| n > self.capacity) {
             return Err(Error::CacheFull {
                 capacity: self.capacity,
                 used: self.len,

@@ -39,7 +39,7 @@ pub use blocks::{
 };
 pub use capture::{PassContext, Record, Recorded, Recorders, Records, Selection};
 pub use config::{AttentionKind, DecoderConfig, FeedForwardKind, MoeConfig};
-pub use config_check::ConfigCheck;
+pub use config_check::{ConfigCheck, bounds};
 pub use config_keys::{DecoderKeys, FamilyConfig, MoeKeys, SlidingWindowKeys, key_group};
 pub use context::LayerContext;
 pub use kv_cache::{KvCache, LayerKvCache};
