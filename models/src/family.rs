@@ -182,6 +182,18 @@ pub fn family(model_type: &str, source_name: &str) -> Result<&'static ModelFamil
 
 /// The family a config JSON belongs to, by its `model_type`.
 pub fn family_of(config: &Value, source_name: &str) -> Result<&'static ModelFamily> {
+    if !config.is_object() {
+        let mut shown = config.to_string();
+        if let Some((cut, _)) = shown.char_indices().nth(80) {
+            shown.truncate(cut);
+            shown.push_str("...");
+        }
+        return Err(Error::config(
+            source_name,
+            "",
+            format!("expected a JSON object, found {shown}"),
+        ));
+    }
     match config.get("model_type") {
         Some(Value::String(t)) => family(t, source_name),
         Some(v) => Err(Error::config(

@@ -83,6 +83,9 @@ pub use patchwork_models_macros::attention_implementation;
 /// `fn(&ExpertsInput<'_>) -> candle_core::Result<Tensor>` (see [`implementations`]).
 pub use patchwork_models_macros::experts_implementation;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// Not public API: what the macros expand to.
 #[doc(hidden)]
 pub mod __private {

@@ -202,13 +202,20 @@ pub fn format_problems(problems: &[Problem], limit: usize) -> String {
             _ => None,
         })
         .collect();
+    // Each key's ancestors are looked up (linear in the keys, however many are missing).
+    let mut by_prefix: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, pre) in prefixes.iter().enumerate() {
+        if let Some(pre) = pre {
+            by_prefix.entry(pre).or_insert(i);
+        }
+    }
     let explained_by = |key: &str| {
-        prefixes.iter().position(|pre| {
-            pre.is_some_and(|pre| {
-                key.strip_prefix(pre)
-                    .is_some_and(|rest| rest.starts_with('.'))
-            })
-        })
+        if by_prefix.is_empty() {
+            return None;
+        }
+        key.match_indices('.')
+            .filter_map(|(at, _)| by_prefix.get(&key[..at]).copied())
+            .min()
     };
     let mut folded: Vec<Vec<&str>> = vec![Vec::new(); problems.len()];
     let mut lines: Vec<String> = Vec::new();

@@ -46,26 +46,7 @@ pub struct Checkpoint {
 /// shard it names, and every key a shard stores is listed for that shard.
 fn open_shards(dir: &Path, index: &Path) -> Result<Vec<SafetensorsFile>> {
     let value = read_json(index)?;
-    let map = value
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| malformed(index, "no \"weight_map\" object"))?;
-    let mut shards: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
-    for (key, file) in map {
-        let file = file
-            .as_str()
-            .ok_or_else(|| malformed(index, format!("weight_map[{key:?}] is not a file name")))?;
-        let plain = Path::new(file)
-            .file_name()
-            .is_some_and(|name| name == std::ffi::OsStr::new(file));
-        if !plain || file == ".." || file == "." {
-            return Err(malformed(
-                index,
-                format!("weight_map[{key:?}] = {file:?} is not a file in this folder"),
-            ));
-        }
-        shards.entry(file).or_default().insert(key);
-    }
+    let shards = index_shards(index, &value)?;
     let files = shards
         .keys()
         .map(|name| SafetensorsFile::open(&dir.join(name)))
@@ -106,6 +87,35 @@ fn open_shards(dir: &Path, index: &Path) -> Result<Vec<SafetensorsFile>> {
     }
     drop(stored);
     Ok(files)
+}
+
+/// The keys an index's `weight_map` lists per shard file, checked: every file a plain name in
+/// the index's folder.
+pub(crate) fn index_shards<'a>(
+    index: &Path,
+    value: &'a serde_json::Value,
+) -> Result<BTreeMap<&'a str, HashSet<&'a str>>> {
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| malformed(index, "no \"weight_map\" object"))?;
+    let mut shards: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+    for (key, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            malformed(index, format!("weight_map[{key:?}] is not a file name"))
+        })?;
+        let plain = Path::new(file)
+            .file_name()
+            .is_some_and(|name| name == std::ffi::OsStr::new(file));
+        if !plain || file == ".." || file == "." {
+            return Err(malformed(
+                index,
+                format!("weight_map[{key:?}] = {file:?} is not a file in this folder"),
+            ));
+        }
+        shards.entry(file).or_default().insert(key);
+    }
+    Ok(shards)
 }
 
 /// `"a", "b" and 3 more`: keys for a message, at most five.

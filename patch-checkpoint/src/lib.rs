@@ -70,7 +70,7 @@ pub use registry::{
 };
 pub use resave::{ResaveReport, resave};
 pub use safetensors_header::MAX_HEADER_BYTES;
-pub use safetensors_io::{read_safetensors, write_safetensors};
+pub use safetensors_io::{parse_safetensors, read_safetensors, write_safetensors};
 pub use save::{SaveOptions, SaveReport, save_pretrained, to_checkpoint_layout};
 pub use source::{RandomInit, TensorMap};
 pub use transform::{Op, Transform, WeightConverter, WeightRenaming};
@@ -78,6 +78,9 @@ pub use weights::{Param, ParamStore, TransformScope, WeightRequest, WeightSource
 
 /// Initialisation hints, as candle-nn defines them (used by random sources only).
 pub use candle_nn::Init;
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 /// Not public API: what the macros expand to.
 #[doc(hidden)]

@@ -57,54 +57,8 @@ impl SafetensorsFile {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
-        let file_dtype = candle_dtype(meta.dtype).ok_or_else(|| {
-            malformed(
-                &self.path,
-                format!(
-                    "tensor {name:?} has dtype {:?}, which candle cannot hold",
-                    meta.dtype
-                ),
-            )
-        })?;
-        if dtype.is_float() && !file_dtype.is_float() {
-            return Err(malformed(
-                &self.path,
-                format!(
-                    "tensor {name:?} is stored as {:?}, but the model computes in {dtype:?}: a weight must be a float tensor",
-                    meta.dtype
-                ),
-            ));
-        }
-        let bytes = self.mmap.get(meta.start..meta.end).ok_or_else(|| {
-            malformed(
-                &self.path,
-                format!("tensor {name:?}: data range out of the file"),
-            )
-        })?;
-        crate::memory::check(
-            crate::memory::bytes_of(
-                meta.shape.iter().map(|&d| d as u128).product(),
-                dtype.size_in_bytes().max(file_dtype.size_in_bytes()),
-            ),
-            || format!("{}: tensor {name:?}", self.path.display()),
-            "",
-        )?;
-        if let Some(at) = first_non_finite(bytes, meta.dtype) {
-            return Err(malformed(
-                &self.path,
-                format!(
-                    "tensor {name:?} holds a NaN or infinite value (element {at} of shape {:?}): a weight must be finite",
-                    meta.shape
-                ),
-            ));
-        }
-        let t = Tensor::from_raw_buffer(bytes, file_dtype, &meta.shape, device)?;
+        let t = decode_tensor(&self.path, &self.mmap, name, meta, dtype, device)?;
         self.release(meta.start, meta.len());
-        let t = if file_dtype != dtype && file_dtype.is_float() && dtype.is_float() {
-            t.to_dtype(dtype)?
-        } else {
-            t
-        };
         Ok(t)
     }
 
@@ -125,6 +79,63 @@ impl SafetensorsFile {
             let _ = (offset, len);
         }
     }
+}
+
+/// Tensor `name` of the safetensors file `path` whose bytes are `file`, into `dtype` on
+/// `device`: float tensors are converted; integer tensors keep their dtype and are refused
+/// where a float one is asked for; NaN and infinite values are refused.
+pub(crate) fn decode_tensor(
+    path: &Path,
+    file: &[u8],
+    name: &str,
+    meta: &TensorMeta,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let file_dtype = candle_dtype(meta.dtype).ok_or_else(|| {
+        malformed(
+            path,
+            format!(
+                "tensor {name:?} has dtype {:?}, which candle cannot hold",
+                meta.dtype
+            ),
+        )
+    })?;
+    if dtype.is_float() && !file_dtype.is_float() {
+        return Err(malformed(
+            path,
+            format!(
+                "tensor {name:?} is stored as {:?}, but the model computes in {dtype:?}: a weight must be a float tensor",
+                meta.dtype
+            ),
+        ));
+    }
+    let bytes = file.get(meta.start..meta.end).ok_or_else(|| {
+        malformed(path, format!("tensor {name:?}: data range out of the file"))
+    })?;
+    crate::memory::check(
+        crate::memory::bytes_of(
+            meta.shape.iter().map(|&d| d as u128).product(),
+            dtype.size_in_bytes().max(file_dtype.size_in_bytes()),
+        ),
+        || format!("{}: tensor {name:?}", path.display()),
+        "",
+    )?;
+    if let Some(at) = first_non_finite(bytes, meta.dtype) {
+        return Err(malformed(
+            path,
+            format!(
+                "tensor {name:?} holds a NaN or infinite value (element {at} of shape {:?}): a weight must be finite",
+                meta.shape
+            ),
+        ));
+    }
+    let t = Tensor::from_raw_buffer(bytes, file_dtype, &meta.shape, device)?;
+    Ok(if file_dtype != dtype && file_dtype.is_float() && dtype.is_float() {
+        t.to_dtype(dtype)?
+    } else {
+        t
+    })
 }
 
 /// The index of the first NaN or infinite element of little-endian `bytes` of `dtype` (an
@@ -273,24 +284,39 @@ pub(crate) fn write_file(
 
 /// Reads every tensor of the safetensors file `path` onto `device`, in its stored dtype: the
 /// checked reader of checkpoints, for input files (token ids, masks, routings).
-pub fn read_safetensors(
-    path: impl AsRef<Path>,
+pub fn read_safetensors(path: impl AsRef<Path>, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+    let file = SafetensorsFile::open(path.as_ref())?;
+    tensors_of(&file.path, &file.mmap, &file.tensors, device)
+}
+
+/// Reads every tensor of `bytes`, a safetensors file's contents, with the checks of
+/// [`read_safetensors`]; `name` stands for the file in errors.
+pub fn parse_safetensors(
+    name: impl AsRef<Path>,
+    bytes: &[u8],
     device: &Device,
 ) -> Result<BTreeMap<String, Tensor>> {
-    let path = path.as_ref();
-    let file = SafetensorsFile::open(path)?;
+    let path = name.as_ref();
+    let tensors = crate::safetensors_header::parse(path, bytes)?;
+    tensors_of(path, bytes, &tensors, device)
+}
+
+/// Every tensor of a parsed file, in its stored dtype.
+fn tensors_of(
+    path: &Path,
+    bytes: &[u8],
+    tensors: &[(String, TensorMeta)],
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
-    for (name, meta) in &file.tensors {
+    for (name, meta) in tensors {
         let dtype = candle_dtype(meta.dtype).ok_or_else(|| {
             malformed(
                 path,
-                format!(
-                    "tensor {name:?} has dtype {:?}, which candle cannot hold",
-                    meta.dtype
-                ),
+                format!("tensor {name:?} has dtype {:?}, which candle cannot hold", meta.dtype),
             )
         })?;
-        out.insert(name.clone(), file.load(name, meta, dtype, device)?);
+        out.insert(name.clone(), decode_tensor(path, bytes, name, meta, dtype, device)?);
     }
     Ok(out)
 }
