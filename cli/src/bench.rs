@@ -38,7 +38,10 @@ pub fn run(args: Args) -> CliResult {
         return Err("--prompt-len, --decode and --repeats must be at least 1".into());
     }
     let start = Instant::now();
-    let options = args.model.options().with_upcast_weights(args.upcast_weights);
+    let options = args
+        .model
+        .options()
+        .with_upcast_weights(args.upcast_weights);
     let model = AutoModelForCausalLM::from_pretrained(&args.model.dir, &options)?;
     let steps = args
         .decode

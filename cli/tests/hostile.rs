@@ -271,7 +271,11 @@ fn check(ws: &Workspace, case: Case) {
         if case.outputs.contains(path) {
             continue;
         }
-        assert!(after.get(path) == Some(value), "{name}: {} changed", path.display());
+        assert!(
+            after.get(path) == Some(value),
+            "{name}: {} changed",
+            path.display()
+        );
     }
     for path in after.keys() {
         let tmp = path.to_string_lossy().ends_with(".tmp");
@@ -289,33 +293,134 @@ fn config_sizes_are_checked_before_anything_is_built() {
     let ws = Workspace::new();
     let mut cases = Vec::new();
     for (key, value, fragments) in [
-        ("num_hidden_layers", json!(10_000_000), vec!["key \"num_hidden_layers\"", "10000000 is over the limit of 4096"]),
-        ("num_hidden_layers", json!(1_000_000_000_000_000_000u64), vec!["key \"num_hidden_layers\"", "1000000000000000000"]),
-        ("num_hidden_layers", json!(3), vec!["key \"num_hidden_layers\"", "is 3, but the checkpoint stores layers 0..=1 only"]),
-        ("head_dim", json!(1_000_000_000), vec!["key \"head_dim\"", "1000000000 is over the limit"]),
-        ("head_dim", json!(32), vec!["key \"head_dim\"", "num_attention_heads 4 x head_dim 32 = 128, but model.layers.0.self_attn.q_proj.weight has shape [64, 64]"]),
-        ("intermediate_size", json!(1_000_000_000_000u64), vec!["key \"intermediate_size\"", "1000000000000 is over the limit"]),
-        ("intermediate_size", json!(4096), vec!["key \"intermediate_size\"", "is 4096, but model.layers.0.mlp.gate_proj.weight has shape [160, 64]"]),
-        ("hidden_size", json!(1 << 19), vec!["key \"hidden_size\"", "is 524288, but model.embed_tokens.weight has shape [256, 64]"]),
-        ("vocab_size", json!(1u64 << 40), vec!["key \"vocab_size\"", "1099511627776 is over the limit of 16777216"]),
-        ("vocab_size", json!(0), vec!["key \"vocab_size\"", "must be at least 1, found 0"]),
-        ("num_key_value_heads", json!(3), vec!["key \"num_key_value_heads\"", "3 does not divide num_attention_heads = 4"]),
-        ("max_position_embeddings", json!(-1), vec!["key \"max_position_embeddings\"", "invalid value: integer `-1`"]),
-        ("rms_norm_eps", json!("tiny"), vec!["key \"rms_norm_eps\"", "invalid type: string \"tiny\""]),
-        ("model_type", json!("gpt9"), vec!["model_type \"gpt9\" is not a linked model family"]),
-        ("eos_token_id", json!(256), vec!["key \"eos_token_id\"", "token id 256 is not below vocab_size 256"]),
+        (
+            "num_hidden_layers",
+            json!(10_000_000),
+            vec![
+                "key \"num_hidden_layers\"",
+                "10000000 is over the limit of 4096",
+            ],
+        ),
+        (
+            "num_hidden_layers",
+            json!(1_000_000_000_000_000_000u64),
+            vec!["key \"num_hidden_layers\"", "1000000000000000000"],
+        ),
+        (
+            "num_hidden_layers",
+            json!(3),
+            vec![
+                "key \"num_hidden_layers\"",
+                "is 3, but the checkpoint stores layers 0..=1 only",
+            ],
+        ),
+        (
+            "head_dim",
+            json!(1_000_000_000),
+            vec!["key \"head_dim\"", "1000000000 is over the limit"],
+        ),
+        (
+            "head_dim",
+            json!(32),
+            vec![
+                "key \"head_dim\"",
+                "num_attention_heads 4 x head_dim 32 = 128, but model.layers.0.self_attn.q_proj.weight has shape [64, 64]",
+            ],
+        ),
+        (
+            "intermediate_size",
+            json!(1_000_000_000_000u64),
+            vec![
+                "key \"intermediate_size\"",
+                "1000000000000 is over the limit",
+            ],
+        ),
+        (
+            "intermediate_size",
+            json!(4096),
+            vec![
+                "key \"intermediate_size\"",
+                "is 4096, but model.layers.0.mlp.gate_proj.weight has shape [160, 64]",
+            ],
+        ),
+        (
+            "hidden_size",
+            json!(1 << 19),
+            vec![
+                "key \"hidden_size\"",
+                "is 524288, but model.embed_tokens.weight has shape [256, 64]",
+            ],
+        ),
+        (
+            "vocab_size",
+            json!(1u64 << 40),
+            vec![
+                "key \"vocab_size\"",
+                "1099511627776 is over the limit of 16777216",
+            ],
+        ),
+        (
+            "vocab_size",
+            json!(0),
+            vec!["key \"vocab_size\"", "must be at least 1, found 0"],
+        ),
+        (
+            "num_key_value_heads",
+            json!(3),
+            vec![
+                "key \"num_key_value_heads\"",
+                "3 does not divide num_attention_heads = 4",
+            ],
+        ),
+        (
+            "max_position_embeddings",
+            json!(-1),
+            vec![
+                "key \"max_position_embeddings\"",
+                "invalid value: integer `-1`",
+            ],
+        ),
+        (
+            "rms_norm_eps",
+            json!("tiny"),
+            vec!["key \"rms_norm_eps\"", "invalid type: string \"tiny\""],
+        ),
+        (
+            "model_type",
+            json!("gpt9"),
+            vec!["model_type \"gpt9\" is not a linked model family"],
+        ),
+        (
+            "eos_token_id",
+            json!(256),
+            vec![
+                "key \"eos_token_id\"",
+                "token id 256 is not below vocab_size 256",
+            ],
+        ),
     ] {
-        let dir = ws.config_edit("llama-tiny", &format!("{key}-{value}"), |c| c[key] = value.clone());
+        let dir = ws.config_edit("llama-tiny", &format!("{key}-{value}"), |c| {
+            c[key] = value.clone()
+        });
         let config = dir.join("config.json").display().to_string();
         let mut want = vec![config.as_str()];
         want.extend(fragments);
-        cases.push(fails("config size", args(&["inspect", &dir.display().to_string()]), &want));
+        cases.push(fails(
+            "config size",
+            args(&["inspect", &dir.display().to_string()]),
+            &want,
+        ));
     }
-    let moe = ws.config_edit("qwen2-moe-tiny", "experts", |c| c["num_experts"] = json!(1u64 << 30));
+    let moe = ws.config_edit("qwen2-moe-tiny", "experts", |c| {
+        c["num_experts"] = json!(1u64 << 30)
+    });
     cases.push(fails(
         "num_experts",
         args(&["inspect", &moe.display().to_string()]),
-        &["key \"num_experts\"", "1073741824 is over the limit of 65536"],
+        &[
+            "key \"num_experts\"",
+            "1073741824 is over the limit of 65536",
+        ],
     ));
     let moe = ws.config_edit("qwen2-moe-tiny", "experts-wrong", |c| {
         c["moe_intermediate_size"] = json!(1 << 20)
@@ -323,7 +428,11 @@ fn config_sizes_are_checked_before_anything_is_built() {
     cases.push(fails(
         "moe_intermediate_size",
         args(&["inspect", &moe.display().to_string()]),
-        &["describe", "parameters, but the checkpoint stores", "the config does not describe these weights"],
+        &[
+            "describe",
+            "parameters, but the checkpoint stores",
+            "the config does not describe these weights",
+        ],
     ));
     let not_object = ws.checkpoint("llama-tiny", "array-config");
     std::fs::write(not_object.join("config.json"), "[1, 2]").unwrap();
@@ -354,36 +463,89 @@ fn lengths_are_bounded_by_the_model_and_by_memory() {
     let cases = vec![
         fails(
             "max-new-tokens 1e9",
-            args(&["generate", &llama, "--prompt-ids", "5,6", "--max-new-tokens", "1000000000"]),
-            &["a prompt of 2 tokens and max_new_tokens = 1000000000 reaches 1000000002 positions, past the 512"],
+            args(&[
+                "generate",
+                &llama,
+                "--prompt-ids",
+                "5,6",
+                "--max-new-tokens",
+                "1000000000",
+            ]),
+            &[
+                "a prompt of 2 tokens and max_new_tokens = 1000000000 reaches 1000000002 positions, past the 512",
+            ],
         ),
         fails(
             "max-new-tokens usize::MAX",
-            args(&["generate", &llama, "--prompt-ids", "5,6", "--max-new-tokens", &usize::MAX.to_string()]),
+            args(&[
+                "generate",
+                &llama,
+                "--prompt-ids",
+                "5,6",
+                "--max-new-tokens",
+                &usize::MAX.to_string(),
+            ]),
             &["reaches more than 2^64 positions, past the 512"],
         ),
         fails(
             "600 tokens against 512",
-            args(&["forward", &llama, "--inputs", &ws.arg("600.safetensors"), "--out", &ws.arg("out.safetensors")]),
-            &["a pass of 600 tokens after 0 cached positions reaches 600 positions, past the 512", "--max-positions"],
+            args(&[
+                "forward",
+                &llama,
+                "--inputs",
+                &ws.arg("600.safetensors"),
+                "--out",
+                &ws.arg("out.safetensors"),
+            ]),
+            &[
+                "a pass of 600 tokens after 0 cached positions reaches 600 positions, past the 512",
+                "--max-positions",
+            ],
         ),
         fails(
             "max-positions 0",
-            args(&["generate", &llama, "--prompt-ids", "5", "--max-new-tokens", "1", "--max-positions", "0"]),
+            args(&[
+                "generate",
+                &llama,
+                "--prompt-ids",
+                "5",
+                "--max-new-tokens",
+                "1",
+                "--max-positions",
+                "0",
+            ]),
             &["input max_positions: 0 is not in 1..="],
         ),
         fails(
             "prompt past the limit in bench",
-            args(&["bench", &llama, "--prompt-len", "1000000000000", "--decode", "1"]),
+            args(&[
+                "bench",
+                &llama,
+                "--prompt-len",
+                "1000000000000",
+                "--decode",
+                "1",
+            ]),
             &["--prompt-len 1000000000000 and --decode 1 reach past the 512 positions"],
         ),
         fails(
             "attention probabilities of 8000 tokens",
             args(&[
-                "forward", &llama, "--inputs", &ws.arg("8000.safetensors"), "--out", &ws.arg("out.safetensors"),
-                "--max-positions", "8000", "--output-attentions",
+                "forward",
+                &llama,
+                "--inputs",
+                &ws.arg("8000.safetensors"),
+                "--out",
+                &ws.arg("out.safetensors"),
+                "--max-positions",
+                "8000",
+                "--output-attentions",
             ]),
-            &["the attention probabilities of 8000 queries over 8000 keys", "needs", "is available"],
+            &[
+                "the attention probabilities of 8000 queries over 8000 keys",
+                "needs",
+                "is available",
+            ],
         ),
     ];
     for mut case in cases {
@@ -395,8 +557,14 @@ fn lengths_are_bounded_by_the_model_and_by_memory() {
     let mut long = succeeds(
         "8000 tokens with --max-positions",
         args(&[
-            "forward", &llama, "--inputs", &ws.arg("8000.safetensors"), "--out", &ws.arg("out.safetensors"),
-            "--max-positions", "8000",
+            "forward",
+            &llama,
+            "--inputs",
+            &ws.arg("8000.safetensors"),
+            "--out",
+            &ws.arg("out.safetensors"),
+            "--max-positions",
+            "8000",
         ]),
         &[],
     );
@@ -418,22 +586,53 @@ fn writes_are_atomic_and_never_follow_links_or_replace_inputs() {
     let mut cases = vec![
         fails(
             "--out is --inputs",
-            args(&["forward", &llama_arg, "--inputs", &ws.arg("in.safetensors"), "--out", &ws.arg("in.safetensors")]),
-            &["in.safetensors: is also an input", "refusing to overwrite what is being read"],
+            args(&[
+                "forward",
+                &llama_arg,
+                "--inputs",
+                &ws.arg("in.safetensors"),
+                "--out",
+                &ws.arg("in.safetensors"),
+            ]),
+            &[
+                "in.safetensors: is also an input",
+                "refusing to overwrite what is being read",
+            ],
         ),
         fails(
             "--out is a checkpoint file",
-            args(&["forward", &llama_arg, "--inputs", &ws.arg("in.safetensors"), "--out", &llama.join("model.safetensors").display().to_string()]),
+            args(&[
+                "forward",
+                &llama_arg,
+                "--inputs",
+                &ws.arg("in.safetensors"),
+                "--out",
+                &llama.join("model.safetensors").display().to_string(),
+            ]),
             &["model.safetensors: is also an input"],
         ),
         fails(
             "--out is a device",
-            args(&["forward", &llama_arg, "--inputs", &ws.arg("in.safetensors"), "--out", "/dev/null"]),
+            args(&[
+                "forward",
+                &llama_arg,
+                "--inputs",
+                &ws.arg("in.safetensors"),
+                "--out",
+                "/dev/null",
+            ]),
             &["/dev/null: is a device: refusing to replace it with a file"],
         ),
         fails(
             "--out is a folder",
-            args(&["forward", &llama_arg, "--inputs", &ws.arg("in.safetensors"), "--out", &ws.arg("llama")]),
+            args(&[
+                "forward",
+                &llama_arg,
+                "--inputs",
+                &ws.arg("in.safetensors"),
+                "--out",
+                &ws.arg("llama"),
+            ]),
             &["is a folder: refusing to replace it"],
         ),
         fails(
@@ -445,7 +644,14 @@ fn writes_are_atomic_and_never_follow_links_or_replace_inputs() {
     std::os::unix::fs::symlink(ws.path("in.safetensors"), ws.path("link.safetensors")).unwrap();
     cases.push(fails(
         "--out is a link",
-        args(&["forward", &llama_arg, "--inputs", &ws.arg("in.safetensors"), "--out", &ws.arg("link.safetensors")]),
+        args(&[
+            "forward",
+            &llama_arg,
+            "--inputs",
+            &ws.arg("in.safetensors"),
+            "--out",
+            &ws.arg("link.safetensors"),
+        ]),
         &["link.safetensors: is a symbolic link: refusing to write through it"],
     ));
     // A destination whose config.json links out of it: nothing is written, the link's target
@@ -468,15 +674,20 @@ fn writes_are_atomic_and_never_follow_links_or_replace_inputs() {
     ));
     // A failure while writing (a tensor that cannot be read) leaves the old files as they were.
     let broken = ws.checkpoint("llama-tiny", "broken");
-    patch_tensor(&broken.join("model.safetensors"), "model.norm.weight", |b| {
-        b[..4].copy_from_slice(&f32::NAN.to_le_bytes())
-    });
+    patch_tensor(
+        &broken.join("model.safetensors"),
+        "model.norm.weight",
+        |b| b[..4].copy_from_slice(&f32::NAN.to_le_bytes()),
+    );
     std::fs::create_dir(ws.path("dst3")).unwrap();
     std::fs::write(ws.path("dst3/config.json"), b"old config").unwrap();
     cases.push(fails(
         "resave of a checkpoint that fails to load",
         args(&["resave", &broken.display().to_string(), &ws.arg("dst3")]),
-        &["model.norm.weight", "holds a NaN or infinite value (element 0 of shape [64])"],
+        &[
+            "model.norm.weight",
+            "holds a NaN or infinite value (element 0 of shape [64])",
+        ],
     ));
     for case in cases {
         check(&ws, case);
@@ -486,7 +697,11 @@ fn writes_are_atomic_and_never_follow_links_or_replace_inputs() {
     std::fs::create_dir(ws.path("dst4")).unwrap();
     std::fs::write(ws.path("dst4/model-00001-of-00009.safetensors"), b"stale").unwrap();
     std::fs::write(ws.path("dst4/notes.txt"), b"mine").unwrap();
-    let mut ok = succeeds("resave", args(&["resave", &llama_arg, &ws.arg("dst4")]), &["wrote"]);
+    let mut ok = succeeds(
+        "resave",
+        args(&["resave", &llama_arg, &ws.arg("dst4")]),
+        &["wrote"],
+    );
     ok.outputs = vec![
         ws.path("dst4/model-00001-of-00009.safetensors"),
         ws.path("dst4/model.safetensors"),
@@ -495,9 +710,16 @@ fn writes_are_atomic_and_never_follow_links_or_replace_inputs() {
     check(&ws, ok);
     assert_eq!(std::fs::read(ws.path("dst4/notes.txt")).unwrap(), b"mine");
     assert!(!ws.path("dst4/model-00001-of-00009.safetensors").exists());
-    let read = |p: PathBuf| patch_checkpoint::read_safetensors(p, &candle_core::Device::Cpu).unwrap();
-    let (saved, original) = (read(ws.path("dst4/model.safetensors")), read(llama.join("model.safetensors")));
-    assert_eq!(saved.keys().collect::<Vec<_>>(), original.keys().collect::<Vec<_>>());
+    let read =
+        |p: PathBuf| patch_checkpoint::read_safetensors(p, &candle_core::Device::Cpu).unwrap();
+    let (saved, original) = (
+        read(ws.path("dst4/model.safetensors")),
+        read(llama.join("model.safetensors")),
+    );
+    assert_eq!(
+        saved.keys().collect::<Vec<_>>(),
+        original.keys().collect::<Vec<_>>()
+    );
     for (key, t) in &saved {
         let bits = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(bits(t), bits(&original[key]), "{key}");
@@ -529,7 +751,14 @@ fn non_regular_files_are_refused_without_blocking() {
     let cases = vec![
         fails(
             "FIFO as --inputs",
-            args(&["forward", &llama, "--inputs", &ws.arg("inputs.fifo"), "--out", &ws.arg("o.safetensors")]),
+            args(&[
+                "forward",
+                &llama,
+                "--inputs",
+                &ws.arg("inputs.fifo"),
+                "--out",
+                &ws.arg("o.safetensors"),
+            ]),
             &["inputs.fifo: is a FIFO, not a regular file"],
         ),
         fails(
@@ -555,7 +784,10 @@ fn non_regular_files_are_refused_without_blocking() {
         fails(
             "a missing folder",
             args(&["inspect", &ws.arg("nowhere")]),
-            &["nowhere/config.json: cannot read", "caused by: No such file or directory"],
+            &[
+                "nowhere/config.json: cannot read",
+                "caused by: No such file or directory",
+            ],
         ),
     ];
     for case in cases {
@@ -585,7 +817,11 @@ fn non_regular_files_are_refused_without_blocking() {
 fn sharded_with_extra(ws: &Workspace, to: &str, extra: usize) -> PathBuf {
     let dst = ws.path(to);
     std::fs::create_dir_all(&dst).unwrap();
-    std::fs::copy(fixture("llama-tiny").join("config.json"), dst.join("config.json")).unwrap();
+    std::fs::copy(
+        fixture("llama-tiny").join("config.json"),
+        dst.join("config.json"),
+    )
+    .unwrap();
     let original = std::fs::read(fixture("llama-tiny").join("model.safetensors")).unwrap();
     std::fs::write(dst.join("model-00001-of-00002.safetensors"), &original).unwrap();
     let names: Vec<String> = (0..extra).map(|i| format!("extra.{i}.weight")).collect();
@@ -593,10 +829,19 @@ fn sharded_with_extra(ws: &Workspace, to: &str, extra: usize) -> PathBuf {
         .iter()
         .map(|n| (n.as_str(), "F32", vec![1], 1f32.to_le_bytes().to_vec()))
         .collect();
-    std::fs::write(dst.join("model-00002-of-00002.safetensors"), safetensors_bytes(&tensors)).unwrap();
+    std::fs::write(
+        dst.join("model-00002-of-00002.safetensors"),
+        safetensors_bytes(&tensors),
+    )
+    .unwrap();
     let (header, _) = header_of(&original);
     let mut map = serde_json::Map::new();
-    for key in header.as_object().unwrap().keys().filter(|k| *k != "__metadata__") {
+    for key in header
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+    {
         map.insert(key.clone(), json!("model-00001-of-00002.safetensors"));
     }
     for n in &names {
@@ -633,42 +878,109 @@ fn large_indexes_are_checked_in_linear_time() {
 fn garbage_is_never_output_with_success() {
     let ws = Workspace::new();
     let nan = ws.checkpoint("llama-tiny", "nan");
-    patch_tensor(&nan.join("model.safetensors"), "model.layers.1.mlp.down_proj.weight", |b| {
-        b[40..44].copy_from_slice(&f32::INFINITY.to_le_bytes())
-    });
+    patch_tensor(
+        &nan.join("model.safetensors"),
+        "model.layers.1.mlp.down_proj.weight",
+        |b| b[40..44].copy_from_slice(&f32::INFINITY.to_le_bytes()),
+    );
     let llama = fixture("llama-tiny").display().to_string();
-    let greedy = run(&args(&["generate", &llama, "--prompt-ids", "5,6,7", "--max-new-tokens", "6"]), &[]);
+    let greedy = run(
+        &args(&[
+            "generate",
+            &llama,
+            "--prompt-ids",
+            "5,6,7",
+            "--max-new-tokens",
+            "6",
+        ]),
+        &[],
+    );
     assert_eq!(greedy.code, Some(0), "{}", greedy.stderr);
     let greedy_ids = greedy.stdout.lines().last().unwrap().to_string();
     let cases = vec![
         fails(
             "an infinite weight",
-            args(&["generate", &nan.display().to_string(), "--prompt-ids", "5,6", "--max-new-tokens", "2"]),
-            &["unreadable  model.layers.1.mlp.down_proj.weight", "holds a NaN or infinite value (element 10 of shape [64, 160])"],
+            args(&[
+                "generate",
+                &nan.display().to_string(),
+                "--prompt-ids",
+                "5,6",
+                "--max-new-tokens",
+                "2",
+            ]),
+            &[
+                "unreadable  model.layers.1.mlp.down_proj.weight",
+                "holds a NaN or infinite value (element 10 of shape [64, 160])",
+            ],
         ),
         succeeds(
             "temperature 1e-300 decodes greedily",
-            args(&["generate", &llama, "--prompt-ids", "5,6,7", "--max-new-tokens", "6", "--temperature", "1e-300"]),
+            args(&[
+                "generate",
+                &llama,
+                "--prompt-ids",
+                "5,6,7",
+                "--max-new-tokens",
+                "6",
+                "--temperature",
+                "1e-300",
+            ]),
             &[&greedy_ids],
         ),
         fails(
             "temperature 0",
-            args(&["generate", &llama, "--prompt-ids", "5", "--max-new-tokens", "2", "--temperature", "0"]),
+            args(&[
+                "generate",
+                &llama,
+                "--prompt-ids",
+                "5",
+                "--max-new-tokens",
+                "2",
+                "--temperature",
+                "0",
+            ]),
             &["generation setting temperature = 0"],
         ),
         fails(
             "temperature NaN",
-            args(&["generate", &llama, "--prompt-ids", "5", "--max-new-tokens", "2", "--temperature", "NaN"]),
+            args(&[
+                "generate",
+                &llama,
+                "--prompt-ids",
+                "5",
+                "--max-new-tokens",
+                "2",
+                "--temperature",
+                "NaN",
+            ]),
             &["generation setting temperature = NaN"],
         ),
         fails(
             "top-p 0",
-            args(&["generate", &llama, "--prompt-ids", "5", "--max-new-tokens", "2", "--temperature", "1", "--top-p", "0"]),
+            args(&[
+                "generate",
+                &llama,
+                "--prompt-ids",
+                "5",
+                "--max-new-tokens",
+                "2",
+                "--temperature",
+                "1",
+                "--top-p",
+                "0",
+            ]),
             &["generation setting top_p = 0"],
         ),
         fails(
             "a token past the vocabulary",
-            args(&["generate", &llama, "--prompt-ids", "5,256", "--max-new-tokens", "2"]),
+            args(&[
+                "generate",
+                &llama,
+                "--prompt-ids",
+                "5,256",
+                "--max-new-tokens",
+                "2",
+            ]),
             &["token id 256 at prompts[0, 1] is out of range: the vocabulary has 256 tokens"],
         ),
     ];
@@ -694,7 +1006,11 @@ fn errors_name_the_file_the_tensor_and_the_place() {
     cases.push(fails(
         "a truncated file",
         args(&["inspect", &truncated.display().to_string()]),
-        &["truncated/model.safetensors: tensor", "reach past the", "the file is truncated"],
+        &[
+            "truncated/model.safetensors: tensor",
+            "reach past the",
+            "the file is truncated",
+        ],
     ));
     let huge_header = ws.checkpoint("llama-tiny", "huge-header");
     let mut bytes = std::fs::read(huge_header.join("model.safetensors")).unwrap();
@@ -712,7 +1028,10 @@ fn errors_name_the_file_the_tensor_and_the_place() {
     cases.push(fails(
         "offsets that do not match the shape",
         args(&["inspect", &bad_offsets.display().to_string()]),
-        &["bad-offsets/model.safetensors: tensor \"model.norm.weight\"", "hold 256 bytes, but shape [65] of F32 needs 260"],
+        &[
+            "bad-offsets/model.safetensors: tensor \"model.norm.weight\"",
+            "hold 256 bytes, but shape [65] of F32 needs 260",
+        ],
     ));
     let overflow = ws.checkpoint("llama-tiny", "overflow");
     patch_header(&overflow.join("model.safetensors"), |h| {
@@ -721,7 +1040,10 @@ fn errors_name_the_file_the_tensor_and_the_place() {
     cases.push(fails(
         "a shape whose size overflows",
         args(&["inspect", &overflow.display().to_string()]),
-        &["tensor \"model.norm.weight\": shape", "has more elements than an address space holds"],
+        &[
+            "tensor \"model.norm.weight\": shape",
+            "has more elements than an address space holds",
+        ],
     ));
     let int_norm = ws.checkpoint("llama-tiny", "int-norm");
     patch_header(&int_norm.join("model.safetensors"), |h| {
@@ -730,7 +1052,10 @@ fn errors_name_the_file_the_tensor_and_the_place() {
     cases.push(fails(
         "an integer norm weight",
         args(&["inspect", &int_norm.display().to_string()]),
-        &["unreadable  model.norm.weight", "tensor \"model.norm.weight\" is stored as I32, but the model computes in F32"],
+        &[
+            "unreadable  model.norm.weight",
+            "tensor \"model.norm.weight\" is stored as I32, but the model computes in F32",
+        ],
     ));
     let unknown = ws.checkpoint("llama-tiny", "unknown-dtype");
     patch_header(&unknown.join("model.safetensors"), |h| {
@@ -744,19 +1069,28 @@ fn errors_name_the_file_the_tensor_and_the_place() {
     let unlisted = sharded_with_extra(&ws, "unlisted", 2);
     let index_path = unlisted.join("model.safetensors.index.json");
     let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
-    index["weight_map"].as_object_mut().unwrap().remove("extra.1.weight");
+    index["weight_map"]
+        .as_object_mut()
+        .unwrap()
+        .remove("extra.1.weight");
     std::fs::write(&index_path, index.to_string()).unwrap();
     cases.push(fails(
         "a key the index does not list",
         args(&["inspect", &unlisted.display().to_string()]),
-        &["model-00002-of-00002.safetensors: stores \"extra.1.weight\", which", "does not list for this shard"],
+        &[
+            "model-00002-of-00002.safetensors: stores \"extra.1.weight\", which",
+            "does not list for this shard",
+        ],
     ));
     let absent = sharded_with_extra(&ws, "absent", 1);
     std::fs::remove_file(absent.join("model-00002-of-00002.safetensors")).unwrap();
     cases.push(fails(
         "a shard that does not exist",
         args(&["inspect", &absent.display().to_string()]),
-        &["absent/model-00002-of-00002.safetensors: cannot read", "caused by: No such file or directory"],
+        &[
+            "absent/model-00002-of-00002.safetensors: cannot read",
+            "caused by: No such file or directory",
+        ],
     ));
     let escape = sharded_with_extra(&ws, "escape", 1);
     let index_path = escape.join("model.safetensors.index.json");
@@ -768,22 +1102,65 @@ fn errors_name_the_file_the_tensor_and_the_place() {
         args(&["inspect", &escape.display().to_string()]),
         &["weight_map[\"extra.0.weight\"] = \"../llama/model.safetensors\" is not a file in this folder"],
     ));
-    std::fs::write(ws.path("float-ids.safetensors"), safetensors_bytes(&[("input_ids", "F32", vec![1, 2], [1f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect())])).unwrap();
+    std::fs::write(
+        ws.path("float-ids.safetensors"),
+        safetensors_bytes(&[(
+            "input_ids",
+            "F32",
+            vec![1, 2],
+            [1f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )]),
+    )
+    .unwrap();
     cases.push(fails(
         "float input ids",
-        args(&["forward", &llama_arg, "--inputs", &ws.arg("float-ids.safetensors"), "--out", &ws.arg("o.safetensors")]),
+        args(&[
+            "forward",
+            &llama_arg,
+            "--inputs",
+            &ws.arg("float-ids.safetensors"),
+            "--out",
+            &ws.arg("o.safetensors"),
+        ]),
         &["input input_ids"],
     ));
-    std::fs::write(ws.path("big-id.safetensors"), safetensors_bytes(&[("input_ids", "I64", vec![1, 2], [3i64, 999].iter().flat_map(|x| x.to_le_bytes()).collect())])).unwrap();
+    std::fs::write(
+        ws.path("big-id.safetensors"),
+        safetensors_bytes(&[(
+            "input_ids",
+            "I64",
+            vec![1, 2],
+            [3i64, 999].iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )]),
+    )
+    .unwrap();
     cases.push(fails(
         "an input id past the vocabulary",
-        args(&["forward", &llama_arg, "--inputs", &ws.arg("big-id.safetensors"), "--out", &ws.arg("o.safetensors")]),
+        args(&[
+            "forward",
+            &llama_arg,
+            "--inputs",
+            &ws.arg("big-id.safetensors"),
+            "--out",
+            &ws.arg("o.safetensors"),
+        ]),
         &["token id 999 at input_ids[0, 1] is out of range"],
     ));
-    std::fs::write(ws.path("garbage.safetensors"), b"not a safetensors file at all").unwrap();
+    std::fs::write(
+        ws.path("garbage.safetensors"),
+        b"not a safetensors file at all",
+    )
+    .unwrap();
     cases.push(fails(
         "garbage inputs",
-        args(&["forward", &llama_arg, "--inputs", &ws.arg("garbage.safetensors"), "--out", &ws.arg("o.safetensors")]),
+        args(&[
+            "forward",
+            &llama_arg,
+            "--inputs",
+            &ws.arg("garbage.safetensors"),
+            "--out",
+            &ws.arg("o.safetensors"),
+        ]),
         &["garbage.safetensors: header length (bytes 0..8) is"],
     ));
     for case in cases {

@@ -434,7 +434,10 @@ impl CausalLM {
     /// allocated on first use and then written in place. `capacity` is checked against
     /// [`CausalLM::max_positions`] and the cache's size against the memory available.
     pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
-        self.check_positions(&format!("a KV cache of {capacity} positions"), Some(capacity))?;
+        self.check_positions(
+            &format!("a KV cache of {capacity} positions"),
+            Some(capacity),
+        )?;
         let c = self.config();
         let per_position = (self.model.layers.len() as u128)
             * (c.num_key_value_heads as u128)
@@ -593,7 +596,9 @@ impl CausalLM {
                     if first_bad(h).is_some() {
                         let what = match *i {
                             0 => "the embedding output".to_string(),
-                            i if i == self.model.layers.len() => "the final norm's output".to_string(),
+                            i if i == self.model.layers.len() => {
+                                "the final norm's output".to_string()
+                            }
                             i => format!("the output of layer {}", i - 1),
                         };
                         return format!(

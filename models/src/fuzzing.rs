@@ -51,7 +51,8 @@ fn model() -> &'static CausalLM {
 /// Parses `bytes` as the safetensors inputs of `patchwork forward` (`input_ids`, and
 /// optionally `attention_mask` and `labels`) and runs a small model's forward pass on them.
 pub fn forward_inputs(bytes: &[u8]) {
-    let Ok(mut tensors) = patch_checkpoint::parse_safetensors("fuzz/inputs.safetensors", bytes, &Device::Cpu)
+    let Ok(mut tensors) =
+        patch_checkpoint::parse_safetensors("fuzz/inputs.safetensors", bytes, &Device::Cpu)
     else {
         return;
     };

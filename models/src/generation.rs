@@ -476,7 +476,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_first_maximum() {
         let mut s = Sampler::new(&Sampling::Greedy);
-        assert_eq!(s.pick(&mut [0.0, 3.0, 1.0, 3.0]), 1);
+        assert_eq!(s.pick(&[0.0, 3.0, 1.0, 3.0]), 1);
     }
 
     #[test]
@@ -489,7 +489,7 @@ mod tests {
                 seed: 3,
             });
             for _ in 0..20 {
-                assert_eq!(s.pick(&mut [0.1, 2.0, 1.9, -1.0]), 1);
+                assert_eq!(s.pick(&[0.1, 2.0, 1.9, -1.0]), 1);
             }
         }
     }
@@ -504,7 +504,7 @@ mod tests {
                 seed,
             });
             (0..2000)
-                .map(|_| s.pick(&mut [0.0, (3.0f32).ln()]))
+                .map(|_| s.pick(&[0.0, (3.0f32).ln()]))
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(5), draw(5));
@@ -522,7 +522,7 @@ mod tests {
             seed: 1,
         });
         for _ in 0..200 {
-            assert!(s.pick(&mut [1.0, 1.1, 0.9, 1.05]) != 2);
+            assert!(s.pick(&[1.0, 1.1, 0.9, 1.05]) != 2);
         }
     }
 

@@ -81,7 +81,10 @@ pub(crate) fn check_against_checkpoint(
     {
         return error(
             "intermediate_size",
-            format!("is {}, but {key} has shape {shape:?}", config.intermediate_size),
+            format!(
+                "is {}, but {key} has shape {shape:?}",
+                config.intermediate_size
+            ),
         );
     }
     let stored: u128 = tensors
@@ -155,7 +158,10 @@ mod tests {
 
     #[test]
     fn layer_indices_come_from_the_layers_segment() {
-        assert_eq!(layer_index("model.layers.12.mlp.down_proj.weight"), Some(12));
+        assert_eq!(
+            layer_index("model.layers.12.mlp.down_proj.weight"),
+            Some(12)
+        );
         assert_eq!(layer_index("layers.3.x"), Some(3));
         assert_eq!(layer_index("model.norm.weight"), None);
         assert_eq!(layer_index("model.layers.x.y"), None);

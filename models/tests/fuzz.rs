@@ -16,8 +16,15 @@ fn value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::from),
         Just(Value::Null),
         prop_oneof![
-            Just("silu"), Just("gelu"), Just("llama3"), Just("yarn"), Just("linear"),
-            Just("dynamic"), Just("full_attention"), Just("sliding_attention"), Just("x"),
+            Just("silu"),
+            Just("gelu"),
+            Just("llama3"),
+            Just("yarn"),
+            Just("linear"),
+            Just("dynamic"),
+            Just("full_attention"),
+            Just("sliding_attention"),
+            Just("x"),
         ]
         .prop_map(Value::from),
     ];
@@ -25,9 +32,15 @@ fn value() -> impl Strategy<Value = Value> {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
             proptest::collection::btree_map(
-                prop_oneof![Just("rope_type"), Just("factor"), Just("rope_theta"), Just("type"),
-                    Just("original_max_position_embeddings"), Just("beta_fast")]
-                    .prop_map(String::from),
+                prop_oneof![
+                    Just("rope_type"),
+                    Just("factor"),
+                    Just("rope_theta"),
+                    Just("type"),
+                    Just("original_max_position_embeddings"),
+                    Just("beta_fast")
+                ]
+                .prop_map(String::from),
                 inner,
                 0..3
             )
@@ -37,18 +50,47 @@ fn value() -> impl Strategy<Value = Value> {
 }
 
 const KEYS: &[&str] = &[
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
-    "tie_word_embeddings", "rope_theta", "rope_scaling", "rope_parameters", "bos_token_id",
-    "eos_token_id", "pad_token_id", "num_experts", "num_experts_per_tok", "moe_intermediate_size",
-    "shared_expert_intermediate_size", "decoder_sparse_step", "mlp_only_layers",
-    "use_sliding_window", "sliding_window", "max_window_layers", "layer_types",
-    "attn_implementation", "experts_implementation", "attention_bias", "mlp_bias",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "num_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "shared_expert_intermediate_size",
+    "decoder_sparse_step",
+    "mlp_only_layers",
+    "use_sliding_window",
+    "sliding_window",
+    "max_window_layers",
+    "layer_types",
+    "attn_implementation",
+    "experts_implementation",
+    "attention_bias",
+    "mlp_bias",
 ];
 
 fn config() -> impl Strategy<Value = Vec<u8>> {
     (
-        prop_oneof![Just("llama"), Just("qwen2_moe"), Just("qwen3"), Just("qwen3_moe")],
+        prop_oneof![
+            Just("llama"),
+            Just("qwen2_moe"),
+            Just("qwen3"),
+            Just("qwen3_moe")
+        ],
         proptest::collection::vec((0..KEYS.len(), value()), 0..6),
     )
         .prop_map(|(model_type, edits)| {
@@ -68,7 +110,13 @@ fn config() -> impl Strategy<Value = Vec<u8>> {
 
 fn inputs() -> impl Strategy<Value = Vec<u8>> {
     let tensor = (
-        prop_oneof![Just(("I64", 8)), Just(("U32", 4)), Just(("F32", 4)), Just(("U8", 1)), Just(("BF16", 2))],
+        prop_oneof![
+            Just(("I64", 8)),
+            Just(("U32", 4)),
+            Just(("F32", 4)),
+            Just(("U8", 1)),
+            Just(("BF16", 2))
+        ],
         proptest::collection::vec(0usize..5, 0..4),
         any::<u8>(),
     );

@@ -101,9 +101,9 @@ pub(crate) fn index_shards<'a>(
         .ok_or_else(|| malformed(index, "no \"weight_map\" object"))?;
     let mut shards: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
     for (key, file) in map {
-        let file = file.as_str().ok_or_else(|| {
-            malformed(index, format!("weight_map[{key:?}] is not a file name"))
-        })?;
+        let file = file
+            .as_str()
+            .ok_or_else(|| malformed(index, format!("weight_map[{key:?}] is not a file name")))?;
         let plain = Path::new(file)
             .file_name()
             .is_some_and(|name| name == std::ffi::OsStr::new(file));
@@ -717,14 +717,17 @@ impl WeightSource for CheckpointSource {
                 file,
                 meta,
                 original,
-            } => self.load_key(file, &original, &meta, r).map_err(|e| (true, e)).map(|t| {
-                (
-                    t,
-                    Some((k, original, meta.clone())),
-                    1,
-                    (meta.end - meta.start) as u64,
-                )
-            }),
+            } => self
+                .load_key(file, &original, &meta, r)
+                .map_err(|e| (true, e))
+                .map(|t| {
+                    (
+                        t,
+                        Some((k, original, meta.clone())),
+                        1,
+                        (meta.end - meta.start) as u64,
+                    )
+                }),
             Action::Unit {
                 u,
                 index,

@@ -15,7 +15,8 @@ pub fn safetensors(bytes: &[u8]) {
     };
     for (name, meta) in &tensors {
         for dtype in [DType::F32, DType::BF16] {
-            let _ = crate::safetensors_io::decode_tensor(path, bytes, name, meta, dtype, &Device::Cpu);
+            let _ =
+                crate::safetensors_io::decode_tensor(path, bytes, name, meta, dtype, &Device::Cpu);
         }
     }
 }

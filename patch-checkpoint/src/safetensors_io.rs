@@ -110,9 +110,9 @@ pub(crate) fn decode_tensor(
             ),
         ));
     }
-    let bytes = file.get(meta.start..meta.end).ok_or_else(|| {
-        malformed(path, format!("tensor {name:?}: data range out of the file"))
-    })?;
+    let bytes = file
+        .get(meta.start..meta.end)
+        .ok_or_else(|| malformed(path, format!("tensor {name:?}: data range out of the file")))?;
     crate::memory::check(
         crate::memory::bytes_of(
             meta.shape.iter().map(|&d| d as u128).product(),
@@ -131,11 +131,13 @@ pub(crate) fn decode_tensor(
         ));
     }
     let t = Tensor::from_raw_buffer(bytes, file_dtype, &meta.shape, device)?;
-    Ok(if file_dtype != dtype && file_dtype.is_float() && dtype.is_float() {
-        t.to_dtype(dtype)?
-    } else {
-        t
-    })
+    Ok(
+        if file_dtype != dtype && file_dtype.is_float() && dtype.is_float() {
+            t.to_dtype(dtype)?
+        } else {
+            t
+        },
+    )
 }
 
 /// The index of the first NaN or infinite element of little-endian `bytes` of `dtype` (an
@@ -149,7 +151,9 @@ pub(crate) fn first_non_finite(bytes: &[u8], dtype: Dtype) -> Option<usize> {
         })
     }
     match dtype {
-        Dtype::F32 => scan::<4>(bytes, |b| u32::from_le_bytes(b) & 0x7f80_0000 == 0x7f80_0000),
+        Dtype::F32 => scan::<4>(bytes, |b| {
+            u32::from_le_bytes(b) & 0x7f80_0000 == 0x7f80_0000
+        }),
         Dtype::BF16 => scan::<2>(bytes, |b| u16::from_le_bytes(b) & 0x7f80 == 0x7f80),
         Dtype::F16 => scan::<2>(bytes, |b| u16::from_le_bytes(b) & 0x7c00 == 0x7c00),
         Dtype::F64 => scan::<8>(bytes, |b| {
@@ -284,7 +288,10 @@ pub(crate) fn write_file(
 
 /// Reads every tensor of the safetensors file `path` onto `device`, in its stored dtype: the
 /// checked reader of checkpoints, for input files (token ids, masks, routings).
-pub fn read_safetensors(path: impl AsRef<Path>, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+pub fn read_safetensors(
+    path: impl AsRef<Path>,
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>> {
     let file = SafetensorsFile::open(path.as_ref())?;
     tensors_of(&file.path, &file.mmap, &file.tensors, device)
 }
@@ -313,10 +320,16 @@ fn tensors_of(
         let dtype = candle_dtype(meta.dtype).ok_or_else(|| {
             malformed(
                 path,
-                format!("tensor {name:?} has dtype {:?}, which candle cannot hold", meta.dtype),
+                format!(
+                    "tensor {name:?} has dtype {:?}, which candle cannot hold",
+                    meta.dtype
+                ),
             )
         })?;
-        out.insert(name.clone(), decode_tensor(path, bytes, name, meta, dtype, device)?);
+        out.insert(
+            name.clone(),
+            decode_tensor(path, bytes, name, meta, dtype, device)?,
+        );
     }
     Ok(out)
 }
@@ -347,24 +360,6 @@ pub fn write_safetensors(
     .commit()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn non_finite_values_are_found_in_every_float_dtype() {
-        let f32s: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(first_non_finite(&f32s, Dtype::F32), Some(1));
-        let inf: Vec<u8> = [half::bf16::INFINITY, half::bf16::ONE].iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(first_non_finite(&inf, Dtype::BF16), Some(0));
-        let f16s: Vec<u8> = [half::f16::MAX, half::f16::NEG_INFINITY].iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(first_non_finite(&f16s, Dtype::F16), Some(1));
-        let f64s: Vec<u8> = [f64::MAX, -0.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(first_non_finite(&f64s, Dtype::F64), None);
-        assert_eq!(first_non_finite(&[0xff; 4], Dtype::I32), None);
-    }
-}
-
 /// Writes a tensor's elements, little-endian, row-major.
 fn write_tensor(w: &mut PendingFile, t: &Tensor) -> Result<()> {
     let t = t.to_device(&Device::Cpu)?.flatten_all()?;
@@ -386,4 +381,34 @@ fn write_tensor(w: &mut PendingFile, t: &Tensor) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_values_are_found_in_every_float_dtype() {
+        let f32s: Vec<u8> = [1.0f32, f32::NAN]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(first_non_finite(&f32s, Dtype::F32), Some(1));
+        let inf: Vec<u8> = [half::bf16::INFINITY, half::bf16::ONE]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(first_non_finite(&inf, Dtype::BF16), Some(0));
+        let f16s: Vec<u8> = [half::f16::MAX, half::f16::NEG_INFINITY]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(first_non_finite(&f16s, Dtype::F16), Some(1));
+        let f64s: Vec<u8> = [f64::MAX, -0.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(first_non_finite(&f64s, Dtype::F64), None);
+        assert_eq!(first_non_finite(&[0xff; 4], Dtype::I32), None);
+    }
 }

@@ -34,7 +34,8 @@ fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Edit::Set(i, b)),
         any::<usize>().prop_map(Edit::Truncate),
-        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..8)).prop_map(|(i, b)| Edit::Insert(i, b)),
+        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..8))
+            .prop_map(|(i, b)| Edit::Insert(i, b)),
         (any::<usize>(), 1..16usize).prop_map(|(i, n)| Edit::Remove(i, n)),
     ]
 }

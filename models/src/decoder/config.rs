@@ -186,7 +186,14 @@ impl DecoderConfig {
             })
             .sum();
         let embeddings = self.vocab_size as u128 * h;
-        embeddings + layers + h + if self.tie_word_embeddings { 0 } else { embeddings }
+        embeddings
+            + layers
+            + h
+            + if self.tie_word_embeddings {
+                0
+            } else {
+                embeddings
+            }
     }
 
     /// Whether any layer uses a sliding window.

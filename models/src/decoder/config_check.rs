@@ -134,7 +134,11 @@ impl<'a> ConfigCheck<'a> {
         num_key_value_heads: Option<usize>,
         head_dim: Option<usize>,
     ) -> Result<(usize, usize, usize)> {
-        let heads = self.size("num_attention_heads", num_attention_heads, bounds::MAX_HEADS)?;
+        let heads = self.size(
+            "num_attention_heads",
+            num_attention_heads,
+            bounds::MAX_HEADS,
+        )?;
         let kv = self.size(
             "num_key_value_heads",
             num_key_value_heads.unwrap_or(heads),

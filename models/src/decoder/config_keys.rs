@@ -115,14 +115,22 @@ impl DecoderKeys {
             self.num_key_value_heads,
             self.head_dim,
         )?;
-        let layers = check.size("num_hidden_layers", self.num_hidden_layers, bounds::MAX_LAYERS)?;
+        let layers = check.size(
+            "num_hidden_layers",
+            self.num_hidden_layers,
+            bounds::MAX_LAYERS,
+        )?;
         let max_position_embeddings = check.size(
             "max_position_embeddings",
             self.max_position_embeddings,
             bounds::MAX_POSITIONS,
         )?;
         if self.intermediate_size > bounds::MAX_WIDTH {
-            check.size("intermediate_size", self.intermediate_size, bounds::MAX_WIDTH)?;
+            check.size(
+                "intermediate_size",
+                self.intermediate_size,
+                bounds::MAX_WIDTH,
+            )?;
         }
         let rope = RopeConfig::parse(check, &json, head_dim, max_position_embeddings, 10000.0)?;
         let first = |key: &str, value: &Option<Value>| -> Result<Option<u32>> {

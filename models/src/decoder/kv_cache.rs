@@ -72,7 +72,12 @@ impl LayerKvCache {
                 let elements = (b as u128) * (h as u128) * (self.capacity as u128);
                 patch_checkpoint::memory::check(
                     elements * (d + v.dim(3)?) as u128 * k.dtype().size_in_bytes() as u128,
-                    || format!("a layer's KV cache of {b} rows x {} positions", self.capacity),
+                    || {
+                        format!(
+                            "a layer's KV cache of {b} rows x {} positions",
+                            self.capacity
+                        )
+                    },
                     "",
                 )
                 .map_err(candle_core::Error::wrap)?;
@@ -163,7 +168,11 @@ impl KvCache {
     /// seq_len`); returns the starting positions of each row. The layers write their keys
     /// during the pass; [`KvCache::commit`] ends it.
     pub(crate) fn begin(&mut self, mask: &[u8], seq_len: usize) -> Result<Vec<u32>> {
-        if self.len.checked_add(seq_len).is_none_or(|n| n > self.capacity) {
+        if self
+            .len
+            .checked_add(seq_len)
+            .is_none_or(|n| n > self.capacity)
+        {
             return Err(Error::CacheFull {
                 capacity: self.capacity,
                 used: self.len,
