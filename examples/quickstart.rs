@@ -1,6 +1,6 @@
 //! The upstream page's quickstart, in Rust: replace every `LlamaAttention` with a
 //! `CustomLlamaAttention` that reports itself and delegates to the original, load a model,
-//! check the patched type, explain, and generate.
+//! check the patched type, explain, and generate text.
 //!
 //! `cargo run --release --example quickstart` (runs on the embedded `fixtures/llama-tiny`).
 
@@ -8,6 +8,7 @@ use std::path::Path;
 
 use patchwork_models::llama::LlamaAttention;
 use patchwork_models::prelude::*;
+use patchwork_text::{TextTokenizer, generate_text};
 
 // The replacement (upstream: `class CustomLlamaAttention(LlamaAttention)`, registered with
 // `register_patch_mapping`). `#[patch(LlamaAttention)]` registers it at link time for that site
@@ -44,12 +45,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // what was built at each path.
     println!("{}", model.explain());
 
-    let prompt = vec![66, 221, 47, 234, 117, 102, 13, 226];
+    // tokenizer(prompt), model.generate and tokenizer.decode (the tiny model's weights are
+    // random: its text is too). The callback receives each piece of text as it comes.
+    let tokenizer = TextTokenizer::from_dir(&dir)?;
+    let prompt = tokenizer.encode("Once upon a time", true)?;
     let config = GenerationConfig {
         ignore_eos: true,
-        ..GenerationConfig::greedy(4)
+        ..GenerationConfig::greedy(6)
     };
-    let out = model.generate(&[prompt], &config)?;
-    println!("sequence: {:?}", out.sequences[0]);
+    let out = generate_text(&model, &tokenizer, &prompt, &config, |_piece| {})?;
+    println!("text: {:?}", format!("Once upon a time{}", out.text));
+    println!("ids: {:?}", out.generation.sequences[0]);
     Ok(())
 }

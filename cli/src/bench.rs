@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use patchwork_models::{AutoModelForCausalLM, GenerationConfig};
+use patchwork_models::GenerationConfig;
 
 use crate::CliResult;
 use crate::model_args::ModelArgs;
@@ -38,11 +38,9 @@ pub fn run(args: Args) -> CliResult {
         return Err("--prompt-len, --decode and --repeats must be at least 1".into());
     }
     let start = Instant::now();
-    let options = args
+    let model = args
         .model
-        .options()
-        .with_upcast_weights(args.upcast_weights);
-    let model = AutoModelForCausalLM::from_pretrained(&args.model.dir, &options)?;
+        .load(|o| o.with_upcast_weights(args.upcast_weights))?;
     let steps = args
         .decode
         .checked_add(1)

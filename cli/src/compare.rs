@@ -11,7 +11,6 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use patch_core::PatchSet;
-use patchwork_models::AutoModelForCausalLM;
 use patchwork_models::compare::compare_models;
 use patchwork_models::replacements::{PATCH_SETS, patch_set};
 
@@ -39,14 +38,8 @@ pub struct Args {
 pub fn run(args: Args) -> CliResult {
     let patches = patch_set(&args.patch_set)
         .map_err(|e| format!("--patch-set: {e} (known: {})", PATCH_SETS.join(", ")))?;
-    let original = AutoModelForCausalLM::from_pretrained(
-        &args.model.dir,
-        &args.model.options().with_patches(PatchSet::empty()),
-    )?;
-    let patched = AutoModelForCausalLM::from_pretrained(
-        &args.model.dir,
-        &args.model.options().with_patches(patches),
-    )?;
+    let original = args.model.load(|o| o.with_patches(PatchSet::empty()))?;
+    let patched = args.model.load(|o| o.with_patches(patches))?;
     let (ids, mask) = match &args.inputs {
         Some(path) => {
             let name = path.display().to_string();

@@ -12,14 +12,18 @@ pub enum DTypeArg {
     Bf16,
     /// float16.
     F16,
+    /// The config's `torch_dtype` (float32 when it names none).
+    Auto,
 }
 
-impl From<DTypeArg> for DType {
-    fn from(d: DTypeArg) -> Self {
-        match d {
-            DTypeArg::F32 => DType::F32,
-            DTypeArg::Bf16 => DType::BF16,
-            DTypeArg::F16 => DType::F16,
+impl DTypeArg {
+    /// The dtype, or `None` for `auto`.
+    pub fn dtype(self) -> Option<DType> {
+        match self {
+            DTypeArg::F32 => Some(DType::F32),
+            DTypeArg::Bf16 => Some(DType::BF16),
+            DTypeArg::F16 => Some(DType::F16),
+            DTypeArg::Auto => None,
         }
     }
 }

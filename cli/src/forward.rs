@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use patch_checkpoint::files::check_output;
 use patchwork_models::decoder::Selection;
-use patchwork_models::{AutoModelForCausalLM, ForwardOptions};
+use patchwork_models::ForwardOptions;
 
 use crate::CliResult;
 use crate::model_args::{ModelArgs, read_tensors};
@@ -67,7 +67,8 @@ pub fn run(args: Args) -> CliResult {
     let name = args.inputs.display().to_string();
     // The inputs, and every file of the checkpoint, are never overwritten: refused before any
     // work, and again when the written file is renamed into place.
-    let checkpoint_files: Vec<PathBuf> = std::fs::read_dir(&args.model.dir)
+    let folder = args.model.folder()?;
+    let checkpoint_files: Vec<PathBuf> = std::fs::read_dir(&folder)
         .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
     let mut protected: Vec<&Path> = vec![&args.inputs];
@@ -89,11 +90,7 @@ pub fn run(args: Args) -> CliResult {
         Some(path) => read_forced_experts(path)?,
         None => BTreeMap::new(),
     };
-    let mut options = args.model.options();
-    if args.grads {
-        options = options.trainable();
-    }
-    let model = AutoModelForCausalLM::from_pretrained(&args.model.dir, &options)?;
+    let model = args.model.load(|o| if args.grads { o.trainable() } else { o })?;
     let all = |on: bool| if on { Selection::All } else { Selection::None };
     let forward = ForwardOptions {
         output_router_logits: Some(true),

@@ -1,6 +1,7 @@
-//! `patchwork inspect DIR`.
+//! `patchwork inspect MODEL`.
 //!
-//! Output (stdout), one `key: value` per line, then a blank line and the explain report:
+//! Output (stdout), one `key: value` per line, then a blank line, the explain report, a blank
+//! line and the load report:
 //!
 //! ```text
 //! model_type: llama
@@ -11,31 +12,32 @@
 //!
 //! model_type llama (LlamaForCausalLM)
 //! patch explain: ...
+//!
+//! load report: ...
 //! ```
 //!
 //! `dtype` is the dtype the checkpoint's tensors are stored in (comma-separated if several, in
 //! transformers' names); `compute_dtype` is what the model runs in; `parameters` counts tied
 //! embeddings once.
 
-use std::path::PathBuf;
-
 use patch_checkpoint::Checkpoint;
-use patchwork_models::{AutoModelForCausalLM, LoadOptions};
 
 use crate::CliResult;
 use crate::dtype::torch_name;
+use crate::model_args::ModelArgs;
 
 /// Arguments of `inspect`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Checkpoint folder (config.json and safetensors weights).
-    dir: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 /// Runs `inspect`.
 pub fn run(args: Args) -> CliResult {
-    let model = AutoModelForCausalLM::from_pretrained(&args.dir, &LoadOptions::default())?;
-    let mut stored: Vec<String> = Checkpoint::open(&args.dir)?
+    let folder = args.model.folder()?;
+    let model = args.model.load(|o| o)?;
+    let mut stored: Vec<String> = Checkpoint::open(&folder)?
         .tensors()
         .into_iter()
         .map(|(_, dtype, _)| dtype.map_or_else(|| "unknown".to_string(), torch_name))
@@ -50,5 +52,9 @@ pub fn run(args: Args) -> CliResult {
     println!("compute_dtype: {}", torch_name(model.dtype()));
     println!();
     print!("{}", model.explain());
+    if let Some(report) = model.load_report() {
+        println!();
+        println!("{report}");
+    }
     Ok(())
 }

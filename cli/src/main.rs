@@ -7,11 +7,13 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod compare;
+mod device;
 mod dtype;
 mod forward;
 mod generate;
 mod inspect;
 mod model_args;
+mod progress;
 mod resave;
 
 /// Load, run, inspect, convert and save transformer checkpoints with patchwork.
@@ -20,6 +22,30 @@ mod resave;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log to stderr: -v what loads and runs, -vv more, -vvv everything (RUST_LOG, when set,
+    /// chooses instead).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+/// Installs the stderr log when `-v` or `RUST_LOG` asks for one.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => EnvFilter::new(spec),
+        _ => match verbose {
+            0 => return,
+            1 => EnvFilter::new("info"),
+            2 => EnvFilter::new("debug"),
+            _ => EnvFilter::new("trace"),
+        },
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .init();
 }
 
 #[derive(Debug, Subcommand)]
@@ -28,7 +54,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Logits (and router outputs for MoE models) for a batch of token ids.
     Forward(forward::Args),
-    /// Generate token ids from a prompt; the last line of stdout is the whole sequence.
+    /// Generate from a text prompt (streamed as text) or token ids; the last line of stdout is
+    /// the whole id sequence.
     Generate(generate::Args),
     /// Load a checkpoint with all its conversions and save it back (a round trip of the
     /// checkpoint engine: the saved tensors equal the originals bit for bit).
@@ -48,6 +75,7 @@ fn main() -> ExitCode {
     // Link the models crate so its link-time defaults (conversion mappings, patches) register.
     use patchwork_models as _;
     let cli = Cli::parse();
+    init_logging(cli.verbose);
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Forward(args) => forward::run(args),

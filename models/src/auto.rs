@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use patch_checkpoint::{Checkpoint, RandomInit, Weights};
+use patch_checkpoint::{Checkpoint, Progress, RandomInit, Weights};
+use patchwork_hub::HubOptions;
 use patch_core::{Builder, PatchSet};
 use serde_json::Value;
 
@@ -19,6 +20,10 @@ pub struct LoadOptions {
     /// Compute dtype; weights stored in another dtype are converted once at load. Default
     /// float32 (the fast and exact choice on CPU).
     pub dtype: DType,
+    /// Take the compute dtype from the config's `torch_dtype` (or `dtype`) instead of
+    /// [`LoadOptions::dtype`] (transformers' `torch_dtype="auto"`); float32 when it names
+    /// none. Default `false`.
+    pub auto_dtype: bool,
     /// Device. Default CPU.
     pub device: Device,
     /// Seed of `from_config`'s random weights.
@@ -48,12 +53,18 @@ pub struct LoadOptions {
     /// config's `max_position_embeddings`. Raising it runs the rotary embedding past the
     /// context the model was trained for (extrapolation), which is then the caller's choice.
     pub max_positions: Option<usize>,
+    /// How a Hub id is found: revision, cache folder, offline ([`patchwork_hub`]); a folder
+    /// path needs none of it.
+    pub hub: HubOptions,
+    /// Told the bytes of weights read so far while loading.
+    pub progress: Option<Progress>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             dtype: DType::F32,
+            auto_dtype: false,
             device: Device::Cpu,
             seed: 0,
             patches: None,
@@ -62,6 +73,8 @@ impl Default for LoadOptions {
             attn_implementation: None,
             experts_implementation: None,
             max_positions: None,
+            hub: HubOptions::default(),
+            progress: None,
         }
     }
 }
@@ -71,6 +84,59 @@ impl LoadOptions {
     pub fn with_dtype(mut self, dtype: DType) -> Self {
         self.dtype = dtype;
         self
+    }
+
+    /// These options taking the compute dtype from the config (see
+    /// [`LoadOptions::auto_dtype`]).
+    pub fn with_auto_dtype(mut self) -> Self {
+        self.auto_dtype = true;
+        self
+    }
+
+    /// These options loading a Hub id at `revision` (a branch, tag or commit hash).
+    pub fn with_revision(mut self, revision: impl Into<String>) -> Self {
+        self.hub.revision = revision.into();
+        self
+    }
+
+    /// These options telling `progress` how far loading the weights is.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// The compute dtype for `config`: [`LoadOptions::dtype`], or the config's when
+    /// [`LoadOptions::auto_dtype`] asks for it.
+    pub fn dtype_for(&self, config: &Value, source_name: &str) -> Result<DType> {
+        if !self.auto_dtype {
+            return Ok(self.dtype);
+        }
+        for key in ["torch_dtype", "dtype"] {
+            match config.get(key) {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(name)) => {
+                    return match name.trim_start_matches("torch.") {
+                        "float32" | "float" => Ok(DType::F32),
+                        "bfloat16" => Ok(DType::BF16),
+                        "float16" | "half" => Ok(DType::F16),
+                        "float64" | "double" => Ok(DType::F64),
+                        other => Err(crate::Error::config(
+                            source_name,
+                            key,
+                            format!("{other:?} is not a float dtype (float32, bfloat16, float16, float64)"),
+                        )),
+                    };
+                }
+                Some(other) => {
+                    return Err(crate::Error::config(
+                        source_name,
+                        key,
+                        format!("expected a dtype name, found {other}"),
+                    ));
+                }
+            }
+        }
+        Ok(DType::F32)
     }
 
     /// These options on `device`.
@@ -139,10 +205,10 @@ impl LoadOptions {
         self
     }
 
-    /// A root weights handle over `source` with these options' dtype, device and
+    /// A root weights handle over `source` in `dtype` with these options' device and
     /// trainability.
-    fn weights(&self, source: Arc<dyn patch_checkpoint::WeightSource>) -> Weights {
-        let weights = Weights::from_arc(source, self.dtype, &self.device);
+    fn weights(&self, source: Arc<dyn patch_checkpoint::WeightSource>, dtype: DType) -> Weights {
+        let weights = Weights::from_arc(source, dtype, &self.device);
         if self.trainable {
             weights.trainable()
         } else {
@@ -155,13 +221,16 @@ impl LoadOptions {
     }
 }
 
-/// Loads a checkpoint folder as `family`'s model (the family-specific entry points use it).
+/// Loads a checkpoint folder, or a Hub id resolved to one, as `family`'s model (the
+/// family-specific entry points use it).
 pub(crate) fn load_pretrained(
-    dir: &Path,
+    name: &Path,
     family: Option<&'static ModelFamily>,
     options: &LoadOptions,
 ) -> Result<CausalLM> {
-    let ckpt = Checkpoint::open(dir)?;
+    let dir = patchwork_hub::resolve_model(name, &options.hub)?;
+    let _span = tracing::info_span!("load", model = %dir.display()).entered();
+    let ckpt = Checkpoint::open(&dir)?;
     let source_name = dir.join("config.json").display().to_string();
     let found = family_of(ckpt.config(), &source_name)?;
     if let Some(expected) = family
@@ -176,27 +245,50 @@ pub(crate) fn load_pretrained(
             ),
         ));
     }
+    let dtype = options.dtype_for(ckpt.config(), &source_name)?;
     let mut config = (found.parse_config)(ckpt.config(), &source_name)?;
-    config.weight_dtype = kept_weight_dtype(&ckpt, options);
-    crate::load_checks::check_against_checkpoint(&config, &ckpt, &source_name, options.dtype)?;
+    config.weight_dtype = kept_weight_dtype(&ckpt, options, dtype);
+    crate::load_checks::check_against_checkpoint(&config, &ckpt, &source_name, dtype)?;
+    let generation = dir.join("generation_config.json");
+    let generation_defaults = if generation.exists() {
+        crate::GenerationDefaults::from_file(&generation, config.vocab_size)?
+    } else {
+        crate::GenerationDefaults::default()
+    };
     // The registry's transforms for this config (a family's link-time default, or what the
     // user registered over it); replacements add theirs through their scopes.
-    let source = ckpt.source(ckpt.registered_transforms()?)?;
-    let weights = options.weights(Arc::new(source));
+    let mut source = ckpt.source(ckpt.registered_transforms()?)?;
+    if let Some(p) = &options.progress {
+        source = source.with_progress(p.clone());
+    }
+    let source = Arc::new(source);
+    let weights = options.weights(source.clone(), dtype);
     let b = Builder::new(weights.clone()).with_patches(options.patch_set());
-    let mut model = CausalLM::build(&b, config, found)?;
+    let mut model = {
+        let _build = tracing::info_span!("build", model_type = found.model_type).entered();
+        CausalLM::build(&b, config, found)?
+    };
     weights.finish()?;
     options.select_implementations(&mut model)?;
+    model.set_generation_defaults(generation_defaults);
+    let report = source.report();
+    tracing::info!(
+        tensors = report.tensors_served,
+        bytes = report.bytes_read,
+        seconds = report.elapsed.as_secs_f64(),
+        "loaded"
+    );
+    model.set_load_report(report);
     Ok(model)
 }
 
 /// The dtype to keep projection weights in: bf16 when every floating matrix of the checkpoint
 /// is stored in bf16, the model computes in float32 on CPU (the kernels widen bf16 as they
 /// read), and the options do not ask to upcast; `None` (the compute dtype) otherwise.
-fn kept_weight_dtype(ckpt: &Checkpoint, options: &LoadOptions) -> Option<DType> {
+fn kept_weight_dtype(ckpt: &Checkpoint, options: &LoadOptions, dtype: DType) -> Option<DType> {
     if options.upcast_weights
         || options.trainable
-        || options.dtype != DType::F32
+        || dtype != DType::F32
         || !options.device.is_cpu()
     {
         return None;
@@ -218,12 +310,13 @@ pub(crate) fn create_from_config(
     family: &'static ModelFamily,
     options: &LoadOptions,
 ) -> Result<CausalLM> {
+    let dtype = options.dtype_for(config, "config")?;
     let config = (family.parse_config)(config, "config")?;
-    crate::load_checks::check_from_config(&config, options.dtype)?;
-    let weights = options.weights(Arc::new(RandomInit::new(
-        options.seed,
-        config.initializer_range,
-    )));
+    crate::load_checks::check_from_config(&config, dtype)?;
+    let weights = options.weights(
+        Arc::new(RandomInit::new(options.seed, config.initializer_range)),
+        dtype,
+    );
     let b = Builder::new(weights).with_patches(options.patch_set());
     let mut model = CausalLM::build(&b, config, family)?;
     options.select_implementations(&mut model)?;
@@ -237,7 +330,8 @@ pub struct AutoModelForCausalLM;
 
 impl AutoModelForCausalLM {
     /// Loads the checkpoint folder `dir` (`config.json` plus `model.safetensors` or a sharded
-    /// checkpoint): picks the family from `model_type`, converts the weights with the family's
+    /// checkpoint), or the Hub id `dir` names when no such folder exists (from the Hub cache,
+    /// downloading when online: [`LoadOptions::hub`]): picks the family from `model_type`, converts the weights with the family's
     /// transforms (and those carried by replacements), and checks that every checkpoint tensor
     /// was used and every requested one found.
     ///

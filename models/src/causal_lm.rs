@@ -21,6 +21,7 @@ use crate::decoder::{
     PassContext, Recorders, Records, RouterRecord, Selection,
 };
 use crate::family::ModelFamily;
+use crate::generation::GenerationDefaults;
 use crate::implementations::{AttentionImplementation, ExpertsImplementation, Implementations};
 use crate::loss::{causal_lm_loss, integer_values, load_balancing_loss};
 use crate::{Error, Result};
@@ -104,6 +105,8 @@ pub struct CausalLM {
     vars: Option<VarMap>,
     implementations: Implementations,
     max_positions: usize,
+    generation_defaults: GenerationDefaults,
+    load_report: Option<patch_checkpoint::LoadReport>,
 }
 
 impl fmt::Debug for CausalLM {
@@ -178,7 +181,39 @@ impl CausalLM {
             vars,
             implementations,
             max_positions,
+            generation_defaults: GenerationDefaults::default(),
+            load_report: None,
         })
+    }
+
+    /// The special token ids of the checkpoint's `generation_config.json` (empty when it has
+    /// none, or the model was built from a config).
+    pub fn generation_defaults(&self) -> &GenerationDefaults {
+        &self.generation_defaults
+    }
+
+    /// Sets the generation defaults (what loading reads from `generation_config.json`).
+    pub fn set_generation_defaults(&mut self, defaults: GenerationDefaults) {
+        self.generation_defaults = defaults;
+    }
+
+    /// The tokens generation stops at by default: `generation_config.json`'s `eos_token_id`,
+    /// else `config.json`'s.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        self.generation_defaults
+            .eos_token_ids
+            .clone()
+            .unwrap_or_else(|| self.config().eos_token_ids.clone())
+    }
+
+    /// What loading the weights did (transforms fired, tensors and bytes read, time), for a
+    /// model loaded from a checkpoint.
+    pub fn load_report(&self) -> Option<&patch_checkpoint::LoadReport> {
+        self.load_report.as_ref()
+    }
+
+    pub(crate) fn set_load_report(&mut self, report: patch_checkpoint::LoadReport) {
+        self.load_report = Some(report);
     }
 
     /// How many positions a pass or a generation may reach: the config's
@@ -475,6 +510,7 @@ impl CausalLM {
         let ids = self.check_input_ids(input_ids)?;
         let (batch, seq) = ids.dims2()?;
         let past = cache.as_deref().map_or(0, KvCache::len);
+        let _span = tracing::debug_span!("forward", batch, seq, past).entered();
         self.check_positions(
             &format!("a pass of {seq} tokens after {past} cached positions"),
             past.checked_add(seq),

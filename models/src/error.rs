@@ -108,6 +108,9 @@ pub enum Error {
     /// Reading the checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] patch_checkpoint::Error),
+    /// A Hub id could not be resolved to a local folder.
+    #[error(transparent)]
+    Hub(#[from] patchwork_hub::Error),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

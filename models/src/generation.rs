@@ -38,12 +38,14 @@ pub struct GenerationConfig {
     pub min_new_tokens: usize,
     /// How tokens are chosen.
     pub sampling: Sampling,
-    /// Tokens that end a row; `None` takes the config's `eos_token_id`.
+    /// Tokens that end a row; `None` takes the model's ([`CausalLM::eos_token_ids`]:
+    /// `generation_config.json`'s, else `config.json`'s `eos_token_id`).
     pub eos_token_ids: Option<Vec<u32>>,
     /// Keep generating after an end-of-sequence token (it is still emitted).
     pub ignore_eos: bool,
     /// Token that left-pads shorter prompts and fills finished rows; `None` takes the
-    /// config's `pad_token_id`, else its first eos token, else 0. Padding is masked out, so the
+    /// model's `pad_token_id` (generation config, then config), else its first eos token, else
+    /// 0. Padding is masked out, so the
     /// choice never changes the result.
     pub pad_token_id: Option<u32>,
     /// Return each step's logits (float32 `[batch, vocab]`, before any processing).
@@ -51,6 +53,41 @@ pub struct GenerationConfig {
     /// Record the experts every token of each sequence was routed to (MoE models), ready to
     /// replay in a training pass over the sequence ([`Generation::routed_experts`]).
     pub output_routed_experts: bool,
+}
+
+/// The special token ids a checkpoint publishes in `generation_config.json`; where given they
+/// override `config.json`'s, as transformers' `GenerationConfig` does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GenerationDefaults {
+    /// `bos_token_id`.
+    pub bos_token_id: Option<u32>,
+    /// `eos_token_id` (an id or a list).
+    pub eos_token_ids: Option<Vec<u32>>,
+    /// `pad_token_id`.
+    pub pad_token_id: Option<u32>,
+}
+
+impl GenerationDefaults {
+    /// Reads `generation_config.json` at `path`; every id must be below `vocab_size`.
+    pub fn from_file(path: &std::path::Path, vocab_size: usize) -> Result<Self> {
+        let json = patch_checkpoint::files::read_json(path)?;
+        let source = path.display().to_string();
+        let check = crate::decoder::ConfigCheck::new(&source);
+        let ids = |key: &str| -> Result<Option<Vec<u32>>> {
+            Ok(match json.get(key) {
+                None | Some(serde_json::Value::Null) => None,
+                v => Some(check.token_ids(key, v, vocab_size)?),
+            })
+        };
+        let first = |key: &str| -> Result<Option<u32>> {
+            Ok(ids(key)?.and_then(|v| v.first().copied()))
+        };
+        Ok(Self {
+            bos_token_id: first("bos_token_id")?,
+            eos_token_ids: ids("eos_token_id")?,
+            pad_token_id: first("pad_token_id")?,
+        })
+    }
 }
 
 impl Default for GenerationConfig {
@@ -255,6 +292,12 @@ impl CausalLM {
         config: &GenerationConfig,
         mut on_token: impl FnMut(usize, u32),
     ) -> Result<Generation> {
+        let _span = tracing::info_span!(
+            "generate",
+            rows = prompts.len(),
+            max_new_tokens = config.max_new_tokens
+        )
+        .entered();
         config.validate()?;
         let cfg = self.config();
         if prompts.is_empty() {
@@ -281,7 +324,7 @@ impl CausalLM {
         let eos = config
             .eos_token_ids
             .clone()
-            .unwrap_or_else(|| cfg.eos_token_ids.clone());
+            .unwrap_or_else(|| self.eos_token_ids());
         if let Some(&bad) = eos.iter().find(|&&e| e as usize >= cfg.vocab_size) {
             return Err(Error::Generation {
                 name: "eos_token_ids",
@@ -291,6 +334,7 @@ impl CausalLM {
         }
         let pad = config
             .pad_token_id
+            .or(self.generation_defaults().pad_token_id)
             .or(cfg.pad_token_id)
             .or(eos.first().copied())
             .unwrap_or(0);

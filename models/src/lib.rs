@@ -51,7 +51,7 @@ pub use auto::{AutoModelForCausalLM, LoadOptions};
 pub use causal_lm::{CausalLM, ForwardOptions, ForwardOutput, LogitsMode, ModelExplain};
 pub use error::{Error, Result};
 pub use family::{ModelFamily, RegisteredFamily};
-pub use generation::{Generation, GenerationConfig, Sampling};
+pub use generation::{Generation, GenerationConfig, GenerationDefaults, Sampling};
 
 /// What writing a replacement for these models needs, in one import:
 /// `use patchwork_models::prelude::*;` (patch-core's prelude, the slots with their arguments

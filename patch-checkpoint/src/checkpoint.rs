@@ -217,9 +217,17 @@ impl Checkpoint {
             })
             .collect();
         let plan = Plan::new(keys, &transforms)?;
+        let total_bytes = self
+            .files
+            .iter()
+            .flat_map(|f| f.tensors.iter())
+            .map(|(_, m)| m.len() as u64)
+            .sum();
         Ok(CheckpointSource {
             dir: self.dir.clone(),
             files: self.files.clone(),
+            progress: None,
+            total_bytes,
             state: Mutex::new(State {
                 plan,
                 problems: Vec::new(),
@@ -279,6 +287,8 @@ pub struct CheckpointSource {
     dir: PathBuf,
     files: Arc<Vec<SafetensorsFile>>,
     state: Mutex<State>,
+    progress: Option<crate::Progress>,
+    total_bytes: u64,
 }
 
 impl std::fmt::Debug for CheckpointSource {
@@ -338,6 +348,19 @@ impl CheckpointSource {
         })?;
         self.lock().allowed.push(re);
         Ok(self)
+    }
+
+    /// This source, telling `progress` the bytes read so far after each read
+    /// ([`crate::Stage::Load`], of the bytes all stored tensors hold).
+    pub fn with_progress(mut self, progress: crate::Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    fn tell_progress(&self, st: &State) {
+        if let Some(p) = &self.progress {
+            p.report(crate::Stage::Load, st.stats.bytes_read, self.total_bytes);
+        }
     }
 
     /// The folder this source reads.
@@ -758,6 +781,7 @@ impl WeightSource for CheckpointSource {
                         st.stats.tensors_read += count;
                         st.stats.bytes_read += bytes;
                         st.stats.served += 1;
+                        self.tell_progress(st);
                         let origin = st.plan.unit_origin(u);
                         let mut flat: Vec<Tensor> =
                             outputs.into_iter().flat_map(Slot::into_items).collect();
@@ -810,6 +834,7 @@ impl WeightSource for CheckpointSource {
                 st.stats.served += 1;
                 st.stats.tensors_read += reads;
                 st.stats.bytes_read += bytes;
+                self.tell_progress(&st);
                 if let Some((k, original, meta)) = raw {
                     st.plan.keys[k].consumed += 1;
                     if let Some(dtype) = candle_dtype(meta.dtype) {

@@ -90,27 +90,33 @@ pub(crate) fn open_regular(path: &Path) -> Result<(File, u64)> {
     Ok((file, len))
 }
 
+/// Reads the regular file `path` whole, refusing one longer than `limit` bytes.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let (file, len) = open_regular(path)?;
+    if len > limit {
+        return Err(malformed(
+            path,
+            format!("is {len} bytes long, over the {limit}-byte limit for this file"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    // The length can change after the check; the read is bounded anyway.
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(path, "cannot read", e))?;
+    if bytes.len() as u64 > limit {
+        return Err(malformed(
+            path,
+            format!("grew over the {limit}-byte limit for this file while read"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Reads and parses a JSON file of at most [`MAX_JSON_BYTES`].
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let (file, len) = open_regular(path)?;
-    if len > MAX_JSON_BYTES {
-        return Err(malformed(
-            path,
-            format!("is {len} bytes long, over the {MAX_JSON_BYTES}-byte limit for a JSON file"),
-        ));
-    }
-    let mut text = String::new();
-    // The length can change after the check; the read is bounded anyway.
-    file.take(MAX_JSON_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| io_error(path, "cannot read", e))?;
-    if text.len() as u64 > MAX_JSON_BYTES {
-        return Err(malformed(
-            path,
-            format!("grew over the {MAX_JSON_BYTES}-byte limit for a JSON file while read"),
-        ));
-    }
-    serde_json::from_str(&text).map_err(|e| malformed(path, format!("invalid JSON: {e}")))
+    let bytes = read_bounded(path, MAX_JSON_BYTES)?;
+    serde_json::from_slice(&bytes).map_err(|e| malformed(path, format!("invalid JSON: {e}")))
 }
 
 /// Whether `a` and `b` are the same file (same device and inode on Unix, same canonical path

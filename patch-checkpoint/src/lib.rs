@@ -49,6 +49,7 @@ mod ops;
 mod origin;
 mod pattern;
 mod plan;
+mod progress;
 mod registry;
 mod rename;
 mod resave;
@@ -69,6 +70,7 @@ pub use registry::{
     unregister_checkpoint_conversion_mapping,
 };
 pub use resave::{ResaveReport, resave};
+pub use progress::{Progress, ProgressEvent, Stage};
 pub use safetensors_header::MAX_HEADER_BYTES;
 pub use safetensors_io::{parse_safetensors, read_safetensors, write_safetensors};
 pub use save::{SaveOptions, SaveReport, save_pretrained, to_checkpoint_layout};

@@ -25,7 +25,8 @@ pub struct ResaveReport {
 /// Opens the checkpoint in `src`, requests every tensor its plan produces with the mapping
 /// `registry` has for its config (every conversion runs, every key is accounted for), then
 /// saves to `dst` through the reverse transforms. Each tensor is loaded in its stored dtype,
-/// so the files written hold the same tensors, bit for bit.
+/// so the files written hold the same tensors, bit for bit. `options.progress` is told both
+/// stages ([`crate::Stage::Load`], then [`crate::Stage::Save`]).
 pub fn resave(
     src: &Path,
     dst: &Path,
@@ -37,7 +38,11 @@ pub fn resave(
         Some((key, t)) => (Some(key), t),
         None => (None, Vec::new()),
     };
-    let source = Arc::new(ckpt.source(transforms.clone())?);
+    let mut source = ckpt.source(transforms.clone())?;
+    if let Some(p) = &options.progress {
+        source = source.with_progress(p.clone());
+    }
+    let source = Arc::new(source);
     let weights = Weights::from_arc(source.clone(), DType::F32, &Device::Cpu);
     for t in source.planned_tensors() {
         weights.with_dtype(t.dtype).get(t.shape, &t.name)?;

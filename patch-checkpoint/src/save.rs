@@ -41,6 +41,8 @@ pub struct SaveOptions {
     /// `None`: every tensor in the dtype it was loaded from (tensors without a checkpoint in
     /// their own dtype), so load-then-save is exact. `Some(d)`: every float tensor in `d`.
     pub dtype: Option<DType>,
+    /// Told the bytes written so far after each tensor ([`crate::Stage::Save`]).
+    pub progress: Option<crate::Progress>,
 }
 
 impl Default for SaveOptions {
@@ -48,6 +50,7 @@ impl Default for SaveOptions {
         Self {
             max_shard_size: 5_000_000_000,
             dtype: None,
+            progress: None,
         }
     }
 }
@@ -187,6 +190,11 @@ pub fn save_pretrained(
     let mut cache: HashMap<usize, Vec<Option<Tensor>>> = HashMap::new();
     let mut weight_map = BTreeMap::new();
     let mut total_size = 0u64;
+    let mut written = 0u64;
+    let all_bytes = keys.iter().try_fold(0u64, |acc, &(u, o)| {
+        Ok::<u64, Error>(acc.saturating_add(units[u].outputs[o].nbytes()?))
+    })?;
+    let _span = tracing::info_span!("save", dir = %dir.display(), bytes = all_bytes).entered();
     for (shard, name) in shards.iter().zip(&names) {
         let out: Vec<OutTensor> = shard
             .iter()
@@ -214,6 +222,10 @@ pub fn save_pretrained(
             } else {
                 slot.to_dtype(t.dtype)?
             };
+            written = written.saturating_add(t.nbytes()?);
+            if let Some(p) = &options.progress {
+                p.report(crate::Stage::Save, written, all_bytes);
+            }
             Ok(slot)
         })?;
         pending.push(file);
