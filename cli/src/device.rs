@@ -46,12 +46,24 @@ mod tests {
     fn devices_parse_or_say_why_not() {
         assert!(parse_device("cpu").unwrap().is_cpu());
         assert!(parse_device("tpu").unwrap_err().contains("unknown device"));
-        assert!(parse_device("cuda:x").unwrap_err().contains("not a device number"));
+        assert!(
+            parse_device("cuda:x")
+                .unwrap_err()
+                .contains("not a device number")
+        );
         if !candle_core::utils::cuda_is_available() {
-            assert!(parse_device("cuda:1").unwrap_err().contains("no CUDA support"));
+            assert!(
+                parse_device("cuda:1")
+                    .unwrap_err()
+                    .contains("no CUDA support")
+            );
         }
         if !candle_core::utils::metal_is_available() {
-            assert!(parse_device("metal").unwrap_err().contains("no Metal support"));
+            assert!(
+                parse_device("metal")
+                    .unwrap_err()
+                    .contains("no Metal support")
+            );
         }
     }
 }

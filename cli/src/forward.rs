@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
 use patch_checkpoint::files::check_output;
-use patchwork_models::decoder::Selection;
 use patchwork_models::ForwardOptions;
+use patchwork_models::decoder::Selection;
 
 use crate::CliResult;
 use crate::model_args::{ModelArgs, read_tensors};
@@ -90,7 +90,9 @@ pub fn run(args: Args) -> CliResult {
         Some(path) => read_forced_experts(path)?,
         None => BTreeMap::new(),
     };
-    let model = args.model.load(|o| if args.grads { o.trainable() } else { o })?;
+    let model = args
+        .model
+        .load(|o| if args.grads { o.trainable() } else { o })?;
     let all = |on: bool| if on { Selection::All } else { Selection::None };
     let forward = ForwardOptions {
         output_router_logits: Some(true),

@@ -24,7 +24,11 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
     /// Prompt text (needs the checkpoint's tokenizer.json).
-    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    #[arg(
+        long,
+        conflicts_with = "prompt_ids",
+        required_unless_present = "prompt_ids"
+    )]
     prompt: Option<String>,
     /// Render the prompt as a user message with the tokenizer's chat template.
     #[arg(long, requires = "prompt")]
@@ -104,7 +108,9 @@ pub fn run(args: Args) -> CliResult {
             let mut stdout = std::io::stdout().lock();
             let out = generate_text(&model, tok, &prompt_ids, &config, |piece| {
                 // A closed stdout ends the stream, not the generation's bookkeeping.
-                let _ = stdout.write_all(piece.as_bytes()).and_then(|()| stdout.flush());
+                let _ = stdout
+                    .write_all(piece.as_bytes())
+                    .and_then(|()| stdout.flush());
             })?;
             writeln!(stdout)?;
             out.generation.sequences[0].clone()

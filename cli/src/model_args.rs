@@ -69,7 +69,10 @@ impl ModelArgs {
         adjust: impl FnOnce(LoadOptions) -> LoadOptions,
     ) -> Result<CausalLM, Box<dyn std::error::Error>> {
         let options = adjust(self.options()?);
-        Ok(AutoModelForCausalLM::from_pretrained(&self.model, &options)?)
+        Ok(AutoModelForCausalLM::from_pretrained(
+            &self.model,
+            &options,
+        )?)
     }
 }
 

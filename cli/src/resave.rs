@@ -26,7 +26,10 @@ pub struct ResaveArgs {
 
 /// Runs `patchwork resave` and prints what was done.
 pub fn run(args: &ResaveArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let src = patchwork_hub::resolve_model(&args.src, &HubOptions::default().with_revision(&args.revision))?;
+    let src = patchwork_hub::resolve_model(
+        &args.src,
+        &HubOptions::default().with_revision(&args.revision),
+    )?;
     let options = SaveOptions {
         max_shard_size: args.max_shard_size,
         progress: crate::progress::bar(),

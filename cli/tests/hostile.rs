@@ -784,10 +784,7 @@ fn non_regular_files_are_refused_without_blocking() {
         fails(
             "a missing folder",
             args(&["inspect", &ws.arg("nowhere")]),
-            &[
-                "nowhere/config.json: cannot read",
-                "caused by: No such file or directory",
-            ],
+            &["nowhere\": no such folder, and not a Hub id"],
         ),
     ];
     for case in cases {

@@ -63,5 +63,8 @@ fn resave_of_a_missing_folder_names_it() {
         .unwrap();
     assert!(!status.status.success());
     let stderr = String::from_utf8_lossy(&status.stderr);
-    assert!(stderr.contains("/nonexistent/ckpt/config.json"), "{stderr}");
+    assert!(
+        stderr.contains("\"/nonexistent/ckpt\": no such folder"),
+        "{stderr}"
+    );
 }

@@ -22,9 +22,15 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     /// The name is neither an existing folder nor a Hub id.
     #[error(
-        "{name:?} is not a folder, and not a Hub id (ORG/NAME of letters, digits, '-', '_' and '.')"
+        "{name:?}: no such folder, and not a Hub id (ORG/NAME of letters, digits, '-', '_' and '.')"
     )]
     NotFound {
+        /// What was given.
+        name: String,
+    },
+    /// The name is an existing file or other non-folder: a model is a folder.
+    #[error("{name:?} is not a folder: a model is a folder holding config.json and its weights")]
+    NotAFolder {
         /// What was given.
         name: String,
     },
@@ -42,7 +48,7 @@ pub enum Error {
         /// What is missing.
         missing: String,
         /// Why nothing was downloaded.
-        hint: String,
+        hint: &'static str,
     },
     /// Downloading a file failed.
     #[error("Hub id {id:?}: downloading {file} failed: {message}")]
@@ -116,7 +122,9 @@ impl HubOptions {
         if let Some(home) = var("HF_HOME") {
             return PathBuf::from(home).join("hub");
         }
-        let home = var("HOME").or_else(|| var("USERPROFILE")).unwrap_or_default();
+        let home = var("HOME")
+            .or_else(|| var("USERPROFILE"))
+            .unwrap_or_default();
         PathBuf::from(home).join(".cache/huggingface/hub")
     }
 
@@ -124,7 +132,10 @@ impl HubOptions {
     pub fn is_offline(&self) -> bool {
         self.offline.unwrap_or_else(|| {
             std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
-                matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
             })
         })
     }
@@ -137,7 +148,8 @@ pub fn is_hub_id(name: &str) -> bool {
     let part = |p: &str| {
         !p.is_empty()
             && p.len() <= 96
-            && p.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+            && p.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
             && !p.starts_with(['-', '.'])
             && !p.ends_with(['-', '.'])
             && !p.contains("--")
@@ -168,6 +180,9 @@ pub fn resolve_model(name: impl AsRef<Path>, options: &HubOptions) -> Result<Pat
         return Ok(path.to_path_buf());
     }
     let text = path.to_string_lossy().into_owned();
+    if path.symlink_metadata().is_ok() {
+        return Err(Error::NotAFolder { name: text });
+    }
     if !is_hub_id(&text) {
         return Err(Error::NotFound { name: text });
     }
@@ -183,7 +198,7 @@ pub fn resolve_model(name: impl AsRef<Path>, options: &HubOptions) -> Result<Pat
             revision: options.revision.clone(),
             cache: cache.display().to_string(),
             missing,
-            hint: " (offline: HF_HUB_OFFLINE is set, or offline was asked for)".into(),
+            hint: " (offline: HF_HUB_OFFLINE is set, or offline was asked for)",
         }),
         Err(missing) => {
             tracing::info!(%missing, "downloading");
@@ -212,8 +227,13 @@ fn cached_snapshot(
         revision.to_string()
     } else {
         let reference = repo.join("refs").join(revision);
-        if revision.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
-            return Ok(Err(format!("revision {revision:?} is not a branch or tag name")));
+        if revision
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+        {
+            return Ok(Err(format!(
+                "revision {revision:?} is not a branch or tag name"
+            )));
         }
         match std::fs::read_to_string(&reference) {
             Ok(hash) if is_commit_hash(hash.trim()) => hash.trim().to_string(),
@@ -232,13 +252,19 @@ fn cached_snapshot(
     Ok(if missing.is_empty() {
         Ok(snapshot)
     } else {
-        Err(format!("{} lacks {}", snapshot.display(), missing.join(", ")))
+        Err(format!(
+            "{} lacks {}",
+            snapshot.display(),
+            missing.join(", ")
+        ))
     })
 }
 
 /// Whether `s` is a full commit hash (40 lowercase hex digits).
 fn is_commit_hash(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    s.len() == 40
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
 }
 
 /// The files a snapshot folder lacks to be a whole checkpoint: the config and the weights
@@ -271,7 +297,11 @@ fn shards(index: &Path) -> Result<Vec<String>> {
     let mut files: Vec<String> = value
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|m| {
+            m.values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files.dedup();
@@ -293,13 +323,19 @@ fn download(cache: &Path, id: &str, revision: &str) -> Result<PathBuf> {
         .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .build()
         .map_err(|e| failed("(client)", e.to_string()))?;
-    let repo = api.repo(Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string()));
+    let repo = api.repo(Repo::with_revision(
+        id.to_string(),
+        RepoType::Model,
+        revision.to_string(),
+    ));
     let get = |file: &str| repo.get(file).map_err(|e| failed(file, e.to_string()));
     let config = get("config.json")?;
-    let snapshot = config
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| failed("config.json", "the cache gave a path without a folder".into()))?;
+    let snapshot = config.parent().map(Path::to_path_buf).ok_or_else(|| {
+        failed(
+            "config.json",
+            "the cache gave a path without a folder".into(),
+        )
+    })?;
     match get("model.safetensors.index.json") {
         Ok(index) => {
             for shard in shards(&index)? {
@@ -324,10 +360,17 @@ mod tests {
 
     #[test]
     fn hub_ids_are_org_slash_name() {
-        for id in ["Qwen/Qwen3-30B-A3B", "gpt2", "meta-llama/Llama-3.2-1B", "a_b/c.d"] {
+        for id in [
+            "Qwen/Qwen3-30B-A3B",
+            "gpt2",
+            "meta-llama/Llama-3.2-1B",
+            "a_b/c.d",
+        ] {
             assert!(is_hub_id(id), "{id}");
         }
-        for id in ["", "/abs", "a/b/c", "../x", "a/..", "a--b/c", "a/b.", "-a/b", "a b/c", "a/"] {
+        for id in [
+            "", "/abs", "a/b/c", "../x", "a/..", "a--b/c", "a/b.", "-a/b", "a b/c", "a/",
+        ] {
             assert!(!is_hub_id(id), "{id}");
         }
     }

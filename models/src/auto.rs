@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use patch_checkpoint::{Checkpoint, Progress, RandomInit, Weights};
-use patchwork_hub::HubOptions;
 use patch_core::{Builder, PatchSet};
+use patchwork_hub::HubOptions;
 use serde_json::Value;
 
 use crate::Result;
@@ -123,7 +123,9 @@ impl LoadOptions {
                         other => Err(crate::Error::config(
                             source_name,
                             key,
-                            format!("{other:?} is not a float dtype (float32, bfloat16, float16, float64)"),
+                            format!(
+                                "{other:?} is not a float dtype (float32, bfloat16, float16, float64)"
+                            ),
                         )),
                     };
                 }

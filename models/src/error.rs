@@ -108,12 +108,18 @@ pub enum Error {
     /// Reading the checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] patch_checkpoint::Error),
-    /// A Hub id could not be resolved to a local folder.
+    /// A Hub id could not be resolved to a local folder (boxed: it is large, and rare).
     #[error(transparent)]
-    Hub(#[from] patchwork_hub::Error),
+    Hub(Box<patchwork_hub::Error>),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<patchwork_hub::Error> for Error {
+    fn from(e: patchwork_hub::Error) -> Self {
+        Self::Hub(Box::new(e))
+    }
 }
 
 impl Error {

@@ -79,9 +79,8 @@ impl GenerationDefaults {
                 v => Some(check.token_ids(key, v, vocab_size)?),
             })
         };
-        let first = |key: &str| -> Result<Option<u32>> {
-            Ok(ids(key)?.and_then(|v| v.first().copied()))
-        };
+        let first =
+            |key: &str| -> Result<Option<u32>> { Ok(ids(key)?.and_then(|v| v.first().copied())) };
         Ok(Self {
             bos_token_id: first("bos_token_id")?,
             eos_token_ids: ids("eos_token_id")?,

@@ -64,13 +64,13 @@ pub use accounting::{FiredTransform, LoadReport, Problem, SHOWN_PROBLEMS, format
 pub use checkpoint::{Checkpoint, CheckpointSource, PlannedTensor};
 pub use error::{Error, Result};
 pub use origin::Origin;
+pub use progress::{Progress, ProgressEvent, Stage};
 pub use registry::{
     ConversionEntry, ConversionRegistry, MappingOrigin, checkpoint_conversion_mapping_for,
     conversion_registry, get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping,
     unregister_checkpoint_conversion_mapping,
 };
 pub use resave::{ResaveReport, resave};
-pub use progress::{Progress, ProgressEvent, Stage};
 pub use safetensors_header::MAX_HEADER_BYTES;
 pub use safetensors_io::{parse_safetensors, read_safetensors, write_safetensors};
 pub use save::{SaveOptions, SaveReport, save_pretrained, to_checkpoint_layout};

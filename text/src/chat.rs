@@ -64,7 +64,8 @@ impl ChatTemplate {
             Some(Value::String(s)) => Ok(Some(Self::new(s.clone(), origin.clone()))),
             Some(Value::Array(list)) => {
                 let named = |name: &str| {
-                    list.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(name))
+                    list.iter()
+                        .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
                 };
                 let chosen = named("default").ok_or_else(|| {
                     bad("a list of templates without one named \"default\"".into())
@@ -72,7 +73,9 @@ impl ChatTemplate {
                 let source = chosen
                     .get("template")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| bad("the \"default\" entry has no \"template\" string".into()))?;
+                    .ok_or_else(
+                        || bad("the \"default\" entry has no \"template\" string".into()),
+                    )?;
                 Ok(Some(Self::new(source.to_string(), origin.clone())))
             }
             Some(other) => Err(bad(format!("expected a string or a list, found {other}"))),
@@ -95,9 +98,12 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
         env.add_function("strftime_now", |format: String| strftime_now(&format));
         env.add_template("chat", &self.source).map_err(bad)?;
         let template = env.get_template("chat").map_err(bad)?;
@@ -128,8 +134,18 @@ fn strftime_now(format: &str) -> String {
         .map_or(0, |d| d.as_secs() / 86_400) as i64;
     let (year, month, day) = civil_from_days(days);
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     let name = MONTHS[(month - 1) as usize];
     let mut out = String::new();
@@ -198,8 +214,14 @@ mod tests {
             "{% for m in messages %}\n    {% if m.role == 'user' %}\n{{ m.content }}\n    {% endif %}\n{% endfor %}".into(),
             "t".into(),
         );
-        assert_eq!(indented.render(&[ChatMessage::user("x")], false, "", "").unwrap(), "x\n");
-        let failing = ChatTemplate::new("{{ raise_exception('no system role') }}".into(), "t".into());
+        assert_eq!(
+            indented
+                .render(&[ChatMessage::user("x")], false, "", "")
+                .unwrap(),
+            "x\n"
+        );
+        let failing =
+            ChatTemplate::new("{{ raise_exception('no system role') }}".into(), "t".into());
         let e = failing.render(&[], false, "", "").unwrap_err().to_string();
         assert!(e.contains("no system role"), "{e}");
         let broken = ChatTemplate::new("{% for %}".into(), "cfg.json".into());

@@ -76,7 +76,10 @@ impl TextTokenizer {
                 path: template_file.display().to_string(),
                 message: "not UTF-8".into(),
             })?;
-            Some(ChatTemplate::new(source, template_file.display().to_string()))
+            Some(ChatTemplate::new(
+                source,
+                template_file.display().to_string(),
+            ))
         } else {
             ChatTemplate::from_config(&config, &config_path)?
         };
@@ -87,11 +90,16 @@ impl TextTokenizer {
             eos_token: special_token(&config, "eos_token"),
             chat_template,
         };
-        for token in [&tokenizer.bos_token, &tokenizer.eos_token].into_iter().flatten() {
+        for token in [&tokenizer.bos_token, &tokenizer.eos_token]
+            .into_iter()
+            .flatten()
+        {
             if tokenizer.tokenizer.token_to_id(token).is_none() {
                 return Err(Error::Tokenizer {
                     path: config_path.display().to_string(),
-                    message: format!("special token {token:?} is not in the vocabulary of tokenizer.json"),
+                    message: format!(
+                        "special token {token:?} is not in the vocabulary of tokenizer.json"
+                    ),
                 });
             }
         }
@@ -121,7 +129,9 @@ impl TextTokenizer {
     /// The id of `eos_token`, if there is one: generation stops there when the model's
     /// generation config names no stop id.
     pub fn eos_token_id(&self) -> Option<u32> {
-        self.eos_token.as_deref().and_then(|t| self.tokenizer.token_to_id(t))
+        self.eos_token
+            .as_deref()
+            .and_then(|t| self.tokenizer.token_to_id(t))
     }
 
     fn codec_error(&self, what: String, e: impl std::fmt::Display) -> Error {
@@ -166,10 +176,17 @@ impl TextTokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String> {
-        let template = self.chat_template.as_ref().ok_or_else(|| Error::ChatTemplate {
-            path: self.path.with_file_name("tokenizer_config.json").display().to_string(),
-            message: "this tokenizer has no chat_template".into(),
-        })?;
+        let template = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| Error::ChatTemplate {
+                path: self
+                    .path
+                    .with_file_name("tokenizer_config.json")
+                    .display()
+                    .to_string(),
+                message: "this tokenizer has no chat_template".into(),
+            })?;
         template.render(
             messages,
             add_generation_prompt,
@@ -180,8 +197,15 @@ impl TextTokenizer {
 
     /// The ids of a chat: the rendered template encoded without adding special tokens (the
     /// template writes them), as transformers' `apply_chat_template(..., tokenize=True)`.
-    pub fn encode_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>> {
-        self.encode(&self.apply_chat_template(messages, add_generation_prompt)?, false)
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        self.encode(
+            &self.apply_chat_template(messages, add_generation_prompt)?,
+            false,
+        )
     }
 }
 
@@ -196,7 +220,14 @@ fn shorten(text: &str) -> String {
 /// An incremental decoder of one sequence ([`TextTokenizer::stream`]).
 pub struct TextStream<'a> {
     tokenizer: &'a TextTokenizer,
-    inner: DecodeStream<'a, tokenizers::ModelWrapper, tokenizers::NormalizerWrapper, tokenizers::PreTokenizerWrapper, tokenizers::PostProcessorWrapper, tokenizers::DecoderWrapper>,
+    inner: DecodeStream<
+        'a,
+        tokenizers::ModelWrapper,
+        tokenizers::NormalizerWrapper,
+        tokenizers::PreTokenizerWrapper,
+        tokenizers::PostProcessorWrapper,
+        tokenizers::DecoderWrapper,
+    >,
 }
 
 impl TextStream<'_> {

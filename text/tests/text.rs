@@ -29,15 +29,26 @@ fn ids(v: &Value) -> Vec<u32> {
 fn encoding_and_decoding_match_the_python_tokenizers_library() {
     let tok = TextTokenizer::from_dir(llama_tiny()).unwrap();
     assert_eq!(tok.vocab_size(), 256);
-    assert_eq!((tok.bos_token(), tok.eos_token()), (Some("<s>"), Some("</s>")));
+    assert_eq!(
+        (tok.bos_token(), tok.eos_token()),
+        (Some("<s>"), Some("</s>"))
+    );
     assert_eq!(tok.eos_token_id(), Some(2));
     let reference = reference();
     for case in reference["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let with = tok.encode(text, true).unwrap();
         assert_eq!(with, ids(&case["ids"]), "{text:?}");
-        assert_eq!(tok.encode(text, false).unwrap(), ids(&case["ids_without_special_tokens"]), "{text:?}");
-        assert_eq!(tok.decode(&with, true).unwrap(), case["decoded"].as_str().unwrap(), "{text:?}");
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            ids(&case["ids_without_special_tokens"]),
+            "{text:?}"
+        );
+        assert_eq!(
+            tok.decode(&with, true).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "{text:?}"
+        );
         assert_eq!(
             tok.decode(&with, false).unwrap(),
             case["decoded_with_special_tokens"].as_str().unwrap(),
@@ -116,7 +127,10 @@ fn streaming_never_splits_a_character() {
     let tok = TextTokenizer::from_dir(dir.path()).unwrap();
     let text = "naïve café — 漢字 ok 🙂!";
     let ids = tok.encode(text, false).unwrap();
-    assert!(ids.len() > text.chars().count(), "multi-byte characters take several tokens");
+    assert!(
+        ids.len() > text.chars().count(),
+        "multi-byte characters take several tokens"
+    );
     let mut stream = tok.stream();
     let mut pieces = Vec::new();
     for &id in ids.iter().chain(&[256]) {
@@ -132,7 +146,8 @@ fn streaming_never_splits_a_character() {
 
 #[test]
 fn generation_from_text_streams_the_decoded_new_tokens() {
-    let model = AutoModelForCausalLM::from_pretrained(llama_tiny(), &LoadOptions::default()).unwrap();
+    let model =
+        AutoModelForCausalLM::from_pretrained(llama_tiny(), &LoadOptions::default()).unwrap();
     let tok = TextTokenizer::from_dir(llama_tiny()).unwrap();
     let prompt = tok.encode("Once upon a time", true).unwrap();
     let config = GenerationConfig {
@@ -141,7 +156,9 @@ fn generation_from_text_streams_the_decoded_new_tokens() {
     };
     let mut streamed = String::new();
     let out = generate_text(&model, &tok, &prompt, &config, |p| streamed.push_str(p)).unwrap();
-    let by_ids = model.generate(&[prompt.clone()], &config).unwrap();
+    let by_ids = model
+        .generate(std::slice::from_ref(&prompt), &config)
+        .unwrap();
     assert_eq!(out.generation.sequences, by_ids.sequences);
     assert_eq!(out.new_ids, by_ids.new_tokens[0]);
     assert_eq!(streamed, out.text);
@@ -152,7 +169,12 @@ fn generation_from_text_streams_the_decoded_new_tokens() {
 #[test]
 fn generation_config_stop_ids_override_the_config() {
     let dir = tempfile::tempdir().unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(llama_tiny().join(f), dir.path().join(f)).unwrap();
     }
     let model = AutoModelForCausalLM::from_pretrained(dir.path(), &LoadOptions::default()).unwrap();
@@ -189,16 +211,37 @@ fn tokenizer_faults_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     assert!(TextTokenizer::try_from_dir(dir.path()).unwrap().is_none());
     let e = TextTokenizer::from_dir(dir.path()).unwrap_err().to_string();
-    assert!(e.contains("tokenizer.json: no tokenizer in this folder"), "{e}");
+    assert!(
+        e.contains("tokenizer.json: no tokenizer in this folder"),
+        "{e}"
+    );
     std::fs::write(dir.path().join("tokenizer.json"), "{\"version\": 3}").unwrap();
     let e = TextTokenizer::from_dir(dir.path()).unwrap_err().to_string();
     assert!(e.contains("tokenizer.json: not a tokenizer"), "{e}");
-    std::fs::copy(llama_tiny().join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
-    std::fs::write(dir.path().join("tokenizer_config.json"), json!({"eos_token": "<nope>"}).to_string()).unwrap();
+    std::fs::copy(
+        llama_tiny().join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        json!({"eos_token": "<nope>"}).to_string(),
+    )
+    .unwrap();
     let e = TextTokenizer::from_dir(dir.path()).unwrap_err().to_string();
-    assert!(e.contains("tokenizer_config.json: special token \"<nope>\" is not in the vocabulary"), "{e}");
-    std::fs::write(dir.path().join("tokenizer_config.json"), json!({}).to_string()).unwrap();
+    assert!(
+        e.contains("tokenizer_config.json: special token \"<nope>\" is not in the vocabulary"),
+        "{e}"
+    );
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        json!({}).to_string(),
+    )
+    .unwrap();
     let tok = TextTokenizer::from_dir(dir.path()).unwrap();
-    let e = tok.apply_chat_template(&[ChatMessage::user("hi")], true).unwrap_err().to_string();
+    let e = tok
+        .apply_chat_template(&[ChatMessage::user("hi")], true)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("this tokenizer has no chat_template"), "{e}");
 }
