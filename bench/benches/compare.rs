@@ -145,6 +145,18 @@ fn kernels(reps: usize, buf: &[f32]) {
             (rows * k * count * 4) as f64 / median(&pool_ts) / 1e9
         );
     }
+    let simd: Vec<Isa> = Isa::available()
+        .into_iter()
+        .filter(|i| *i != Isa::Portable)
+        .collect();
+    let peaks: Vec<(Isa, f64)> = simd.iter().map(|&i| (i, fma_peak(i))).collect();
+    for (i, peak) in &peaks {
+        println!(
+            "  FMA peak {}: {peak:.0} GFLOP/s ({} threads, registers only)",
+            i.name(),
+            rayon::current_num_threads()
+        );
+    }
     for (m, n, k) in [
         (64usize, 5632usize, 1024usize),
         (64, 1024, 2816),
@@ -157,26 +169,91 @@ fn kernels(reps: usize, buf: &[f32]) {
         let mut out = vec![0f32; m * n];
         let wt = candle_core::Tensor::from_slice(w, (n, k), &dev).unwrap();
         let xt = candle_core::Tensor::from_slice(&xs, (m, k), &dev).unwrap();
-        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let gf = |t: f64| (2 * m * n * k) as f64 / t / 1e9;
+        let mut line = format!("  gemm {m}x{k} @ {n}x{k}^T:");
+        // Every path alternates with the others in each repeat, so all see the same machine.
+        let mut times = vec![(Vec::new(), Vec::new()); peaks.len()];
+        let mut candle_times = Vec::new();
         for _ in 0..reps {
-            let t = Instant::now();
-            gemm::matmul_t(isa, &xs, m, w, n, None, &mut out);
-            a.push(t.elapsed().as_secs_f64());
-            let t = Instant::now();
-            gemm::matmul_t(isa, &xs, m, wb, n, None, &mut out);
-            b.push(t.elapsed().as_secs_f64());
+            for (j, (i, _)) in peaks.iter().enumerate() {
+                let t = Instant::now();
+                gemm::matmul_t(*i, &xs, m, w, n, None, &mut out);
+                times[j].0.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                gemm::matmul_t(*i, &xs, m, wb, n, None, &mut out);
+                times[j].1.push(t.elapsed().as_secs_f64());
+            }
             let t = Instant::now();
             std::hint::black_box(xt.matmul(&wt.t().unwrap()).unwrap());
-            c.push(t.elapsed().as_secs_f64());
+            candle_times.push(t.elapsed().as_secs_f64());
         }
-        let gf = |t: f64| (2 * m * n * k) as f64 / t / 1e9;
-        println!(
-            "  gemm {m}x{k} @ {n}x{k}^T: f32 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s, candle f32 {:.0} GFLOP/s",
-            gf(median(&a)),
-            gf(median(&b)),
-            gf(median(&c))
-        );
+        for ((i, peak), (a, b)) in peaks.iter().zip(&times) {
+            let (fa, fb) = (gf(median(a)), gf(median(b)));
+            line += &format!(
+                " {} f32 {fa:.0} ({:.2} of peak), bf16 {fb:.0} ({:.2});",
+                i.name(),
+                fa / peak,
+                fb / peak
+            );
+        }
+        println!("{line} candle f32 {:.0} GFLOP/s", gf(median(&candle_times)));
     }
+}
+
+/// The FMA throughput of `isa` on every thread: independent multiply-adds on registers only,
+/// the ceiling of any product kernel (GFLOP/s, two per lane per FMA; best of three).
+fn fma_peak(isa: Isa) -> f64 {
+    const ITERS: usize = 20_000_000;
+    let run = || -> f64 {
+        let threads = rayon::current_num_threads();
+        let t = Instant::now();
+        let lanes: usize = (0..threads)
+            .into_par_iter()
+            .map(|_| match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `isa` comes from `Isa::available`, so the CPU has it.
+                Isa::Avx512 => unsafe { fma_loop_avx512(ITERS) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Isa::Avx2Fma => unsafe { fma_loop_avx2(ITERS) },
+                _ => 0,
+            })
+            .sum();
+        (lanes * ITERS * 2) as f64 / t.elapsed().as_secs_f64() / 1e9
+    };
+    (0..3).map(|_| run()).fold(0.0, f64::max)
+}
+
+/// `iters` steps of 12 independent 8-lane FMAs; returns the lanes per step (96).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_loop_avx2(iters: usize) -> usize {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_set1_ps(1.0); 12];
+    let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, a, b);
+        }
+    }
+    std::hint::black_box(acc);
+    12 * 8
+}
+
+/// `iters` steps of 24 independent 16-lane FMAs; returns the lanes per step (384).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn fma_loop_avx512(iters: usize) -> usize {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_ps(1.0); 24];
+    let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    std::hint::black_box(acc);
+    24 * 16
 }
 
 /// The two bench shapes, as `config.json` objects.
@@ -246,7 +323,11 @@ fn bytes_per_token(c: &serde_json::Value, elem: usize) -> usize {
     let (nh, nkv) = (get(c, "num_attention_heads"), get(c, "num_key_value_heads"));
     let d = c["head_dim"].as_u64().map_or(h / nh, |d| d as usize);
     let qkv_bias = c["qkv_bias"].as_bool().unwrap_or(false);
-    let qk_norms = if c["model_type"] == "qwen3_moe" { 2 * d } else { 0 };
+    let qk_norms = if c["model_type"] == "qwen3_moe" {
+        2 * d
+    } else {
+        0
+    };
     let attn = h * nh * d
         + 2 * h * nkv * d
         + nh * d * h

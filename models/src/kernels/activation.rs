@@ -42,9 +42,9 @@ pub fn swiglu(isa: Isa, gu: &[f32], inter: usize, out: &mut [f32]) {
 }
 
 fn swiglu_row(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
-    match isa {
+    match isa.capped(Isa::Avx2Fma) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma if Isa::detect() == Isa::Avx2Fma => {
+        Isa::Avx2Fma => {
             // SAFETY: AVX2 and FMA were detected; the three slices have the same length.
             unsafe { avx2::swiglu_row(gate, up, out) }
         }
@@ -58,9 +58,9 @@ fn swiglu_row(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 /// `x[i] = exp(x[i])` (relative error about 2e-7 on the AVX2 path; `-inf` gives 0).
 pub fn exp_in_place(isa: Isa, x: &mut [f32]) {
-    match isa {
+    match isa.capped(Isa::Avx2Fma) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma if Isa::detect() == Isa::Avx2Fma => {
+        Isa::Avx2Fma => {
             // SAFETY: AVX2 and FMA were detected.
             unsafe { avx2::exp_in_place(x) }
         }

@@ -172,9 +172,9 @@ fn head(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    match isa {
+    match isa.capped(Isa::Avx2Fma) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma if Isa::detect() == Isa::Avx2Fma => {
+        Isa::Avx2Fma => {
             // SAFETY: AVX2 and FMA were detected.
             unsafe { head_avx2(q, keys, values, visible, scale, scores, out) }
         }

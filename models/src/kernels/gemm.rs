@@ -2,7 +2,7 @@
 //! decoding): `x` `[m, k]` row-major, the weight `W` `[n, k]` as stored (f32, or bf16 widened
 //! block by block), `out` `[m, n]`.
 //!
-//! The AVX2 kernel reads `W` in place, without packing it: a register tile of `MR` weight rows
+//! The SIMD kernels (AVX2 and AVX-512, one blocked loop over tiles of either width) read `W` in place, without packing it: a register tile of `MR` weight rows
 //! by `NR` tokens accumulates `MR x NR` dot products, broadcasting one weight at a time against
 //! a panel of `NR` tokens (the tokens are packed once per call, `k`-major, which is cheap: `x`
 //! is small). Loops are blocked so that a tile of weight rows stays in cache while every token
@@ -40,9 +40,11 @@ pub fn matmul_t<E: WeightElem>(
     if m == 1 {
         gemv::gemv(isa, w, x, out);
     } else {
-        match isa {
+        match isa.capped(Isa::Avx512) {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma if Isa::detect() == Isa::Avx2Fma => avx2::matmul_t(x, m, k, w, n, out),
+            Isa::Avx512 => simd::matmul_t_avx512(x, m, k, w, n, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => simd::matmul_t_avx2(x, m, k, w, n, out),
             _ => {
                 let rows: Vec<Mutex<&mut [f32]>> =
                     out.chunks_mut(n.max(1)).map(Mutex::new).collect();
@@ -63,7 +65,7 @@ pub fn matmul_t<E: WeightElem>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod simd {
     use std::arch::x86_64::*;
 
     use std::sync::Mutex;
@@ -72,20 +74,147 @@ mod avx2 {
     use super::split_rows;
 
     /// `k` block. Whole rows at the bench shapes (`k` up to 2816): with weights coming from
-    /// memory, long row streams beat L1-sized blocks (A/B in one process, 8 cold weight
-    /// matrices in turn: 512 -> 4096 gave +3-8% f32, +7-13% bf16; 256 was slower still).
+    /// memory, long row streams beat L1-sized blocks (PERFORMANCE.md).
     const KC: usize = 4096;
     /// Tokens per `m` block: their packed panels of a `k` block (`MC x KC` floats) stay in L2.
     const MC: usize = 128;
     /// Weight rows per `n` block: the output block (`MC x NC`) stays in L1/L2 while the `k`
-    /// blocks accumulate into it.
+    /// blocks accumulate into it. A multiple of every tile's `MR`.
     const NC: usize = 96;
+
+    /// A register tile: `MR` weight rows by `NV` vectors of `LANES` tokens.
+    pub(super) trait Tile {
+        /// Floats per vector register.
+        const LANES: usize;
+        /// Token vectors per tile.
+        const NV: usize;
+        /// Weight rows per tile.
+        const MR: usize;
+        /// Adds (or stores, when `first`) a tile of `rows <= MR` weight rows: `c[t * ldc + r]
+        /// (+)= sum_kk w[r * ws + kk] * xp[kk * NV * LANES + t]` for `t < valid`.
+        ///
+        /// # Safety
+        /// The ISA of the tile available; `w` readable at `r * ws + kk` for `r < rows`,
+        /// `kk < kc`; `xp` readable for `kc * NV * LANES` floats; `c` writable at
+        /// `t * ldc + r` for `t < valid`, `r < rows`.
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn tile(
+            rows: usize,
+            w: *const f32,
+            ws: usize,
+            xp: *const f32,
+            kc: usize,
+            c: *mut f32,
+            ldc: usize,
+            valid: usize,
+            first: bool,
+        );
+    }
+
+    /// AVX2 + FMA tiles: 8 lanes; `NV` x `MR` accumulators of the 16 registers.
+    pub(super) struct Avx2<const NV: usize, const MR: usize>;
+    /// AVX-512F tiles: 16 lanes; `NV` x `MR` accumulators of the 32 registers.
+    pub(super) struct Avx512<const NV: usize, const MR: usize>;
+
+    /// A tile of `rows` rows dispatched to the kernel compiled for that count.
+    macro_rules! dispatch_rows {
+        ($kernel:ident, $nv:ident, $rows:expr, $args:tt, $($r:literal)*) => {
+            match $rows {
+                $($r => unsafe { $kernel::<$nv, $r> $args },)*
+                rows => unreachable!("tile of {rows} rows"),
+            }
+        };
+    }
+
+    impl<const NV: usize, const MR: usize> Tile for Avx2<NV, MR> {
+        const LANES: usize = 8;
+        const NV: usize = NV;
+        const MR: usize = MR;
+        #[inline(always)]
+        unsafe fn tile(
+            rows: usize,
+            w: *const f32,
+            ws: usize,
+            xp: *const f32,
+            kc: usize,
+            c: *mut f32,
+            ldc: usize,
+            valid: usize,
+            first: bool,
+        ) {
+            debug_assert!(rows <= MR && NV * MR <= 12);
+            dispatch_rows!(kernel_avx2, NV, rows, (w, ws, xp, kc, c, ldc, valid, first),
+                1 2 3 4 5 6 7 8 9 10 11 12)
+        }
+    }
+
+    impl<const NV: usize, const MR: usize> Tile for Avx512<NV, MR> {
+        const LANES: usize = 16;
+        const NV: usize = NV;
+        const MR: usize = MR;
+        #[inline(always)]
+        unsafe fn tile(
+            rows: usize,
+            w: *const f32,
+            ws: usize,
+            xp: *const f32,
+            kc: usize,
+            c: *mut f32,
+            ldc: usize,
+            valid: usize,
+            first: bool,
+        ) {
+            debug_assert!(rows <= MR && NV * MR <= 24);
+            dispatch_rows!(kernel_avx512, NV, rows, (w, ws, xp, kc, c, ldc, valid, first),
+                1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24)
+        }
+    }
+
+    /// The AVX2 product. Few tokens: one vector of 8 tokens, 12 weight rows per tile (13
+    /// loads, 12 FMAs per step). More: two vectors (16 tokens), 6 rows (8 loads, 12 FMAs).
+    pub(super) fn matmul_t_avx2<E: WeightElem>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[E],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        if m <= 8 {
+            run::<E, Avx2<1, 12>>(x, m, k, w, n, out)
+        } else {
+            run::<E, Avx2<2, 6>>(x, m, k, w, n, out)
+        }
+    }
+
+    /// The AVX-512 product. Few tokens: one vector of 16 tokens, 24 weight rows per tile (25
+    /// loads, 24 FMAs per step). More: two vectors (32 tokens), 12 rows (14 loads, 24 FMAs).
+    pub(super) fn matmul_t_avx512<E: WeightElem>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[E],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        if m <= 8 {
+            run::<E, Avx2<1, 12>>(x, m, k, w, n, out)
+        } else if m <= 16 {
+            run::<E, Avx512<1, 24>>(x, m, k, w, n, out)
+        } else if m <= 32 {
+            run::<E, Avx512<2, 12>>(x, m, k, w, n, out)
+        } else if m <= 48 {
+            run::<E, Avx512<3, 8>>(x, m, k, w, n, out)
+        } else {
+            run::<E, Avx512<4, 6>>(x, m, k, w, n, out)
+        }
+    }
 
     /// A pointer the row-range tasks share; each writes a disjoint set of columns.
     #[derive(Clone, Copy)]
     struct OutPtr(*mut f32);
-    // SAFETY: tasks write disjoint column ranges of the output (see `matmul_t`), and the
-    // pointer outlives them (the parallel loop ends before `matmul_t` returns).
+    // SAFETY: tasks write disjoint column ranges of the output (see `run`), and the
+    // pointer outlives them (the parallel loop ends before `run` returns).
     unsafe impl Send for OutPtr {}
     unsafe impl Sync for OutPtr {}
 
@@ -96,7 +225,8 @@ mod avx2 {
         }
     }
 
-    pub(super) fn matmul_t<E: WeightElem>(
+    /// The blocked product with tiles `T`; the caller has checked that `T`'s ISA is available.
+    fn run<E: WeightElem, T: Tile>(
         x: &[f32],
         m: usize,
         k: usize,
@@ -104,24 +234,8 @@ mod avx2 {
         n: usize,
         out: &mut [f32],
     ) {
-        // Few tokens: one vector of 8 tokens, 12 weight rows per tile (13 loads, 12 FMAs per
-        // step). More: two vectors (16 tokens), 6 rows (8 loads, 12 FMAs).
-        if m <= 8 {
-            run::<E, 1, 12>(x, m, k, w, n, out)
-        } else {
-            run::<E, 2, 6>(x, m, k, w, n, out)
-        }
-    }
-
-    fn run<E: WeightElem, const NV: usize, const MR: usize>(
-        x: &[f32],
-        m: usize,
-        k: usize,
-        w: &[E],
-        n: usize,
-        out: &mut [f32],
-    ) {
-        let nr = NV * 8;
+        let nr = T::NV * T::LANES;
+        let mr = T::MR;
         let panels = m.div_ceil(nr);
         // Packed tokens: panel p, step kk, lane j = x[p * nr + j][kk] (zero past m).
         let mut xp = vec![0f32; panels * k * nr];
@@ -142,19 +256,18 @@ mod avx2 {
         // No zeroing of `out`: the first `k` block of every tile stores, the later ones add.
         let ptr = OutPtr(out.as_mut_ptr());
         // Eight ranges per thread, taken dynamically: a thread that is preempted for a while
-        // does not hold the others up, and the last range leaves little idle time behind it
-        // (three per thread measured 7-18% slower on the bench shapes, weights cold).
-        let ranges = split_rows(n, rayon::current_num_threads() * 8, MR);
+        // does not hold the others up, and the last range leaves little idle time behind it.
+        let ranges = split_rows(n, rayon::current_num_threads() * 8, mr);
         let body = |cols: std::ops::Range<usize>| {
-            let mut scratch = vec![0f32; if E::IS_F32 { 0 } else { MR * KC }];
+            let mut scratch = vec![0f32; if E::IS_F32 { 0 } else { mr * KC }];
             for m0 in (0..m).step_by(MC) {
                 let m1 = (m0 + MC).min(m);
                 for c0 in cols.clone().step_by(NC) {
                     let c1 = (c0 + NC).min(cols.end);
                     for k0 in (0..k).step_by(KC) {
                         let kc = KC.min(k - k0);
-                        for n0 in (c0..c1).step_by(MR) {
-                            let rows = MR.min(c1 - n0);
+                        for n0 in (c0..c1).step_by(mr) {
+                            let rows = mr.min(c1 - n0);
                             let (wp, ws) = if E::IS_F32 {
                                 // SAFETY: E is f32 (IS_F32 is true only for f32, the trait is
                                 // sealed), so the cast reinterprets nothing; the offset is in
@@ -172,7 +285,7 @@ mod avx2 {
                             };
                             for t0 in (m0..m1).step_by(nr) {
                                 let valid = nr.min(m1 - t0);
-                                // SAFETY: AVX2/FMA were detected by the caller (`Isa::detect`);
+                                // SAFETY: T's ISA was detected by the caller (`Isa::capped`);
                                 // rows `n0..n0 + rows` and steps `k0..k0 + kc` are in bounds of
                                 // `w` (or of the scratch copy); the packed panel holds `k * nr`
                                 // floats from `(t0 / nr) * k * nr`; the output tile rows
@@ -181,7 +294,7 @@ mod avx2 {
                                 unsafe {
                                     let xpp = xp.as_ptr().add((t0 / nr) * k * nr + k0 * nr);
                                     let c = ptr.get().add(t0 * n + n0);
-                                    tile::<NV, MR>(rows, wp, ws, xpp, kc, c, n, valid, k0 == 0);
+                                    T::tile(rows, wp, ws, xpp, kc, c, n, valid, k0 == 0);
                                 }
                             }
                         }
@@ -192,49 +305,43 @@ mod avx2 {
         pool::parallel_for(ranges.len(), |i| body(ranges[i].clone()));
     }
 
-    /// Dispatches a tile of `rows <= MR` weight rows to the kernel compiled for that count.
+    /// Writes the accumulated tile `tmp` (row `r`, lane `t`) to the output, transposed:
+    /// `c[t * ldc + r]` for `t < valid`; stores when `first`, adds otherwise.
     ///
     /// # Safety
-    /// As [`kernel`].
-    #[allow(clippy::too_many_arguments)]
+    /// `c` writable at `t * ldc + r` for `t < valid`, `r < R`; `valid <= LANES`.
     #[inline(always)]
-    unsafe fn tile<const NV: usize, const MR: usize>(
-        rows: usize,
-        w: *const f32,
-        ws: usize,
-        xp: *const f32,
-        kc: usize,
+    unsafe fn write_tile<const R: usize, const LANES: usize>(
+        tmp: &[[f32; LANES]; R],
         c: *mut f32,
         ldc: usize,
         valid: usize,
         first: bool,
     ) {
-        macro_rules! go {
-            ($($r:literal)*) => {
-                match rows {
-                    $($r => unsafe { kernel::<NV, $r>(w, ws, xp, kc, c, ldc, valid, first) },)*
-                    _ => unreachable!("tile of {rows} rows"),
+        // SAFETY: in bounds as the caller guarantees.
+        unsafe {
+            for t in 0..valid {
+                let row = c.add(t * ldc);
+                if first {
+                    for (r, lanes) in tmp.iter().enumerate() {
+                        *row.add(r) = lanes[t];
+                    }
+                } else {
+                    for (r, lanes) in tmp.iter().enumerate() {
+                        *row.add(r) += lanes[t];
+                    }
                 }
-            };
-        }
-        if NV == 1 {
-            go!(1 2 3 4 5 6 7 8 9 10 11 12)
-        } else {
-            debug_assert!(rows <= MR && MR <= 6);
-            go!(1 2 3 4 5 6)
+            }
         }
     }
 
-    /// Adds `W[0..R] . xp` to the output tile: `c[t * ldc + r] += sum_kk w[r * ws + kk] *
-    /// xp[kk * 8 NV + t]` for `t < valid`; stores (`=`) instead when `first`, the tile's first
-    /// `k` block.
+    /// The AVX2 tile of `R` rows (see [`Tile::tile`]).
     ///
     /// # Safety
-    /// AVX2 and FMA available; `w` readable at `r * ws + kk` for `r < R`, `kk < kc`; `xp`
-    /// readable for `kc * 8 NV` floats; `c` writable at `t * ldc + r` for `t < valid`, `r < R`.
+    /// As [`Tile::tile`], with AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
-    unsafe fn kernel<const NV: usize, const R: usize>(
+    unsafe fn kernel_avx2<const NV: usize, const R: usize>(
         w: *const f32,
         ws: usize,
         xp: *const f32,
@@ -264,18 +371,47 @@ mod avx2 {
                     _mm256_storeu_ps(tmp[r].as_mut_ptr().add(v * 8), acc[r][v]);
                 }
             }
-            for t in 0..valid {
-                let row = c.add(t * ldc);
-                if first {
-                    for (r, lanes) in tmp.iter().enumerate() {
-                        *row.add(r) = lanes[t];
-                    }
-                } else {
-                    for (r, lanes) in tmp.iter().enumerate() {
-                        *row.add(r) += lanes[t];
+            write_tile(&tmp, c, ldc, valid, first);
+        }
+    }
+
+    /// The AVX-512 tile of `R` rows (see [`Tile::tile`]).
+    ///
+    /// # Safety
+    /// As [`Tile::tile`], with AVX-512F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+    unsafe fn kernel_avx512<const NV: usize, const R: usize>(
+        w: *const f32,
+        ws: usize,
+        xp: *const f32,
+        kc: usize,
+        c: *mut f32,
+        ldc: usize,
+        valid: usize,
+        first: bool,
+    ) {
+        // SAFETY: every pointer offset below is within the bounds the caller guarantees.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NV]; R];
+            let rows: [*const f32; R] = std::array::from_fn(|r| w.add(r * ws));
+            for kk in 0..kc {
+                let xv: [__m512; NV] =
+                    std::array::from_fn(|v| _mm512_loadu_ps(xp.add(kk * NV * 16 + v * 16)));
+                for r in 0..R {
+                    let b = _mm512_set1_ps(*rows[r].add(kk));
+                    for v in 0..NV {
+                        acc[r][v] = _mm512_fmadd_ps(b, xv[v], acc[r][v]);
                     }
                 }
             }
+            let mut tmp = [[0f32; 64]; R];
+            for r in 0..R {
+                for v in 0..NV {
+                    _mm512_storeu_ps(tmp[r].as_mut_ptr().add(v * 16), acc[r][v]);
+                }
+            }
+            write_tile(&tmp, c, ldc, valid, first);
         }
     }
 }
@@ -302,6 +438,7 @@ mod tests {
 
     #[test]
     fn matmul_matches_a_float64_reference_on_odd_shapes() {
+        eprintln!("gemm paths tested on this CPU: {:?}", Isa::available());
         for isa in Isa::available() {
             for (m, n, k) in [
                 (1, 5, 9),
@@ -313,6 +450,9 @@ mod tests {
                 (64, 50, 513),
                 (130, 19, 40),
                 (9, 13, 4100),
+                (16, 48, 17),
+                (32, 25, 100),
+                (33, 97, 31),
             ] {
                 let x = random(m * k, 1);
                 let w = random(n * k, 2);

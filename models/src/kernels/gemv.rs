@@ -92,9 +92,9 @@ pub fn gemv<E: WeightElem>(isa: Isa, w: &[E], x: &[f32], y: &mut [f32]) {
 pub fn gemv_rows<E: WeightElem>(isa: Isa, w: &[E], x: &[f32], y: &mut [f32]) {
     let k = x.len();
     assert_eq!(w.len(), y.len() * k, "gemv: weight is not rows x k");
-    match isa {
+    match isa.capped(Isa::Avx2Fma) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma if Isa::detect() == Isa::Avx2Fma => {
+        Isa::Avx2Fma => {
             // The trait is sealed: E is f32 (`IS_F32`) or bf16, a 16-bit transparent wrapper.
             if E::IS_F32 {
                 // SAFETY: E is f32, so this reinterprets nothing.

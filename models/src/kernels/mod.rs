@@ -2,10 +2,11 @@
 //! against weight matrices stored `[out, in]` (f32, or bf16 widened on the fly), the fused
 //! SwiGLU, and attention over the KV cache.
 //!
-//! Every kernel has two implementations: AVX2 + FMA, chosen at run time when the CPU has them
-//! (`is_x86_feature_detected!`; no `target-cpu` flag needed), and a portable one that is used
-//! everywhere else. Both are reachable through the [`Isa`] argument of the slice-level
-//! functions, so tests check both against float64 references. The layers never call them
+//! Every kernel has a portable implementation and SIMD ones chosen at run time by what the
+//! CPU has (`is_x86_feature_detected!`; no `target-cpu` flag needed): AVX2 + FMA everywhere,
+//! and AVX-512 where it pays (the matrix-matrix product, bound by FMA throughput). All are
+//! reachable through the [`Isa`] argument of the slice-level functions, so tests check every
+//! path the machine has against float64 references. The layers never call them
 //! directly: the tensor-level operations of [`crate::ops`] choose between them and candle's
 //! differentiable ops, in one place per operation.
 //!
@@ -25,39 +26,93 @@ use std::sync::OnceLock;
 
 pub use half::bf16;
 
-/// Which implementation of a kernel runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which implementation of a kernel runs, from the narrowest to the widest (a wider one implies
+/// the narrower ones are available too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
-    /// x86-64 with AVX2 and FMA (checked at run time).
-    Avx2Fma,
     /// Plain Rust, for every CPU.
     Portable,
+    /// x86-64 with AVX2 and FMA.
+    Avx2Fma,
+    /// x86-64 with AVX-512F (and AVX2, FMA).
+    Avx512,
 }
 
 impl Isa {
-    /// The best implementation this CPU runs (detected once).
+    /// The widest implementation this CPU runs, detected once, or the one named by the
+    /// `PATCHWORK_ISA` environment variable (`portable`, `avx2` or `avx512`) when that is
+    /// narrower: a way to measure or test a narrower path in a whole process. A name the CPU
+    /// cannot run, or an unknown one, is ignored with a warning.
     pub fn detect() -> Isa {
         static DETECTED: OnceLock<Isa> = OnceLock::new();
         *DETECTED.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    return Isa::Avx2Fma;
-                }
+            let widest = Isa::widest_supported();
+            match std::env::var("PATCHWORK_ISA") {
+                Err(_) => widest,
+                Ok(name) => match Isa::from_name(&name) {
+                    Some(isa) if isa <= widest => isa,
+                    Some(_) | None => {
+                        tracing::warn!(
+                            "PATCHWORK_ISA={name:?} ignored: this CPU runs portable to {}",
+                            widest.name()
+                        );
+                        widest
+                    }
+                },
             }
-            Isa::Portable
         })
     }
 
-    /// Every implementation this CPU can run (what the kernel tests iterate over).
-    pub fn available() -> Vec<Isa> {
-        let mut all = vec![Isa::Portable];
-        if Isa::detect() == Isa::Avx2Fma {
-            all.push(Isa::Avx2Fma);
+    /// The widest implementation the CPU supports, whatever `PATCHWORK_ISA` says.
+    fn widest_supported() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma");
+            if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2Fma;
+            }
         }
-        all
+        Isa::Portable
+    }
+
+    /// The lower-case name (`portable`, `avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2Fma => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// The implementation called `name` (as [`Isa::name`] writes it).
+    pub fn from_name(name: &str) -> Option<Isa> {
+        [Isa::Portable, Isa::Avx2Fma, Isa::Avx512]
+            .into_iter()
+            .find(|isa| isa.name() == name.trim().to_ascii_lowercase())
+    }
+
+    /// Every implementation this CPU can run (what the kernel tests iterate over): the
+    /// supported ones, whatever `PATCHWORK_ISA` says.
+    pub fn available() -> Vec<Isa> {
+        let widest = Isa::widest_supported();
+        [Isa::Portable, Isa::Avx2Fma, Isa::Avx512]
+            .into_iter()
+            .filter(|isa| *isa <= widest)
+            .collect()
+    }
+
+    /// What a kernel whose widest implementation is `widest` runs when asked for `self`:
+    /// the narrower of the two, and the portable one when the CPU cannot run `self`.
+    pub(crate) fn capped(self, widest: Isa) -> Isa {
+        if self <= Isa::widest_supported() {
+            self.min(widest)
+        } else {
+            Isa::Portable
+        }
     }
 }
 
@@ -157,6 +212,27 @@ mod tests {
                     assert_eq!(next, rows);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn isa_names_round_trip_and_paths_are_ordered() {
+        for isa in [Isa::Portable, Isa::Avx2Fma, Isa::Avx512] {
+            assert_eq!(Isa::from_name(isa.name()), Some(isa));
+        }
+        assert_eq!(Isa::from_name(" AVX2 "), Some(Isa::Avx2Fma));
+        assert_eq!(Isa::from_name("sse"), None);
+        let available = Isa::available();
+        eprintln!("kernel paths this CPU runs: {available:?}");
+        assert_eq!(available[0], Isa::Portable);
+        assert!(available.windows(2).all(|w| w[0] < w[1]));
+        assert!(available.contains(&Isa::detect()));
+        // A kernel whose widest path is AVX2 runs AVX2 when asked for AVX-512, and a path
+        // the CPU lacks falls back to the portable one.
+        let widest = *available.last().unwrap();
+        assert_eq!(widest.capped(Isa::Avx2Fma), widest.min(Isa::Avx2Fma));
+        if widest < Isa::Avx512 {
+            assert_eq!(Isa::Avx512.capped(Isa::Avx512), Isa::Portable);
         }
     }
 
