@@ -617,6 +617,56 @@ fn run_theirs(model: &mut Theirs, prompt: &[u32], decode: usize) -> Timing {
     }
 }
 
+/// transformers (PyTorch eager, float32, 2 threads) on `dir` through
+/// `bench/scripts/torch_bench.py`: prefill and decode tok/s per repeat, or `None` with a note
+/// when no `python3` with torch and transformers is found (or the script fails).
+fn torch_side(
+    dir: &std::path::Path,
+    prompt: &[u32],
+    decode: usize,
+    reps: usize,
+) -> Option<(Vec<f64>, Vec<f64>)> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/torch_bench.py");
+    let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
+    quiesce();
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(dir)
+        .args(["--prompt", &ids.join(",")])
+        .args(["--decode", &decode.to_string()])
+        .args(["--repeats", &reps.to_string()])
+        .args(["--threads", &rayon::current_num_threads().to_string()])
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let last = err.lines().last().unwrap_or("");
+            println!("  note: PyTorch side skipped ({last})");
+            return None;
+        }
+        Err(e) => {
+            println!("  note: PyTorch side skipped (python3: {e})");
+            return None;
+        }
+    };
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.lines().last()?).ok()?;
+    let floats = |key: &str| -> Vec<f64> {
+        v[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+            .unwrap_or_default()
+    };
+    let (prefill, decode) = (floats("prefill_tok_s"), floats("decode_tok_s"));
+    println!(
+        "  PyTorch eager: prefill {:.0} decode {:.1} tok/s (medians of {reps})",
+        median(&prefill),
+        median(&decode)
+    );
+    Some((prefill, decode))
+}
+
 fn models(
     root: &std::path::Path,
     reps: usize,
@@ -629,6 +679,7 @@ fn models(
         .map(|i| (i * 7919 % 31000 + 100) as u32)
         .collect();
     let mut rows = Vec::new();
+    let mut torch_rows = Vec::new();
     let only_model = std::env::args()
         .collect::<Vec<_>>()
         .windows(2)
@@ -686,6 +737,9 @@ fn models(
                 bw[rep], op[rep], od[rep], tp[rep], td[rep]
             );
         }
+        if let Some(py) = torch_side(&dir, &prompt, decode, reps) {
+            torch_rows.push((name, median(&op), median(&py.0), median(&od), median(&py.1)));
+        }
         rows.push((
             name,
             bytes,
@@ -717,6 +771,20 @@ fn models(
             od / limit_best,
             op / tp
         );
+    }
+    if !torch_rows.is_empty() {
+        println!();
+        println!(
+            "| model | ours prefill | PyTorch prefill | prefill ratio | ours decode | PyTorch decode | decode ratio |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for (name, op, pp, od, pd) in torch_rows {
+            println!(
+                "| {name} | {op:.0} | {pp:.0} | {:.2}x | {od:.1} | {pd:.1} | {:.2}x |",
+                op / pp,
+                od / pd
+            );
+        }
     }
 }
 

@@ -109,6 +109,38 @@ mod simd {
             valid: usize,
             first: bool,
         );
+
+        /// `dst = src` as f32 (bf16 weights widened for a tile), vectorised for the tile's ISA.
+        ///
+        /// # Safety
+        /// The ISA of the tile available.
+        unsafe fn widen<E: WeightElem>(src: &[E], dst: &mut [f32]);
+    }
+
+    /// Widens `src` into `dst` (compiled per ISA by the callers' `target_feature`).
+    #[inline(always)]
+    fn widen_into<E: WeightElem>(src: &[E], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
+
+    /// [`widen_into`] with AVX2.
+    ///
+    /// # Safety
+    /// AVX2 available.
+    #[target_feature(enable = "avx2")]
+    unsafe fn widen_avx2<E: WeightElem>(src: &[E], dst: &mut [f32]) {
+        widen_into(src, dst)
+    }
+
+    /// [`widen_into`] with AVX-512F.
+    ///
+    /// # Safety
+    /// AVX-512F available.
+    #[target_feature(enable = "avx512f,avx2")]
+    unsafe fn widen_avx512<E: WeightElem>(src: &[E], dst: &mut [f32]) {
+        widen_into(src, dst)
     }
 
     /// AVX2 + FMA tiles: 8 lanes; `NV` x `MR` accumulators of the 16 registers.
@@ -146,6 +178,11 @@ mod simd {
             dispatch_rows!(kernel_avx2, NV, rows, (w, ws, xp, kc, c, ldc, valid, first),
                 1 2 3 4 5 6 7 8 9 10 11 12)
         }
+        #[inline(always)]
+        unsafe fn widen<E: WeightElem>(src: &[E], dst: &mut [f32]) {
+            // SAFETY: as the trait requires.
+            unsafe { widen_avx2(src, dst) }
+        }
     }
 
     impl<const NV: usize, const MR: usize> Tile for Avx512<NV, MR> {
@@ -167,6 +204,11 @@ mod simd {
             debug_assert!(rows <= MR && NV * MR <= 24);
             dispatch_rows!(kernel_avx512, NV, rows, (w, ws, xp, kc, c, ldc, valid, first),
                 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24)
+        }
+        #[inline(always)]
+        unsafe fn widen<E: WeightElem>(src: &[E], dst: &mut [f32]) {
+            // SAFETY: as the trait requires.
+            unsafe { widen_avx512(src, dst) }
         }
     }
 
@@ -276,10 +318,8 @@ mod simd {
                             } else {
                                 for r in 0..rows {
                                     let src = &w[(n0 + r) * k + k0..(n0 + r) * k + k0 + kc];
-                                    let dst = &mut scratch[r * kc..(r + 1) * kc];
-                                    for (d, s) in dst.iter_mut().zip(src) {
-                                        *d = s.to_f32();
-                                    }
+                                    // SAFETY: T's ISA was detected by the caller.
+                                    unsafe { T::widen(src, &mut scratch[r * kc..(r + 1) * kc]) };
                                 }
                                 (scratch.as_ptr(), kc)
                             };
