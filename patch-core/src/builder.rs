@@ -1,6 +1,7 @@
 //! `Builder`: what a module under construction receives, to get its weights and build its
 //! sub-sites through the patch registry.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -24,6 +25,19 @@ pub struct Builder {
     weights: Weights,
     patches: Option<PatchSet>,
     record: Arc<Mutex<Vec<BuiltSite>>>,
+    /// In a replacement's `build` only: how the site being replaced builds itself.
+    original: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+/// How a site builds itself, kept for its replacement ([`Builder::build_original`]).
+struct Original<S: ?Sized + Slot> {
+    site: &'static str,
+    build: for<'a> fn(&Builder, S::Args<'a>) -> Result<Box<S>>,
+}
+
+/// `T`'s own construction, with the transforms `T` carries (what the registry does for it).
+fn build_as<T: Site>(b: &Builder, args: <T::Slot as Slot>::Args<'_>) -> Result<Box<T::Slot>> {
+    T::build(&b.with_transforms_of::<T>(), args)
 }
 
 impl Builder {
@@ -33,6 +47,7 @@ impl Builder {
             weights,
             patches: None,
             record: Arc::new(Mutex::new(Vec::new())),
+            original: None,
         }
     }
 
@@ -56,6 +71,7 @@ impl Builder {
             weights: self.weights.pp(name),
             patches: self.patches.clone(),
             record: self.record.clone(),
+            original: None,
         }
     }
 
@@ -107,7 +123,9 @@ impl Builder {
                     std::any::type_name::<T>(),
                     None,
                 );
-                T::build(&self.with_transforms_of::<T>(), args).map(|m| (m, index))
+                let mut own = self.with_transforms_of::<T>();
+                own.original = None;
+                T::build(&own, args).map(|m| (m, index))
             }
             Outcome::Patched { record, rule } => {
                 let replacement = record.replacement();
@@ -128,8 +146,12 @@ impl Builder {
                     replacement.type_name(),
                     Some((*rule, record.key().to_string())),
                 );
-                let scoped =
+                let mut scoped =
                     self.with_transforms(replacement.type_name(), replacement.transforms());
+                scoped.original = Some(Arc::new(Original::<T::Slot> {
+                    site: T::NAME,
+                    build: build_as::<T>,
+                }));
                 (factory.build)(&scoped, args).map(|m| (m, index))
             }
             Outcome::Conflict(conflict) => Err(conflict.to_error(&resolution.site)),
@@ -151,6 +173,35 @@ impl Builder {
             })
     }
 
+    /// In a replacement's `build`: builds what the site being replaced would have built
+    /// without the patch, at the same path with the same weights (the site's own type, with
+    /// the transforms it carries). A replacement registered by pattern over several sites
+    /// wraps whichever original each one has this way (a decorator: quantize its
+    /// projections, time it, log it). An error outside a replacement's `build`, or for
+    /// another slot than the site's.
+    pub fn build_original<S: ?Sized + Slot>(&self, args: S::Args<'_>) -> Result<Box<S>> {
+        let original = self.original.as_ref().ok_or_else(|| {
+            Error::other(format!(
+                "build_original at {:?}: only a replacement's build can build the original it replaces",
+                self.path()
+            ))
+        })?;
+        let original = original.downcast_ref::<Original<S>>().ok_or_else(|| {
+            Error::other(format!(
+                "build_original at {:?}: the site replaced here is not of slot {}",
+                self.path(),
+                S::NAME
+            ))
+        })?;
+        let mut own = self.clone();
+        own.original = None;
+        (original.build)(&own, args).map_err(|e| Error::Build {
+            path: self.path().to_string(),
+            site: original.site,
+            source: Box::new(e),
+        })
+    }
+
     /// This builder with `transforms` active for every tensor requested under this path;
     /// `owner` names who carries them in reports.
     pub fn with_transforms(&self, owner: &'static str, transforms: Vec<Transform>) -> Self {
@@ -158,6 +209,7 @@ impl Builder {
             weights: self.weights.with_transforms(owner, transforms),
             patches: self.patches.clone(),
             record: self.record.clone(),
+            original: self.original.clone(),
         }
     }
 
