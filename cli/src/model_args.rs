@@ -1,5 +1,5 @@
 //! The arguments every subcommand that runs a model shares: the model (a folder or a Hub id),
-//! its revision, the compute dtype and device, the position limit; and the checked reading of
+//! its revision, the compute dtype and device, the position limit, quantization; and the checked reading of
 //! input files.
 
 use std::collections::BTreeMap;
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use patchwork_hub::HubOptions;
-use patchwork_models::{AutoModelForCausalLM, CausalLM, LoadOptions};
+use patchwork_models::{AutoModelForCausalLM, CausalLM, LoadOptions, Quantization};
 
 use crate::device::parse_device;
 use crate::dtype::DTypeArg;
@@ -33,6 +33,18 @@ pub struct ModelArgs {
     /// max_position_embeddings); past it the rotary embedding extrapolates.
     #[arg(long, value_name = "N")]
     pub max_positions: Option<usize>,
+    /// Quantize the attention, MLP and output-head weights at load (q8_0 or q4k): the
+    /// quantized replacements are added to the patches (`inspect` shows them). CPU inference.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_quantization)]
+    pub quantize: Option<Quantization>,
+}
+
+/// `q8_0` or `q4k` (also `q4_k`).
+fn parse_quantization(s: &str) -> Result<Quantization, String> {
+    Quantization::from_name(s).ok_or_else(|| {
+        let known: Vec<&str> = Quantization::ALL.iter().map(|q| q.name()).collect();
+        format!("unknown format {s:?} (known: {})", known.join(", "))
+    })
 }
 
 impl ModelArgs {
@@ -56,6 +68,9 @@ impl ModelArgs {
         options.hub = self.hub();
         if let Some(n) = self.max_positions {
             options = options.with_max_positions(n);
+        }
+        if let Some(q) = self.quantize {
+            options = options.with_quantization(q);
         }
         if let Some(bar) = crate::progress::bar() {
             options = options.with_progress(bar);

@@ -668,3 +668,54 @@ fn compare_reports_every_site_and_passes_for_the_fused_qkv_patch_set() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("nope") && err.contains("fused-qkv"), "{err}");
 }
+
+#[test]
+fn every_command_quantizes_with_quantize() {
+    let dir = fixture("qwen3-tiny");
+    let d = dir.to_str().unwrap();
+    let text = stdout(&patchwork(&["inspect", d, "--quantize", "q8_0"]));
+    assert!(text.contains("QuantizedAttention<Q8_0>"), "{text}");
+    assert!(text.contains("QuantizedMlp<Q8_0>"), "{text}");
+    let text = stdout(&patchwork(&[
+        "generate",
+        d,
+        "--prompt-ids",
+        "5,6,7",
+        "--max-new-tokens",
+        "4",
+        "--ignore-eos",
+        "--quantize",
+        "q8_0",
+    ]));
+    assert_eq!(text.lines().last().unwrap().split(',').count(), 7, "{text}");
+    let args = [
+        "bench",
+        d,
+        "--prompt-len",
+        "4",
+        "--decode",
+        "2",
+        "--repeats",
+        "1",
+        "--quantize",
+        "q8_0",
+    ];
+    let text = stdout(&patchwork(&args));
+    assert!(
+        text.lines().last().unwrap().starts_with("prefill_tok_s="),
+        "{text}"
+    );
+    // A format the widths do not allow, and an unknown one: errors naming them.
+    let out = patchwork(&["inspect", d, "--quantize", "q4k"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("blocks of 256"),
+        "{err}"
+    );
+    let out = patchwork(&["inspect", d, "--quantize", "q3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown format \"q3\" (known: q8_0, q4k)"),
+        "{err}"
+    );
+}

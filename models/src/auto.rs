@@ -10,9 +10,10 @@ use patch_core::{Builder, PatchSet};
 use patchwork_hub::HubOptions;
 use serde_json::Value;
 
-use crate::Result;
 use crate::causal_lm::{CausalLM, ModelExplain};
+use crate::decoder::Quantization;
 use crate::family::{ModelFamily, family, family_of};
+use crate::{Error, Result};
 
 /// How to load or create a model.
 #[derive(Clone, Debug)]
@@ -58,6 +59,11 @@ pub struct LoadOptions {
     pub hub: HubOptions,
     /// Told the bytes of weights read so far while loading.
     pub progress: Option<Progress>,
+    /// Quantize the model at load: the attention and MLP sites are built through the
+    /// quantized replacements ([`crate::replacements::quantized_patches`], added to the
+    /// patches, so `explain` shows them) and the output head is quantized too. Inference
+    /// only, on the CPU. `None` (the default): float weights.
+    pub quantization: Option<Quantization>,
 }
 
 impl Default for LoadOptions {
@@ -75,6 +81,7 @@ impl Default for LoadOptions {
             max_positions: None,
             hub: HubOptions::default(),
             progress: None,
+            quantization: None,
         }
     }
 }
@@ -96,6 +103,13 @@ impl LoadOptions {
     /// These options loading a Hub id at `revision` (a branch, tag or commit hash).
     pub fn with_revision(mut self, revision: impl Into<String>) -> Self {
         self.hub.revision = revision.into();
+        self
+    }
+
+    /// These options quantizing the model in `format` at load (see
+    /// [`LoadOptions::quantization`]).
+    pub fn with_quantization(mut self, format: Quantization) -> Self {
+        self.quantization = Some(format);
         self
     }
 
@@ -218,8 +232,34 @@ impl LoadOptions {
         }
     }
 
-    fn patch_set(&self) -> PatchSet {
-        self.patches.clone().unwrap_or_else(PatchSet::global)
+    /// The patches a build uses: the explicit set or the global registry, with the quantized
+    /// replacements when quantizing.
+    fn patch_set(&self) -> Result<PatchSet> {
+        let set = self.patches.clone().unwrap_or_else(PatchSet::global);
+        match self.quantization {
+            Some(format) => {
+                if self.trainable {
+                    return Err(Error::input(
+                        "quantization",
+                        format!(
+                            "{format}: quantized weights are for inference; load without trainable()"
+                        ),
+                    ));
+                }
+                crate::replacements::with_quantized_patches(&set, format)
+            }
+            None => Ok(set),
+        }
+    }
+
+    /// Quantizes the output head when quantizing.
+    fn quantize_head(&self, model: &mut CausalLM) -> Result<()> {
+        if let Some(format) = self.quantization {
+            model.lm_head.quantize(format).map_err(|e| {
+                Error::input("quantization", format!("{format} at \"lm_head\": {e}"))
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -265,13 +305,14 @@ pub(crate) fn load_pretrained(
     }
     let source = Arc::new(source);
     let weights = options.weights(source.clone(), dtype);
-    let b = Builder::new(weights.clone()).with_patches(options.patch_set());
+    let b = Builder::new(weights.clone()).with_patches(options.patch_set()?);
     let mut model = {
         let _build = tracing::info_span!("build", model_type = found.model_type).entered();
         CausalLM::build(&b, config, found)?
     };
     weights.finish()?;
     options.select_implementations(&mut model)?;
+    options.quantize_head(&mut model)?;
     model.set_generation_defaults(generation_defaults);
     let report = source.report();
     tracing::info!(
@@ -319,9 +360,10 @@ pub(crate) fn create_from_config(
         Arc::new(RandomInit::new(options.seed, config.initializer_range)),
         dtype,
     );
-    let b = Builder::new(weights).with_patches(options.patch_set());
+    let b = Builder::new(weights).with_patches(options.patch_set()?);
     let mut model = CausalLM::build(&b, config, family)?;
     options.select_implementations(&mut model)?;
+    options.quantize_head(&mut model)?;
     Ok(model)
 }
 

@@ -49,6 +49,7 @@ pub mod routing;
 
 pub use auto::{AutoModelForCausalLM, LoadOptions};
 pub use causal_lm::{CausalLM, ForwardOptions, ForwardOutput, LogitsMode, ModelExplain};
+pub use decoder::Quantization;
 pub use error::{Error, Result};
 pub use family::{ModelFamily, RegisteredFamily};
 pub use generation::{Generation, GenerationConfig, GenerationDefaults, Sampling};

@@ -72,7 +72,7 @@ impl Replacement {
     }
 
     /// The replacement type's name without its module path.
-    pub fn short_name(&self) -> &'static str {
+    pub fn short_name(&self) -> String {
         short_type_name(self.type_name)
     }
 
@@ -118,10 +118,23 @@ impl fmt::Debug for Replacement {
 }
 
 /// `a::b::C<d::E>` -> `C<d::E>`: the last path segment outside generic arguments.
-pub(crate) fn short_type_name(full: &str) -> &str {
-    let head = full.find('<').unwrap_or(full.len());
-    match full[..head].rfind("::") {
-        Some(i) => &full[i + 2..],
-        None => full,
+pub(crate) fn short_type_name(full: &str) -> String {
+    // Every path in the name, generic arguments included, cut to its last segment:
+    // `a::QuantizedMlp<a::b::Q8_0>` -> `QuantizedMlp<Q8_0>`.
+    let mut out = String::with_capacity(full.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        out.push_str(token.rsplit("::").next().unwrap_or(token));
+        token.clear();
+    };
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(c);
+        }
     }
+    flush(&mut token, &mut out);
+    out
 }

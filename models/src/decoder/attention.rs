@@ -6,6 +6,7 @@ use patch_core::{Module, Observed, ObservedSite, Slot};
 
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::context::LayerContext;
+use crate::decoder::linear::Linear;
 use crate::decoder::norm::Norm;
 use crate::implementations::{AttentionInput, attention};
 use crate::ops::{KeyValues, tracks_gradients};
@@ -28,6 +29,13 @@ pub trait Attention: Module {
     /// The per-head key norm (`k_norm`), where the attention has one.
     fn k_norm(&self) -> Option<&dyn Norm> {
         None
+    }
+
+    /// The projections this attention computes with, by name, for replacements that change
+    /// how they are stored (the quantized ones, say). None by default: a replacement that
+    /// exposes none cannot be quantized, and quantizing it says so.
+    fn projections_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        Vec::new()
     }
 }
 

@@ -3,11 +3,15 @@
 //! and a seeded random model go through the same code), and fused projections that keep the
 //! checkpoint's separate tensors as views.
 
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Tensor};
 use candle_nn::Init;
 use patch_core::{Builder, Result};
 
 use crate::decoder::config::DecoderConfig;
+use crate::decoder::quantization::Quantization;
 
 /// `y = x W^T + b` with the weight stored `[out, in]` as in checkpoints.
 ///
@@ -27,6 +31,13 @@ enum Params {
         bias: Option<Tensor>,
     },
     Rows(Vec<Linear>),
+    Quantized {
+        weight: Arc<QMatMul>,
+        bias: Option<Tensor>,
+        format: Quantization,
+        /// `[out, in]`.
+        shape: (usize, usize),
+    },
 }
 
 impl Linear {
@@ -45,10 +56,15 @@ impl Linear {
         }
     }
 
-    /// The weight, `[out, in]` (for a layer of parts, their rows concatenated now).
+    /// The weight, `[out, in]` (for a layer of parts, their rows concatenated now; for a
+    /// quantized layer, dequantized to f32 now).
     pub fn weight(&self) -> candle_core::Result<Tensor> {
         match &self.params {
             Params::One { weight, .. } => Ok(weight.clone()),
+            Params::Quantized { weight, .. } => match weight.as_ref() {
+                QMatMul::QTensor(q) => q.dequantize(&candle_core::Device::Cpu),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(t.clone()),
+            },
             Params::Rows(parts) => {
                 let ws = parts
                     .iter()
@@ -62,7 +78,7 @@ impl Linear {
     /// The bias, `[out]`, if the layer has one.
     pub fn bias(&self) -> candle_core::Result<Option<Tensor>> {
         match &self.params {
-            Params::One { bias, .. } => Ok(bias.clone()),
+            Params::One { bias, .. } | Params::Quantized { bias, .. } => Ok(bias.clone()),
             Params::Rows(parts) => {
                 let bs = parts
                     .iter()
@@ -78,7 +94,57 @@ impl Linear {
         match &self.params {
             Params::One { weight, bias } => crate::ops::linear(x, weight, bias.as_ref()),
             Params::Rows(_) => crate::ops::linear(x, &self.weight()?, self.bias()?.as_ref()),
+            Params::Quantized {
+                weight,
+                bias,
+                shape,
+                ..
+            } => crate::ops::quantized_linear(x, weight, *shape, bias.as_ref()),
         }
+    }
+
+    /// The format the weight is quantized in, if it is.
+    pub fn quantization(&self) -> Option<Quantization> {
+        match &self.params {
+            Params::Quantized { format, .. } => Some(*format),
+            _ => None,
+        }
+    }
+
+    /// Stores the weight in `format` from now on (candle's `QMatMul`, quantized from the
+    /// current weight; the bias stays float). Inference only: an error for a layer whose
+    /// weight tracks gradients, or whose input width is not a multiple of the format's block
+    /// (32 for `q8_0`, 256 for `q4k`); the error names both.
+    pub fn quantize(&mut self, format: Quantization) -> candle_core::Result<()> {
+        let weight = self.weight()?;
+        if weight.is_variable() || matches!(self.params, Params::Rows(_)) {
+            return Err(candle_core::Error::Msg(
+                "quantizing a trainable layer: quantized weights are for inference (load without trainable())"
+                    .to_string(),
+            ));
+        }
+        let (out, inp) = weight.dims2()?;
+        if !inp.is_multiple_of(format.block_size()) {
+            return Err(candle_core::Error::Msg(format!(
+                "{format} quantizes rows in blocks of {}, and this layer's weight [{out}, {inp}] has {inp} inputs",
+                format.block_size()
+            )));
+        }
+        if !weight.device().is_cpu() {
+            return Err(candle_core::Error::Msg(format!(
+                "{format} layers run on the CPU; this weight is on {:?}",
+                weight.device()
+            )));
+        }
+        let bias = self.bias()?;
+        let q = QTensor::quantize(&weight.to_dtype(DType::F32)?, format.ggml())?;
+        self.params = Params::Quantized {
+            weight: Arc::new(QMatMul::from_qtensor(q)?),
+            bias,
+            format,
+            shape: (out, inp),
+        };
+        Ok(())
     }
 }
 
@@ -217,4 +283,93 @@ pub fn fused_projection(
 /// A norm weight `[dim]` under `b`, initialised to ones by random sources.
 pub fn norm_weight(b: &Builder, dim: usize) -> Result<Tensor> {
     b.get_with_init(dim, "weight", Init::Const(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    fn vec2(t: &Tensor) -> Vec<Vec<f32>> {
+        t.to_vec2().unwrap()
+    }
+
+    /// Quantizing keeps every weight within its block's step, and the product differs from
+    /// the product with the dequantized weights only by the rounding of `x` to 8 bits per
+    /// block (candle's kernels): both bounds are tight enough that a wrong scale, block or
+    /// offset fails them.
+    #[test]
+    fn quantized_weights_and_products_stay_within_the_format_bounds() {
+        let dev = Device::Cpu;
+        for format in Quantization::ALL {
+            let (n, k, m) = (24, 2 * format.block_size(), 5);
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let mut layer = Linear::new(w.clone(), Some(b.clone()));
+            layer.quantize(format).unwrap();
+            assert_eq!(layer.quantization(), Some(format));
+            let deq = layer.weight().unwrap();
+            // Weights: Q8_0 rounds to amax/127 steps of 32-weight blocks (half a step off at
+            // most, plus up to 127 steps' share of the f16 rounding of the step); Q4_K to (max - min)/15 steps of 32-weight sub-blocks, with 6-bit scales
+            // (a step off at most).
+            let sub = 32;
+            for (row, drow) in vec2(&w).iter().zip(vec2(&deq)) {
+                for (block, dblock) in row.chunks(sub).zip(drow.chunks(sub)) {
+                    let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let (lo, hi) = block
+                        .iter()
+                        .fold((0f32, 0f32), |(l, h), v| (l.min(*v), h.max(*v)));
+                    let bound = match format {
+                        Quantization::Q8_0 => amax / 127.0 * (0.5 + 127.0 / 2048.0) * 1.01,
+                        Quantization::Q4K => (hi - lo) / 15.0 * 1.1,
+                    };
+                    for (v, d) in block.iter().zip(dblock) {
+                        assert!(
+                            (v - d).abs() <= bound,
+                            "{format}: {v} -> {d} (bound {bound})"
+                        );
+                    }
+                }
+            }
+            // Products: |x W^T - x deq^T| <= sum_i |deq_i| * (amax of x's block) / 254.
+            let y = layer.forward(&x).unwrap();
+            let want = x
+                .matmul(&deq.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let (y, want, xs, ds) = (vec2(&y), vec2(&want), vec2(&x), vec2(&deq));
+            for t in 0..m {
+                for j in 0..n {
+                    let bound: f32 = xs[t]
+                        .chunks(32)
+                        .zip(ds[j].chunks(32))
+                        .map(|(xb, db)| {
+                            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+                            db.iter().map(|d| d.abs()).sum::<f32>() * amax / 254.0
+                        })
+                        .sum::<f32>()
+                        * 1.05
+                        + 1e-4;
+                    let err = (y[t][j] - want[t][j]).abs();
+                    assert!(
+                        err <= bound,
+                        "{format}: [{t},{j}] off by {err} (bound {bound})"
+                    );
+                }
+            }
+            // Widths that are not a multiple of the block are refused, naming both.
+            let mut odd = Linear::new(
+                Tensor::zeros((4, format.block_size() + 16), DType::F32, &dev).unwrap(),
+                None,
+            );
+            let e = odd.quantize(format).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("blocks of {}", format.block_size())),
+                "{e}"
+            );
+        }
+    }
 }

@@ -218,6 +218,12 @@ macro_rules! decoder_sites {
             ) -> ::candle_core::Result<::candle_core::Tensor> {
                 self.0.forward(x)
             }
+
+            fn projections_mut(
+                &mut self,
+            ) -> ::std::vec::Vec<(&'static str, &mut $crate::decoder::Linear)> {
+                self.0.projections_mut()
+            }
         }
     };
     (@forward Attention for $site:ident) => {
@@ -236,6 +242,12 @@ macro_rules! decoder_sites {
 
             fn k_norm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
                 self.0.k_norm.as_deref()
+            }
+
+            fn projections_mut(
+                &mut self,
+            ) -> ::std::vec::Vec<(&'static str, &mut $crate::decoder::Linear)> {
+                self.0.projections_mut()
             }
         }
     };

@@ -1,6 +1,7 @@
 //! `x W^T + b`: the projection every layer runs.
 
-use candle_core::{DType, Tensor};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Module as _, Tensor};
 
 use super::cpu::{CpuSlice, cpu_tensor};
 use super::{cpu_f32, tracks_gradients};
@@ -52,6 +53,34 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Res
         None => y,
     };
     y.reshape(dims)
+}
+
+/// `x W^T + b` for a weight held quantized (`shape` `[out, in]`): candle's quantized matmul,
+/// which quantizes `x` to 8 bits per block as it multiplies. `x` in another dtype than f32 is
+/// converted for the product and the result converted back.
+pub fn quantized_linear(
+    x: &Tensor,
+    w: &QMatMul,
+    shape: (usize, usize),
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (n, k) = shape;
+    let mut dims = x.dims().to_vec();
+    if dims.pop() != Some(k) {
+        candle_core::bail!(
+            "linear: input {:?} does not end in the quantized weight's {k} inputs",
+            x.shape()
+        );
+    }
+    let m: usize = dims.iter().product();
+    dims.push(n);
+    let x2 = x.reshape((m, k))?.to_dtype(DType::F32)?.contiguous()?;
+    let y = w.forward(&x2)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
+        None => y,
+    };
+    y.to_dtype(x.dtype())?.reshape(dims)
 }
 
 /// The kernel path; `None` when a tensor is not readable as the kernels need it.

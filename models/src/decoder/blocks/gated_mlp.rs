@@ -45,6 +45,15 @@ impl GatedMlp {
         })
     }
 
+    /// The projections the forward pass computes with: `gate_up_proj` (the fused gate/up)
+    /// and `down_proj`.
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        vec![
+            ("gate_up_proj", &mut self.gate_up_proj),
+            ("down_proj", &mut self.down_proj),
+        ]
+    }
+
     /// Applies the MLP.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let gate_up = self.gate_up_proj.forward(x)?;

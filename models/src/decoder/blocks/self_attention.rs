@@ -137,6 +137,15 @@ impl SelfAttention {
         }
     }
 
+    /// The projections the forward pass computes with: `qkv_proj` (the fused q/k/v) and
+    /// `o_proj`.
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        vec![
+            ("qkv_proj", &mut self.qkv_proj),
+            ("o_proj", &mut self.o_proj),
+        ]
+    }
+
     /// Attends over `hidden_states` (`[batch, seq, hidden]`).
     pub fn forward(
         &self,
