@@ -43,7 +43,13 @@ fn module_list_experts_and_fused_qkv_load_match_and_save_back_exactly() {
     )
     .unwrap();
     // Without overwrite, the family's link-time default is in the way, as upstream.
-    assert!(register_checkpoint_conversion_mapping("qwen2_moe", Vec::new(), false).is_err());
+    let e = register_checkpoint_conversion_mapping("qwen2_moe", Vec::new(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("already registered for \"qwen2_moe\"") && e.contains("overwrite = true"),
+        "{e}"
+    );
     register_checkpoint_conversion_mapping("qwen2_moe", Vec::new(), true).unwrap();
 
     let model = AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default()).unwrap();

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Barrier};
 use std::thread;
 
+use patch_core::ModuleExt;
 use patch_core::matching::Outcome;
 use patch_core::{
     Builder, PatchSet, Replacement, Site, apply_patches, get_patch_mapping, register_patch_mapping,
@@ -13,7 +14,7 @@ use patch_core::{
 };
 use patchwork_tests::replacements::{IdentityMlp, ZeroMlp};
 use patchwork_tests::{build_toy, global_lock, toy_weights};
-use toy_model::ToyMLP;
+use toy_model::{ToyDecoderLayer, ToyMLP};
 
 const THREADS: usize = 8;
 const ROUNDS: usize = 400;
@@ -56,7 +57,7 @@ fn eight_threads_thousands_of_operations() {
             let barrier = barrier.clone();
             thread::spawn(move || {
                 barrier.wait();
-                let mut ops = 0usize;
+                let mut builds = 0usize;
                 for n in 0..ROUNDS {
                     // An atomic pair of patterns that match no site.
                     register_patch_mapping(
@@ -71,7 +72,6 @@ fn eight_threads_thousands_of_operations() {
                     let key = format!("MLP$|thread{t}");
                     register_patch_mapping([(key.clone(), Replacement::of::<IdentityMlp>())], true)
                         .unwrap();
-                    ops += 2;
 
                     let snapshot = PatchSet::global();
                     assert_pairs_whole(&snapshot);
@@ -81,14 +81,22 @@ fn eight_threads_thousands_of_operations() {
                         other => panic!("unexpected outcome {other:?}"),
                     }
                     assert!(get_patch_mapping().len() >= 3);
-                    ops += 3;
 
                     if n % 40 == 0 {
+                        // Builds amid the churn get the stable winner at every MLP site.
                         let _scope = apply_patches();
-                        build_toy(&Builder::new(toy_weights())).unwrap();
-                        build_toy(&Builder::new(toy_weights()).with_patches(PatchSet::global()))
-                            .unwrap();
-                        ops += 2;
+                        let scoped = build_toy(&Builder::new(toy_weights())).unwrap();
+                        let global = build_toy(
+                            &Builder::new(toy_weights()).with_patches(PatchSet::global()),
+                        )
+                        .unwrap();
+                        for model in [&scoped, &global] {
+                            for layer in &model.layers {
+                                let layer = layer.downcast_ref::<ToyDecoderLayer>().unwrap();
+                                assert!(layer.mlp.is::<ZeroMlp>(), "{}", layer.mlp.type_name());
+                            }
+                        }
+                        builds += 2;
                     }
 
                     unregister_patch_mapping([
@@ -96,13 +104,11 @@ fn eight_threads_thousands_of_operations() {
                         format!("^PairB_{t}_{n}$"),
                     ])
                     .unwrap();
-                    ops += 1;
                     if n % 2 == 1 {
                         unregister_patch_mapping([key]).unwrap();
-                        ops += 1;
                     }
                 }
-                ops
+                builds
             })
         })
         .collect();
@@ -110,7 +116,11 @@ fn eight_threads_thousands_of_operations() {
         .into_iter()
         .map(|h| h.join().expect("no thread panicked"))
         .sum();
-    assert!(total >= THREADS * ROUNDS * 6, "{total} operations");
+    assert_eq!(
+        total,
+        THREADS * ROUNDS.div_ceil(40) * 2,
+        "every thread built every time"
+    );
     // Everything each thread registered is gone; only the fixed pattern remains.
     let keys: Vec<String> = get_patch_mapping().keys().map(str::to_string).collect();
     assert_eq!(keys, ["^ToyMLP$"]);

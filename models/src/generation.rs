@@ -595,7 +595,8 @@ mod tests {
                 sampling,
                 ..GenerationConfig::default()
             };
-            assert!(cfg.validate().is_err());
+            let e = cfg.validate().err().unwrap().to_string();
+            assert!(e.contains("generation setting "), "{e}");
         }
     }
 }

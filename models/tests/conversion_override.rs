@@ -25,8 +25,11 @@ fn every_moe_familys_expert_stacking_is_a_default_the_user_can_override() {
             "{}: the expert stacking",
             f.name
         );
+        let e = register_checkpoint_conversion_mapping(model_type.as_str(), Vec::new(), false)
+            .unwrap_err()
+            .to_string();
         assert!(
-            register_checkpoint_conversion_mapping(model_type.as_str(), Vec::new(), false).is_err(),
+            e.contains("is already registered for") && e.contains("pass overwrite = true"),
             "{}: registering over the default needs overwrite",
             f.name
         );

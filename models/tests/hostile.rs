@@ -65,7 +65,8 @@ fn positions_are_bounded_unless_raised() {
         e.contains(&format!("a KV cache of {} positions", usize::MAX)),
         "{e}"
     );
-    assert!(model.set_max_positions(0).is_err());
+    let e = model.set_max_positions(0).err().unwrap().to_string();
+    assert!(e.contains("max_positions: 0 is not in 1..="), "{e}");
     model.set_max_positions(20).unwrap();
     assert_eq!(model.forward(&ids, None).unwrap().dims(), &[1, 20, 32]);
     let raised =
@@ -168,6 +169,14 @@ fn masks_that_do_not_fit_the_pass_are_errors() {
         e.contains("the mask is for 1 rows of 2 queries over 2 keys"),
         "{e}"
     );
-    assert!(AttentionMask::new(1, 0, 2, Some(0), vec![1, 1], DType::F32, &dev).is_err());
-    assert!(AttentionMask::new(1, usize::MAX, 2, None, vec![1, 1], DType::F32, &dev).is_err());
+    let e = AttentionMask::new(1, 0, 2, Some(0), vec![1, 1], DType::F32, &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("a sliding window of 0 positions"), "{e}");
+    let e = AttentionMask::new(1, usize::MAX, 2, None, vec![1, 1], DType::F32, &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("too many positions"), "{e}");
 }

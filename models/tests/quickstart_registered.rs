@@ -104,12 +104,15 @@ fn registered_replacement_applies_to_from_pretrained_and_inside_apply_patches_on
     assert!(attention_of(&by_hand(explicit), 1).is::<LlamaAttention>());
 
     // Registering the key again without overwrite is an error; clearing restores originals.
+    let e = register_patch_mapping(
+        [("LlamaAttention", Replacement::of::<CustomLlamaAttention>())],
+        false,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
-        register_patch_mapping(
-            [("LlamaAttention", Replacement::of::<CustomLlamaAttention>())],
-            false
-        )
-        .is_err()
+        e.contains("patch key \"LlamaAttention\" is already registered"),
+        "{e}"
     );
     clear_patch_mapping();
     let after = AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default()).unwrap();

@@ -318,7 +318,15 @@ fn recorded_routing_replays_exactly_and_forcing_other_experts_changes_it() {
         )]),
         ..ForwardOptions::default()
     };
-    assert!(m.forward_with(&x, None, None, &opts).is_err());
+    let e = m
+        .forward_with(&x, None, None, &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("forced_experts[0]: shape [2, 2]: this pass routes 6 tokens to 2 experts each"),
+        "{e}"
+    );
 }
 
 /// A router replacement that delegates (the upstream page's replayable-router pattern).

@@ -334,7 +334,11 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("MergeModulelist"), "{e}");
         assert!(conv(&["a"], &["b", "c"], vec![Op::Chunk { dim: 0 }]).is_ok());
-        assert!(conv(&["a.*.x"], &["a.*.*.x"], vec![]).is_err());
+        let e = conv(&["a.*.x"], &["a.*.*.x"], vec![])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("never unstacks: add SplitModulelist"), "{e}");
     }
 
     #[test]

@@ -173,9 +173,15 @@ mod tests {
 
     #[test]
     fn rejects_regex_syntax_and_empty_components() {
-        assert!(KeyPattern::parse("q_proj|k_proj").is_err());
-        assert!(KeyPattern::parse(".q_proj").is_err());
-        assert!(KeyPattern::parse("").is_err());
+        let e = KeyPattern::parse("q_proj|k_proj")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("contains '|'"), "{e}");
+        let e = KeyPattern::parse(".q_proj").err().unwrap().to_string();
+        assert!(e.contains("has an empty dotted component"), "{e}");
+        let e = KeyPattern::parse("").err().unwrap().to_string();
+        assert!(e.contains("is empty"), "{e}");
     }
 
     #[test]

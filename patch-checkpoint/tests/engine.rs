@@ -914,10 +914,13 @@ fn invalid_converter_patterns_and_chains_are_refused_with_the_transform_named() 
         assert!(err.contains(expected), "{err}");
         assert!(err.contains("WeightConverter("), "{err}");
     }
+    let e = Transform::from(WeightRenaming::new("(", "x"))
+        .validate()
+        .unwrap_err()
+        .to_string();
     assert!(
-        Transform::from(WeightRenaming::new("(", "x"))
-            .validate()
-            .is_err()
+        e.contains("WeightRenaming(\"(\" -> \"x\"): invalid regex"),
+        "{e}"
     );
 }
 

@@ -320,6 +320,11 @@ mod tests {
             err.contains("output_hidden_states") && err.contains("-5"),
             "{err}"
         );
-        assert!(Selection::Only(vec![4]).resolve("x", 4).is_err());
+        let e = Selection::Only(vec![4])
+            .resolve("x", 4)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("index 4 is out of range: there are 4"), "{e}");
     }
 }

@@ -203,7 +203,11 @@ mod tests {
                     top_k: 1,
                     ..s
                 };
-                assert!(routed_experts(isa, &s1, &x[..19], &gu, &down, &bad, &[1.0]).is_err());
+                let e = routed_experts(isa, &s1, &x[..19], &gu, &down, &bad, &[1.0])
+                    .err()
+                    .unwrap()
+                    .to_string();
+                assert!(e.contains("expert id 6 >= 6 experts"), "{e}");
             }
         }
     }

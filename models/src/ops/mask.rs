@@ -254,7 +254,12 @@ mod tests {
             block.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         );
-        assert!(m.bias_rows(3, 2).is_err());
-        assert!(AttentionMask::new(1, 0, 2, None, vec![1], DType::F32, &Device::Cpu).is_err());
+        let e = m.bias_rows(3, 2).err().unwrap().to_string();
+        assert!(e.contains("rows 3..3+2 of 4 queries"), "{e}");
+        let e = AttentionMask::new(1, 0, 2, None, vec![1], DType::F32, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("1 key flags for 1 rows of 2 keys"), "{e}");
     }
 }
