@@ -89,24 +89,6 @@ pub enum Op {
     },
 }
 
-impl Op {
-    /// The op that undoes this one.
-    pub fn reverse(&self) -> Op {
-        match *self {
-            Op::Concatenate { dim } => Op::Chunk { dim },
-            Op::Chunk { dim } => Op::Concatenate { dim },
-            Op::MergeModulelist { dim } => Op::SplitModulelist { dim },
-            Op::SplitModulelist { dim } => Op::MergeModulelist { dim },
-            Op::Transpose { dim0, dim1 } => Op::Transpose {
-                dim0: dim1,
-                dim1: dim0,
-            },
-            Op::Interleave { dim } => Op::Deinterleave { dim },
-            Op::Deinterleave { dim } => Op::Interleave { dim },
-        }
-    }
-}
-
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
