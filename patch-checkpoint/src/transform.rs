@@ -35,7 +35,8 @@
 
 use std::fmt;
 
-/// One step of a [`WeightConverter`] chain. Each has a reverse ([`Op::reverse`]).
+/// One step of a [`WeightConverter`] chain. Each has a reverse, which saving applies with the
+/// sizes recorded at load (a concatenation splits back into its parts as they were).
 ///
 /// Slot rules (checked when a transform is registered or a checkpoint source is made):
 /// [`Op::Concatenate`] and [`Op::Interleave`] turn all slots (single tensors) into one;
