@@ -148,69 +148,46 @@ mod simd {
     /// AVX-512F tiles: 16 lanes; `NV` x `MR` accumulators of the 32 registers.
     pub(super) struct Avx512<const NV: usize, const MR: usize>;
 
-    /// A tile of `rows` rows dispatched to the kernel compiled for that count.
-    macro_rules! dispatch_rows {
-        ($kernel:ident, $nv:ident, $rows:expr, $args:tt, $($r:literal)*) => {
-            match $rows {
-                $($r => unsafe { $kernel::<$nv, $r> $args },)*
-                rows => unreachable!("tile of {rows} rows"),
+    /// `Tile` for one ISA: `LANES` floats per register, tiles of at most `MAX` accumulators
+    /// (`NV * MR`), each row count dispatched to `$kernel` compiled for it, widening by
+    /// `$widen`.
+    macro_rules! impl_tile {
+        ($isa:ident, $lanes:literal, $max:literal, $kernel:ident, $widen:ident, $($r:literal)*) => {
+            impl<const NV: usize, const MR: usize> Tile for $isa<NV, MR> {
+                const LANES: usize = $lanes;
+                const NV: usize = NV;
+                const MR: usize = MR;
+                #[inline(always)]
+                unsafe fn tile(
+                    rows: usize,
+                    w: *const f32,
+                    ws: usize,
+                    xp: *const f32,
+                    kc: usize,
+                    c: *mut f32,
+                    ldc: usize,
+                    valid: usize,
+                    first: bool,
+                ) {
+                    debug_assert!(rows <= MR && NV * MR <= $max);
+                    match rows {
+                        // SAFETY: as the trait requires.
+                        $($r => unsafe { $kernel::<NV, $r>(w, ws, xp, kc, c, ldc, valid, first) },)*
+                        rows => unreachable!("tile of {rows} rows"),
+                    }
+                }
+                #[inline(always)]
+                unsafe fn widen<E: WeightElem>(src: &[E], dst: &mut [f32]) {
+                    // SAFETY: as the trait requires.
+                    unsafe { $widen(src, dst) }
+                }
             }
         };
     }
 
-    impl<const NV: usize, const MR: usize> Tile for Avx2<NV, MR> {
-        const LANES: usize = 8;
-        const NV: usize = NV;
-        const MR: usize = MR;
-        #[inline(always)]
-        unsafe fn tile(
-            rows: usize,
-            w: *const f32,
-            ws: usize,
-            xp: *const f32,
-            kc: usize,
-            c: *mut f32,
-            ldc: usize,
-            valid: usize,
-            first: bool,
-        ) {
-            debug_assert!(rows <= MR && NV * MR <= 12);
-            dispatch_rows!(kernel_avx2, NV, rows, (w, ws, xp, kc, c, ldc, valid, first),
-                1 2 3 4 5 6 7 8 9 10 11 12)
-        }
-        #[inline(always)]
-        unsafe fn widen<E: WeightElem>(src: &[E], dst: &mut [f32]) {
-            // SAFETY: as the trait requires.
-            unsafe { widen_avx2(src, dst) }
-        }
-    }
-
-    impl<const NV: usize, const MR: usize> Tile for Avx512<NV, MR> {
-        const LANES: usize = 16;
-        const NV: usize = NV;
-        const MR: usize = MR;
-        #[inline(always)]
-        unsafe fn tile(
-            rows: usize,
-            w: *const f32,
-            ws: usize,
-            xp: *const f32,
-            kc: usize,
-            c: *mut f32,
-            ldc: usize,
-            valid: usize,
-            first: bool,
-        ) {
-            debug_assert!(rows <= MR && NV * MR <= 24);
-            dispatch_rows!(kernel_avx512, NV, rows, (w, ws, xp, kc, c, ldc, valid, first),
-                1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24)
-        }
-        #[inline(always)]
-        unsafe fn widen<E: WeightElem>(src: &[E], dst: &mut [f32]) {
-            // SAFETY: as the trait requires.
-            unsafe { widen_avx512(src, dst) }
-        }
-    }
+    impl_tile!(Avx2, 8, 12, kernel_avx2, widen_avx2, 1 2 3 4 5 6 7 8 9 10 11 12);
+    impl_tile!(Avx512, 16, 24, kernel_avx512, widen_avx512,
+        1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24);
 
     /// The AVX2 product. Few tokens: one vector of 8 tokens, 12 weight rows per tile (13
     /// loads, 12 FMAs per step). More: two vectors (16 tokens), 6 rows (8 loads, 12 FMAs).
