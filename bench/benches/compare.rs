@@ -152,7 +152,8 @@ fn kernels(reps: usize, buf: &[f32]) {
     let peaks: Vec<(Isa, f64)> = simd.iter().map(|&i| (i, fma_peak(i))).collect();
     for (i, peak) in &peaks {
         println!(
-            "  FMA peak {}: {peak:.0} GFLOP/s ({} threads, registers only)",
+            "  {} peak {}: {peak:.0} GFLOP/s ({} threads, registers only)",
+            if *i == Isa::Amx { "bf16 tile" } else { "FMA" },
             i.name(),
             rayon::current_num_threads()
         );
@@ -176,9 +177,12 @@ fn kernels(reps: usize, buf: &[f32]) {
         let mut candle_times = Vec::new();
         for _ in 0..reps {
             for (j, (i, _)) in peaks.iter().enumerate() {
-                let t = Instant::now();
-                gemm::matmul_t(*i, &xs, m, w, n, None, &mut out);
-                times[j].0.push(t.elapsed().as_secs_f64());
+                // With AMX, float32 weights take the AVX-512 path: only bf16 is timed.
+                if *i != Isa::Amx {
+                    let t = Instant::now();
+                    gemm::matmul_t(*i, &xs, m, w, n, None, &mut out);
+                    times[j].0.push(t.elapsed().as_secs_f64());
+                }
                 let t = Instant::now();
                 gemm::matmul_t(*i, &xs, m, wb, n, None, &mut out);
                 times[j].1.push(t.elapsed().as_secs_f64());
@@ -188,6 +192,11 @@ fn kernels(reps: usize, buf: &[f32]) {
             candle_times.push(t.elapsed().as_secs_f64());
         }
         for ((i, peak), (a, b)) in peaks.iter().zip(&times) {
+            if *i == Isa::Amx {
+                let fb = gf(median(b));
+                line += &format!(" amx bf16 {fb:.0} ({:.2} of tile peak);", fb / peak);
+                continue;
+            }
             let (fa, fb) = (gf(median(a)), gf(median(b)));
             line += &format!(
                 " {} f32 {fa:.0} ({:.2} of peak), bf16 {fb:.0} ({:.2});",
@@ -200,28 +209,71 @@ fn kernels(reps: usize, buf: &[f32]) {
     }
 }
 
-/// The FMA throughput of `isa` on every thread: independent multiply-adds on registers only,
-/// the ceiling of any product kernel (GFLOP/s, two per lane per FMA; best of three).
+/// The multiply-add throughput of `isa` on every thread: independent multiply-adds on registers
+/// only, the ceiling of any product kernel (GFLOP/s, two per multiply-add; best of three). For
+/// AMX, the tile unit's bf16 products (what bf16-weight products run on); FMAs otherwise.
 fn fma_peak(isa: Isa) -> f64 {
     const ITERS: usize = 20_000_000;
+    let iters = if isa == Isa::Amx { ITERS / 100 } else { ITERS };
     let run = || -> f64 {
         let threads = rayon::current_num_threads();
         let t = Instant::now();
         let lanes: usize = (0..threads)
             .into_par_iter()
             .map(|_| match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `isa` comes from `Isa::available`, so the CPU has it.
-                Isa::Avx512 => unsafe { fma_loop_avx512(ITERS) },
+                #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+                // SAFETY: `isa` comes from `Isa::available`, so the CPU has it and the process
+                // may use the tiles.
+                Isa::Amx => unsafe { tile_loop_amx(iters) },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: as above.
-                Isa::Avx2Fma => unsafe { fma_loop_avx2(ITERS) },
+                Isa::Avx512 => unsafe { fma_loop_avx512(iters) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Isa::Avx2Fma => unsafe { fma_loop_avx2(iters) },
                 _ => 0,
             })
             .sum();
-        (lanes * ITERS * 2) as f64 / t.elapsed().as_secs_f64() / 1e9
+        (lanes * iters * 2) as f64 / t.elapsed().as_secs_f64() / 1e9
     };
     (0..3).map(|_| run()).fold(0.0, f64::max)
+}
+
+/// `iters` steps of 4 independent AMX bf16 tile products (16 x 16 x 32 each, on zeroed tiles);
+/// returns the multiply-adds per step.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+unsafe fn tile_loop_amx(iters: usize) -> usize {
+    use std::arch::asm;
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+    let mut config = Config([0; 64]);
+    config.0[0] = 1;
+    for tile in 0..8 {
+        config.0[16 + 2 * tile] = 64;
+        config.0[48 + tile] = 16;
+    }
+    // SAFETY: AMX present and permitted (the caller's contract); palette-1 tiles of 16 x 64 B.
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack));
+        asm!(
+            "tilezero tmm4",
+            "tilezero tmm5",
+            "tilezero tmm6",
+            "tilezero tmm7",
+            options(nostack)
+        );
+        for _ in 0..iters {
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                options(nostack, nomem),
+            );
+        }
+        asm!("tilerelease", options(nostack));
+    }
+    4 * 16 * 16 * 32
 }
 
 /// `iters` steps of 12 independent 8-lane FMAs; returns the lanes per step (96).

@@ -16,6 +16,8 @@
 //! streams its own part of the matrix once.
 
 pub mod activation;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx;
 pub mod attention;
 pub mod gemm;
 pub mod gemv;
@@ -36,11 +38,14 @@ pub enum Isa {
     Avx2Fma,
     /// x86-64 with AVX-512F (and AVX2, FMA).
     Avx512,
+    /// x86-64 Linux with AVX-512F and AMX-BF16: bf16-weight matrix products on the tile unit,
+    /// the activations rounded to bf16 (`amx.rs`); everything else as [`Isa::Avx512`].
+    Amx,
 }
 
 impl Isa {
     /// The widest implementation this CPU runs, detected once, or the one named by the
-    /// `PATCHWORK_ISA` environment variable (`portable`, `avx2` or `avx512`) when that is
+    /// `PATCHWORK_ISA` environment variable (`portable`, `avx2`, `avx512` or `amx`) when that is
     /// narrower: a way to measure or test a narrower path in a whole process. A name the CPU
     /// cannot run, or an unknown one, is ignored with a warning.
     pub fn detect() -> Isa {
@@ -70,6 +75,10 @@ impl Isa {
             let avx2 = std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma");
             if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+                #[cfg(target_os = "linux")]
+                if amx::available() {
+                    return Isa::Amx;
+                }
                 return Isa::Avx512;
             }
             if avx2 {
@@ -79,18 +88,22 @@ impl Isa {
         Isa::Portable
     }
 
-    /// The lower-case name (`portable`, `avx2`, `avx512`).
+    /// Every implementation, from the narrowest.
+    const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2Fma, Isa::Avx512, Isa::Amx];
+
+    /// The lower-case name (`portable`, `avx2`, `avx512`, `amx`).
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2Fma => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
         }
     }
 
     /// The implementation called `name` (as [`Isa::name`] writes it).
     pub fn from_name(name: &str) -> Option<Isa> {
-        [Isa::Portable, Isa::Avx2Fma, Isa::Avx512]
+        Isa::ALL
             .into_iter()
             .find(|isa| isa.name() == name.trim().to_ascii_lowercase())
     }
@@ -99,10 +112,7 @@ impl Isa {
     /// supported ones, whatever `PATCHWORK_ISA` says.
     pub fn available() -> Vec<Isa> {
         let widest = Isa::widest_supported();
-        [Isa::Portable, Isa::Avx2Fma, Isa::Avx512]
-            .into_iter()
-            .filter(|isa| *isa <= widest)
-            .collect()
+        Isa::ALL.into_iter().filter(|isa| *isa <= widest).collect()
     }
 
     /// What a kernel whose widest implementation is `widest` runs when asked for `self`:
@@ -143,14 +153,24 @@ mod sealed {
     pub trait Sealed {
         /// Whether the type is `f32` (products then read the weights in place).
         const IS_F32: bool;
+        /// The slice as bf16, when it is (the AMX product takes bf16 weights only).
+        fn as_bf16(weights: &[Self]) -> Option<&[super::bf16]>
+        where
+            Self: Sized;
     }
 
     impl Sealed for f32 {
         const IS_F32: bool = true;
+        fn as_bf16(_: &[f32]) -> Option<&[super::bf16]> {
+            None
+        }
     }
 
     impl Sealed for super::bf16 {
         const IS_F32: bool = false;
+        fn as_bf16(weights: &[super::bf16]) -> Option<&[super::bf16]> {
+            Some(weights)
+        }
     }
 }
 
@@ -174,6 +194,22 @@ pub(crate) mod simd {
             let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
             _mm_cvtss_f32(s)
         }
+    }
+}
+
+/// An output pointer the row-range tasks of a product share; each task writes a disjoint set of
+/// columns.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: the products that share one give their tasks disjoint column ranges of the output,
+// and the pointer outlives them (the parallel loop ends before the product returns).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
     }
 }
 
@@ -217,7 +253,7 @@ mod tests {
 
     #[test]
     fn isa_names_round_trip_and_paths_are_ordered() {
-        for isa in [Isa::Portable, Isa::Avx2Fma, Isa::Avx512] {
+        for isa in Isa::ALL {
             assert_eq!(Isa::from_name(isa.name()), Some(isa));
         }
         assert_eq!(Isa::from_name(" AVX2 "), Some(Isa::Avx2Fma));
