@@ -20,8 +20,9 @@ const TILE: usize = 16;
 pub(crate) const K_STEP: usize = 32;
 /// Weight rows per block: two tiles, each multiplied against every token panel.
 const ROWS: usize = 2 * TILE;
-/// Token panels per `m` block: their packed `k` stays in L2 while a weight block passes over.
-const PANELS_PER_BLOCK: usize = 8;
+/// How many tile steps ahead the first pass over a weight block prefetches its rows (32 row
+/// streams at once are more than the hardware prefetchers follow).
+const PREFETCH_STEPS: usize = 8;
 /// bf16 values in one packed tile (16 rows of 32).
 const TILE_ELEMS: usize = TILE * K_STEP;
 
@@ -84,51 +85,50 @@ pub(crate) fn matmul_t(x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, out:
     let body = |cols: std::ops::Range<usize>| {
         let _tiles = TileConfig::load();
         let mut c = [[[0f32; TILE]; TILE]; 4];
-        for p0 in (0..panels).step_by(PANELS_PER_BLOCK) {
-            let p1 = (p0 + PANELS_PER_BLOCK).min(panels);
-            for n0 in cols.clone().step_by(ROWS) {
-                let rows = ROWS.min(n - n0);
-                let a = if n0 < full {
-                    w[n0 * k..].as_ptr()
-                } else {
-                    tail.as_ptr()
+        // Each weight block once from memory, then from cache for every token panel.
+        for n0 in cols.clone().step_by(ROWS) {
+            let rows = ROWS.min(n - n0);
+            let a = if n0 < full {
+                w[n0 * k..].as_ptr()
+            } else {
+                tail.as_ptr()
+            };
+            let mut p = 0;
+            while p < panels {
+                let pair = p + 1 < panels;
+                // SAFETY: the tiles are configured on this thread (`_tiles`); `a` holds
+                // `ROWS` rows of `k` from `n0` (in `w` for whole blocks, else in `tail`);
+                // `xp` holds `steps` packed tiles for panel `p` and, when `pair`, `p + 1`.
+                unsafe {
+                    block(
+                        a.cast(),
+                        k,
+                        xp[p * steps * TILE_ELEMS..].as_ptr().cast(),
+                        steps,
+                        pair,
+                        p == 0,
+                        &mut c,
+                    )
                 };
-                let mut p = p0;
-                while p < p1 {
-                    let pair = p + 1 < p1;
-                    // SAFETY: the tiles are configured on this thread (`_tiles`); `a` holds
-                    // `ROWS` rows of `k` from `n0` (in `w` for whole blocks, else in `tail`);
-                    // `xp` holds `steps` packed tiles for panel `p` and, when `pair`, `p + 1`.
-                    unsafe {
-                        block(
-                            a.cast(),
-                            k,
-                            xp[p * steps * TILE_ELEMS..].as_ptr().cast(),
-                            steps,
-                            pair,
-                            &mut c,
-                        )
-                    };
-                    for (i, acc) in c.iter().enumerate() {
-                        let (r0, panel) = (i / 2 * TILE, p + i % 2);
-                        if (i % 2 == 1 && !pair) || r0 >= rows {
-                            continue;
-                        }
-                        let t0 = panel * TILE;
-                        let r_valid = (rows - r0).min(TILE);
-                        for t in 0..TILE.min(m - t0) {
-                            // SAFETY: token `t0 + t < m`, columns `n0 + r0 + r < n` of this
-                            // task's range; no other task writes them.
-                            unsafe {
-                                let row = ptr.get().add((t0 + t) * n + n0 + r0);
-                                for (r, acc_row) in acc.iter().enumerate().take(r_valid) {
-                                    *row.add(r) = acc_row[t];
-                                }
+                for (i, acc) in c.iter().enumerate() {
+                    let (r0, panel) = (i / 2 * TILE, p + i % 2);
+                    if (i % 2 == 1 && !pair) || r0 >= rows {
+                        continue;
+                    }
+                    let t0 = panel * TILE;
+                    let r_valid = (rows - r0).min(TILE);
+                    for t in 0..TILE.min(m - t0) {
+                        // SAFETY: token `t0 + t < m`, columns `n0 + r0 + r < n` of this
+                        // task's range; no other task writes them.
+                        unsafe {
+                            let row = ptr.get().add((t0 + t) * n + n0 + r0);
+                            for (r, acc_row) in acc.iter().enumerate().take(r_valid) {
+                                *row.add(r) = acc_row[t];
                             }
                         }
                     }
-                    p += 1 + pair as usize;
                 }
+                p += 1 + pair as usize;
             }
         }
     };
@@ -192,7 +192,8 @@ impl Drop for TileConfig {
 
 /// One weight block (`ROWS` rows at `a`, row stride `k` bf16) against one or two token panels
 /// (`pair`) at `b`: `c[0]` = rows 0..16 x panel 0, `c[2]` = rows 16..32 x panel 0, `c[1]` and
-/// `c[3]` the same for panel 1; `c[tile][r][t]` is weight row `r` dotted with token `t`.
+/// `c[3]` the same for panel 1; `c[tile][r][t]` is weight row `r` dotted with token `t`. The
+/// first pass over a block (`prefetch`) fetches the weight rows ahead of the tile loads.
 ///
 /// # Safety
 /// The tiles configured on this thread; `a` readable for `ROWS` rows of `k = 32 steps`; `b`
@@ -203,9 +204,11 @@ unsafe fn block(
     b: *const u16,
     steps: usize,
     pair: bool,
+    prefetch: bool,
     c: &mut [[[f32; TILE]; TILE]; 4],
 ) {
     use std::arch::asm;
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
     let lda = 2 * k;
     let ldb = 2 * K_STEP;
     // SAFETY: every address below is within the bounds the caller guarantees.
@@ -222,6 +225,11 @@ unsafe fn block(
             let a0 = a.add(s * K_STEP);
             let a1 = a0.add(TILE * k);
             let b0 = b.add(s * TILE_ELEMS);
+            if prefetch && s + PREFETCH_STEPS < steps {
+                for r in 0..ROWS {
+                    _mm_prefetch::<_MM_HINT_T0>(a0.add(r * k + PREFETCH_STEPS * K_STEP).cast());
+                }
+            }
             asm!(
                 "tileloadd tmm4, [{a0} + {lda} * 1]",
                 "tileloadd tmm5, [{a1} + {lda} * 1]",

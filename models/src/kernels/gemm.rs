@@ -270,10 +270,10 @@ mod simd {
         let ranges = split_rows(n, rayon::current_num_threads() * 8, mr);
         let body = |cols: std::ops::Range<usize>| {
             let mut scratch = vec![0f32; if E::IS_F32 { 0 } else { mr * KC }];
-            for m0 in (0..m).step_by(MC) {
-                let m1 = (m0 + MC).min(m);
-                for c0 in cols.clone().step_by(NC) {
-                    let c1 = (c0 + NC).min(cols.end);
+            for c0 in cols.clone().step_by(NC) {
+                let c1 = (c0 + NC).min(cols.end);
+                for m0 in (0..m).step_by(MC) {
+                    let m1 = (m0 + MC).min(m);
                     for k0 in (0..k).step_by(KC) {
                         let kc = KC.min(k - k0);
                         for n0 in (c0..c1).step_by(mr) {
