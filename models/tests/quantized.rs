@@ -1,10 +1,13 @@
-//! Quantized replacements: every attention and MLP site and the output head quantized at load
+//! Quantized replacements: every attention, MLP and routed-experts site and the output head
+//! quantized at load
 //! (`LoadOptions::with_quantization`), logits close to the float model's, the replacements
 //! visible in `explain`, and clear errors where a format cannot apply.
 
 use candle_core::{Device, Tensor};
 use patch_core::{ModuleExt, PatchSet, Replacement};
-use patchwork_models::replacements::{Q4K, Q8_0, QuantizedAttention, QuantizedMlp};
+use patchwork_models::replacements::{
+    Q4K, Q8_0, QuantFormat, QuantizedAttention, QuantizedExperts, QuantizedMlp,
+};
 use patchwork_models::{
     AutoModelForCausalLM, CausalLM, ForwardOptions, LoadOptions, Quantization, routing,
 };
@@ -53,8 +56,9 @@ fn relative(q: &Tensor, f: &Tensor) -> f32 {
     max_abs(&(q - f).unwrap()) / max_abs(f)
 }
 
-/// Every attention and MLP module of `model` is the quantized replacement of `format`.
-fn assert_quantized<A: 'static, M: 'static>(model: &CausalLM, what: &str) {
+/// Every attention, MLP and routed-experts module of `model` is the quantized replacement of
+/// format `Q`; returns how many experts modules there are.
+fn assert_quantized<Q: QuantFormat>(model: &CausalLM, what: &str) -> usize {
     let modules = model.named_modules();
     let attention: Vec<_> = modules
         .iter()
@@ -62,16 +66,36 @@ fn assert_quantized<A: 'static, M: 'static>(model: &CausalLM, what: &str) {
         .collect();
     assert!(!attention.is_empty(), "{what}: no attention");
     for (path, module) in &attention {
-        assert!(module.is::<A>(), "{what}: {path} is {}", module.type_name());
+        assert!(
+            module.is::<QuantizedAttention<Q>>(),
+            "{what}: {path} is {}",
+            module.type_name()
+        );
     }
     for (path, module) in modules
         .iter()
         .filter(|(p, _)| p.ends_with(".mlp") || p.ends_with("shared_expert"))
     {
         if module.type_name().contains("MLP") || module.type_name().contains("Mlp") {
-            assert!(module.is::<M>(), "{what}: {path} is {}", module.type_name());
+            assert!(
+                module.is::<QuantizedMlp<Q>>(),
+                "{what}: {path} is {}",
+                module.type_name()
+            );
         }
     }
+    let experts: Vec<_> = modules
+        .iter()
+        .filter(|(p, _)| p.ends_with(".experts"))
+        .collect();
+    for (path, module) in &experts {
+        assert!(
+            module.is::<QuantizedExperts<Q>>(),
+            "{what}: {path} is {}",
+            module.type_name()
+        );
+    }
+    experts.len()
 }
 
 #[test]
@@ -81,7 +105,8 @@ fn q8_0_models_stay_close_to_the_float_ones_on_every_fixture() {
         let float = AutoModelForCausalLM::from_pretrained(&f.dir, &LoadOptions::default()).unwrap();
         let options = LoadOptions::default().with_quantization(Quantization::Q8_0);
         let quantized = AutoModelForCausalLM::from_pretrained(&f.dir, &options).unwrap();
-        assert_quantized::<QuantizedAttention<Q8_0>, QuantizedMlp<Q8_0>>(&quantized, &f.name);
+        let experts = assert_quantized::<Q8_0>(&quantized, &f.name);
+        assert_eq!(experts > 0, f.name.contains("moe"), "{}", f.name);
         assert_eq!(quantized.lm_head.quantization(), Some(Quantization::Q8_0));
         let explain = quantized.explain().to_string();
         assert!(
@@ -106,12 +131,15 @@ fn q8_0_models_stay_close_to_the_float_ones_on_every_fixture() {
 
 #[test]
 fn q4k_models_stay_close_to_the_float_ones() {
-    // The fixtures are 64 wide, below Q4_K's 256-weight blocks: a model of its own, seeded.
-    for model_type in ["llama", "qwen3"] {
+    // The fixtures are 64 wide, below Q4_K's 256-weight blocks: models of their own, seeded.
+    for model_type in ["llama", "qwen3", "qwen3_moe"] {
         let config = serde_json::json!({
             "model_type": model_type,
             "hidden_size": 256,
             "intermediate_size": 512,
+            "moe_intermediate_size": 256,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
@@ -124,7 +152,8 @@ fn q4k_models_stay_close_to_the_float_ones() {
         let float = AutoModelForCausalLM::from_config(&config, &LoadOptions::default()).unwrap();
         let options = LoadOptions::default().with_quantization(Quantization::Q4K);
         let quantized = AutoModelForCausalLM::from_config(&config, &options).unwrap();
-        assert_quantized::<QuantizedAttention<Q4K>, QuantizedMlp<Q4K>>(&quantized, model_type);
+        let experts = assert_quantized::<Q4K>(&quantized, model_type);
+        assert_eq!(experts > 0, model_type.contains("moe"), "{model_type}");
         let r = compare(&float, &quantized, 512);
         eprintln!(
             "{model_type}: q4k logits within {:.2}% of max |f32 logits|",

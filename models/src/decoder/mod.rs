@@ -48,7 +48,7 @@ pub use layer::{DecoderLayer, DecoderLayerArgs, FeedForward};
 pub use linear::{Linear, fused_projection, linear, norm_weight, projection};
 pub use mlp::{Mlp, MlpArgs};
 pub use model::{DecoderInput, DecoderModel, DecoderOutput, RouterRecord};
-pub use moe::{Experts, MoeArgs, Router, SparseMoe};
+pub use moe::{Experts, MoeArgs, Router, SparseMoe, StackedWeights};
 pub use norm::{Norm, NormArgs};
 pub use outputs::{LayerOutput, MoeOutput, RouterOutput};
 pub use positions::Positions;

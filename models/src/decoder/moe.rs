@@ -4,6 +4,7 @@
 use candle_core::Tensor;
 use patch_core::{Module, Observed, ObservedSite, Slot};
 
+use crate::decoder::activation::HiddenAct;
 use crate::decoder::capture::PassContext;
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::context::LayerContext;
@@ -28,6 +29,24 @@ pub trait Experts: Module {
         weights: &Tensor,
         pass: &PassContext,
     ) -> candle_core::Result<Tensor>;
+
+    /// The stacked weights the experts compute with, for replacements that transform them
+    /// (the quantized experts); `None` for experts without stacked weights.
+    fn stacked_weights(&self) -> Option<StackedWeights<'_>> {
+        None
+    }
+}
+
+/// Routed experts' stacked weights, transformers v5's layout, as an [`Experts`] slot exposes
+/// them.
+#[derive(Clone, Copy, Debug)]
+pub struct StackedWeights<'a> {
+    /// `[E, 2I, H]`, gate rows first.
+    pub gate_up_proj: &'a Tensor,
+    /// `[E, H, I]`.
+    pub down_proj: &'a Tensor,
+    /// The activation of the gate.
+    pub act: HiddenAct,
 }
 
 /// The sparse MoE block slot: sits in a decoder layer's feed-forward position.

@@ -11,7 +11,7 @@ use crate::decoder::capture::{PassContext, Record};
 use crate::decoder::context::LayerContext;
 use crate::decoder::layer::{DecoderLayer, FeedForward};
 use crate::decoder::mlp::Mlp;
-use crate::decoder::moe::{Experts, Router, SparseMoe};
+use crate::decoder::moe::{Experts, Router, SparseMoe, StackedWeights};
 use crate::decoder::norm::Norm;
 use crate::decoder::outputs::{LayerOutput, MoeOutput, RouterOutput};
 use crate::decoder::positions::Positions;
@@ -116,6 +116,10 @@ impl Experts for Observed<dyn Experts> {
         let y = self.inner().forward(x, indices, weights, pass)?;
         pass.record(self.site(), || Record::Tensor(y.clone()));
         Ok(y)
+    }
+
+    fn stacked_weights(&self) -> Option<StackedWeights<'_>> {
+        self.inner().stacked_weights()
     }
 }
 

@@ -302,6 +302,12 @@ macro_rules! decoder_sites {
             ) -> ::candle_core::Result<::candle_core::Tensor> {
                 self.0.forward(x, indices, weights, pass)
             }
+
+            fn stacked_weights(
+                &self,
+            ) -> ::core::option::Option<$crate::decoder::StackedWeights<'_>> {
+                self.0.stacked_weights()
+            }
         }
     };
     (@forward SparseMoe for $site:ident) => {

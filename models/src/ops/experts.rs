@@ -111,12 +111,27 @@ pub fn experts_per_expert_loop(
     weights: &Tensor,
     act: HiddenAct,
 ) -> candle_core::Result<Tensor> {
+    per_expert(x, ids, weights, |expert, xs| {
+        let h = gated(&linear(xs, &gate_up.get(expert)?, None)?, act)?;
+        linear(&h, &down.get(expert)?, None)
+    })
+}
+
+/// `sum_k weights[t, k] * expert(ids[t, k], x[t])` for every token `t`: each expert some token
+/// chose runs once, `expert(e, xs)` over its tokens `xs` `[m, hidden]` returning `[m, hidden]`,
+/// and the weighted results are added back in one `index_add`. The loop every per-expert
+/// implementation shares (stacked, quantized, a user's).
+pub fn per_expert(
+    x: &Tensor,
+    ids: &Tensor,
+    weights: &Tensor,
+    expert: impl Fn(usize, &Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
     let mut outputs = Vec::new();
     let mut targets = Vec::new();
     for group in tokens_per_expert(ids, weights)? {
         let xs = x.index_select(&group.rows, 0)?;
-        let h = gated(&linear(&xs, &gate_up.get(group.expert)?, None)?, act)?;
-        let y = linear(&h, &down.get(group.expert)?, None)?;
+        let y = expert(group.expert, &xs)?;
         outputs.push(y.broadcast_mul(&group.weights.to_dtype(y.dtype())?)?);
         targets.push(group.rows);
     }

@@ -22,7 +22,9 @@ use candle_core::{D, DType, Tensor};
 
 pub use activation::gated;
 pub use attention::{KeyValues, attention, eager_attention};
-pub use experts::{ExpertTokens, experts_per_expert_loop, routed_experts, tokens_per_expert};
+pub use experts::{
+    ExpertTokens, experts_per_expert_loop, per_expert, routed_experts, tokens_per_expert,
+};
 pub use linear::{linear, quantized_linear};
 pub use mask::AttentionMask;
 pub use norm::rms_norm;

@@ -8,7 +8,7 @@ mod quantized;
 
 pub use fused_qkv::FusedQkvAttention;
 pub use quantized::{
-    Q4K, Q8_0, QuantFormat, QuantizedAttention, QuantizedMlp, quantized_patches,
+    Q4K, Q8_0, QuantFormat, QuantizedAttention, QuantizedExperts, QuantizedMlp, quantized_patches,
     with_quantized_patches,
 };
 

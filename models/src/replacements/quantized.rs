@@ -1,7 +1,8 @@
-//! Quantized replacements: attention and MLP sites whose projections hold candle's quantized
-//! weights (`QMatMul`, Q8_0 or Q4_K), quantized at load from the float checkpoint. Each wraps
-//! whatever its site builds ([`Builder::build_original`]), so one pattern covers every family,
-//! and a user's replacement that exposes its projections is quantized the same way.
+//! Quantized replacements: attention, MLP and routed-experts sites whose projections hold
+//! candle's quantized weights (`QMatMul`, Q8_0 or Q4_K), quantized at load from the float
+//! checkpoint. Each wraps whatever its site builds ([`Builder::build_original`]), so one pattern
+//! covers every family, and a user's replacement that exposes its projections (or stacked
+//! expert weights) is quantized the same way.
 
 use std::marker::PhantomData;
 
@@ -9,7 +10,8 @@ use candle_core::Tensor;
 use patch_core::{Build, Builder, PatchSet, Replacement, Result};
 
 use crate::decoder::{
-    Attention, AttentionArgs, LayerContext, Linear, Mlp, MlpArgs, Norm, PassContext, Quantization,
+    Attention, AttentionArgs, Experts, HiddenAct, LayerContext, Linear, Mlp, MlpArgs, MoeArgs,
+    Norm, PassContext, Quantization,
 };
 
 /// A quantization format as a type, so each format's replacements are types of their own
@@ -131,18 +133,86 @@ impl<Q: QuantFormat> Mlp for QuantizedMlp<Q> {
     }
 }
 
-/// The patches that quantize a model in `format`: every attention site (`".*Attention"`) and
-/// every MLP site (`".*MLP"`). `LoadOptions::with_quantization` adds them to the patches a
+/// The routed experts its site builds, each expert's `gate_up_proj` and `down_proj` quantized
+/// in format `Q` from the stacked weights the site exposes
+/// ([`Experts::stacked_weights`]); the float experts are not kept.
+pub struct QuantizedExperts<Q: QuantFormat> {
+    /// Per expert: `gate_up_proj` `[2I, H]` and `down_proj` `[H, I]`.
+    experts: Vec<(Linear, Linear)>,
+    act: HiddenAct,
+    format: PhantomData<Q>,
+}
+
+impl<Q: QuantFormat> Build for QuantizedExperts<Q> {
+    type Slot = dyn Experts;
+
+    fn build(b: &Builder, args: MoeArgs<'_>) -> Result<Box<dyn Experts>> {
+        let inner = b.build_original::<dyn Experts>(args)?;
+        let format = Q::FORMAT;
+        let Some(stacked) = inner.stacked_weights() else {
+            return Err(patch_core::Error::other(format!(
+                "{format} at {:?}: the experts built there expose no stacked weights to quantize \
+                 (implement stacked_weights on its slot, or expose per-expert MLPs)",
+                b.path()
+            )));
+        };
+        let (count, _, _) = stacked.gate_up_proj.dims3()?;
+        let mut experts = Vec::with_capacity(count);
+        for e in 0..count {
+            let mut pair = (
+                Linear::new(stacked.gate_up_proj.get(e)?, None),
+                Linear::new(stacked.down_proj.get(e)?, None),
+            );
+            quantize_all(
+                b,
+                "experts",
+                format,
+                vec![("gate_up_proj", &mut pair.0), ("down_proj", &mut pair.1)],
+            )?;
+            experts.push(pair);
+        }
+        Ok(Box::new(Self {
+            experts,
+            act: stacked.act,
+            format: PhantomData,
+        }))
+    }
+}
+
+impl<Q: QuantFormat> Experts for QuantizedExperts<Q> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        indices: &Tensor,
+        weights: &Tensor,
+        _pass: &PassContext,
+    ) -> candle_core::Result<Tensor> {
+        crate::ops::per_expert(x, indices, weights, |e, xs| {
+            let Some((gate_up, down)) = self.experts.get(e) else {
+                candle_core::bail!(
+                    "experts: a token chose expert {e}, but there are {}",
+                    self.experts.len()
+                );
+            };
+            down.forward(&crate::ops::gated(&gate_up.forward(xs)?, self.act)?)
+        })
+    }
+}
+
+/// The patches that quantize a model in `format`: every attention site (`".*Attention"`),
+/// every MLP site (`".*MLP"`) and every routed-experts site (`".*Experts"`). `LoadOptions::with_quantization` adds them to the patches a
 /// load builds with, and quantizes the output head.
 pub fn quantized_patches(format: Quantization) -> Vec<(&'static str, Replacement)> {
     match format {
         Quantization::Q8_0 => vec![
             (".*Attention", Replacement::of::<QuantizedAttention<Q8_0>>()),
             (".*MLP", Replacement::of::<QuantizedMlp<Q8_0>>()),
+            (".*Experts", Replacement::of::<QuantizedExperts<Q8_0>>()),
         ],
         Quantization::Q4K => vec![
             (".*Attention", Replacement::of::<QuantizedAttention<Q4K>>()),
             (".*MLP", Replacement::of::<QuantizedMlp<Q4K>>()),
+            (".*Experts", Replacement::of::<QuantizedExperts<Q4K>>()),
         ],
     }
 }

@@ -5,7 +5,7 @@ use patch_core::{Builder, Result};
 
 use crate::decoder::activation::HiddenAct;
 use crate::decoder::capture::PassContext;
-use crate::decoder::moe::MoeArgs;
+use crate::decoder::moe::{MoeArgs, StackedWeights};
 use crate::implementations::{ExpertsInput, experts};
 use crate::ops::tracks_gradients;
 
@@ -45,6 +45,15 @@ impl StackedExperts {
             gate_up_proj: get((e, 2 * i, h), "gate_up_proj")?,
             down_proj: get((e, h, i), "down_proj")?,
             act: c.hidden_act,
+        })
+    }
+
+    /// The weights, as the [`Experts`](crate::decoder::Experts) slot exposes them.
+    pub fn stacked_weights(&self) -> Option<StackedWeights<'_>> {
+        Some(StackedWeights {
+            gate_up_proj: &self.gate_up_proj,
+            down_proj: &self.down_proj,
+            act: self.act,
         })
     }
 
