@@ -10,7 +10,7 @@ use std::sync::Arc;
 use candle_core::DType;
 use patch_core::checkpoint::{Checkpoint, Weights};
 use patch_core::{
-    Builder, ModuleExt, Replacement, apply_patches, register_patch_mapping, with_patches,
+    Builder, ModuleExt, PatchSet, Replacement, apply_patches, register_patch_mapping,
 };
 use patchwork_examples::FusedQkvAttention;
 use patchwork_models::llama::{LlamaConfig, LlamaDecoderLayer, LlamaForCausalLM};
@@ -50,9 +50,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             attention_type(&build_by_hand(&dir)?)
         );
     }
-    // The closure form.
-    let model = with_patches(|| build_by_hand(&dir))?;
-    println!("by hand, inside with_patches:   {}", attention_type(&model));
+    // The closure form, for the registered patches or any other set.
+    let model = PatchSet::global().scope(|| build_by_hand(&dir))?;
+    println!("by hand, inside set.scope:      {}", attention_type(&model));
 
     // Built by hand outside any scope: the original.
     println!(

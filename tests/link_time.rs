@@ -8,7 +8,7 @@ use patch_core::ModuleExt;
 
 use linked_patches::LinkedMlp;
 use patch_core::matching::Outcome;
-use patch_core::{Builder, Origin, PatchSet, get_patch_mapping};
+use patch_core::{Builder, PatchSet, RegisteredAt, get_patch_mapping};
 use patchwork_tests::{build_toy, toy_input, toy_weights};
 
 #[test]
@@ -24,8 +24,8 @@ fn a_referenced_crate_registers_its_patch_at_link_time() {
     );
     assert_eq!(record.label(), Some("negating MLP"));
     assert!(matches!(
-        record.origin(),
-        Origin::LinkTime {
+        record.registered_at(),
+        RegisteredAt::LinkTime {
             module_path: "linked_patches",
             ..
         }

@@ -5,7 +5,7 @@
 
 use patch_core::ModuleExt;
 use patch_core::{
-    Builder, Error, Origin, PatchSet, Replacement, apply_patches, clear_patch_mapping,
+    Builder, Error, PatchSet, RegisteredAt, Replacement, apply_patches, clear_patch_mapping,
     get_patch_mapping, register_patch_mapping, reset_patch_mapping, unregister_patch_mapping,
 };
 use patchwork_tests::replacements::{DoubledAttention, IdentityMlp, NoNorm, ZeroMlp};
@@ -34,7 +34,7 @@ fn register_then_get_shows_the_mapping_in_order() {
         mlp.replacement().type_name(),
         std::any::type_name::<ZeroMlp>()
     );
-    assert_eq!(mlp.origin(), &Origin::Runtime);
+    assert_eq!(mlp.registered_at(), &RegisteredAt::Runtime);
     let text = mapping.to_string();
     assert!(
         text.contains("\"ToyMLP\"") && text.contains("ZeroMlp") && text.contains("run time"),
@@ -175,7 +175,9 @@ fn hand_built_models_use_originals_unless_inside_apply_patches() {
         assert_eq!(mlp_of(&model), std::any::type_name::<ZeroMlp>());
     }
     // Closure form.
-    let model = patch_core::with_patches(|| build_toy(&Builder::new(toy_weights()))).unwrap();
+    let model = PatchSet::global()
+        .scope(|| build_toy(&Builder::new(toy_weights())))
+        .unwrap();
     assert_eq!(mlp_of(&model), std::any::type_name::<ZeroMlp>());
     // The scope ended with the guard.
     let model = build_toy(&Builder::new(toy_weights())).unwrap();

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use patch_checkpoint::{Init, Transform, Weights};
 
-use crate::matching::{Outcome, Rule};
+use crate::matching::{Outcome, Rule, SiteKey};
 use crate::replacement::short_type_name;
 use crate::{Build, Error, ObservedSite, PatchSet, Result, Site, Slot};
 
@@ -114,7 +114,7 @@ impl Builder {
     /// else `T`. Whichever type is built gets the weight transforms it carries
     /// ([`Build::transforms`]), scoped to this path.
     pub fn build<T: Site>(&self, args: <T::Slot as Slot>::Args<'_>) -> Result<Box<T::Slot>> {
-        let resolution = self.patches().resolve_site::<T>();
+        let resolution = self.patches().resolve(SiteKey::of::<T>());
         let built = match &resolution.outcome {
             Outcome::Original => {
                 let index = self.note(

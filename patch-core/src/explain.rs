@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::mapping::link_time_records;
 use crate::matching::{Outcome, Resolution, SiteKey};
-use crate::{Error, Origin, PatchRecord, PatchSet, SiteInfo};
+use crate::{Error, PatchRecord, PatchSet, RegisteredAt};
 
 /// The answer to "is my patch applied, and if not, why?" for a list of sites.
 #[derive(Clone, Debug)]
@@ -18,23 +18,14 @@ pub struct Explain {
 }
 
 impl PatchSet {
-    /// Explains how `sites` resolve in this set.
-    pub fn explain<'a>(&self, sites: impl IntoIterator<Item = &'a SiteInfo>) -> Explain {
-        self.explain_keys(sites.into_iter().map(|s| SiteKey {
-            name: s.name(),
-            slot: s.slot(),
-            slot_id: s.slot_id(),
-        }))
-    }
-
     /// Explains how every linked site resolves in this set.
     pub fn explain_all(&self) -> Explain {
         self.explain(crate::sites().iter().copied())
     }
 
-    /// Explains how the sites described by `keys` resolve in this set.
-    pub fn explain_keys(&self, keys: impl IntoIterator<Item = SiteKey>) -> Explain {
-        let sites: Vec<Arc<Resolution>> = keys.into_iter().map(|k| self.resolve_key(k)).collect();
+    /// Explains how `sites` (linked sites' [`SiteInfo`]s, or [`SiteKey`]s) resolve in this set.
+    pub fn explain<K: Into<SiteKey>>(&self, sites: impl IntoIterator<Item = K>) -> Explain {
+        let sites: Vec<Arc<Resolution>> = sites.into_iter().map(|k| self.resolve(k)).collect();
         let unmatched = self
             .records()
             .iter()
@@ -55,7 +46,7 @@ impl PatchSet {
 }
 
 /// Explains how `sites` resolve against the global registry as it is now.
-pub fn explain<'a>(sites: impl IntoIterator<Item = &'a SiteInfo>) -> Explain {
+pub fn explain<K: Into<SiteKey>>(sites: impl IntoIterator<Item = K>) -> Explain {
     PatchSet::global().explain(sites)
 }
 
@@ -97,7 +88,7 @@ impl fmt::Display for Explain {
         let link = self
             .patches
             .iter()
-            .filter(|r| matches!(r.origin(), Origin::LinkTime { .. }))
+            .filter(|r| matches!(r.registered_at(), RegisteredAt::LinkTime { .. }))
             .count();
         let plural =
             |n: usize, one: &'static str, many: &'static str| if n == 1 { one } else { many };
@@ -145,7 +136,7 @@ impl fmt::Display for Explain {
             let rule = match &r.outcome {
                 Outcome::Original => "none".to_string(),
                 Outcome::Patched { record, rule } => {
-                    format!("{rule} {:?} ({})", record.key(), record.origin())
+                    format!("{rule} {:?} ({})", record.key(), record.registered_at())
                 }
                 Outcome::Conflict(c) => c.to_error(&r.site).to_string(),
             };
@@ -162,7 +153,7 @@ impl fmt::Display for Explain {
             writeln!(f)?;
             writeln!(f, "patches matching no site above:")?;
             for r in &self.unmatched {
-                writeln!(f, "  {r} ({})", r.origin())?;
+                writeln!(f, "  {r} ({})", r.registered_at())?;
             }
         }
         if !self.link_errors.is_empty() {

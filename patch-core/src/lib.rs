@@ -83,7 +83,7 @@ mod slot;
 pub use builder::{BuildReport, Builder, BuiltSite};
 pub use error::{Error, Result};
 pub use explain::{Explain, explain};
-pub use mapping::{Origin, PatchEntry, PatchMapping, PatchRecord};
+pub use mapping::{PatchEntry, PatchMapping, PatchRecord, RegisteredAt};
 pub use matching::SiteMatcher;
 pub use observed::{Observed, ObservedSite};
 pub use patch_set::PatchSet;
@@ -92,7 +92,7 @@ pub use registry::{
     unregister_patch_mapping,
 };
 pub use replacement::Replacement;
-pub use scope::{PatchScope, apply_patches, with_patches};
+pub use scope::{PatchScope, apply_patches};
 pub use site::{Site, SiteInfo, SiteRegistration, sites, sites_named};
 pub use slot::{Build, Module, ModuleExt, Slot};
 

@@ -45,9 +45,9 @@ impl PatchEntry {
 
 inventory::collect!(PatchEntry);
 
-/// Where a patch came from.
+/// Where a patch was registered: a `#[patch]` in a linked crate, or at run time.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origin {
+pub enum RegisteredAt {
     /// `#[patch]` in a linked crate.
     LinkTime {
         /// Module of the replacement type.
@@ -61,38 +61,39 @@ pub enum Origin {
     Runtime,
 }
 
-impl fmt::Display for Origin {
+impl fmt::Display for RegisteredAt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::LinkTime { file, line, .. } => write!(
+            RegisteredAt::LinkTime { file, line, .. } => write!(
                 f,
                 "#[patch] in crate {} at {file}:{line}",
                 self.crate_name().unwrap_or("?")
             ),
-            Origin::Runtime => f.write_str("run time"),
+            RegisteredAt::Runtime => f.write_str("run time"),
         }
     }
 }
 
-impl Origin {
+impl RegisteredAt {
     /// The crate a link-time patch was defined in (`None` for run-time registrations).
     pub fn crate_name(&self) -> Option<&'static str> {
         match self {
-            Origin::LinkTime { module_path, .. } => {
+            RegisteredAt::LinkTime { module_path, .. } => {
                 Some(module_path.split("::").next().unwrap_or(module_path))
             }
-            Origin::Runtime => None,
+            RegisteredAt::Runtime => None,
         }
     }
 }
 
-/// One registered patch: a key, the replacement it maps to, its priority and origin.
+/// One registered patch: a key, the replacement it maps to, its priority and where it was
+/// registered.
 #[derive(Debug)]
 pub struct PatchRecord {
     matcher: SiteMatcher,
     replacement: Replacement,
     label: Option<String>,
-    origin: Origin,
+    registered_at: RegisteredAt,
     /// Registration order: 0 for every link-time entry, then increasing per run-time
     /// registration.
     seq: u64,
@@ -103,14 +104,14 @@ impl PatchRecord {
         key: String,
         replacement: Replacement,
         label: Option<String>,
-        origin: Origin,
+        registered_at: RegisteredAt,
         seq: u64,
     ) -> Result<Self> {
         Ok(Self {
             matcher: SiteMatcher::new(key)?,
             replacement,
             label,
-            origin,
+            registered_at,
             seq,
         })
     }
@@ -141,8 +142,8 @@ impl PatchRecord {
     }
 
     /// Where it came from.
-    pub fn origin(&self) -> &Origin {
-        &self.origin
+    pub fn registered_at(&self) -> &RegisteredAt {
+        &self.registered_at
     }
 
     /// Registration order (0 for link-time entries).
@@ -185,7 +186,7 @@ pub(crate) fn link_time_records() -> &'static (Vec<Arc<PatchRecord>>, Vec<Error>
         let mut records = Vec::new();
         let mut errors = Vec::new();
         for e in entries {
-            let origin = Origin::LinkTime {
+            let registered_at = RegisteredAt::LinkTime {
                 module_path: e.module_path,
                 file: e.file,
                 line: e.line,
@@ -195,7 +196,7 @@ pub(crate) fn link_time_records() -> &'static (Vec<Arc<PatchRecord>>, Vec<Error>
                 e.key.to_string(),
                 replacement,
                 e.label.map(str::to_string),
-                origin,
+                registered_at,
                 0,
             ) {
                 Ok(r) => records.push(Arc::new(r)),
@@ -274,7 +275,7 @@ impl fmt::Display for PatchMapping {
                 r.replacement.type_name(),
                 r.replacement.slot(),
                 r.priority(),
-                r.origin,
+                r.registered_at,
             )?;
         }
         Ok(())

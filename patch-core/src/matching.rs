@@ -171,8 +171,8 @@ impl Conflict {
             },
             Conflict::Ambiguous(a, b) => Error::Ambiguous {
                 site: site.name.to_string(),
-                first: format!("{a} ({})", a.origin()),
-                second: format!("{b} ({})", b.origin()),
+                first: format!("{a} ({})", a.registered_at()),
+                second: format!("{b} ({})", b.registered_at()),
             },
         }
     }

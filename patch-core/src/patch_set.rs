@@ -8,7 +8,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::mapping::link_time_records;
 use crate::matching::{self, Resolution, SiteKey};
-use crate::{Error, Origin, PatchMapping, PatchRecord, Replacement, Result, Site, SiteInfo, Slot};
+use crate::{Error, PatchMapping, PatchRecord, RegisteredAt, Replacement, Result};
 
 /// Run-time registrations are numbered from 1 in call order, across all sets; link-time entries
 /// are 0.
@@ -65,7 +65,7 @@ impl PatchSet {
         let mut crates: Vec<&'static str> = link_time_records()
             .0
             .iter()
-            .filter_map(|r| r.origin().crate_name())
+            .filter_map(|r| r.registered_at().crate_name())
             .collect();
         crates.sort_unstable();
         crates.dedup();
@@ -136,7 +136,7 @@ impl PatchSet {
                 key,
                 replacement,
                 None,
-                Origin::Runtime,
+                RegisteredAt::Runtime,
                 seq,
             )?));
         }
@@ -194,26 +194,10 @@ impl PatchSet {
         *self = Self::empty();
     }
 
-    /// What site `T` resolves to in this set.
-    pub fn resolve_site<T: Site>(&self) -> Arc<Resolution> {
-        self.resolve_key(SiteKey {
-            name: T::NAME,
-            slot: <T::Slot as Slot>::NAME,
-            slot_id: TypeId::of::<T::Slot>(),
-        })
-    }
-
-    /// What the linked site `info` resolves to in this set.
-    pub fn resolve(&self, info: &SiteInfo) -> Arc<Resolution> {
-        self.resolve_key(SiteKey {
-            name: info.name(),
-            slot: info.slot(),
-            slot_id: info.slot_id(),
-        })
-    }
-
-    /// The resolution of `site`, from the cache when it was asked before.
-    pub fn resolve_key(&self, site: SiteKey) -> Arc<Resolution> {
+    /// What `site` (a linked site's [`SiteInfo`], or a [`SiteKey`]) resolves to in this set:
+    /// the winning replacement, the rule, and what was skipped (cached per site).
+    pub fn resolve(&self, site: impl Into<SiteKey>) -> Arc<Resolution> {
+        let site = site.into();
         let id = (site.name, site.slot_id);
         if let Some(hit) = self
             .inner

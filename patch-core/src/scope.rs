@@ -1,4 +1,5 @@
-//! `apply_patches`: patches for models built by hand, scoped to the current thread.
+//! `apply_patches`: patches for models built by hand, scoped to the current thread (the
+//! guard), and [`PatchSet::scope`] for a closure over a given set.
 //!
 //! Upstream swaps classes process-wide while the block runs; here the scope is a thread-local
 //! stack of [`PatchSet`]s, so two threads building models never see each other's scope.
@@ -70,10 +71,4 @@ impl PatchSet {
 /// ```
 pub fn apply_patches() -> PatchScope {
     PatchSet::global().enter()
-}
-
-/// Runs `f` with the registered patches applied to models built by hand on this thread
-/// (closure form of [`apply_patches`]).
-pub fn with_patches<R>(f: impl FnOnce() -> R) -> R {
-    PatchSet::global().scope(f)
 }

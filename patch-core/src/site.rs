@@ -3,6 +3,7 @@
 use std::any::TypeId;
 use std::sync::OnceLock;
 
+use crate::matching::SiteKey;
 use crate::{Build, Slot};
 
 /// A layer type whose construction goes through the patch registry. Implemented by
@@ -29,6 +30,27 @@ pub struct SiteInfo {
     slot_id: fn() -> TypeId,
     type_name: fn() -> &'static str,
     module_path: &'static str,
+}
+
+impl From<&SiteInfo> for SiteKey {
+    fn from(info: &SiteInfo) -> SiteKey {
+        SiteKey {
+            name: info.name(),
+            slot: info.slot(),
+            slot_id: info.slot_id(),
+        }
+    }
+}
+
+impl SiteKey {
+    /// The key of site `T`.
+    pub fn of<T: Site>() -> SiteKey {
+        SiteKey {
+            name: T::NAME,
+            slot: <T::Slot as Slot>::NAME,
+            slot_id: TypeId::of::<T::Slot>(),
+        }
+    }
 }
 
 impl SiteInfo {

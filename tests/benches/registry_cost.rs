@@ -89,25 +89,25 @@ fn main() {
                 let fresh = patterns();
                 let start = Instant::now();
                 for s in &sites {
-                    black_box(fresh.resolve_key(*s));
+                    black_box(fresh.resolve(*s));
                 }
                 start.elapsed()
             })
             .collect(),
     );
     for s in &sites {
-        set.resolve_key(*s);
+        set.resolve(*s);
     }
     let warm = time(20, || {
         for s in &sites {
-            black_box(set.resolve_key(*s));
+            black_box(set.resolve(*s));
         }
     });
     let matched = sites
         .iter()
         .filter(|s| {
             matches!(
-                set.resolve_key(**s).outcome,
+                set.resolve(**s).outcome,
                 patch_core::matching::Outcome::Patched { .. }
             )
         })

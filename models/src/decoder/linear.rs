@@ -139,7 +139,10 @@ impl Linear {
         let bias = self.bias()?;
         // A fresh tensor: candle quantizes a tensor's storage from its start, so a view at an
         // offset (one expert of a stack) must be copied out first.
-        let values = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let values = weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let weight = Tensor::from_vec(values, (out, inp), weight.device())?;
         let q = QTensor::quantize(&weight, format.ggml())?;
         self.params = Params::Quantized {
