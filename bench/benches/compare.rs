@@ -9,7 +9,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use patch_checkpoint::SaveOptions;
-use patchwork_models::kernels::{Isa, bf16, gemm, gemv};
+use patchwork_models::kernels::{Isa, bf16, gemm, gemv, q8_0};
 use patchwork_models::{AutoModelForCausalLM, CausalLM, GenerationConfig, LoadOptions};
 use rayon::prelude::*;
 
@@ -111,6 +111,32 @@ fn kernels(reps: usize, buf: &[f32]) {
         gbs(n * k * 4, median(&t_bf16)),
         gbs(n * k * 4, median(&t_candle)),
     );
+    // Q8_0: this crate's blocks against candle's, on the same weights, per path.
+    let q = q8_0::Q8_0Matrix::quantize(&w, n, k);
+    let cq = candle_core::quantized::QMatMul::from_qtensor(
+        candle_core::quantized::QTensor::quantize(&wt, candle_core::quantized::GgmlDType::Q8_0)
+            .unwrap(),
+    )
+    .unwrap();
+    let mut line = format!("  q8_0 gemv {n}x{k} ({} MB):", q.bytes() / 1_000_000);
+    for path in Isa::available().into_iter().filter(|i| *i != Isa::Portable) {
+        let ts: Vec<f64> = (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                q.matmul_t(path, &x, 1, &mut y);
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        line += &format!(" {} {:.1} GB/s;", path.name(), gbs(q.bytes(), median(&ts)));
+    }
+    let ts: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(candle_core::Module::forward(&cq, &xt).unwrap());
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    println!("{line} candle {:.1} GB/s", gbs(q.bytes(), median(&ts)));
     // Small products as a decoding step meets them: 1024x1024 matrices, 100 distinct ones in
     // turn (400 MB, so none is cached), one join each.
     {

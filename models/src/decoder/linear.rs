@@ -6,6 +6,8 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
+
+use crate::kernels::q8_0::Q8_0Matrix;
 use candle_core::{DType, Tensor};
 use candle_nn::Init;
 use patch_core::{Builder, Result};
@@ -32,12 +34,20 @@ enum Params {
     },
     Rows(Vec<Linear>),
     Quantized {
-        weight: Arc<QMatMul>,
+        weight: Arc<QuantizedWeight>,
         bias: Option<Tensor>,
         format: Quantization,
         /// `[out, in]`.
         shape: (usize, usize),
     },
+}
+
+/// A quantized weight: Q8_0 in this crate's own blocks (integer dot-product kernels), other
+/// formats in candle's `QMatMul`.
+#[derive(Debug)]
+enum QuantizedWeight {
+    Q8_0(Q8_0Matrix),
+    Candle(QMatMul),
 }
 
 impl Linear {
@@ -61,9 +71,16 @@ impl Linear {
     pub fn weight(&self) -> candle_core::Result<Tensor> {
         match &self.params {
             Params::One { weight, .. } => Ok(weight.clone()),
-            Params::Quantized { weight, .. } => match weight.as_ref() {
-                QMatMul::QTensor(q) => q.dequantize(&candle_core::Device::Cpu),
-                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(t.clone()),
+            Params::Quantized { weight, shape, .. } => match weight.as_ref() {
+                QuantizedWeight::Q8_0(q) => {
+                    Tensor::from_vec(q.dequantize(), *shape, &candle_core::Device::Cpu)
+                }
+                QuantizedWeight::Candle(QMatMul::QTensor(q)) => {
+                    q.dequantize(&candle_core::Device::Cpu)
+                }
+                QuantizedWeight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                    Ok(t.clone())
+                }
             },
             Params::Rows(parts) => {
                 let ws = parts
@@ -99,7 +116,12 @@ impl Linear {
                 bias,
                 shape,
                 ..
-            } => crate::ops::quantized_linear(x, weight, *shape, bias.as_ref()),
+            } => match weight.as_ref() {
+                QuantizedWeight::Q8_0(q) => crate::ops::q8_0_linear(x, q, bias.as_ref()),
+                QuantizedWeight::Candle(q) => {
+                    crate::ops::quantized_linear(x, q, *shape, bias.as_ref())
+                }
+            },
         }
     }
 
@@ -111,8 +133,8 @@ impl Linear {
         }
     }
 
-    /// Stores the weight in `format` from now on (candle's `QMatMul`, quantized from the
-    /// current weight; the bias stays float). Inference only: an error for a layer whose
+    /// Stores the weight in `format` from now on, quantized from the current weight (Q8_0 in
+    /// [`Q8_0Matrix`] blocks, Q4_K in candle's `QMatMul`; the bias stays float). Inference only: an error for a layer whose
     /// weight tracks gradients, or whose input width is not a multiple of the format's block
     /// (32 for `q8_0`, 256 for `q4k`); the error names both.
     pub fn quantize(&mut self, format: Quantization) -> candle_core::Result<()> {
@@ -137,16 +159,24 @@ impl Linear {
             )));
         }
         let bias = self.bias()?;
-        // A fresh tensor: candle quantizes a tensor's storage from its start, so a view at an
-        // offset (one expert of a stack) must be copied out first.
+        // The values copied out: candle quantizes a tensor's storage from its start, so a view
+        // at an offset (one expert of a stack) would be read wrong.
         let values = weight
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let weight = Tensor::from_vec(values, (out, inp), weight.device())?;
-        let q = QTensor::quantize(&weight, format.ggml())?;
+        let weight = match format {
+            Quantization::Q8_0 => QuantizedWeight::Q8_0(Q8_0Matrix::quantize(&values, out, inp)),
+            Quantization::Q4K => {
+                let weight = Tensor::from_vec(values, (out, inp), weight.device())?;
+                QuantizedWeight::Candle(QMatMul::from_qtensor(QTensor::quantize(
+                    &weight,
+                    format.ggml(),
+                )?)?)
+            }
+        };
         self.params = Params::Quantized {
-            weight: Arc::new(QMatMul::from_qtensor(q)?),
+            weight: Arc::new(weight),
             bias,
             format,
             shape: (out, inp),

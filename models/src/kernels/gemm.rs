@@ -47,25 +47,93 @@ pub fn matmul_t<E: WeightElem>(
                     super::amx::matmul_t(x, m, k, w, n, out)
                 }
             }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 | Isa::Amx => simd::matmul_t_avx512(x, m, k, w, n, out),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => simd::matmul_t_avx2(x, m, k, w, n, out),
-            _ => {
-                let rows: Vec<Mutex<&mut [f32]>> =
-                    out.chunks_mut(n.max(1)).map(Mutex::new).collect();
-                pool::parallel_for(rows.len(), |t| {
-                    let mut o = rows[t]
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    gemv::gemv_rows(Isa::Portable, w, &x[t * k..(t + 1) * k], &mut o);
-                });
-            }
+            _ => matmul_t_packed(&PackedTokens::new(isa, x, m), w, n, out),
         }
     }
     if let Some(b) = bias {
         for row in out.chunks_mut(n.max(1)) {
             row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+        }
+    }
+}
+
+/// Tokens `x` (`[m, k]`) laid out for the float product's register tiles once, for several
+/// products with the same tokens: what a product that walks its weights in blocks (Q8_0
+/// matrices, dequantized a block of rows at a time) passes to [`matmul_t_packed`] per block.
+#[derive(Clone, Debug)]
+pub struct PackedTokens {
+    isa: Isa,
+    m: usize,
+    k: usize,
+    /// Panels of the tile's width in tokens, `k`-major (SIMD paths), or `x` as given
+    /// (portable).
+    data: Vec<f32>,
+}
+
+impl PackedTokens {
+    /// Packs `x` (`m` rows) for products on `isa` (narrowed to what the CPU has).
+    ///
+    /// # Panics
+    /// If `m` is zero or does not divide `x`'s length.
+    pub fn new(isa: Isa, x: &[f32], m: usize) -> PackedTokens {
+        assert!(
+            m > 0 && x.len().is_multiple_of(m),
+            "PackedTokens: x is not m x k"
+        );
+        let k = x.len() / m;
+        let isa = isa.capped(Isa::Avx512);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma | Isa::Avx512 => {
+                let width = simd::with_tile(isa, m, simd::PanelWidth);
+                PackedTokens {
+                    isa,
+                    m,
+                    k,
+                    data: simd::pack(x, m, k, width),
+                }
+            }
+            _ => PackedTokens {
+                isa: Isa::Portable,
+                m,
+                k,
+                data: x.to_vec(),
+            },
+        }
+    }
+}
+
+/// `out = x w^T` for packed tokens `x` (`m` of them): `w` `[n, k]`, `out` `[m, n]`, on the
+/// kernel threads (serially when called from inside a kernel task).
+///
+/// # Panics
+/// If the slice lengths do not agree with the tokens' `m`, `k` and `n`.
+pub fn matmul_t_packed<E: WeightElem>(x: &PackedTokens, w: &[E], n: usize, out: &mut [f32]) {
+    let (m, k) = (x.m, x.k);
+    assert_eq!(w.len(), n * k, "matmul_t_packed: w is not n x k");
+    assert_eq!(out.len(), m * n, "matmul_t_packed: out is not m x n");
+    match x.isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma | Isa::Avx512 => simd::with_tile(
+            x.isa,
+            m,
+            simd::Product {
+                xp: &x.data,
+                m,
+                k,
+                w,
+                n,
+                out,
+            },
+        ),
+        _ => {
+            let rows: Vec<Mutex<&mut [f32]>> = out.chunks_mut(n.max(1)).map(Mutex::new).collect();
+            pool::parallel_for(rows.len(), |t| {
+                let mut o = rows[t]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                gemv::gemv_rows(Isa::Portable, w, &x.data[t * k..(t + 1) * k], &mut o);
+            });
         }
     }
 }
@@ -76,7 +144,7 @@ mod simd {
 
     use std::sync::Mutex;
 
-    use super::super::{OutPtr, WeightElem, pool};
+    use super::super::{Isa, OutPtr, WeightElem, pool};
     use super::split_rows;
 
     /// `k` block. Whole rows at the bench shapes (`k` up to 2816): with weights coming from
@@ -195,49 +263,87 @@ mod simd {
     impl_tile!(Avx512, 16, 24, kernel_avx512, widen_avx512,
         1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24);
 
-    /// The AVX2 product. Few tokens: one vector of 8 tokens, 12 weight rows per tile (13
-    /// loads, 12 FMAs per step). More: two vectors (16 tokens), 6 rows (8 loads, 12 FMAs).
-    pub(super) fn matmul_t_avx2<E: WeightElem>(
-        x: &[f32],
-        m: usize,
-        k: usize,
-        w: &[E],
-        n: usize,
-        out: &mut [f32],
-    ) {
-        if m <= 8 {
-            run::<E, Avx2<1, 12>>(x, m, k, w, n, out)
+    /// Work that runs with whichever tile [`with_tile`] chooses.
+    pub(super) trait TileJob {
+        type Out;
+        fn run<T: Tile>(self) -> Self::Out;
+    }
+
+    /// Runs `job` with the tile for `m` tokens on `isa` (AVX2 or AVX-512, available). AVX2:
+    /// few tokens get one vector of 8 tokens by 12 weight rows (13 loads, 12 FMAs per step),
+    /// more two vectors by 6 rows (8 loads, 12 FMAs). AVX-512: up to 8 tokens as AVX2, then
+    /// one vector of 16 tokens by 24 rows up to 4 vectors by 6 rows as the tokens grow.
+    pub(super) fn with_tile<J: TileJob>(isa: Isa, m: usize, job: J) -> J::Out {
+        if isa == Isa::Avx512 {
+            if m <= 8 {
+                job.run::<Avx2<1, 12>>()
+            } else if m <= 16 {
+                job.run::<Avx512<1, 24>>()
+            } else if m <= 32 {
+                job.run::<Avx512<2, 12>>()
+            } else if m <= 48 {
+                job.run::<Avx512<3, 8>>()
+            } else {
+                job.run::<Avx512<4, 6>>()
+            }
+        } else if m <= 8 {
+            job.run::<Avx2<1, 12>>()
         } else {
-            run::<E, Avx2<2, 6>>(x, m, k, w, n, out)
+            job.run::<Avx2<2, 6>>()
         }
     }
 
-    /// The AVX-512 product. Few tokens: one vector of 16 tokens, 24 weight rows per tile (25
-    /// loads, 24 FMAs per step). More: two vectors (32 tokens), 12 rows (14 loads, 24 FMAs).
-    pub(super) fn matmul_t_avx512<E: WeightElem>(
-        x: &[f32],
-        m: usize,
-        k: usize,
-        w: &[E],
-        n: usize,
-        out: &mut [f32],
-    ) {
-        if m <= 8 {
-            run::<E, Avx2<1, 12>>(x, m, k, w, n, out)
-        } else if m <= 16 {
-            run::<E, Avx512<1, 24>>(x, m, k, w, n, out)
-        } else if m <= 32 {
-            run::<E, Avx512<2, 12>>(x, m, k, w, n, out)
-        } else if m <= 48 {
-            run::<E, Avx512<3, 8>>(x, m, k, w, n, out)
-        } else {
-            run::<E, Avx512<4, 6>>(x, m, k, w, n, out)
+    /// The tokens per packed panel of the chosen tile.
+    pub(super) struct PanelWidth;
+
+    impl TileJob for PanelWidth {
+        type Out = usize;
+        fn run<T: Tile>(self) -> usize {
+            T::NV * T::LANES
         }
     }
 
-    /// The blocked product with tiles `T`; the caller has checked that `T`'s ISA is available.
+    /// Packs `x` (`[m, k]`) in panels of `width` tokens: panel p, step kk, lane j =
+    /// x[p * width + j][kk] (zero past m).
+    pub(super) fn pack(x: &[f32], m: usize, k: usize, width: usize) -> Vec<f32> {
+        let panels = m.div_ceil(width);
+        let mut xp = vec![0f32; panels * k * width];
+        let chunks: Vec<Mutex<&mut [f32]>> = xp.chunks_mut(k * width).map(Mutex::new).collect();
+        pool::parallel_for(chunks.len(), |p| {
+            let mut panel = chunks[p]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let rows = width.min(m - p * width);
+            for (kk, lanes) in panel.chunks_exact_mut(width).enumerate() {
+                for (j, lane) in lanes[..rows].iter_mut().enumerate() {
+                    *lane = x[(p * width + j) * k + kk];
+                }
+            }
+        });
+        xp
+    }
+
+    /// One product on packed tokens.
+    pub(super) struct Product<'a, E> {
+        pub(super) xp: &'a [f32],
+        pub(super) m: usize,
+        pub(super) k: usize,
+        pub(super) w: &'a [E],
+        pub(super) n: usize,
+        pub(super) out: &'a mut [f32],
+    }
+
+    impl<E: WeightElem> TileJob for Product<'_, E> {
+        type Out = ();
+        fn run<T: Tile>(self) {
+            run::<E, T>(self.xp, self.m, self.k, self.w, self.n, self.out)
+        }
+    }
+
+    /// The blocked product with tiles `T` on tokens packed for them ([`pack`] with `T`'s
+    /// panel width); the caller has checked that `T`'s ISA is available.
     fn run<E: WeightElem, T: Tile>(
-        x: &[f32],
+        xp: &[f32],
         m: usize,
         k: usize,
         w: &[E],
@@ -246,23 +352,7 @@ mod simd {
     ) {
         let nr = T::NV * T::LANES;
         let mr = T::MR;
-        let panels = m.div_ceil(nr);
-        // Packed tokens: panel p, step kk, lane j = x[p * nr + j][kk] (zero past m).
-        let mut xp = vec![0f32; panels * k * nr];
-        {
-            let chunks: Vec<Mutex<&mut [f32]>> = xp.chunks_mut(k * nr).map(Mutex::new).collect();
-            pool::parallel_for(chunks.len(), |p| {
-                let mut panel = chunks[p]
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let rows = nr.min(m - p * nr);
-                for (kk, lanes) in panel.chunks_exact_mut(nr).enumerate() {
-                    for (j, lane) in lanes[..rows].iter_mut().enumerate() {
-                        *lane = x[(p * nr + j) * k + kk];
-                    }
-                }
-            });
-        }
+        debug_assert_eq!(xp.len(), m.div_ceil(nr) * k * nr);
         // No zeroing of `out`: the first `k` block of every tile stores, the later ones add.
         let ptr = OutPtr(out.as_mut_ptr());
         // Eight ranges per thread, taken dynamically: a thread that is preempted for a while

@@ -23,6 +23,7 @@ pub mod gemm;
 pub mod gemv;
 pub mod moe;
 pub(crate) mod pool;
+pub mod q8_0;
 
 use std::sync::OnceLock;
 

@@ -5,6 +5,7 @@ use candle_core::{DType, Module as _, Tensor};
 
 use super::cpu::{CpuSlice, cpu_tensor};
 use super::{cpu_f32, tracks_gradients};
+use crate::kernels::q8_0::Q8_0Matrix;
 use crate::kernels::{Isa, WeightElem, bf16, gemm};
 
 /// `x W^T + bias` for `x` `[..., in]`, `w` `[out, in]` (as checkpoints store it) and `bias`
@@ -76,6 +77,41 @@ pub fn quantized_linear(
     dims.push(n);
     let x2 = x.reshape((m, k))?.to_dtype(DType::F32)?.contiguous()?;
     let y = w.forward(&x2)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
+        None => y,
+    };
+    y.to_dtype(x.dtype())?.reshape(dims)
+}
+
+/// `x W^T + b` for a weight held in Q8_0 blocks: [`Q8_0Matrix::matmul_t`], which quantizes
+/// each token to 8 bits per block as it multiplies. `x` is read as f32 (converted when it is
+/// not), and the result converted back to `x`'s dtype.
+pub fn q8_0_linear(
+    x: &Tensor,
+    w: &Q8_0Matrix,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (n, k) = w.shape();
+    let mut dims = x.dims().to_vec();
+    if dims.pop() != Some(k) {
+        candle_core::bail!(
+            "linear: input {:?} does not end in the quantized weight's {k} inputs",
+            x.shape()
+        );
+    }
+    if !x.device().is_cpu() {
+        candle_core::bail!(
+            "q8_0 layers run on the CPU; the input is on {:?}",
+            x.device()
+        );
+    }
+    let m: usize = dims.iter().product();
+    dims.push(n);
+    let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut out = vec![0f32; m * n];
+    w.matmul_t(Isa::detect(), &xs, m, &mut out);
+    let y = cpu_tensor(out, (m, n))?;
     let y = match bias {
         Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
         None => y,
