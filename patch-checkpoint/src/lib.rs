@@ -40,6 +40,8 @@
 
 mod accounting;
 mod checkpoint;
+mod claim;
+mod compile;
 mod convert;
 mod error;
 pub mod files;
@@ -56,12 +58,13 @@ mod resave;
 mod safetensors_header;
 mod safetensors_io;
 mod save;
+mod session;
 mod source;
 mod transform;
 mod weights;
 
 pub use accounting::{FiredTransform, LoadReport, Problem, SHOWN_PROBLEMS, format_problems};
-pub use checkpoint::{Checkpoint, CheckpointSource, PlannedTensor};
+pub use checkpoint::Checkpoint;
 pub use error::{Error, Result};
 pub use origin::Origin;
 pub use progress::{Progress, ProgressEvent, Stage};
@@ -74,6 +77,7 @@ pub use resave::{ResaveReport, resave};
 pub use safetensors_header::MAX_HEADER_BYTES;
 pub use safetensors_io::{parse_safetensors, read_safetensors, write_safetensors};
 pub use save::{SaveOptions, SaveReport, save_pretrained, to_checkpoint_layout};
+pub use session::{CheckpointSource, PlannedTensor};
 pub use source::{RandomInit, TensorMap};
 pub use transform::{Op, Transform, WeightConverter, WeightRenaming};
 pub use weights::{Param, ParamStore, TransformScope, WeightRequest, WeightSource, Weights};
