@@ -21,6 +21,7 @@
 
 mod assign;
 mod ids;
+mod key;
 mod scopes;
 mod unit;
 
@@ -33,77 +34,13 @@ use crate::compile::{CompiledTransforms, Owner};
 use crate::convert::CompiledConverter;
 use crate::origin::UnitOrigin;
 use crate::rename::CompiledRenaming;
-use crate::safetensors_io::{TensorMeta, candle_dtype};
+use crate::safetensors_io::candle_dtype;
 
 use ids::Id;
 pub(crate) use ids::{ConverterId, KeyId, RenamingId, ScopeId, Table, UnitId};
+use key::Renamed;
+pub(crate) use key::{Key, StoredKey};
 pub(crate) use unit::Unit;
-
-/// A key as stored: its name in its file, the file, and its header entry.
-#[derive(Clone, Debug)]
-pub(crate) struct StoredKey {
-    /// As named in its file.
-    pub original: String,
-    /// Which of the checkpoint's files holds it.
-    pub file: usize,
-    /// Its header entry.
-    pub meta: TensorMeta,
-}
-
-/// A renaming that changed a key's name, and how reports describe it.
-#[derive(Clone, Debug)]
-struct Renamed {
-    renaming: RenamingId,
-    description: String,
-}
-
-/// One checkpoint key and what the plan made of it.
-#[derive(Debug)]
-pub(crate) struct Key {
-    stored: StoredKey,
-    /// After the registry's renamings.
-    base: String,
-    /// After scoped renamings too: the model's name for it.
-    name: String,
-    /// Renamings that changed it, in order.
-    renamed_by: Vec<Renamed>,
-    /// The unit that claims it, if any.
-    unit: Option<UnitId>,
-    /// Times it was read for a request (directly or through its unit).
-    consumed: usize,
-}
-
-impl Key {
-    /// The key as stored.
-    pub fn stored(&self) -> &StoredKey {
-        &self.stored
-    }
-
-    /// As named in its file.
-    pub fn original(&self) -> &str {
-        &self.stored.original
-    }
-
-    /// Its header entry.
-    pub fn meta(&self) -> &TensorMeta {
-        &self.stored.meta
-    }
-
-    /// Its effective name: the name a module asks for it by.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The unit that claims it, if any.
-    pub fn unit(&self) -> Option<UnitId> {
-        self.unit
-    }
-
-    /// Whether a request read it (or meant to, and failed).
-    pub fn consumed(&self) -> bool {
-        self.consumed > 0
-    }
-}
 
 /// A renaming and who supplied it.
 #[derive(Debug)]

@@ -24,7 +24,7 @@ use candle_core::{DType, Tensor};
 
 use crate::files::{PendingFile, PendingFiles, check_output, io_error};
 use crate::pattern::natural_cmp;
-use crate::safetensors_io::{OutTensor, write_file};
+use crate::safetensors_write::{OutTensor, write_file};
 use crate::{Error, Result, Transform, Weights};
 
 use units::{plan_units, run_unit};

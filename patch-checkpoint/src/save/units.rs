@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 
 use crate::ops::{Part, Shapes, Step, run_steps};
 use crate::origin::OriginKind;
-use crate::safetensors_io::OutTensor;
+use crate::safetensors_write::OutTensor;
 use crate::{Param, Result, Transform, Weights};
 
 use super::without_origin::plan_without_origin;

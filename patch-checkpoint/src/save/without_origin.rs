@@ -11,7 +11,7 @@ use crate::compile::{CompiledTransforms, Owner};
 use crate::convert::{CompiledConverter, ListSide};
 use crate::ops::{Part, Shapes};
 use crate::plan::under;
-use crate::safetensors_io::OutTensor;
+use crate::safetensors_write::OutTensor;
 use crate::{Param, Result, Transform, TransformScope};
 
 use super::units::{SaveUnit, out_dtype};
