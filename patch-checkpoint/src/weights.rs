@@ -10,7 +10,7 @@ use crate::{Origin, ParamStore, Result, Transform};
 
 /// Transforms carried by a replacement module, active for every request under `prefix`.
 ///
-/// How they combine with the registry's (see `plan.rs` for the details): the registry's
+/// How they combine with the registry's (see `plan/` for the details): the registry's
 /// renamings apply first (the checkpoint's names become the model's), then the renamings of
 /// the scopes covering a key, outer first; converters claim keys innermost scope first, then
 /// the registry's. So a replacement's converter wins over the model's default for the keys
