@@ -92,7 +92,7 @@ fn op_values() {
     assert_eq!(items[1].to_vec1::<f32>().unwrap(), vec![2., 3.]);
 }
 
-/// An op chain, the shapes it starts from, and its slot structure.
+/// An op chain, the shapes it starts from, and its number of targets.
 fn case() -> impl Strategy<Value = (Vec<Op>, Shapes, usize)> {
     let shape = prop::collection::vec(1usize..4, 1..4);
     (shape, 0usize..7, 1usize..4, 0usize..3).prop_map(|(base, which, n, d)| {

@@ -194,7 +194,7 @@ pub fn save_pretrained(
             if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(u) {
                 e.insert(run_unit(&units[u], &params)?);
             }
-            let slot = cache
+            let tensor = cache
                 .get_mut(&u)
                 .and_then(|v| v.get_mut(o))
                 .and_then(Option::take)
@@ -202,16 +202,16 @@ pub fn save_pretrained(
             if cache.get(&u).is_some_and(|v| v.iter().all(Option::is_none)) {
                 cache.remove(&u);
             }
-            let slot = if slot.dtype() == t.dtype {
-                slot
+            let tensor = if tensor.dtype() == t.dtype {
+                tensor
             } else {
-                slot.to_dtype(t.dtype)?
+                tensor.to_dtype(t.dtype)?
             };
             written = written.saturating_add(t.nbytes()?);
             if let Some(p) = &options.progress {
                 p.report(crate::Stage::Save, written, all_bytes);
             }
-            Ok(slot)
+            Ok(tensor)
         })?;
         pending.push(file);
         for t in &out {
@@ -265,8 +265,8 @@ pub fn to_checkpoint_layout(
     }
     let mut out = BTreeMap::new();
     for unit in &units {
-        for (t, slot) in unit.outputs.iter().zip(run_unit(unit, &values)?) {
-            let tensor = slot.ok_or_else(|| save_err(&t.name, "internal: output missing"))?;
+        for (t, output) in unit.outputs.iter().zip(run_unit(unit, &values)?) {
+            let tensor = output.ok_or_else(|| save_err(&t.name, "internal: output missing"))?;
             if out.insert(t.name.clone(), tensor).is_some() {
                 return Err(save_err(
                     &t.name,

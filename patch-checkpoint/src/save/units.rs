@@ -37,8 +37,8 @@ pub(super) fn run_unit(
     let stage = unit
         .stage
         .iter()
-        .map(|slot| {
-            slot.as_ref().map(|shape| {
+        .map(|part| {
+            part.as_ref().map(|shape| {
                 let name = inputs
                     .next()
                     .ok_or_else(|| save_err(&unit.what, "internal: input count"))?;
