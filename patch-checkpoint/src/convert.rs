@@ -2,10 +2,10 @@
 //! shape planning of one unit in both directions.
 
 #[cfg(test)]
-use crate::ops::step_shapes;
-use crate::ops::{Shapes, Slot, Step, forward_step, reverse_step};
+use crate::ops::Part;
+use crate::ops::{PartKinds, Shapes, Step, forward_step, op_rules};
 use crate::pattern::KeyPattern;
-use crate::{Error, Op, Result, Transform, WeightConverter};
+use crate::{Error, Result, Transform, WeightConverter};
 
 /// Which side of a converter indexes a module list with its last `*`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub(crate) struct CompiledConverter {
     pub sources: Vec<KeyPattern>,
     pub targets: Vec<KeyPattern>,
     pub list: ListSide,
+    /// The number of parts before each op of the chain, and at its end.
+    counts: Vec<usize>,
 }
 
 /// The shape plan of one unit: every stage's shapes (forward order) and the steps between.
@@ -38,15 +40,14 @@ impl UnitShapes {
             .iter()
             .enumerate()
             .rev()
-            .map(|(i, s)| reverse_step(s, &self.stages[i]))
+            .map(|(i, s)| s.reverse(&self.stages[i]))
             .collect()
     }
 
     /// The output stage.
     pub fn outputs(&self) -> &Shapes {
-        self.stages
-            .last()
-            .unwrap_or_else(|| unreachable!("a unit plan has at least its input stage"))
+        const NONE: &Shapes = &Vec::new();
+        self.stages.last().unwrap_or(NONE)
     }
 }
 
@@ -85,49 +86,19 @@ impl CompiledConverter {
                 "sources have {s} `*` and targets {t}: they may differ by one at most (the module-list index)"
             )));
         };
-        // Walk the chain on slot kinds and counts.
+        // Walk the chain on part kinds and counts.
         let n_targets = targets.len();
-        let mut count = sources.len();
-        let mut many = list == ListSide::Sources;
+        let mut kinds = PartKinds {
+            count: sources.len(),
+            lists: list == ListSide::Sources,
+        };
+        let mut counts = Vec::with_capacity(spec.operations.len() + 1);
         for op in &spec.operations {
-            let need_single = |what: &str, many: bool| {
-                if many {
-                    Err(err(format!(
-                        "{what} needs single tensors, but the slots are module lists here (add MergeModulelist before it)"
-                    )))
-                } else {
-                    Ok(())
-                }
-            };
-            match op {
-                Op::Concatenate { .. } | Op::Interleave { .. } => {
-                    need_single(&op.to_string(), many)?;
-                    count = 1;
-                }
-                Op::Chunk { .. } | Op::Deinterleave { .. } => {
-                    need_single(&op.to_string(), many)?;
-                    if count != 1 {
-                        return Err(err(format!(
-                            "{op} needs exactly one tensor, but {count} slots reach it (concatenate them first)"
-                        )));
-                    }
-                    count = n_targets;
-                }
-                Op::MergeModulelist { .. } => {
-                    if !many {
-                        return Err(err(format!(
-                            "{op} needs module lists: the source patterns must have one more `*` than the targets"
-                        )));
-                    }
-                    many = false;
-                }
-                Op::SplitModulelist { .. } => {
-                    need_single(&op.to_string(), many)?;
-                    many = true;
-                }
-                Op::Transpose { .. } => {}
-            }
+            counts.push(kinds.count);
+            kinds = op_rules(op).parts(kinds, n_targets).map_err(err)?;
         }
+        counts.push(kinds.count);
+        let PartKinds { count, lists: many } = kinds;
         if count != n_targets {
             return Err(err(format!(
                 "the chain ends with {count} tensors but there are {n_targets} target patterns"
@@ -147,6 +118,7 @@ impl CompiledConverter {
             sources,
             targets,
             list,
+            counts,
         })
     }
 
@@ -157,108 +129,33 @@ impl CompiledConverter {
 
     /// Plans a unit forward from its input shapes.
     pub fn plan_forward(&self, inputs: Shapes) -> std::result::Result<UnitShapes, String> {
-        let mut stages = vec![inputs];
-        let mut steps = Vec::new();
+        let mut stages = Vec::with_capacity(self.spec.operations.len() + 1);
+        let mut steps = Vec::with_capacity(self.spec.operations.len());
+        let mut stage = inputs;
         for op in &self.spec.operations {
-            let (step, out) = forward_step(
-                op,
-                stages.last().unwrap_or_else(|| unreachable!()),
-                self.targets.len(),
-            )?;
+            let (step, out) = forward_step(op, &stage, self.targets.len())?;
             steps.push(step);
-            stages.push(out);
+            stages.push(std::mem::replace(&mut stage, out));
         }
+        stages.push(stage);
         Ok(UnitShapes { stages, steps })
     }
 
     /// Plans a unit backwards from its output shapes (a model built without a checkpoint):
     /// every stage is inferred from the next; a `Concatenate` is assumed to join equal parts.
     pub fn plan_backward(&self, outputs: Shapes) -> std::result::Result<UnitShapes, String> {
-        // Slot counts before each op, from the front.
-        let mut counts = vec![self.sources.len()];
-        for op in &self.spec.operations {
-            let c = *counts.last().unwrap_or(&0);
-            counts.push(match op {
-                Op::Concatenate { .. } | Op::Interleave { .. } => 1,
-                Op::Chunk { .. } | Op::Deinterleave { .. } => self.targets.len(),
-                _ => c,
-            });
-        }
         let mut stages = vec![outputs];
-        for (i, op) in self.spec.operations.iter().enumerate().rev() {
-            let out = stages.last().unwrap_or_else(|| unreachable!());
-            let n_in = counts[i];
-            let inferred: Shapes = match *op {
-                Op::Concatenate { dim } | Op::Interleave { dim } => {
-                    let [Slot::One(s)] = out.as_slice() else {
-                        return Err(format!("{op} produces one tensor"));
-                    };
-                    if dim >= s.len() || s[dim] % n_in != 0 {
-                        return Err(format!(
-                            "{op}: cannot tell how {s:?} splits into {n_in} parts along dim {dim} (no checkpoint recorded the sizes, and they are not equal)"
-                        ));
-                    }
-                    let mut part = s.clone();
-                    part[dim] /= n_in;
-                    vec![Slot::One(part); n_in]
-                }
-                Op::Chunk { dim } | Op::Deinterleave { dim } => {
-                    let mut total: Option<Vec<usize>> = None;
-                    for slot in out {
-                        let Slot::One(s) = slot else {
-                            return Err(format!("{op} produces single tensors"));
-                        };
-                        if dim >= s.len() {
-                            return Err(format!("{op}: dim {dim} is out of range for {s:?}"));
-                        }
-                        match &mut total {
-                            None => total = Some(s.clone()),
-                            Some(t) => t[dim] += s[dim],
-                        }
-                    }
-                    vec![Slot::One(total.ok_or_else(|| format!("{op} of nothing"))?)]
-                }
-                Op::MergeModulelist { dim } => out
-                    .iter()
-                    .map(|slot| match slot {
-                        Slot::One(s) if dim < s.len() => {
-                            let mut item = s.clone();
-                            let n = item.remove(dim);
-                            Ok(Slot::Many(vec![item; n]))
-                        }
-                        _ => Err(format!("{op}: cannot unstack {slot:?}")),
-                    })
-                    .collect::<std::result::Result<_, String>>()?,
-                Op::SplitModulelist { dim } => out
-                    .iter()
-                    .map(|slot| match slot {
-                        Slot::Many(items) if !items.is_empty() && dim <= items[0].len() => {
-                            let mut s = items[0].clone();
-                            s.insert(dim, items.len());
-                            Ok(Slot::One(s))
-                        }
-                        _ => Err(format!("{op}: cannot stack {slot:?}")),
-                    })
-                    .collect::<std::result::Result<_, String>>()?,
-                Op::Transpose { dim0, dim1 } => out
-                    .iter()
-                    .map(|slot| {
-                        slot.clone().map(|mut s| {
-                            if dim0.max(dim1) >= s.len() {
-                                return Err(format!("{op}: dim out of range for {s:?}"));
-                            }
-                            s.swap(dim0, dim1);
-                            Ok(s)
-                        })
-                    })
-                    .collect::<std::result::Result<_, String>>()?,
-            };
+        for (op, &n_in) in self.spec.operations.iter().zip(&self.counts).rev() {
+            let out = stages
+                .last()
+                .ok_or("a backward plan starts from the outputs")?;
+            let inferred = op_rules(op).input_shapes(out, n_in)?;
             stages.push(inferred);
         }
         stages.reverse();
         // Re-plan forward from the inferred inputs: checks the inference and yields the steps.
         let forward = self.plan_forward(stages[0].clone())?;
-        if forward.outputs() != stages.last().unwrap_or_else(|| unreachable!()) {
+        if Some(forward.outputs()) != stages.last() {
             return Err(format!(
                 "the chain does not reproduce shapes {:?} (it gives {:?})",
                 stages.last(),
@@ -276,7 +173,7 @@ pub(crate) fn check_steps(
     mut stage: Shapes,
 ) -> std::result::Result<Shapes, String> {
     for step in steps {
-        stage = step_shapes(step, &stage)?;
+        stage = step.shapes(&stage)?;
     }
     Ok(stage)
 }
@@ -284,6 +181,7 @@ pub(crate) fn check_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Op;
 
     fn conv(s: &[&str], t: &[&str], ops: Vec<Op>) -> Result<CompiledConverter> {
         CompiledConverter::new(&WeightConverter::new(
@@ -353,11 +251,11 @@ mod tests {
         )
         .unwrap();
         let inputs = vec![
-            Slot::Many(vec![vec![3, 4]; 5]),
-            Slot::Many(vec![vec![3, 4]; 5]),
+            Part::Many(vec![vec![3, 4]; 5]),
+            Part::Many(vec![vec![3, 4]; 5]),
         ];
         let fwd = c.plan_forward(inputs.clone()).unwrap();
-        assert_eq!(fwd.outputs(), &vec![Slot::One(vec![5, 6, 4])]);
+        assert_eq!(fwd.outputs(), &vec![Part::One(vec![5, 6, 4])]);
         let bwd = c.plan_backward(fwd.outputs().clone()).unwrap();
         assert_eq!(bwd, fwd);
         assert_eq!(

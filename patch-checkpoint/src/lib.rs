@@ -40,6 +40,8 @@
 
 mod accounting;
 mod checkpoint;
+mod claim;
+mod compile;
 mod convert;
 mod error;
 pub mod files;
@@ -47,6 +49,7 @@ pub mod mappings;
 pub mod memory;
 mod ops;
 mod origin;
+mod params;
 mod pattern;
 mod plan;
 mod progress;
@@ -55,15 +58,19 @@ mod rename;
 mod resave;
 mod safetensors_header;
 mod safetensors_io;
+mod safetensors_write;
 mod save;
+mod session;
 mod source;
 mod transform;
+mod var_builder;
 mod weights;
 
 pub use accounting::{FiredTransform, LoadReport, Problem, SHOWN_PROBLEMS, format_problems};
-pub use checkpoint::{Checkpoint, CheckpointSource, PlannedTensor};
+pub use checkpoint::Checkpoint;
 pub use error::{Error, Result};
 pub use origin::Origin;
+pub use params::{Param, ParamStore};
 pub use progress::{Progress, ProgressEvent, Stage};
 pub use registry::{
     ConversionEntry, ConversionRegistry, MappingOrigin, checkpoint_conversion_mapping_for,
@@ -72,11 +79,13 @@ pub use registry::{
 };
 pub use resave::{ResaveReport, resave};
 pub use safetensors_header::MAX_HEADER_BYTES;
-pub use safetensors_io::{parse_safetensors, read_safetensors, write_safetensors};
+pub use safetensors_io::{parse_safetensors, read_safetensors};
+pub use safetensors_write::write_safetensors;
 pub use save::{SaveOptions, SaveReport, save_pretrained, to_checkpoint_layout};
+pub use session::{CheckpointSource, PlannedTensor};
 pub use source::{RandomInit, TensorMap};
 pub use transform::{Op, Transform, WeightConverter, WeightRenaming};
-pub use weights::{Param, ParamStore, TransformScope, WeightRequest, WeightSource, Weights};
+pub use weights::{TransformScope, WeightRequest, WeightSource, Weights};
 
 /// Initialisation hints, as candle-nn defines them (used by random sources only).
 pub use candle_nn::Init;

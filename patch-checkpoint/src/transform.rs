@@ -178,10 +178,7 @@ impl Transform {
     /// Checks the transform: the renaming's regex compiles; the converter's patterns parse, and
     /// its op chain fits its source and target patterns (slot counts and module lists).
     pub fn validate(&self) -> crate::Result<()> {
-        match self {
-            Transform::Renaming(r) => crate::rename::CompiledRenaming::new(r).map(|_| ()),
-            Transform::Converter(c) => crate::convert::CompiledConverter::new(c).map(|_| ()),
-        }
+        crate::compile::CompiledTransforms::new(std::slice::from_ref(self)).map(|_| ())
     }
 }
 

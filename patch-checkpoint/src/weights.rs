@@ -1,17 +1,16 @@
 //! The path-scoped weight handle layers pull their tensors from.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
-use crate::{Origin, Result, Transform};
+use crate::{Origin, ParamStore, Result, Transform};
 
 /// Transforms carried by a replacement module, active for every request under `prefix`.
 ///
-/// How they combine with the registry's (see `plan.rs` for the details): the registry's
+/// How they combine with the registry's (see `plan/` for the details): the registry's
 /// renamings apply first (the checkpoint's names become the model's), then the renamings of
 /// the scopes covering a key, outer first; converters claim keys innermost scope first, then
 /// the registry's. So a replacement's converter wins over the model's default for the keys
@@ -74,128 +73,6 @@ pub trait WeightSource: Send + Sync + 'static {
     }
 }
 
-/// One recorded parameter: the tensor and the transform scopes active when it was asked for.
-#[derive(Clone, Debug)]
-pub struct Param {
-    /// The tensor handed out.
-    pub tensor: Tensor,
-    /// The transform scopes of the request, outermost first (saving reverses them).
-    pub scopes: Arc<Vec<TransformScope>>,
-}
-
-/// Every tensor handed out through a [`Weights`] handle, by full name: the model's state dict,
-/// with what saving needs (the scopes of each request, the tied names).
-#[derive(Debug, Default)]
-pub struct ParamStore {
-    tensors: Mutex<BTreeMap<String, Param>>,
-    ties: Mutex<BTreeMap<String, String>>,
-}
-
-impl ParamStore {
-    fn insert(&self, name: &str, tensor: &Tensor, scopes: &Arc<Vec<TransformScope>>) {
-        self.tensors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                name.to_string(),
-                Param {
-                    tensor: tensor.clone(),
-                    scopes: scopes.clone(),
-                },
-            );
-    }
-
-    /// Replaces the tensor recorded under `name` (after training or editing a weight), keeping
-    /// its scopes; returns false if nothing is recorded under `name`.
-    pub fn set(&self, name: &str, tensor: Tensor) -> bool {
-        match self
-            .tensors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(name)
-        {
-            Some(p) => {
-                p.tensor = tensor;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The recorded parameters with their scopes, sorted by name.
-    pub fn entries(&self) -> Vec<(String, Param)> {
-        self.tensors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
-    /// The tied names (alias -> tensor it is tied to), as declared with [`Weights::tie`].
-    pub fn ties(&self) -> BTreeMap<String, String> {
-        self.ties
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The recorded trainable variables (every tensor handed out by a
-    /// [trainable](Weights::trainable) handle), sorted by name: what an optimiser updates.
-    pub fn vars(&self) -> Vec<(String, Var)> {
-        self.tensors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|(_, p)| p.tensor.is_variable())
-            .filter_map(|(k, p)| Var::from_tensor(&p.tensor).ok().map(|v| (k.clone(), v)))
-            .collect()
-    }
-
-    /// The recorded tensors, sorted by name.
-    pub fn snapshot(&self) -> Vec<(String, Tensor)> {
-        self.tensors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.tensor.clone()))
-            .collect()
-    }
-
-    /// The tensor recorded under `name`, if any.
-    pub fn get(&self, name: &str) -> Option<Tensor> {
-        self.tensors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .map(|p| p.tensor.clone())
-    }
-
-    /// Number of recorded tensors.
-    pub fn len(&self) -> usize {
-        self.tensors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    /// Whether nothing was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Total number of scalar parameters recorded (tensors shared under two names count once
-    /// per name).
-    pub fn num_parameters(&self) -> usize {
-        self.tensors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .map(|p| p.tensor.elem_count())
-            .sum()
-    }
-}
-
 /// A path-scoped view of a [`WeightSource`]: what a layer under construction pulls its
 /// tensors from. Cheap to clone; [`Weights::pp`] descends into a sub-module.
 #[derive(Clone)]
@@ -255,7 +132,7 @@ impl Weights {
     }
 
     /// Records `tensor` under `full` (as a new variable when trainable) and hands it out.
-    fn hand_out(&self, full: &str, tensor: Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn hand_out(&self, full: &str, tensor: Tensor) -> candle_core::Result<Tensor> {
         let tensor = if self.trainable && tensor.dtype().is_float() {
             Var::from_tensor(&tensor)?.into_inner()
         } else {
@@ -356,11 +233,7 @@ impl Weights {
     pub fn tie(&self, alias: &str, target: &str) {
         let (alias, target) = (self.full_name(alias), self.full_name(target));
         self.source.tie(&alias, &target);
-        self.params
-            .ties
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(alias, target);
+        self.params.tie(alias, target);
     }
 
     /// Where the tensor handed out as `name` (relative to this path) came from, if the source
@@ -398,7 +271,11 @@ impl Weights {
             path: String::new(),
             ..self.clone()
         };
-        let vb = VarBuilder::from_backend(Box::new(Backend(root)), self.dtype, self.device.clone());
+        let vb = VarBuilder::from_backend(
+            Box::new(crate::var_builder::Backend(root)),
+            self.dtype,
+            self.device.clone(),
+        );
         if self.path.is_empty() {
             vb
         } else {
@@ -412,43 +289,5 @@ impl Weights {
     /// build): always call it before using the model.
     pub fn finish(&self) -> Result<()> {
         self.source.finish()
-    }
-}
-
-/// Adapter from a root [`Weights`] handle to candle-nn's `SimpleBackend`.
-struct Backend(Weights);
-
-impl candle_nn::var_builder::SimpleBackend for Backend {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let w = &self.0;
-        let tensor = w
-            .source
-            .get(&WeightRequest {
-                name,
-                shape: &s,
-                init: h,
-                dtype,
-                device: dev,
-                scopes: &w.scopes,
-            })
-            .map_err(candle_core::Error::wrap)?;
-        w.hand_out(name, tensor)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        Err(candle_core::Error::Msg(format!(
-            "tensor {name:?} asked for without a shape ({dtype:?} on {dev:?}): patchwork needs every weight's shape to check it"
-        )))
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0.source.contains(name, &self.0.scopes)
     }
 }
