@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         false,
     )?;
 
-    // Built by hand inside the scope: the patch applies.
+    // Built by hand while the patches are applied: the patch applies.
     {
         let _patches = apply_patches();
         println!(
@@ -51,16 +51,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     // The closure form, for the registered patches or any other set.
-    let model = PatchSet::global().scope(|| build_by_hand(&dir))?;
-    println!("by hand, inside set.scope:      {}", attention_type(&model));
+    let model = PatchSet::global().run_with(|| build_by_hand(&dir))?;
+    println!("by hand, inside set.run_with:   {}", attention_type(&model));
 
-    // Built by hand outside any scope: the original.
+    // Built by hand with nothing applied: the original.
     println!(
-        "by hand, no scope:              {}",
+        "by hand, nothing applied:       {}",
         attention_type(&build_by_hand(&dir)?)
     );
 
-    // The scope belongs to this thread: a thread spawned inside it builds originals.
+    // Applied on this thread only: a thread spawned meanwhile builds originals.
     let _patches = apply_patches();
     let other = std::thread::scope(|s| {
         s.spawn(|| {

@@ -176,7 +176,7 @@ fn hand_built_models_use_originals_unless_inside_apply_patches() {
     }
     // Closure form.
     let model = PatchSet::global()
-        .scope(|| build_toy(&Builder::new(toy_weights())))
+        .run_with(|| build_toy(&Builder::new(toy_weights())))
         .unwrap();
     assert_eq!(mlp_of(&model), std::any::type_name::<ZeroMlp>());
     // The scope ended with the guard.

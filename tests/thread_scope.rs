@@ -81,9 +81,9 @@ fn nested_scopes_use_the_innermost_and_restore_on_exit() {
     let outer = PatchSet::from_mapping([("ToyMLP", Replacement::of::<ZeroMlp>())]).unwrap();
     let inner = PatchSet::from_mapping([("ToyMLP", Replacement::of::<IdentityMlp>())]).unwrap();
     let build = || mlp_type(&build_toy(&Builder::new(toy_weights())).unwrap());
-    outer.scope(|| {
+    outer.run_with(|| {
         assert_eq!(build(), std::any::type_name::<ZeroMlp>());
-        inner.scope(|| assert_eq!(build(), std::any::type_name::<IdentityMlp>()));
+        inner.run_with(|| assert_eq!(build(), std::any::type_name::<IdentityMlp>()));
         assert_eq!(build(), std::any::type_name::<ZeroMlp>());
     });
     assert_eq!(build(), std::any::type_name::<ToyMLP>());

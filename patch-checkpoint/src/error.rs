@@ -94,13 +94,13 @@ pub enum Error {
     },
     /// `register_checkpoint_conversion_mapping` without `overwrite` met a registered key.
     #[error(
-        "a checkpoint conversion mapping is already registered for {key:?} ({origin}); pass overwrite = true to replace it"
+        "a checkpoint conversion mapping is already registered for {key:?} ({registered_at}); pass overwrite = true to replace it"
     )]
     KeyExists {
         /// The model type or class name.
         key: String,
-        /// Where the registered mapping came from.
-        origin: String,
+        /// Where the registered mapping was registered.
+        registered_at: String,
     },
     /// `unregister_checkpoint_conversion_mapping` was given a key that is not registered.
     #[error("no checkpoint conversion mapping is registered for {key:?} (registered: {known})")]

@@ -73,7 +73,7 @@ pub use origin::Origin;
 pub use params::{Param, ParamStore};
 pub use progress::{Progress, ProgressEvent, Stage};
 pub use registry::{
-    ConversionEntry, ConversionRegistry, MappingOrigin, checkpoint_conversion_mapping_for,
+    ConversionEntry, ConversionRegistry, RegisteredAt, checkpoint_conversion_mapping_for,
     conversion_registry, get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping,
     unregister_checkpoint_conversion_mapping,
 };

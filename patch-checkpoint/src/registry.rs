@@ -69,9 +69,9 @@ macro_rules! submit_conversion_mapping {
     };
 }
 
-/// Where a registered mapping came from.
+/// Where a conversion mapping was registered: submitted at link time, or at run time.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MappingOrigin {
+pub enum RegisteredAt {
     /// Submitted at link time.
     LinkTime {
         /// Source file of the submission.
@@ -83,13 +83,13 @@ pub enum MappingOrigin {
     Runtime,
 }
 
-impl fmt::Display for MappingOrigin {
+impl fmt::Display for RegisteredAt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MappingOrigin::LinkTime { file, line } => {
+            RegisteredAt::LinkTime { file, line } => {
                 write!(f, "link-time default at {file}:{line}")
             }
-            MappingOrigin::Runtime => f.write_str("registered at run time"),
+            RegisteredAt::Runtime => f.write_str("registered at run time"),
         }
     }
 }
@@ -97,9 +97,9 @@ impl fmt::Display for MappingOrigin {
 #[derive(Clone, Debug)]
 struct Entry {
     transforms: Arc<[Transform]>,
-    origin: MappingOrigin,
+    registered_at: RegisteredAt,
     /// A second, different link-time default for the same key.
-    conflict: Option<MappingOrigin>,
+    conflict: Option<RegisteredAt>,
 }
 
 /// A set of checkpoint conversion mappings, by model type or class name. The global one is
@@ -127,13 +127,13 @@ impl ConversionRegistry {
         let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
         for e in all {
             let transforms: Arc<[Transform]> = (e.transforms)().into();
-            let origin = MappingOrigin::LinkTime {
+            let registered_at = RegisteredAt::LinkTime {
                 file: e.file,
                 line: e.line,
             };
             match entries.get_mut(e.key) {
                 Some(existing) if existing.transforms != transforms => {
-                    existing.conflict.get_or_insert(origin);
+                    existing.conflict.get_or_insert(registered_at);
                 }
                 Some(_) => {}
                 None => {
@@ -141,7 +141,7 @@ impl ConversionRegistry {
                         e.key.to_string(),
                         Entry {
                             transforms,
-                            origin,
+                            registered_at,
                             conflict: None,
                         },
                     );
@@ -169,14 +169,14 @@ impl ConversionRegistry {
         {
             return Err(Error::KeyExists {
                 key,
-                origin: existing.origin.to_string(),
+                registered_at: existing.registered_at.to_string(),
             });
         }
         self.entries.insert(
             key,
             Entry {
                 transforms: transforms.into(),
-                origin: MappingOrigin::Runtime,
+                registered_at: RegisteredAt::Runtime,
                 conflict: None,
             },
         );
@@ -213,7 +213,7 @@ impl ConversionRegistry {
             Some(e) => match &e.conflict {
                 Some(other) => Err(Error::Ambiguous {
                     key: key.to_string(),
-                    first: e.origin.to_string(),
+                    first: e.registered_at.to_string(),
                     second: other.to_string(),
                 }),
                 None => Ok(Some(e.transforms.to_vec())),
@@ -222,8 +222,8 @@ impl ConversionRegistry {
     }
 
     /// Where the mapping under `key` came from.
-    pub fn origin(&self, key: &str) -> Option<MappingOrigin> {
-        self.entries.get(key).map(|e| e.origin.clone())
+    pub fn registered_at(&self, key: &str) -> Option<RegisteredAt> {
+        self.entries.get(key).map(|e| e.registered_at.clone())
     }
 
     /// The registered keys, sorted.

@@ -18,7 +18,7 @@ use crate::{Build, Error, ObservedSite, PatchSet, Result, Site, Slot};
 ///
 /// Patches come from, in order: the set given to [`Builder::with_patches`] (what
 /// `from_pretrained`/`from_config` pass: the global registry), else the current thread's
-/// [`apply_patches`](crate::apply_patches) scope at the time of each build, else none (every
+/// set applied by [`apply_patches`](crate::apply_patches) at the time of each build, else none (every
 /// site builds itself, as a model built by hand does upstream).
 #[derive(Clone)]
 pub struct Builder {
@@ -41,7 +41,7 @@ fn build_as<T: Site>(b: &Builder, args: <T::Slot as Slot>::Args<'_>) -> Result<B
 }
 
 impl Builder {
-    /// A builder at the root of `weights`, following the thread's patch scope.
+    /// A builder at the root of `weights`, following the patches applied on this thread.
     pub fn new(weights: Weights) -> Self {
         Self {
             weights,
@@ -51,7 +51,7 @@ impl Builder {
         }
     }
 
-    /// This builder with an explicit patch set, whatever the thread's scope.
+    /// This builder with an explicit patch set, whatever is applied on this thread.
     pub fn with_patches(mut self, patches: PatchSet) -> Self {
         self.patches = Some(patches);
         self

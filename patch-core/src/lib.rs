@@ -13,7 +13,7 @@
 //!   [`#[patch("regex")]`](patch) registers one at link time; [`register_patch_mapping`] at run
 //!   time. [`matching`] documents which patch wins.
 //! - `from_pretrained`/`from_config` build with the registered patches; a model built by hand
-//!   uses the originals unless built inside [`apply_patches`] (scoped to the current thread) or
+//!   uses the originals unless built while [`apply_patches`] applies patches (on the current thread) or
 //!   with an explicit [`PatchSet`].
 //! - [`explain`] says, for any list of sites, what each gets and why.
 //!
@@ -57,7 +57,7 @@
 //!
 //! # fn main() -> Result<()> {
 //! let weights = Weights::new(RandomInit::new(0, 0.02), DType::F32, &Device::Cpu);
-//! // Built by hand, outside any scope: the original.
+//! // Built by hand, nothing applied: the original.
 //! let mlp = Builder::new(weights.clone()).pp("mlp").build::<ToyMLP>(8)?;
 //! assert!(mlp.is::<ToyMLP>());
 //! // With the link-time patches: the replacement.
@@ -67,6 +67,7 @@
 //! # Ok(()) }
 //! ```
 
+mod applied;
 mod builder;
 mod error;
 mod explain;
@@ -76,10 +77,10 @@ mod observed;
 mod patch_set;
 mod registry;
 mod replacement;
-mod scope;
 mod site;
 mod slot;
 
+pub use applied::{AppliedPatches, apply_patches};
 pub use builder::{BuildReport, Builder, BuiltSite};
 pub use error::{Error, Result};
 pub use explain::{Explain, explain};
@@ -92,7 +93,6 @@ pub use registry::{
     unregister_patch_mapping,
 };
 pub use replacement::Replacement;
-pub use scope::{PatchScope, apply_patches};
 pub use site::{Site, SiteInfo, SiteRegistration, sites, sites_named};
 pub use slot::{Build, Module, ModuleExt, Slot};
 

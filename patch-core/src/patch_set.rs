@@ -79,7 +79,7 @@ impl PatchSet {
 
     /// The set of the innermost `apply_patches` scope on this thread, if any.
     pub fn current() -> Option<Self> {
-        crate::scope::current()
+        crate::applied::current()
     }
 
     /// A set holding exactly `mapping` (no link-time entries, no global state).

@@ -1,8 +1,8 @@
-//! `apply_patches`: patches for models built by hand, scoped to the current thread (the
-//! guard), and [`PatchSet::scope`] for a closure over a given set.
+//! `apply_patches`: patches applied to models built by hand on the current thread, while a
+//! guard lives ([`AppliedPatches`]) or a closure runs ([`PatchSet::run_with`]).
 //!
-//! Upstream swaps classes process-wide while the block runs; here the scope is a thread-local
-//! stack of [`PatchSet`]s, so two threads building models never see each other's scope.
+//! Upstream swaps classes process-wide while the block runs; here what is applied is a
+//! thread-local stack of [`PatchSet`]s, so two threads building models never see each other's.
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -16,20 +16,20 @@ thread_local! {
 
 static NEXT_SCOPE: AtomicU64 = AtomicU64::new(1);
 
-/// The innermost scope's set on this thread.
+/// The set applied last on this thread, while it is applied.
 pub(crate) fn current() -> Option<PatchSet> {
     SCOPES.with(|s| s.borrow().last().map(|(_, set)| set.clone()))
 }
 
 /// While alive, models built by hand on this thread use its [`PatchSet`]. Dropping it ends
-/// the scope. It cannot leave its thread.
-#[must_use = "the scope ends when this guard is dropped"]
-pub struct PatchScope {
+/// the application. It cannot leave its thread.
+#[must_use = "the patches stop applying when this guard is dropped"]
+pub struct AppliedPatches {
     id: u64,
     _not_send: PhantomData<*const ()>,
 }
 
-impl Drop for PatchScope {
+impl Drop for AppliedPatches {
     fn drop(&mut self) {
         let id = self.id;
         // A thread-local being torn down at thread exit has nothing left to pop.
@@ -37,31 +37,34 @@ impl Drop for PatchScope {
     }
 }
 
-impl std::fmt::Debug for PatchScope {
+impl std::fmt::Debug for AppliedPatches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PatchScope").field("id", &self.id).finish()
+        f.debug_struct("AppliedPatches")
+            .field("id", &self.id)
+            .finish()
     }
 }
 
 impl PatchSet {
     /// Makes this set the one models built by hand on this thread use, until the guard drops.
-    pub fn enter(&self) -> PatchScope {
+    pub fn enter(&self) -> AppliedPatches {
         let id = NEXT_SCOPE.fetch_add(1, Ordering::Relaxed);
         SCOPES.with(|s| s.borrow_mut().push((id, self.clone())));
-        PatchScope {
+        AppliedPatches {
             id,
             _not_send: PhantomData,
         }
     }
 
-    /// Runs `f` with this set as the current thread's scope.
-    pub fn scope<R>(&self, f: impl FnOnce() -> R) -> R {
+    /// Runs `f` with this set applied to models built by hand on this thread (the closure
+    /// form of [`PatchSet::enter`]).
+    pub fn run_with<R>(&self, f: impl FnOnce() -> R) -> R {
         let _guard = self.enter();
         f()
     }
 }
 
-/// Enters a scope holding the registered patches as they are now: models built by hand on
+/// Applies the registered patches as they are now: models built by hand on
 /// this thread use them until the guard drops (guard form of transformers' `apply_patches`).
 ///
 /// ```
@@ -69,6 +72,6 @@ impl PatchSet {
 /// let _patches = apply_patches();
 /// // models built by hand here use the registered patches
 /// ```
-pub fn apply_patches() -> PatchScope {
+pub fn apply_patches() -> AppliedPatches {
     PatchSet::global().enter()
 }

@@ -11,6 +11,6 @@ impl Slot for dyn Attention {
 
 // apply_patches belongs to the thread that entered it: its guard cannot be sent elsewhere.
 fn main() {
-    let scope = patch_core::apply_patches();
-    std::thread::spawn(move || drop(scope));
+    let applied = patch_core::apply_patches();
+    std::thread::spawn(move || drop(applied));
 }
