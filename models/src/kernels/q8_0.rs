@@ -96,23 +96,57 @@ impl Q8_0Matrix {
 
     /// The weights the blocks stand for, row-major.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        self.dequantize_rows(0..self.rows, &mut out);
+        let mut out = vec![0f32; self.rows * self.cols];
+        self.dequantize_rows(Isa::detect(), 0, &mut out);
         out
     }
 
-    /// Appends rows `rows` of the weights the blocks stand for to `out`, row-major.
-    fn dequantize_rows(&self, rows: Range<usize>, out: &mut Vec<f32>) {
+    /// Writes rows `first..first + out.len() / cols` of the weights the blocks stand for into
+    /// `out`, row-major, vectorised for `isa`.
+    fn dequantize_rows(&self, isa: Isa, first: usize, out: &mut [f32]) {
+        match isa.capped(Isa::Avx512) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512F (`capped`).
+            Isa::Avx512 => unsafe { self.dequantize_rows_avx512(first, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX2 (`capped`).
+            Isa::Avx2Fma => unsafe { self.dequantize_rows_avx2(first, out) },
+            _ => self.dequantize_rows_with(first, out),
+        }
+    }
+
+    /// [`Q8_0Matrix::dequantize_rows_with`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// AVX2 available.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn dequantize_rows_avx2(&self, first: usize, out: &mut [f32]) {
+        self.dequantize_rows_with(first, out)
+    }
+
+    /// [`Q8_0Matrix::dequantize_rows_with`] compiled for AVX-512.
+    ///
+    /// # Safety
+    /// AVX-512F available.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2")]
+    unsafe fn dequantize_rows_avx512(&self, first: usize, out: &mut [f32]) {
+        self.dequantize_rows_with(first, out)
+    }
+
+    /// The dequantization loop (compiled per ISA by its callers' `target_feature`).
+    #[inline(always)]
+    fn dequantize_rows_with(&self, first: usize, out: &mut [f32]) {
         let blocks = self.cols / BLOCK;
-        for r in rows {
-            for b in 0..blocks {
-                let at = Self::block_index(r, b, blocks);
+        for (i, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            for (b, dst) in row.chunks_exact_mut(BLOCK).enumerate() {
+                let at = Self::block_index(first + i, b, blocks);
                 let d = self.scales[at];
-                out.extend(
-                    self.quants[at * BLOCK..(at + 1) * BLOCK]
-                        .iter()
-                        .map(|&q| q as f32 * d),
-                );
+                let q = &self.quants[at * BLOCK..(at + 1) * BLOCK];
+                for (o, &q) in dst.iter_mut().zip(q) {
+                    *o = q as f32 * d;
+                }
             }
         }
     }
@@ -165,8 +199,8 @@ impl Q8_0Matrix {
         pool::parallel_for(n.div_ceil(WIDEN_ROWS), |c| {
             let r0 = c * WIDEN_ROWS;
             let rows = WIDEN_ROWS.min(n - r0);
-            let mut w = Vec::with_capacity(rows * self.cols);
-            self.dequantize_rows(r0..r0 + rows, &mut w);
+            let mut w = vec![0f32; rows * self.cols];
+            self.dequantize_rows(isa, r0, &mut w);
             let mut part = vec![0f32; m * rows];
             gemm::matmul_t_packed(&tokens, &w, rows, &mut part);
             for (t, values) in part.chunks_exact(rows).enumerate() {
