@@ -23,7 +23,7 @@ impl PatchSet {
         self.explain(crate::sites().iter().copied())
     }
 
-    /// Explains how `sites` (linked sites' [`SiteInfo`]s, or [`SiteKey`]s) resolve in this set.
+    /// Explains how `sites` (linked sites' [`SiteInfo`](crate::SiteInfo)s, or [`SiteKey`]s) resolve in this set.
     pub fn explain<K: Into<SiteKey>>(&self, sites: impl IntoIterator<Item = K>) -> Explain {
         let sites: Vec<Arc<Resolution>> = sites.into_iter().map(|k| self.resolve(k)).collect();
         let unmatched = self

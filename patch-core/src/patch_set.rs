@@ -194,7 +194,7 @@ impl PatchSet {
         *self = Self::empty();
     }
 
-    /// What `site` (a linked site's [`SiteInfo`], or a [`SiteKey`]) resolves to in this set:
+    /// What `site` (a linked site's [`SiteInfo`](crate::SiteInfo), or a [`SiteKey`]) resolves to in this set:
     /// the winning replacement, the rule, and what was skipped (cached per site).
     pub fn resolve(&self, site: impl Into<SiteKey>) -> Arc<Resolution> {
         let site = site.into();
