@@ -25,7 +25,32 @@ pub mod moe;
 pub(crate) mod pool;
 pub mod q8_0;
 
+use std::cell::Cell;
 use std::sync::OnceLock;
+
+thread_local! {
+    /// The cap [`with_isa`] sets on this thread.
+    static CAP: Cell<Option<Isa>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with the kernels it calls on this thread capped at `isa` (what [`Isa::detect`]
+/// returns there): the widening bf16 product instead of AMX's (`Isa::Avx512`), which rounds
+/// the activations to bf16, or a narrower path to compare against, without a process-wide
+/// `PATCHWORK_ISA`. Nests (the innermost cap applies); the previous cap comes back when `f`
+/// returns or panics.
+pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Isa>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0;
+            // A thread-local being torn down at thread exit has nothing to restore.
+            let _ = CAP.try_with(|c| c.set(previous));
+        }
+    }
+    let previous = CAP.with(|c| c.replace(Some(isa)));
+    let _restore = Restore(previous);
+    f()
+}
 
 pub use half::bf16;
 
@@ -48,8 +73,16 @@ impl Isa {
     /// The widest implementation this CPU runs, detected once, or the one named by the
     /// `PATCHWORK_ISA` environment variable (`portable`, `avx2`, `avx512` or `amx`) when that is
     /// narrower: a way to measure or test a narrower path in a whole process. A name the CPU
-    /// cannot run, or an unknown one, is ignored with a warning.
+    /// cannot run, or an unknown one, is ignored with a warning. Inside [`with_isa`], at most
+    /// the cap it sets on this thread.
     pub fn detect() -> Isa {
+        let detected = Isa::detect_for_process();
+        CAP.with(Cell::get)
+            .map_or(detected, |cap| detected.min(cap))
+    }
+
+    /// [`Isa::detect`] without the thread's cap.
+    fn detect_for_process() -> Isa {
         static DETECTED: OnceLock<Isa> = OnceLock::new();
         *DETECTED.get_or_init(|| {
             let widest = Isa::widest_supported();
