@@ -1,11 +1,12 @@
 //! CPU kernels for the hot paths of the models: matrix-vector and matrix-matrix products
-//! against weight matrices stored `[out, in]` (f32, or bf16 widened on the fly), the fused
-//! SwiGLU, and attention over the KV cache.
+//! against weight matrices stored `[out, in]` (f32, bf16 widened on the fly or on AMX tiles,
+//! Q8_0 blocks), the fused SwiGLU, and attention over the KV cache.
 //!
 //! Every kernel has a portable implementation and SIMD ones chosen at run time by what the
 //! CPU has (`is_x86_feature_detected!`; no `target-cpu` flag needed): AVX2 + FMA everywhere,
-//! and AVX-512 where it pays (the matrix-matrix product, bound by FMA throughput). All are
-//! reachable through the [`Isa`] argument of the slice-level functions, so tests check every
+//! AVX-512 where present, AMX for bf16-weight matrix products and AVX-512 VNNI for Q8_0 dot
+//! products. All are reachable through the [`Isa`] argument of the slice-level functions (and
+//! [`with_isa`] caps them for a closure), so tests check every
 //! path the machine has against float64 references. The layers never call them
 //! directly: the tensor-level operations of [`crate::ops`] choose between them and candle's
 //! differentiable ops, in one place per operation.
