@@ -4,8 +4,8 @@
 use candle_core::Tensor;
 
 use super::{
-    Interleave, OpRules, Part, PartKinds, Shapes, Step, StepRules, check_dim, joined, need_single,
-    single_tensors, singles,
+    Interleave, OpRules, Part, PartKinds, Shapes, Step, StepRules, check_dim, joined,
+    single_tensors, singles, split_parts,
 };
 use crate::Op;
 
@@ -17,18 +17,7 @@ pub(crate) struct Deinterleave {
 
 impl OpRules for Deinterleave {
     fn parts(&self, before: PartKinds, n_targets: usize) -> Result<PartKinds, String> {
-        let op = Op::Deinterleave { dim: self.dim };
-        need_single(&op.to_string(), before)?;
-        if before.count != 1 {
-            return Err(format!(
-                "{op} needs exactly one tensor, but {} slots reach it (concatenate them first)",
-                before.count
-            ));
-        }
-        Ok(PartKinds {
-            count: n_targets,
-            ..before
-        })
+        split_parts(&Op::Deinterleave { dim: self.dim }, before, n_targets)
     }
 
     fn step(&self, _stage: &Shapes, n_targets: usize) -> Result<Step, String> {

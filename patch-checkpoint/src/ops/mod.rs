@@ -257,6 +257,22 @@ fn need_single(op: &str, before: PartKinds) -> Result<(), String> {
     }
 }
 
+/// The parts after an op that splits one single tensor into one part per target (`Chunk`,
+/// `Deinterleave`).
+fn split_parts(op: &Op, before: PartKinds, n_targets: usize) -> Result<PartKinds, String> {
+    need_single(&op.to_string(), before)?;
+    if before.count != 1 {
+        return Err(format!(
+            "{op} needs exactly one tensor, but {} slots reach it (concatenate them first)",
+            before.count
+        ));
+    }
+    Ok(PartKinds {
+        count: n_targets,
+        ..before
+    })
+}
+
 /// The `n_in` equal parts a joined tensor came from (`Concatenate`, `Interleave` planned
 /// backwards without recorded sizes).
 fn equal_parts(op: &Op, output: &Shapes, n_in: usize, dim: usize) -> Result<Shapes, String> {
