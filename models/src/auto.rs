@@ -1,267 +1,21 @@
 //! `AutoModelForCausalLM`: load or create a model of any linked family, dispatching on the
-//! config's `model_type`.
+//! config's `model_type`; and each family's entry points ([`ForCausalLM`]).
 
+use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
-use patch_checkpoint::{Checkpoint, Progress, RandomInit, Weights};
+use candle_core::DType;
+use patch_checkpoint::{Checkpoint, RandomInit};
 use patch_core::{Builder, PatchSet};
-use patchwork_hub::HubOptions;
 use serde_json::Value;
 
-use crate::causal_lm::{CausalLM, ModelExplain};
-use crate::decoder::Quantization;
-use crate::family::{ModelFamily, family, family_of};
+use crate::causal_lm::CausalLM;
+use crate::decoder::FamilyConfig;
+use crate::explain::ModelExplain;
+use crate::family::{Family, ModelFamily, family, family_of};
+use crate::load_options::LoadOptions;
 use crate::{Error, Result};
-
-/// How to load or create a model.
-#[derive(Clone, Debug)]
-pub struct LoadOptions {
-    /// Compute dtype; weights stored in another dtype are converted once at load. Default
-    /// float32 (the fast and exact choice on CPU).
-    pub dtype: DType,
-    /// Take the compute dtype from the config's `torch_dtype` (or `dtype`) instead of
-    /// [`LoadOptions::dtype`] (transformers' `torch_dtype="auto"`); float32 when it names
-    /// none. Default `false`.
-    pub auto_dtype: bool,
-    /// Device. Default CPU.
-    pub device: Device,
-    /// Seed of `from_config`'s random weights.
-    pub seed: u64,
-    /// The patches to build with; `None` (the default) takes the global registry as it is
-    /// when loading starts (transformers' behaviour: `from_pretrained` always applies the
-    /// registered patches).
-    pub patches: Option<PatchSet>,
-    /// Convert a bf16 checkpoint's projection weights to the compute dtype at load. Default
-    /// `false`: computing in float32 on CPU, they are kept in bf16 and widened exactly as the
-    /// products read them, which gives the same results with half the memory and half the
-    /// bytes per decoding step (PERFORMANCE.md has the measurements). Norms, biases and the
-    /// embedding are always converted.
-    pub upcast_weights: bool,
-    /// Build every parameter as a trainable candle `Var` (in the compute dtype) and return
-    /// them with the model ([`CausalLM::vars`]), for an optimiser. Default `false`: inference,
-    /// with memory-mapped checkpoints and bf16 weights kept.
-    pub trainable: bool,
-    /// The attention implementation (`"sdpa"`, `"eager"`, or a registered name; see
-    /// [`crate::implementations`]); `None` takes the config's `attn_implementation`, else
-    /// `"sdpa"`.
-    pub attn_implementation: Option<String>,
-    /// The routed-experts implementation (`"grouped_mm"`, `"eager"`, or a registered name);
-    /// `None` takes the config's `experts_implementation`, else `"grouped_mm"`.
-    pub experts_implementation: Option<String>,
-    /// How many positions a pass or a generation may reach; `None` (the default) takes the
-    /// config's `max_position_embeddings`. Raising it runs the rotary embedding past the
-    /// context the model was trained for (extrapolation), which is then the caller's choice.
-    pub max_positions: Option<usize>,
-    /// How a Hub id is found: revision, cache folder, offline ([`patchwork_hub`]); a folder
-    /// path needs none of it.
-    pub hub: HubOptions,
-    /// Told the bytes of weights read so far while loading.
-    pub progress: Option<Progress>,
-    /// Quantize the model at load: the attention and MLP sites are built through the
-    /// quantized replacements ([`crate::replacements::quantized_patches`], added to the
-    /// patches, so `explain` shows them) and the output head is quantized too. Inference
-    /// only, on the CPU. `None` (the default): float weights.
-    pub quantization: Option<Quantization>,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            dtype: DType::F32,
-            auto_dtype: false,
-            device: Device::Cpu,
-            seed: 0,
-            patches: None,
-            upcast_weights: false,
-            trainable: false,
-            attn_implementation: None,
-            experts_implementation: None,
-            max_positions: None,
-            hub: HubOptions::default(),
-            progress: None,
-            quantization: None,
-        }
-    }
-}
-
-impl LoadOptions {
-    /// These options with compute dtype `dtype`.
-    pub fn with_dtype(mut self, dtype: DType) -> Self {
-        self.dtype = dtype;
-        self
-    }
-
-    /// These options taking the compute dtype from the config (see
-    /// [`LoadOptions::auto_dtype`]).
-    pub fn with_auto_dtype(mut self) -> Self {
-        self.auto_dtype = true;
-        self
-    }
-
-    /// These options loading a Hub id at `revision` (a branch, tag or commit hash).
-    pub fn with_revision(mut self, revision: impl Into<String>) -> Self {
-        self.hub.revision = revision.into();
-        self
-    }
-
-    /// These options quantizing the model in `format` at load (see
-    /// [`LoadOptions::quantization`]).
-    pub fn with_quantization(mut self, format: Quantization) -> Self {
-        self.quantization = Some(format);
-        self
-    }
-
-    /// These options telling `progress` how far loading the weights is.
-    pub fn with_progress(mut self, progress: Progress) -> Self {
-        self.progress = Some(progress);
-        self
-    }
-
-    /// The compute dtype for `config`: [`LoadOptions::dtype`], or the config's when
-    /// [`LoadOptions::auto_dtype`] asks for it.
-    pub fn dtype_for(&self, config: &Value, source_name: &str) -> Result<DType> {
-        if !self.auto_dtype {
-            return Ok(self.dtype);
-        }
-        for key in ["torch_dtype", "dtype"] {
-            match config.get(key) {
-                None | Some(Value::Null) => continue,
-                Some(Value::String(name)) => {
-                    return match name.trim_start_matches("torch.") {
-                        "float32" | "float" => Ok(DType::F32),
-                        "bfloat16" => Ok(DType::BF16),
-                        "float16" | "half" => Ok(DType::F16),
-                        "float64" | "double" => Ok(DType::F64),
-                        other => Err(crate::Error::config(
-                            source_name,
-                            key,
-                            format!(
-                                "{other:?} is not a float dtype (float32, bfloat16, float16, float64)"
-                            ),
-                        )),
-                    };
-                }
-                Some(other) => {
-                    return Err(crate::Error::config(
-                        source_name,
-                        key,
-                        format!("expected a dtype name, found {other}"),
-                    ));
-                }
-            }
-        }
-        Ok(DType::F32)
-    }
-
-    /// These options on `device`.
-    pub fn with_device(mut self, device: Device) -> Self {
-        self.device = device;
-        self
-    }
-
-    /// These options with random-weight seed `seed`.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// These options building with exactly `patches` instead of the global registry.
-    pub fn with_patches(mut self, patches: PatchSet) -> Self {
-        self.patches = Some(patches);
-        self
-    }
-
-    /// These options converting bf16 projection weights at load (`true`) or keeping them
-    /// (`false`, the default); see [`LoadOptions::upcast_weights`].
-    pub fn with_upcast_weights(mut self, upcast: bool) -> Self {
-        self.upcast_weights = upcast;
-        self
-    }
-
-    /// These options computing attention with the implementation named `name`.
-    pub fn with_attn_implementation(mut self, name: impl Into<String>) -> Self {
-        self.attn_implementation = Some(name.into());
-        self
-    }
-
-    /// These options computing routed experts with the implementation named `name`.
-    pub fn with_experts_implementation(mut self, name: impl Into<String>) -> Self {
-        self.experts_implementation = Some(name.into());
-        self
-    }
-
-    /// These options allowing passes and generations to reach `positions` positions (see
-    /// [`LoadOptions::max_positions`]).
-    pub fn with_max_positions(mut self, positions: usize) -> Self {
-        self.max_positions = Some(positions);
-        self
-    }
-
-    /// Applies the options' implementation choices and position limit to a built model.
-    fn select_implementations(&self, model: &mut CausalLM) -> Result<()> {
-        if let Some(n) = self.max_positions {
-            model.set_max_positions(n)?;
-        }
-        if let Some(name) = &self.attn_implementation {
-            model.set_attn_implementation(name)?;
-        }
-        if let Some(name) = &self.experts_implementation {
-            model.set_experts_implementation(name)?;
-        }
-        Ok(())
-    }
-
-    /// These options building every parameter as a trainable variable (see
-    /// [`LoadOptions::trainable`]): the forward passes then record the autograd graph, and
-    /// `loss.backward()` gives the gradients ([`CausalLM::gradients`]).
-    pub fn trainable(mut self) -> Self {
-        self.trainable = true;
-        self
-    }
-
-    /// A root weights handle over `source` in `dtype` with these options' device and
-    /// trainability.
-    fn weights(&self, source: Arc<dyn patch_checkpoint::WeightSource>, dtype: DType) -> Weights {
-        let weights = Weights::from_arc(source, dtype, &self.device);
-        if self.trainable {
-            weights.trainable()
-        } else {
-            weights
-        }
-    }
-
-    /// The patches a build uses: the explicit set or the global registry, with the quantized
-    /// replacements when quantizing.
-    fn patch_set(&self) -> Result<PatchSet> {
-        let set = self.patches.clone().unwrap_or_else(PatchSet::global);
-        match self.quantization {
-            Some(format) => {
-                if self.trainable {
-                    return Err(Error::input(
-                        "quantization",
-                        format!(
-                            "{format}: quantized weights are for inference; load without trainable()"
-                        ),
-                    ));
-                }
-                crate::replacements::with_quantized_patches(&set, format)
-            }
-            None => Ok(set),
-        }
-    }
-
-    /// Quantizes the output head when quantizing.
-    fn quantize_head(&self, model: &mut CausalLM) -> Result<()> {
-        if let Some(format) = self.quantization {
-            model.lm_head.quantize(format).map_err(|e| {
-                Error::input("quantization", format!("{format} at \"lm_head\": {e}"))
-            })?;
-        }
-        Ok(())
-    }
-}
 
 /// Loads a checkpoint folder, or a Hub id resolved to one, as `family`'s model (the
 /// family-specific entry points use it).
@@ -311,8 +65,8 @@ pub(crate) fn load_pretrained(
         CausalLM::build(&b, config, found)?
     };
     weights.finish()?;
-    options.select_implementations(&mut model)?;
-    options.quantize_head(&mut model)?;
+    select_implementations(options, &mut model)?;
+    quantize_head(options, &mut model)?;
     model.set_generation_defaults(generation_defaults);
     let report = source.report();
     tracing::info!(
@@ -362,8 +116,8 @@ pub(crate) fn create_from_config(
     );
     let b = Builder::new(weights).with_patches(options.patch_set()?);
     let mut model = CausalLM::build(&b, config, family)?;
-    options.select_implementations(&mut model)?;
-    options.quantize_head(&mut model)?;
+    select_implementations(options, &mut model)?;
+    quantize_head(options, &mut model)?;
     Ok(model)
 }
 
@@ -418,4 +172,55 @@ impl AutoModelForCausalLM {
             implementations: None,
         })
     }
+}
+
+/// A family's causal-LM entry points (transformers' `LlamaForCausalLM`, ...): each family
+/// names it with a type alias (`pub type LlamaForCausalLM = ForCausalLM<LlamaModel>`).
+#[derive(Clone, Copy, Debug)]
+pub struct ForCausalLM<M>(PhantomData<M>);
+
+impl<M: Family> ForCausalLM<M> {
+    /// Loads a checkpoint folder of this family with the registered patches (an error if its
+    /// `model_type` is another family's).
+    pub fn from_pretrained(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<CausalLM> {
+        load_pretrained(dir.as_ref(), Some(M::family()), options)
+    }
+
+    /// A seeded random model for `config`, with the registered patches.
+    pub fn from_config(config: &M::Config, options: &LoadOptions) -> Result<CausalLM> {
+        create_from_config(&config.to_json(), M::family(), options)
+    }
+
+    /// Builds a model with `b` by hand: patches as `b` resolves them, so the originals unless
+    /// built inside [`patch_core::apply_patches`] or with [`Builder::with_patches`]
+    /// (transformers' `LlamaForCausalLM(config)`).
+    pub fn build(b: &Builder, config: &M::Config) -> Result<CausalLM> {
+        let json = Arc::new(config.to_json());
+        CausalLM::build(b, config.decoder_config(json, "config")?, M::family())
+    }
+}
+
+/// Applies the options' implementation choices and position limit to a built model.
+fn select_implementations(options: &LoadOptions, model: &mut CausalLM) -> Result<()> {
+    if let Some(n) = options.max_positions {
+        model.set_max_positions(n)?;
+    }
+    if let Some(name) = &options.attn_implementation {
+        model.set_attn_implementation(name)?;
+    }
+    if let Some(name) = &options.experts_implementation {
+        model.set_experts_implementation(name)?;
+    }
+    Ok(())
+}
+
+/// Quantizes the output head when quantizing.
+fn quantize_head(options: &LoadOptions, model: &mut CausalLM) -> Result<()> {
+    if let Some(format) = options.quantization {
+        model
+            .lm_head
+            .quantize(format)
+            .map_err(|e| Error::input("quantization", format!("{format} at \"lm_head\": {e}")))?;
+    }
+    Ok(())
 }

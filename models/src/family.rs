@@ -10,15 +10,11 @@
 //! `submit_conversion_mapping!` under its `model_type`, so users can override them
 //! (`register_checkpoint_conversion_mapping(.., overwrite)`).
 
-use std::marker::PhantomData;
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use patch_core::{Builder, SiteInfo};
 use serde_json::Value;
 
-use crate::auto::{LoadOptions, create_from_config, load_pretrained};
-use crate::causal_lm::CausalLM;
 use crate::decoder::{DecoderConfig, DecoderModel, DecoderSites, FamilyConfig};
 use crate::{Error, Result};
 
@@ -59,32 +55,6 @@ pub trait Family: DecoderSites {
 
     /// Its registered family.
     fn family() -> &'static ModelFamily;
-}
-
-/// A family's causal-LM entry points (transformers' `LlamaForCausalLM`, ...): each family
-/// names it with a type alias (`pub type LlamaForCausalLM = ForCausalLM<LlamaModel>`).
-#[derive(Clone, Copy, Debug)]
-pub struct ForCausalLM<M>(PhantomData<M>);
-
-impl<M: Family> ForCausalLM<M> {
-    /// Loads a checkpoint folder of this family with the registered patches (an error if its
-    /// `model_type` is another family's).
-    pub fn from_pretrained(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<CausalLM> {
-        load_pretrained(dir.as_ref(), Some(M::family()), options)
-    }
-
-    /// A seeded random model for `config`, with the registered patches.
-    pub fn from_config(config: &M::Config, options: &LoadOptions) -> Result<CausalLM> {
-        create_from_config(&config.to_json(), M::family(), options)
-    }
-
-    /// Builds a model with `b` by hand: patches as `b` resolves them, so the originals unless
-    /// built inside [`patch_core::apply_patches`] or with [`Builder::with_patches`]
-    /// (transformers' `LlamaForCausalLM(config)`).
-    pub fn build(b: &Builder, config: &M::Config) -> Result<CausalLM> {
-        let json = Arc::new(config.to_json());
-        CausalLM::build(b, config.decoder_config(json, "config")?, M::family())
-    }
 }
 
 /// Declares and registers a family: `pub static NAME = Model(Config, SITES);` defines the

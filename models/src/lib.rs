@@ -1,12 +1,12 @@
 #![warn(missing_docs)]
-//! Llama, Qwen2-MoE, Qwen3 and Qwen3-MoE on candle, built from patchable sites.
+//! Llama, Qwen2, Qwen2-MoE, Qwen3 and Qwen3-MoE on candle, built from patchable sites.
 //!
 //! - [`decoder`]: the shared contracts (slots) every family's layers fill — attention, MLP,
 //!   norm, rotary embedding, decoder layer, router, experts, sparse MoE block — with one
 //!   config view ([`DecoderConfig`](decoder::DecoderConfig)) and explicit forward contexts,
 //!   so one replacement serves several families; plus the building blocks, the attention
 //!   kernel and the KV cache.
-//! - [`llama`], [`qwen2_moe`], [`qwen3`], [`qwen3_moe`]: the families; every layer type is a
+//! - [`llama`], [`qwen2`], [`qwen2_moe`], [`qwen3`], [`qwen3_moe`]: the families; every layer type is a
 //!   site named as upstream (`LlamaAttention`, `Qwen3MoeTopKRouter`, ...).
 //! - [`ops`]: the operations layers compute with, each choosing between the CPU kernels
 //!   ([`kernels`]) and candle's differentiable ops in one place; [`loss`]: the training losses.
@@ -33,26 +33,32 @@ mod causal_lm;
 pub mod compare;
 pub mod decoder;
 mod error;
+mod explain;
 pub mod family;
 mod generation;
 pub mod implementations;
-pub mod kernels;
+/// The CPU kernels the operations run on (the `patchwork-kernels` crate).
+pub use patchwork_kernels as kernels;
 pub mod llama;
 mod load_checks;
+mod load_options;
 pub mod loss;
 pub mod ops;
+pub mod qwen2;
 pub mod qwen2_moe;
 pub mod qwen3;
 pub mod qwen3_moe;
 pub mod replacements;
 pub mod routing;
 
-pub use auto::{AutoModelForCausalLM, LoadOptions};
-pub use causal_lm::{CausalLM, ForwardOptions, ForwardOutput, LogitsMode, ModelExplain};
+pub use auto::{AutoModelForCausalLM, ForCausalLM};
+pub use causal_lm::{CausalLM, ForwardOptions, ForwardOutput, LogitsMode};
 pub use decoder::Quantization;
 pub use error::{Error, Result};
+pub use explain::ModelExplain;
 pub use family::{ModelFamily, RegisteredFamily};
 pub use generation::{Generation, GenerationConfig, GenerationDefaults, Sampling};
+pub use load_options::LoadOptions;
 
 /// What writing a replacement for these models needs, in one import:
 /// `use patchwork_models::prelude::*;` (patch-core's prelude, the slots with their arguments

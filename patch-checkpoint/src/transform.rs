@@ -29,8 +29,8 @@
 //!
 //! # What each op does
 //!
-//! An op chain works on an ordered list of *slots*, one per source pattern at the start (each
-//! slot a tensor, or a list of tensors for a module list), and must end with one slot per
+//! An op chain works on an ordered list of *parts*, one per source pattern at the start (each
+//! part a tensor, or a list of tensors for a module list), and must end with one part per
 //! target pattern. See each [`Op`] variant for what it needs and produces.
 
 use std::fmt;
@@ -38,11 +38,11 @@ use std::fmt;
 /// One step of a [`WeightConverter`] chain. Each has a reverse, which saving applies with the
 /// sizes recorded at load (a concatenation splits back into its parts as they were).
 ///
-/// Slot rules (checked when a transform is registered or a checkpoint source is made):
-/// [`Op::Concatenate`] and [`Op::Interleave`] turn all slots (single tensors) into one;
-/// [`Op::Chunk`] and [`Op::Deinterleave`] turn one slot into one per target pattern;
-/// [`Op::MergeModulelist`] stacks every list slot into a tensor; [`Op::SplitModulelist`]
-/// unstacks every tensor slot into a list; [`Op::Transpose`] applies to every tensor.
+/// Part rules (checked when a transform is registered or a checkpoint source is made):
+/// [`Op::Concatenate`] and [`Op::Interleave`] turn all parts (single tensors) into one;
+/// [`Op::Chunk`] and [`Op::Deinterleave`] turn one part into one per target pattern;
+/// [`Op::MergeModulelist`] stacks every list part into a tensor; [`Op::SplitModulelist`]
+/// unstacks every tensor part into a list; [`Op::Transpose`] applies to every tensor.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     /// Concatenate the group's tensors along `dim` (reverse: [`Op::Chunk`]; on save the split
@@ -176,7 +176,7 @@ pub enum Transform {
 
 impl Transform {
     /// Checks the transform: the renaming's regex compiles; the converter's patterns parse, and
-    /// its op chain fits its source and target patterns (slot counts and module lists).
+    /// its op chain fits its source and target patterns (part counts and module lists).
     pub fn validate(&self) -> crate::Result<()> {
         crate::compile::CompiledTransforms::new(std::slice::from_ref(self)).map(|_| ())
     }

@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::PatchSet;
 
 thread_local! {
-    static SCOPES: RefCell<Vec<(u64, PatchSet)>> = const { RefCell::new(Vec::new()) };
+    static APPLIED: RefCell<Vec<(u64, PatchSet)>> = const { RefCell::new(Vec::new()) };
 }
 
-static NEXT_SCOPE: AtomicU64 = AtomicU64::new(1);
+static NEXT_APPLIED: AtomicU64 = AtomicU64::new(1);
 
 /// The set applied last on this thread, while it is applied.
 pub(crate) fn current() -> Option<PatchSet> {
-    SCOPES.with(|s| s.borrow().last().map(|(_, set)| set.clone()))
+    APPLIED.with(|s| s.borrow().last().map(|(_, set)| set.clone()))
 }
 
 /// While alive, models built by hand on this thread use its [`PatchSet`]. Dropping it ends
@@ -33,7 +33,7 @@ impl Drop for AppliedPatches {
     fn drop(&mut self) {
         let id = self.id;
         // A thread-local being torn down at thread exit has nothing left to pop.
-        let _ = SCOPES.try_with(|s| s.borrow_mut().retain(|(sid, _)| *sid != id));
+        let _ = APPLIED.try_with(|s| s.borrow_mut().retain(|(sid, _)| *sid != id));
     }
 }
 
@@ -48,8 +48,8 @@ impl std::fmt::Debug for AppliedPatches {
 impl PatchSet {
     /// Makes this set the one models built by hand on this thread use, until the guard drops.
     pub fn enter(&self) -> AppliedPatches {
-        let id = NEXT_SCOPE.fetch_add(1, Ordering::Relaxed);
-        SCOPES.with(|s| s.borrow_mut().push((id, self.clone())));
+        let id = NEXT_APPLIED.fetch_add(1, Ordering::Relaxed);
+        APPLIED.with(|s| s.borrow_mut().push((id, self.clone())));
         AppliedPatches {
             id,
             _not_send: PhantomData,

@@ -9,9 +9,11 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use patch_checkpoint::{Init, Transform, Weights};
 
-use crate::matching::{Outcome, Rule, SiteKey};
-use crate::replacement::short_type_name;
-use crate::{Build, Error, ObservedSite, PatchSet, Result, Site, Slot};
+use crate::matching::{Outcome, Resolution, Rule, SiteKey};
+use crate::replacement::BuildFn;
+use crate::{
+    Build, BuildReport, BuiltSite, Error, ObservedSite, PatchRecord, PatchSet, Result, Site, Slot,
+};
 
 /// A module under construction's view of the model being built: its path, its weights, and
 /// the patches sub-sites resolve against. Cheap to clone; [`Builder::pp`] descends.
@@ -25,14 +27,18 @@ pub struct Builder {
     weights: Weights,
     patches: Option<PatchSet>,
     record: Arc<Mutex<Vec<BuiltSite>>>,
-    /// In a replacement's `build` only: how the site being replaced builds itself.
+    /// In a site's or replacement's `build` only: its index in the report.
+    current: Option<usize>,
+    /// In a replacement's `build` only: what the site would build without it.
     original: Option<Arc<dyn Any + Send + Sync>>,
 }
 
-/// How a site builds itself, kept for its replacement ([`Builder::build_original`]).
+/// What a site would build without the replacement being built: the candidates after it in
+/// the matching order, then the site's own type ([`Builder::build_original`]).
 struct Original<S: ?Sized + Slot> {
     site: &'static str,
-    build: for<'a> fn(&Builder, S::Args<'a>) -> Result<Box<S>>,
+    own: BuildFn<S>,
+    rest: Vec<(Arc<PatchRecord>, Rule)>,
 }
 
 /// `T`'s own construction, with the transforms `T` carries (what the registry does for it).
@@ -47,6 +53,7 @@ impl Builder {
             weights,
             patches: None,
             record: Arc::new(Mutex::new(Vec::new())),
+            current: None,
             original: None,
         }
     }
@@ -71,6 +78,7 @@ impl Builder {
             weights: self.weights.pp(name),
             patches: self.patches.clone(),
             record: self.record.clone(),
+            current: None,
             original: None,
         }
     }
@@ -110,49 +118,39 @@ impl Builder {
         Ok(self.weights.get_with_init(shape, name, init)?)
     }
 
-    /// Builds site `T` at this path through the registry: its replacement if a patch applies,
-    /// else `T`. Whichever type is built gets the weight transforms it carries
-    /// ([`Build::transforms`]), scoped to this path.
+    /// How site `T` resolves at this path: what [`Builder::build`] would build here (a parent
+    /// that fuses its children when nothing replaces them asks this first).
+    pub fn resolution<T: Site>(&self) -> Arc<Resolution> {
+        self.patches().resolve_at(SiteKey::of::<T>(), self.path())
+    }
+
+    /// Builds site `T` at this path through the registry: its replacement if a patch applies
+    /// here (see [`crate::matching`]), else `T`. Whichever type is built gets the weight
+    /// transforms it carries ([`Build::transforms`]), scoped to this path.
     pub fn build<T: Site>(&self, args: <T::Slot as Slot>::Args<'_>) -> Result<Box<T::Slot>> {
-        let resolution = self.patches().resolve(SiteKey::of::<T>());
+        let resolution = self.resolution::<T>();
+        let own: BuildFn<T::Slot> = Arc::new(build_as::<T>);
         let built = match &resolution.outcome {
             Outcome::Original => {
-                let index = self.note(
-                    T::NAME,
-                    <T::Slot as Slot>::NAME,
-                    std::any::type_name::<T>(),
-                    None,
-                );
-                let mut own = self.with_transforms_of::<T>();
-                own.original = None;
-                T::build(&own, args).map(|m| (m, index))
+                let index = self.note::<T>(std::any::type_name::<T>(), None, &resolution);
+                let mut b = self.clone();
+                b.current = Some(index);
+                b.original = None;
+                own(&b, args).map(|m| (m, index))
             }
             Outcome::Patched { record, rule } => {
-                let replacement = record.replacement();
-                // Resolution only picks replacements of the site's slot.
-                let factory =
-                    replacement
-                        .factory::<T::Slot>()
-                        .ok_or_else(|| Error::SlotMismatch {
-                            key: record.key().to_string(),
-                            site: T::NAME.to_string(),
-                            site_slot: <T::Slot as Slot>::NAME,
-                            replacement: replacement.type_name().to_string(),
-                            replacement_slot: replacement.slot(),
-                        })?;
-                let index = self.note(
-                    T::NAME,
-                    <T::Slot as Slot>::NAME,
-                    replacement.type_name(),
+                let index = self.note::<T>(
+                    record.replacement().type_name(),
                     Some((*rule, record.key().to_string())),
+                    &resolution,
                 );
-                let mut scoped =
-                    self.with_transforms(replacement.type_name(), replacement.transforms());
-                scoped.original = Some(Arc::new(Original::<T::Slot> {
+                let original = Original::<T::Slot> {
                     site: T::NAME,
-                    build: build_as::<T>,
-                }));
-                (factory.build)(&scoped, args).map(|m| (m, index))
+                    own,
+                    rest: resolution.chain.iter().skip(1).cloned().collect(),
+                };
+                self.build_candidate(record, original, index, args)
+                    .map(|m| (m, index))
             }
             Outcome::Conflict(conflict) => Err(conflict.to_error(&resolution.site)),
         };
@@ -173,12 +171,39 @@ impl Builder {
             })
     }
 
-    /// In a replacement's `build`: builds what the site being replaced would have built
-    /// without the patch, at the same path with the same weights (the site's own type, with
-    /// the transforms it carries). A replacement registered by pattern over several sites
-    /// wraps whichever original each one has this way (a decorator: quantize its
-    /// projections, time it, log it). An error outside a replacement's `build`, or for
-    /// another slot than the site's.
+    /// Builds `record`'s replacement here as the site's report entry `index`, with `original`
+    /// as what it wraps.
+    fn build_candidate<S: ?Sized + Slot>(
+        &self,
+        record: &PatchRecord,
+        original: Original<S>,
+        index: usize,
+        args: S::Args<'_>,
+    ) -> Result<Box<S>> {
+        let replacement = record.replacement();
+        // Resolution only picks replacements of the site's slot.
+        let build = replacement
+            .build_fn::<S>()
+            .ok_or_else(|| Error::SlotMismatch {
+                key: record.key().to_string(),
+                site: original.site.to_string(),
+                site_slot: S::NAME,
+                replacement: replacement.type_name().to_string(),
+                replacement_slot: replacement.slot(),
+            })?;
+        let mut scoped = self.with_transforms(replacement.type_name(), replacement.transforms());
+        scoped.current = Some(index);
+        scoped.original = Some(Arc::new(original));
+        build(&scoped, args)
+    }
+
+    /// In a replacement's `build`: builds what the site would have built without this
+    /// replacement, at the same path with the same weights: the next patch that applies here
+    /// in the matching order (see [`crate::matching`], rule 5), else the site's own type (with
+    /// the transforms each carries). A replacement that wraps the original this way is a
+    /// decorator: registered by pattern over several sites, it wraps whichever original each
+    /// one has (quantize it, time it, add an adapter to it). An error outside a replacement's
+    /// `build`, or for another slot than the site's.
     pub fn build_original<S: ?Sized + Slot>(&self, args: S::Args<'_>) -> Result<Box<S>> {
         let original = self.original.as_ref().ok_or_else(|| {
             Error::other(format!(
@@ -193,13 +218,53 @@ impl Builder {
                 S::NAME
             ))
         })?;
-        let mut own = self.clone();
-        own.original = None;
-        (original.build)(&own, args).map_err(|e| Error::Build {
+        let index = self.current;
+        let built = match original.rest.split_first() {
+            Some(((record, _), rest)) => {
+                let next = Original::<S> {
+                    site: original.site,
+                    own: original.own.clone(),
+                    rest: rest.to_vec(),
+                };
+                self.wrapped(index, record.replacement().type_name());
+                match index {
+                    Some(index) => self.build_candidate(record, next, index, args),
+                    None => Err(Error::other("build_original: no site being built")),
+                }
+            }
+            None => {
+                let mut own = self.clone();
+                own.original = None;
+                (original.own)(&own, args)
+            }
+        };
+        built.map_err(|e| Error::Build {
             path: self.path().to_string(),
             site: original.site,
             source: Box::new(e),
         })
+    }
+
+    /// Adds `detail` to what the report says about the site being built (in a site's or
+    /// replacement's `build`; ignored elsewhere): the format a quantized projection chose and
+    /// why, the adapter a projection carries. `explain` and the build report show it.
+    pub fn describe(&self, detail: impl Into<String>) {
+        if let Some(index) = self.current {
+            let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(site) = record.get_mut(index) {
+                site.details.push(detail.into());
+            }
+        }
+    }
+
+    /// Records that the site at `index` wraps a module of type `inner`.
+    fn wrapped(&self, index: Option<usize>, inner: &'static str) {
+        if let Some(index) = index {
+            let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(site) = record.get_mut(index) {
+                site.wraps.push(inner);
+            }
+        }
     }
 
     /// This builder with `transforms` active for every tensor requested under this path;
@@ -209,6 +274,7 @@ impl Builder {
             weights: self.weights.with_transforms(owner, transforms),
             patches: self.patches.clone(),
             record: self.record.clone(),
+            current: self.current,
             original: self.original.clone(),
         }
     }
@@ -220,21 +286,23 @@ impl Builder {
         self.with_transforms(std::any::type_name::<T>(), T::transforms())
     }
 
-    /// Records a site about to be built; returns its index in the report.
-    fn note(
+    /// Records site `T` about to be built here as `module`; returns its index in the report.
+    fn note<T: Site>(
         &self,
-        site: &'static str,
-        slot: &'static str,
         module: &'static str,
         patch: Option<(Rule, String)>,
+        resolution: &Arc<Resolution>,
     ) -> usize {
         let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
         record.push(BuiltSite {
             path: self.path().to_string(),
-            site,
-            slot,
+            site: T::NAME,
+            slot: <T::Slot as Slot>::NAME,
             module,
             patch,
+            wraps: Vec::new(),
+            details: Vec::new(),
+            resolution: resolution.clone(),
         });
         record.len() - 1
     }
@@ -257,77 +325,5 @@ impl fmt::Debug for Builder {
             .field("path", &self.path())
             .field("patches", &self.patches)
             .finish()
-    }
-}
-
-/// One site built into a model: where, what was asked for, what was built, and why.
-#[derive(Clone, Debug)]
-pub struct BuiltSite {
-    /// Dotted module path.
-    pub path: String,
-    /// The site's name.
-    pub site: &'static str,
-    /// Its slot.
-    pub slot: &'static str,
-    /// The type actually built.
-    pub module: &'static str,
-    /// The rule and key of the patch applied, if any.
-    pub patch: Option<(Rule, String)>,
-}
-
-/// The sites a model was built from, parents first: a built model's answer to "is my patch
-/// applied?".
-#[derive(Clone, Debug, Default)]
-pub struct BuildReport {
-    sites: Vec<BuiltSite>,
-}
-
-impl BuildReport {
-    /// The sites, parents first.
-    pub fn sites(&self) -> &[BuiltSite] {
-        &self.sites
-    }
-
-    /// The site built at `path`, if any.
-    pub fn at(&self, path: &str) -> Option<&BuiltSite> {
-        self.sites.iter().find(|s| s.path == path)
-    }
-
-    /// How many sites were replaced by a patch.
-    pub fn patched(&self) -> usize {
-        self.sites.iter().filter(|s| s.patch.is_some()).count()
-    }
-}
-
-impl fmt::Display for BuildReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{} sites built, {} patched",
-            self.sites.len(),
-            self.patched()
-        )?;
-        let path_w = self
-            .sites
-            .iter()
-            .map(|s| s.path.len())
-            .max()
-            .unwrap_or(0)
-            .max(4);
-        let site_w = self
-            .sites
-            .iter()
-            .map(|s| s.site.len())
-            .max()
-            .unwrap_or(0)
-            .max(4);
-        for s in &self.sites {
-            let how = match &s.patch {
-                Some((rule, key)) => format!("{} ({rule} {key:?})", short_type_name(s.module)),
-                None => "original".to_string(),
-            };
-            writeln!(f, "  {:<path_w$}  {:<site_w$}  {how}", s.path, s.site)?;
-        }
-        Ok(())
     }
 }

@@ -136,7 +136,7 @@ impl fmt::Display for Explain {
             let rule = match &r.outcome {
                 Outcome::Original => "none".to_string(),
                 Outcome::Patched { record, rule } => {
-                    format!("{rule} {:?} ({})", record.key(), record.registered_at())
+                    format!("{rule} {} ({})", record.patch_key(), record.registered_at())
                 }
                 Outcome::Conflict(c) => c.to_error(&r.site).to_string(),
             };
@@ -145,6 +145,13 @@ impl fmt::Display for Explain {
                 "  {:<name_w$}  {:<slot_w$}  {:<build_w$}  {rule}",
                 r.site.name, r.site.slot, builds
             )?;
+            for (record, rule) in &r.conditional {
+                writeln!(
+                    f,
+                    "      where the path matches: {record} ({rule}, {})",
+                    record.registered_at()
+                )?;
+            }
             for s in &r.skipped {
                 writeln!(f, "      skipped {} ({}): {}", s.record, s.rule, s.reason)?;
             }

@@ -77,14 +77,15 @@ mod observed;
 mod patch_set;
 mod registry;
 mod replacement;
+mod report;
 mod site;
 mod slot;
 
 pub use applied::{AppliedPatches, apply_patches};
-pub use builder::{BuildReport, Builder, BuiltSite};
+pub use builder::Builder;
 pub use error::{Error, Result};
 pub use explain::{Explain, explain};
-pub use mapping::{PatchEntry, PatchMapping, PatchRecord, RegisteredAt};
+pub use mapping::{PatchEntry, PatchKey, PatchMapping, PatchRecord, RegisteredAt};
 pub use matching::SiteMatcher;
 pub use observed::{Observed, ObservedSite};
 pub use patch_set::PatchSet;
@@ -93,8 +94,9 @@ pub use registry::{
     unregister_patch_mapping,
 };
 pub use replacement::Replacement;
+pub use report::{BuildReport, BuiltSite};
 pub use site::{Site, SiteInfo, SiteRegistration, sites, sites_named};
-pub use slot::{Build, Module, ModuleExt, Slot};
+pub use slot::{Build, Module, ModuleExt, Slot, named_modules};
 
 /// Marks a layer type as a site: it is recorded at link time, and models build it through
 /// [`Builder::build`] so patches can replace it.
@@ -161,11 +163,18 @@ pub mod __private {
     pub trait WrapsSite<S> {
         /// The site value, as the field's type.
         fn into_field(site: S) -> Self;
+
+        /// The field, as the module the wrapper wraps.
+        fn as_module(&self) -> &dyn crate::Module;
     }
 
-    impl<S> WrapsSite<S> for S {
+    impl<S: crate::Module> WrapsSite<S> for S {
         fn into_field(site: S) -> Self {
             site
+        }
+
+        fn as_module(&self) -> &dyn crate::Module {
+            self
         }
     }
 }

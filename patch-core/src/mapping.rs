@@ -1,8 +1,10 @@
-//! Patch records: a key (exact name or pattern) mapped to a replacement, where it came from,
-//! and the link-time entries `#[patch]` submits.
+//! Patch records: a key (a site name or pattern, optionally restricted to module paths) mapped
+//! to a replacement, where it came from, and the link-time entries `#[patch]` submits.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
+
+use regex::Regex;
 
 use crate::matching::SiteMatcher;
 
@@ -12,6 +14,7 @@ use crate::{Error, Replacement, Result};
 #[derive(Debug)]
 pub struct PatchEntry {
     key: &'static str,
+    path: Option<&'static str>,
     priority: i32,
     label: Option<&'static str>,
     module_path: &'static str,
@@ -33,6 +36,7 @@ impl PatchEntry {
     ) -> Self {
         Self {
             key,
+            path: None,
             priority,
             label,
             module_path,
@@ -40,6 +44,128 @@ impl PatchEntry {
             line,
             replacement,
         }
+    }
+
+    /// The same entry restricted to module paths matching `path` (used by
+    /// `#[patch(.., path = "regex")]`, which checks the regex at compile time).
+    pub const fn at_path(mut self, path: &'static str) -> Self {
+        self.path = Some(path);
+        self
+    }
+}
+
+/// What a patch is registered under: a site name or pattern ([`SiteMatcher`] rules), and
+/// optionally a regular expression the module path must match (`re.search` semantics, like
+/// the name: anchor with `^`/`$`). Two patches with the same name key and path are the same key.
+///
+/// A `&str` or `String` converts into the key with no path, so `register_patch_mapping([("LlamaAttention", ..)])`
+/// reads as upstream's.
+///
+/// ```
+/// use patch_core::PatchKey;
+/// // Every projection whose path ends in q_proj or v_proj (PEFT's target_modules = ["q_proj", "v_proj"]):
+/// let key = PatchKey::new("Linear").with_path(r"\.(q|v)_proj$");
+/// assert_eq!(key.to_string(), r#""Linear" at /\.(q|v)_proj$/"#);
+/// let plain: PatchKey = "LlamaAttention".into();
+/// assert_eq!(plain.path(), None);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PatchKey {
+    name: String,
+    path: Option<String>,
+}
+
+impl PatchKey {
+    /// The key matching sites named (or whose names match the pattern) `name`, at any path.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            path: None,
+        }
+    }
+
+    /// This key restricted to module paths matching the regex `path`.
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// The site name or pattern.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The module-path regex, if the key is restricted to paths.
+    pub fn path(&self) -> Option<&str> {
+        self.path.as_deref()
+    }
+}
+
+impl From<&str> for PatchKey {
+    fn from(name: &str) -> Self {
+        Self::new(name)
+    }
+}
+
+impl From<String> for PatchKey {
+    fn from(name: String) -> Self {
+        Self::new(name)
+    }
+}
+
+impl From<&String> for PatchKey {
+    fn from(name: &String) -> Self {
+        Self::new(name.as_str())
+    }
+}
+
+impl From<&PatchKey> for PatchKey {
+    fn from(key: &PatchKey) -> Self {
+        key.clone()
+    }
+}
+
+impl PatchKey {
+    /// How errors name the key: the name alone, or `name at /path/`.
+    pub(crate) fn describe(&self) -> String {
+        match &self.path {
+            Some(path) => format!("{} at /{path}/", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+impl fmt::Display for PatchKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.name)?;
+        if let Some(path) = &self.path {
+            write!(f, " at /{path}/")?;
+        }
+        Ok(())
+    }
+}
+
+/// A module-path restriction, compiled.
+#[derive(Clone, Debug)]
+pub(crate) struct PathMatcher {
+    source: String,
+    regex: Regex,
+}
+
+impl PathMatcher {
+    pub(crate) fn new(path: &str) -> Result<Self> {
+        let regex = Regex::new(path).map_err(|e| Error::InvalidPattern {
+            key: format!("path {path:?}"),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            source: path.to_string(),
+            regex,
+        })
+    }
+
+    pub(crate) fn is_match(&self, path: &str) -> bool {
+        self.regex.is_match(path)
     }
 }
 
@@ -91,6 +217,7 @@ impl RegisteredAt {
 #[derive(Debug)]
 pub struct PatchRecord {
     matcher: SiteMatcher,
+    path: Option<PathMatcher>,
     replacement: Replacement,
     label: Option<String>,
     registered_at: RegisteredAt,
@@ -101,14 +228,15 @@ pub struct PatchRecord {
 
 impl PatchRecord {
     pub(crate) fn new(
-        key: String,
+        key: PatchKey,
         replacement: Replacement,
         label: Option<String>,
         registered_at: RegisteredAt,
         seq: u64,
     ) -> Result<Self> {
         Ok(Self {
-            matcher: SiteMatcher::new(key)?,
+            matcher: SiteMatcher::new(key.name)?,
+            path: key.path.as_deref().map(PathMatcher::new).transpose()?,
             replacement,
             label,
             registered_at,
@@ -116,9 +244,28 @@ impl PatchRecord {
         })
     }
 
-    /// The key as registered (an exact site name or a pattern).
+    /// The name key as registered (an exact site name or a pattern).
     pub fn key(&self) -> &str {
         self.matcher.key()
+    }
+
+    /// The module-path regex the patch is restricted to, if any.
+    pub fn path(&self) -> Option<&str> {
+        self.path.as_ref().map(|p| p.source.as_str())
+    }
+
+    /// The whole key: name and path restriction.
+    pub fn patch_key(&self) -> PatchKey {
+        PatchKey {
+            name: self.key().to_string(),
+            path: self.path().map(str::to_string),
+        }
+    }
+
+    /// Whether the patch applies at module path `path` (always, when it has no path
+    /// restriction).
+    pub fn applies_at(&self, path: &str) -> bool {
+        self.path.as_ref().is_none_or(|p| p.is_match(path))
     }
 
     /// How the key matches site names.
@@ -160,7 +307,12 @@ impl PatchRecord {
 
 impl fmt::Display for PatchRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} -> {}", self.key(), self.replacement.short_name())
+        write!(
+            f,
+            "{} -> {}",
+            self.patch_key(),
+            self.replacement.short_name()
+        )
     }
 }
 
@@ -177,6 +329,7 @@ pub(crate) fn link_time_records() -> &'static (Vec<Arc<PatchRecord>>, Vec<Error>
         entries.sort_by_key(|e| {
             (
                 e.key,
+                e.path,
                 (e.replacement)().type_name(),
                 e.module_path,
                 e.file,
@@ -192,8 +345,12 @@ pub(crate) fn link_time_records() -> &'static (Vec<Arc<PatchRecord>>, Vec<Error>
                 line: e.line,
             };
             let replacement = (e.replacement)().with_priority(e.priority);
+            let key = PatchKey {
+                name: e.key.to_string(),
+                path: e.path.map(str::to_string),
+            };
             match PatchRecord::new(
-                e.key.to_string(),
+                key,
                 replacement,
                 e.label.map(str::to_string),
                 registered_at,
@@ -224,17 +381,20 @@ impl PatchMapping {
         self.records.iter().map(|r| &**r)
     }
 
-    /// The records registered under `key`.
-    pub fn get(&self, key: &str) -> impl Iterator<Item = &PatchRecord> {
-        self.iter().filter(move |r| r.key() == key)
+    /// The records registered under `key` (a name, with or without a path restriction: a
+    /// `&str` names the patches without one).
+    pub fn get(&self, key: impl Into<PatchKey>) -> impl Iterator<Item = &PatchRecord> {
+        let key = key.into();
+        self.iter().filter(move |r| r.patch_key() == key)
     }
 
     /// Whether a patch is registered under `key`.
-    pub fn contains_key(&self, key: &str) -> bool {
+    pub fn contains_key(&self, key: impl Into<PatchKey>) -> bool {
         self.get(key).next().is_some()
     }
 
-    /// The keys, in registration order (a key registered by two crates appears twice).
+    /// The name keys, in registration order (a key registered by two crates, or under two
+    /// paths, appears twice).
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.iter().map(PatchRecord::key)
     }
@@ -258,7 +418,7 @@ impl fmt::Display for PatchMapping {
         let key_w = self
             .records
             .iter()
-            .map(|r| r.key().len() + 2)
+            .map(|r| r.patch_key().to_string().len())
             .max()
             .unwrap_or(0);
         let ty_w = self
@@ -271,7 +431,7 @@ impl fmt::Display for PatchMapping {
             writeln!(
                 f,
                 "{:<key_w$}  {:<ty_w$}  slot {:<12} priority {:<4} {}",
-                format!("{:?}", r.key()),
+                r.patch_key().to_string(),
                 r.replacement.type_name(),
                 r.replacement.slot(),
                 r.priority(),

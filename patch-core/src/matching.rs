@@ -1,23 +1,34 @@
 //! The matching rules: which registered patch, if any, replaces a site.
 //!
-//! For a site named `N` filling slot `S`, against the patches of a [`PatchSet`](crate::PatchSet):
+//! For a site named `N` filling slot `S`, built at module path `P`
+//! (`model.layers.3.self_attn.q_proj`), against the patches of a [`PatchSet`](crate::PatchSet):
 //!
 //! 1. **Candidates.** A patch is a candidate when its key equals `N` (an *exact* match) or, read
 //!    as a regular expression, matches anywhere in `N` (a *pattern* match: `re.search`
-//!    semantics, so anchor with `^`/`$` to match whole names).
+//!    semantics, so anchor with `^`/`$` to match whole names), and, when the patch is restricted
+//!    to paths ([`PatchKey::with_path`](crate::PatchKey::with_path)), its path regex matches
+//!    anywhere in `P` (`re.search` again). Resolved without a path (`explain` of a model type),
+//!    path-restricted patches are listed as conditional instead.
 //! 2. **Slots.** A candidate whose replacement fills another slot than `S` is *skipped*, with
 //!    the reason, and never applied: `".*Attention"` with an attention replacement patches
 //!    `BertSelfAttention` but skips the container `BertAttention`. An exact match with the wrong
 //!    slot is a *conflict* instead (an exact name states intent): building the site fails and
 //!    `explain` shows why.
-//! 3. **Order.** The remaining candidates are ordered by: exact before pattern; then higher
-//!    priority; then later registration (run-time registrations are numbered in call order,
-//!    link-time `#[patch]` entries all count as registered together, before any run-time one).
-//!    The first one wins; every other candidate is skipped with the reason it lost.
-//! 4. **Ties.** If the runner-up ties with the winner on all three (two link-time entries of
+//! 3. **Order.** The remaining candidates are ordered by: restricted to paths before
+//!    unrestricted (a path rule is more specific than a name alone); then exact before pattern;
+//!    then higher priority; then later registration (run-time registrations are numbered in
+//!    call order, link-time `#[patch]` entries all count as registered together, before any
+//!    run-time one). The first one wins; every other candidate is skipped with the reason it
+//!    lost.
+//! 4. **Ties.** If the runner-up ties with the winner on all four (two link-time entries of
 //!    equal priority, from different crates, say) and builds a different type, the site has a
 //!    *conflict*: it is reported, never settled silently. Entries that build the same type
 //!    do not conflict.
+//! 5. **Wrapping.** A winner that wraps what the site would have built without it
+//!    ([`Builder::build_original`](crate::Builder::build_original)) gets the next candidate in
+//!    this order, built the same way, down to the site's own type: a LoRA projection chosen by
+//!    path wraps the quantized projection a topology chose for every projection, which wraps
+//!    the site's own `Linear`. [`Resolution::chain`] is that order.
 
 use std::any::TypeId;
 use std::cmp::Reverse;
@@ -92,6 +103,17 @@ impl fmt::Display for Rule {
             Rule::Pattern => "pattern",
         })
     }
+}
+
+/// The order candidates are ranked in (rule 3): path-restricted first, then exact, then higher
+/// priority, then later registration.
+fn rank(rule: Rule, r: &PatchRecord) -> (bool, Rule, Reverse<i32>, Reverse<u64>) {
+    (
+        r.path().is_none(),
+        rule,
+        Reverse(r.priority()),
+        Reverse(r.seq()),
+    )
 }
 
 /// Why a matching patch was not applied to a site.
@@ -183,21 +205,46 @@ impl Conflict {
 pub struct Resolution {
     /// The site.
     pub site: SiteKey,
+    /// The module path it was resolved at; `None` when resolved for every path at once (then
+    /// path-restricted patches are in [`Resolution::conditional`], not candidates).
+    pub path: Option<String>,
     /// What it builds.
     pub outcome: Outcome,
+    /// Every applicable candidate in rule 3's order, winner first (empty on a conflict): what
+    /// [`Builder::build_original`](crate::Builder::build_original) descends through.
+    pub chain: Vec<(Arc<PatchRecord>, Rule)>,
     /// Patches that matched but were not applied, with the reason.
     pub skipped: Vec<Skipped>,
+    /// Resolved without a path: the path-restricted patches whose name key matches, which
+    /// apply at the paths their regex matches.
+    pub conditional: Vec<(Arc<PatchRecord>, Rule)>,
 }
 
-/// Applies the rules of this module to `site` over `records`.
-pub(crate) fn resolve(site: SiteKey, records: &[Arc<PatchRecord>]) -> Resolution {
+/// Applies the rules of this module to `site` at `path` (or at every path, `None`) over
+/// `records`.
+pub(crate) fn resolve(
+    site: SiteKey,
+    path: Option<&str>,
+    records: &[Arc<PatchRecord>],
+) -> Resolution {
     let mut skipped = Vec::new();
+    let mut conditional = Vec::new();
     let mut eligible: Vec<(Rule, &Arc<PatchRecord>)> = Vec::new();
     let mut exact_conflict = None;
     for r in records {
         let Some(rule) = r.matcher().rule(site.name) else {
             continue;
         };
+        match path {
+            Some(p) if !r.applies_at(p) => continue,
+            None if r.path().is_some() => {
+                if r.replacement().slot_id() == site.slot_id {
+                    conditional.push((r.clone(), rule));
+                }
+                continue;
+            }
+            _ => {}
+        }
         if r.replacement().slot_id() != site.slot_id {
             if rule == Rule::Exact && exact_conflict.is_none() {
                 exact_conflict = Some(r.clone());
@@ -213,31 +260,40 @@ pub(crate) fn resolve(site: SiteKey, records: &[Arc<PatchRecord>]) -> Resolution
         }
         eligible.push((rule, r));
     }
+    let path = path.map(str::to_string);
     if let Some(r) = exact_conflict {
         return Resolution {
             site,
+            path,
             outcome: Outcome::Conflict(Conflict::SlotMismatch(r)),
+            chain: Vec::new(),
             skipped,
+            conditional,
         };
     }
-    // Exact first, then higher priority, then later registration; stable for equal keys.
-    eligible.sort_by_key(|(rule, r)| (*rule, Reverse(r.priority()), Reverse(r.seq())));
+    // Rule 3's order; stable for equal keys.
+    eligible.sort_by_key(|(rule, r)| rank(*rule, r));
     let Some(&(win_rule, winner)) = eligible.first() else {
         return Resolution {
             site,
+            path,
             outcome: Outcome::Original,
+            chain: Vec::new(),
             skipped,
+            conditional,
         };
     };
     let mut conflict = None;
     for &(rule, r) in &eligible[1..] {
-        let why = if rule != win_rule {
+        let why = if r.path().is_some() != winner.path().is_some() {
+            "a path rule wins over a name alone"
+        } else if rule != win_rule {
             "exact name wins over pattern"
         } else if r.priority() != winner.priority() {
             "higher priority"
         } else if r.seq() != winner.seq() {
             "registered later"
-        } else if r.replacement().type_id() != winner.replacement().type_id() {
+        } else if !r.replacement().same_as(winner.replacement()) {
             if conflict.is_none() {
                 conflict = Some(Conflict::Ambiguous(winner.clone(), r.clone()));
             }
@@ -249,21 +305,30 @@ pub(crate) fn resolve(site: SiteKey, records: &[Arc<PatchRecord>]) -> Resolution
             record: r.clone(),
             rule,
             reason: SkipReason::Overridden {
-                by: winner.key().to_string(),
+                by: winner.patch_key().to_string(),
                 why,
             },
         });
     }
-    let outcome = match conflict {
-        Some(c) => Outcome::Conflict(c),
-        None => Outcome::Patched {
-            record: winner.clone(),
-            rule: win_rule,
-        },
+    let (outcome, chain) = match conflict {
+        Some(c) => (Outcome::Conflict(c), Vec::new()),
+        None => (
+            Outcome::Patched {
+                record: winner.clone(),
+                rule: win_rule,
+            },
+            eligible
+                .iter()
+                .map(|(rule, r)| ((*r).clone(), *rule))
+                .collect(),
+        ),
     };
     Resolution {
         site,
+        path,
         outcome,
+        chain,
         skipped,
+        conditional,
     }
 }

@@ -64,4 +64,12 @@ impl<S: ?Sized + Module> Module for Observed<S> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self.inner.as_any_mut()
     }
+
+    fn children<'a>(&'a self, visit: &mut dyn FnMut(&str, &'a dyn Module)) {
+        self.inner.children(visit)
+    }
+
+    fn wrapped(&self) -> Option<&dyn Module> {
+        self.inner.wrapped()
+    }
 }

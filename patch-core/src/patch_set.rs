@@ -8,14 +8,14 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::mapping::link_time_records;
 use crate::matching::{self, Resolution, SiteKey};
-use crate::{Error, PatchMapping, PatchRecord, RegisteredAt, Replacement, Result};
+use crate::{Error, PatchKey, PatchMapping, PatchRecord, RegisteredAt, Replacement, Result};
 
 /// Run-time registrations are numbered from 1 in call order, across all sets; link-time entries
 /// are 0.
 static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// A set of patches a model is built with: the global registry's snapshot, a thread's
-/// `apply_patches` scope, or a set of your own handed to a [`Builder`](crate::Builder) with no
+/// set applied by `apply_patches`, or a set of your own handed to a [`Builder`](crate::Builder) with no
 /// global state involved.
 ///
 /// Cloning is cheap and clones share one resolution cache: each site name is matched against
@@ -77,7 +77,7 @@ impl PatchSet {
         crate::registry::snapshot()
     }
 
-    /// The set of the innermost `apply_patches` scope on this thread, if any.
+    /// The set applied last by `apply_patches` on this thread, while it applies, if any.
     pub fn current() -> Option<Self> {
         crate::applied::current()
     }
@@ -86,7 +86,7 @@ impl PatchSet {
     pub fn from_mapping<I, K>(mapping: I) -> Result<Self>
     where
         I: IntoIterator<Item = (K, Replacement)>,
-        K: Into<String>,
+        K: Into<PatchKey>,
     {
         let mut set = Self::empty();
         set.register_patch_mapping(mapping, false)?;
@@ -108,29 +108,33 @@ impl PatchSet {
         self.inner.records.is_empty()
     }
 
-    /// Adds `mapping` (key -> replacement). A key already present is an error unless
+    /// Adds `mapping` (key -> replacement; a key is a site name or pattern, or a
+    /// [`PatchKey`] restricted to module paths). A key already present is an error unless
     /// `overwrite`, which replaces every record under it. A key naming a linked site exactly
     /// must map to a replacement of that site's slot. Nothing changes if any key fails.
     pub fn register_patch_mapping<I, K>(&mut self, mapping: I, overwrite: bool) -> Result<()>
     where
         I: IntoIterator<Item = (K, Replacement)>,
-        K: Into<String>,
+        K: Into<PatchKey>,
     {
         let mut seen = HashSet::new();
         let mut fresh = Vec::new();
         for (key, replacement) in mapping {
-            let key = key.into();
+            let key: PatchKey = key.into();
             if !seen.insert(key.clone()) {
-                return Err(Error::DuplicateKey { key });
+                return Err(Error::DuplicateKey {
+                    key: key.describe(),
+                });
             }
-            if !overwrite && let Some(existing) = self.inner.records.iter().find(|r| r.key() == key)
+            if !overwrite
+                && let Some(existing) = self.inner.records.iter().find(|r| r.patch_key() == key)
             {
                 return Err(Error::KeyExists {
-                    key,
+                    key: key.describe(),
                     existing: existing.replacement().type_name().to_string(),
                 });
             }
-            check_exact_slot(&key, &replacement)?;
+            check_exact_slot(key.name(), &replacement)?;
             let seq = NEXT_SEQ.fetch_add(1, Ordering::Relaxed);
             fresh.push(Arc::new(PatchRecord::new(
                 key,
@@ -144,7 +148,7 @@ impl PatchSet {
             .inner
             .records
             .iter()
-            .filter(|r| !seen.contains(r.key()))
+            .filter(|r| !seen.contains(&r.patch_key()))
             .cloned()
             .collect();
         records.extend(fresh);
@@ -152,28 +156,30 @@ impl PatchSet {
         Ok(())
     }
 
-    /// Removes every record under each of `keys`. Unknown keys are an error and nothing changes.
+    /// Removes every record under each of `keys` (a name removes the patches registered
+    /// under it without a path restriction; a [`PatchKey`] with a path, those under both).
+    /// Unknown keys are an error and nothing changes.
     pub fn unregister_patch_mapping<I, K>(&mut self, keys: I) -> Result<()>
     where
         I: IntoIterator<Item = K>,
-        K: AsRef<str>,
+        K: Into<PatchKey>,
     {
-        let keys: Vec<K> = keys.into_iter().collect();
+        let keys: Vec<PatchKey> = keys.into_iter().map(Into::into).collect();
         for key in &keys {
-            let key = key.as_ref();
-            if !self.inner.records.iter().any(|r| r.key() == key) {
-                let mut known: Vec<&str> = self.inner.records.iter().map(|r| r.key()).collect();
+            if !self.inner.records.iter().any(|r| r.patch_key() == *key) {
+                let mut known: Vec<String> = self
+                    .inner
+                    .records
+                    .iter()
+                    .map(|r| r.patch_key().to_string())
+                    .collect();
                 known.dedup();
                 return Err(Error::UnknownKey {
-                    key: key.to_string(),
+                    key: key.describe(),
                     known: if known.is_empty() {
                         "none".into()
                     } else {
-                        known
-                            .iter()
-                            .map(|k| format!("{k:?}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        known.join(", ")
                     },
                 });
             }
@@ -182,7 +188,7 @@ impl PatchSet {
             .inner
             .records
             .iter()
-            .filter(|r| !keys.iter().any(|k| k.as_ref() == r.key()))
+            .filter(|r| !keys.contains(&r.patch_key()))
             .cloned()
             .collect();
         *self = Self::from_records(records);
@@ -194,10 +200,35 @@ impl PatchSet {
         *self = Self::empty();
     }
 
-    /// What `site` (a linked site's [`SiteInfo`](crate::SiteInfo), or a [`SiteKey`]) resolves to in this set:
-    /// the winning replacement, the rule, and what was skipped (cached per site).
+    /// What `site` (a linked site's [`SiteInfo`](crate::SiteInfo), or a [`SiteKey`]) resolves
+    /// to in this set at every path: the winning replacement among the patches without a path
+    /// restriction, the rule, what was skipped, and the path-restricted patches that would
+    /// apply where their regex matches (cached per site).
     pub fn resolve(&self, site: impl Into<SiteKey>) -> Arc<Resolution> {
+        self.resolve_unrestricted(site.into())
+    }
+
+    /// What `site` resolves to at module path `path` (`model.layers.3.self_attn.q_proj`): what
+    /// [`Builder::build`](crate::Builder::build) builds there.
+    pub fn resolve_at(&self, site: impl Into<SiteKey>, path: &str) -> Arc<Resolution> {
         let site = site.into();
+        let restricted = self
+            .inner
+            .records
+            .iter()
+            .any(|r| r.path().is_some() && r.matcher().rule(site.name).is_some());
+        if restricted {
+            // Only the sites a path rule names pay a resolution per path.
+            Arc::new(matching::resolve(site, Some(path), &self.inner.records))
+        } else {
+            let unrestricted = self.resolve_unrestricted(site);
+            let mut at = (*unrestricted).clone();
+            at.path = Some(path.to_string());
+            Arc::new(at)
+        }
+    }
+
+    fn resolve_unrestricted(&self, site: SiteKey) -> Arc<Resolution> {
         let id = (site.name, site.slot_id);
         if let Some(hit) = self
             .inner
@@ -208,7 +239,7 @@ impl PatchSet {
         {
             return hit.clone();
         }
-        let resolution = Arc::new(matching::resolve(site, &self.inner.records));
+        let resolution = Arc::new(matching::resolve(site, None, &self.inner.records));
         self.inner
             .cache
             .write()
@@ -219,7 +250,7 @@ impl PatchSet {
     }
 }
 
-/// A plain key naming linked sites of another slot than `replacement`'s is an error at
+/// A plain name key naming linked sites of another slot than `replacement`'s is an error at
 /// registration: an exact name states intent, and a silent skip would hide the mistake.
 fn check_exact_slot(key: &str, replacement: &Replacement) -> Result<()> {
     match crate::site::sites_named(key).find(|s| s.slot_id() != replacement.slot_id()) {

@@ -6,7 +6,7 @@
 
 use std::sync::{LazyLock, PoisonError, RwLock};
 
-use crate::{PatchMapping, PatchSet, Replacement, Result};
+use crate::{PatchKey, PatchMapping, PatchSet, Replacement, Result};
 
 static GLOBAL: LazyLock<RwLock<PatchSet>> = LazyLock::new(|| RwLock::new(PatchSet::link_time()));
 
@@ -27,9 +27,10 @@ fn update<R>(f: impl FnOnce(&mut PatchSet) -> R) -> R {
 /// `from_config` or inside [`apply_patches`](crate::apply_patches) from now on uses it.
 ///
 /// A key is a site name (exact match) or a regex (matching anywhere in the name; anchor it
-/// with `^`/`$`). An already registered key is an error unless `overwrite`. An invalid regex,
-/// or a key that names a site of another slot than its replacement, is an error. Either every
-/// key is registered or none is.
+/// with `^`/`$`), optionally restricted to module paths with a [`PatchKey`]
+/// (`PatchKey::new("Linear").with_path(r"\.q_proj$")`). An already registered key is an error
+/// unless `overwrite`. An invalid regex, or a key that names a site of another slot than its
+/// replacement, is an error. Either every key is registered or none is.
 ///
 /// ```
 /// # use patch_core::{register_patch_mapping, Replacement};
@@ -40,17 +41,18 @@ fn update<R>(f: impl FnOnce(&mut PatchSet) -> R) -> R {
 pub fn register_patch_mapping<I, K>(mapping: I, overwrite: bool) -> Result<()>
 where
     I: IntoIterator<Item = (K, Replacement)>,
-    K: Into<String>,
+    K: Into<PatchKey>,
 {
     update(|set| set.register_patch_mapping(mapping, overwrite))
 }
 
-/// Unregisters every patch under each of `keys` (the exact strings used to register them).
-/// A key that is not registered is an error, and then nothing is removed.
+/// Unregisters every patch under each of `keys` (the keys used to register them: a name, or
+/// a [`PatchKey`] with its path). A key that is not registered is an error, and then nothing
+/// is removed.
 pub fn unregister_patch_mapping<I, K>(keys: I) -> Result<()>
 where
     I: IntoIterator<Item = K>,
-    K: AsRef<str>,
+    K: Into<PatchKey>,
 {
     update(|set| set.unregister_patch_mapping(keys))
 }

@@ -61,6 +61,13 @@ pub trait Module: Any + Send + Sync {
 
     /// The module as `&mut dyn Any`.
     fn as_any_mut(&mut self) -> &mut dyn Any;
+
+    /// Calls `visit(name, child)` for each sub-module, in build order (what upstream's
+    /// `named_children` lists): [`Build::children`] of the concrete type.
+    fn children<'a>(&'a self, visit: &mut dyn FnMut(&str, &'a dyn Module));
+
+    /// The module this one wraps, if it is a wrapper ([`Build::wraps`]).
+    fn wrapped(&self) -> Option<&dyn Module>;
 }
 
 impl<T: Build + Send + Sync> Module for T {
@@ -75,6 +82,64 @@ impl<T: Build + Send + Sync> Module for T {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
+
+    fn children<'a>(&'a self, visit: &mut dyn FnMut(&str, &'a dyn Module)) {
+        Build::children(self, visit)
+    }
+
+    fn wrapped(&self) -> Option<&dyn Module> {
+        Build::wraps(self)
+    }
+}
+
+/// Every module under `module`, depth first in build order, with its dotted path under
+/// `prefix` (upstream's `named_modules`, without the root).
+///
+/// ```
+/// # use patch_core::{Build, Builder, Module, Result, Slot, named_modules};
+/// # pub trait Block: Module {}
+/// # impl Slot for dyn Block { const NAME: &'static str = "Block"; type Args<'a> = (); }
+/// pub struct Leaf;
+/// # impl Block for Leaf {}
+/// impl Build for Leaf {
+///     type Slot = dyn Block;
+///     fn build(_: &Builder, _: ()) -> Result<Box<dyn Block>> { Ok(Box::new(Leaf)) }
+/// }
+/// pub struct Pair { left: Leaf, right: Box<dyn Block> }
+/// # impl Block for Pair {}
+/// impl Build for Pair {
+///     type Slot = dyn Block;
+///     fn build(_: &Builder, _: ()) -> Result<Box<dyn Block>> {
+///         Ok(Box::new(Pair { left: Leaf, right: Box::new(Leaf) }))
+///     }
+///     fn children<'a>(&'a self, visit: &mut dyn FnMut(&str, &'a dyn Module)) {
+///         visit("left", &self.left);
+///         visit("right", &*self.right);
+///     }
+/// }
+/// let pair = Pair { left: Leaf, right: Box::new(Leaf) };
+/// let paths: Vec<String> = named_modules(&pair, "block").into_iter().map(|(p, _)| p).collect();
+/// assert_eq!(paths, ["block.left", "block.right"]);
+/// ```
+pub fn named_modules<'a>(module: &'a dyn Module, prefix: &str) -> Vec<(String, &'a dyn Module)> {
+    fn walk<'a>(module: &'a dyn Module, prefix: &str, out: &mut Vec<(String, &'a dyn Module)>) {
+        let mut kids: Vec<(String, &'a dyn Module)> = Vec::new();
+        module.children(&mut |name, child| kids.push((name.to_string(), child)));
+        for (name, child) in kids {
+            let path = if prefix.is_empty() {
+                name
+            } else if name.is_empty() {
+                prefix.to_string()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            out.push((path.clone(), child));
+            walk(child, &path, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(module, prefix, &mut out);
+    out
 }
 
 /// Type checks and downcasts on any module, including slot trait objects:
@@ -118,5 +183,29 @@ pub trait Build: 'static {
     /// [`Builder::with_transforms_of`].
     fn transforms() -> Vec<Transform> {
         Vec::new()
+    }
+
+    /// Calls `visit(name, child)` for each sub-module this module holds (its attention's
+    /// projections, a layer's `self_attn` and `mlp`), in build order: what
+    /// [`named_modules`] walks. By default, the children of the module it wraps
+    /// ([`Build::wraps`]), else none: a wrapper never hides the children of what it wraps
+    /// unless it says otherwise.
+    fn children<'a>(&'a self, visit: &mut dyn FnMut(&str, &'a dyn Module))
+    where
+        Self: Sized,
+    {
+        if let Some(inner) = self.wraps() {
+            inner.children(visit);
+        }
+    }
+
+    /// The module this one wraps, if any: a `#[patch(Site)]` wrapper's field, or what a
+    /// replacement got from [`Builder::build_original`] (`Some(&*self.inner)`). Its children
+    /// are this module's unless [`Build::children`] says otherwise.
+    fn wraps(&self) -> Option<&dyn Module>
+    where
+        Self: Sized,
+    {
+        None
     }
 }

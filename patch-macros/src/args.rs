@@ -20,10 +20,13 @@ pub enum PatchKey {
     Site(Box<Path>),
 }
 
-/// `#[patch("key")]`, `#[patch(SiteType)]`, `#[patch("key", priority = 10, name = "label")]`.
+/// `#[patch("key")]`, `#[patch(SiteType)]`,
+/// `#[patch("key", path = "regex", priority = 10, name = "label")]`.
 pub struct PatchArgs {
     /// The key.
     pub key: PatchKey,
+    /// The module-path restriction, compiled here so a bad one fails the build.
+    pub path: Option<LitStr>,
     /// Priority among patterns (default 0).
     pub priority: i32,
     /// A human label for reports.
@@ -85,6 +88,7 @@ impl PatchArgs {
         };
         let mut priority = None;
         let mut name = None;
+        let mut path = None;
         for arg in args {
             let meta = match arg {
                 PatchArg::Key(lit) => {
@@ -110,16 +114,22 @@ impl PatchArgs {
                     let lit = str_value(&meta)?;
                     set_once(&mut name, lit, &meta)?;
                 }
+                Some("path") => {
+                    let lit = str_value(&meta)?;
+                    validate_path(&lit)?;
+                    set_once(&mut path, lit, &meta)?;
+                }
                 _ => {
                     return Err(syn::Error::new_spanned(
                         &meta,
-                        "unknown argument: #[patch] takes `priority = <integer>` and `name = \"label\"` after the key",
+                        "unknown argument: #[patch] takes `path = \"regex\"`, `priority = <integer>` and `name = \"label\"` after the key",
                     ));
                 }
             }
         }
         Ok(Self {
             key,
+            path,
             priority: priority.unwrap_or(0),
             name,
         })
@@ -159,6 +169,21 @@ fn validate_key(key: &LitStr) -> syn::Result<()> {
     regex::Regex::new(&value)
         .map(|_| ())
         .map_err(|e| syn::Error::new_spanned(key, format!("invalid regex in #[patch]: {e}")))
+}
+
+/// The module-path restriction, compiled like the key: an invalid regex is an error at the
+/// literal.
+fn validate_path(path: &LitStr) -> syn::Result<()> {
+    let value = path.value();
+    if value.is_empty() {
+        return Err(syn::Error::new_spanned(
+            path,
+            "an empty path pattern matches every path; leave `path` out, or write the pattern",
+        ));
+    }
+    regex::Regex::new(&value)
+        .map(|_| ())
+        .map_err(|e| syn::Error::new_spanned(path, format!("invalid path regex in #[patch]: {e}")))
 }
 
 fn parse_metas(attr: TokenStream) -> syn::Result<Punctuated<Meta, Token![,]>> {

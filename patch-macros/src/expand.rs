@@ -55,6 +55,10 @@ pub fn patch(attr: TokenStream, item: TokenStream) -> TokenStream {
         Ok((args, target)) => {
             let ident = &target.ident;
             let priority = args.priority;
+            let at_path = match &args.path {
+                Some(lit) => quote!(.at_path(#lit)),
+                None => TokenStream::new(),
+            };
             let label = match &args.name {
                 Some(lit) => quote!(::core::option::Option::Some(#lit)),
                 None => quote!(::core::option::Option::None),
@@ -84,7 +88,7 @@ pub fn patch(attr: TokenStream, item: TokenStream) -> TokenStream {
                             ::core::file!(),
                             ::core::line!(),
                             replacement,
-                        )
+                        )#at_path
                     }
                 };
             };
@@ -119,6 +123,12 @@ fn site_keyed(ident: &syn::Ident, site: &syn::Path, wrapped: Option<&syn::Type>)
 
                 fn transforms() -> ::std::vec::Vec<::patch_core::checkpoint::Transform> {
                     <#site as ::patch_core::Build>::transforms()
+                }
+
+                fn wraps(&self) -> ::core::option::Option<&dyn ::patch_core::Module> {
+                    ::core::option::Option::Some(
+                        <#inner as ::patch_core::__private::WrapsSite<#site>>::as_module(&self.0),
+                    )
                 }
             }
 

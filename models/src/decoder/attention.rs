@@ -9,7 +9,7 @@ use crate::decoder::context::LayerContext;
 use crate::decoder::linear::Linear;
 use crate::decoder::norm::Norm;
 use crate::implementations::{AttentionInput, attention};
-use crate::ops::{KeyValues, tracks_gradients};
+use crate::ops::KeyValues;
 
 /// The attention slot: causal self-attention over `hidden_states` (`[batch, seq, hidden]`),
 /// with the pass's positions, mask and this layer's KV cache in `ctx`.
@@ -79,7 +79,7 @@ pub fn attend(
     let want_weights = ctx.pass.wants_attention_weights(ctx.layer_idx);
     let kt = k.transpose(1, 2)?.contiguous()?;
     let vt = v.transpose(1, 2)?.contiguous()?;
-    let tracks = tracks_gradients(&[q, &kt, &vt]);
+    let tracks = ctx.pass.tracks_gradients();
     let imp = attention::for_pass(ctx.pass.attention_implementation(), tracks, want_weights);
     let (layer_idx, mask, sliding_window) = (ctx.layer_idx, ctx.mask, ctx.sliding_window);
     let run = |kv: KeyValues<'_>| {

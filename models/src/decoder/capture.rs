@@ -212,6 +212,8 @@ impl Records {
 #[derive(Debug, Default)]
 pub struct PassContext {
     implementations: Implementations,
+    /// Whether the pass records the autograd graph (the model's weights are trainable).
+    tracks_gradients: bool,
     /// By build-report index: whether that site's output is recorded.
     sites: Vec<bool>,
     /// By layer: whether its attention probabilities are kept.
@@ -244,6 +246,20 @@ impl PassContext {
             attentions,
             ..Self::default()
         }
+    }
+
+    /// This pass recording the autograd graph (`true`: the model's weights are trainable) or
+    /// not (the default): what decides, once per pass, whether an implementation that does not
+    /// declare gradients gives way to `"eager"`. Whether each operation runs on the kernels or
+    /// on candle's ops is decided by the operation itself ([`crate::ops`]), from its operands.
+    pub fn with_gradients(mut self, tracks_gradients: bool) -> Self {
+        self.tracks_gradients = tracks_gradients;
+        self
+    }
+
+    /// Whether this pass records the autograd graph (see [`PassContext::with_gradients`]).
+    pub fn tracks_gradients(&self) -> bool {
+        self.tracks_gradients
     }
 
     /// The attention implementation the model computes with ([`crate::decoder::attend`] runs

@@ -2,8 +2,9 @@
 //! [`MoeSites`]), and [`decoder_sites!`](crate::decoder_sites), which declares a family's sites
 //! as thin types around the shared building blocks.
 //!
-//! A family module then holds its config differences, one `decoder_sites!` list, one
-//! `impl DecoderSites for ...Model` naming those sites, and whatever it computes differently.
+//! A family module then holds its config differences, one `decoder_sites!` list (which also
+//! writes the body type's `DecoderSites`, and `MoeSites` for MoE families), and whatever it
+//! computes differently.
 
 use patch_core::{Builder, Result, Site};
 

@@ -4,7 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::Tensor;
 
-use super::registry::Named;
+use super::named::Named;
 use crate::Result;
 use crate::decoder::HiddenAct;
 

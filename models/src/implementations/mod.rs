@@ -22,7 +22,8 @@
 
 pub(crate) mod attention;
 pub(crate) mod experts;
-mod registry;
+mod named;
+mod selected;
 
 pub use attention::{
     AttentionFn, AttentionImplementation, AttentionImplementationEntry, AttentionInput,
@@ -32,4 +33,4 @@ pub use experts::{
     ExpertsFn, ExpertsImplementation, ExpertsImplementationEntry, ExpertsInput,
     register_experts_implementation,
 };
-pub use registry::Implementations;
+pub use selected::Implementations;

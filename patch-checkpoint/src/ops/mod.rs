@@ -34,8 +34,8 @@ pub(crate) use split_modulelist::SplitModulelist;
 pub(crate) use transpose::Transpose;
 
 /// One position of a chain stage: a single tensor, or a module list of tensors (index order).
-/// What the [`Op`] docs and error messages call a *slot*; named a part here so it is never
-/// confused with patch-core's `Slot` (the patch contract).
+/// A *part*: one position of an op chain (never called a slot, which is patch-core's
+/// contract a site fills).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Part<T> {
     /// One tensor (or its shape, or its key).
@@ -250,7 +250,7 @@ fn check_dim(shape: &[usize], dim: usize, what: &str) -> Result<(), String> {
 fn need_single(op: &str, before: PartKinds) -> Result<(), String> {
     if before.lists {
         Err(format!(
-            "{op} needs single tensors, but the slots are module lists here (add MergeModulelist before it)"
+            "{op} needs single tensors, but the parts are module lists here (add MergeModulelist before it)"
         ))
     } else {
         Ok(())
@@ -263,7 +263,7 @@ fn split_parts(op: &Op, before: PartKinds, n_targets: usize) -> Result<PartKinds
     need_single(&op.to_string(), before)?;
     if before.count != 1 {
         return Err(format!(
-            "{op} needs exactly one tensor, but {} slots reach it (concatenate them first)",
+            "{op} needs exactly one tensor, but {} parts reach it (concatenate them first)",
             before.count
         ));
     }

@@ -14,7 +14,8 @@
 //! Files are written one tensor at a time; a conversion unit's outputs are computed when the
 //! first of them is written and kept only until the rest are.
 
-mod units;
+mod plan;
+mod unit;
 mod without_origin;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,7 +28,8 @@ use crate::pattern::natural_cmp;
 use crate::safetensors_write::{OutTensor, write_file};
 use crate::{Error, Result, Transform, Weights};
 
-use units::{plan_units, run_unit};
+use plan::plan_units;
+use unit::run_unit;
 
 /// How [`save_pretrained`] writes.
 #[derive(Clone, Debug, PartialEq, Eq)]

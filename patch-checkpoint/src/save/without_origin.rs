@@ -14,7 +14,7 @@ use crate::plan::under;
 use crate::safetensors_write::OutTensor;
 use crate::{Param, Result, Transform, TransformScope};
 
-use super::units::{SaveUnit, out_dtype};
+use super::unit::{SaveUnit, out_dtype};
 use super::{SaveOptions, save_err};
 
 /// The compiled transforms of the registry or of one replacement scope.

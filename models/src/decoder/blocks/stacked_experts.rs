@@ -7,7 +7,6 @@ use crate::decoder::activation::HiddenAct;
 use crate::decoder::capture::PassContext;
 use crate::decoder::moe::{MoeArgs, StackedWeights};
 use crate::implementations::{ExpertsInput, experts};
-use crate::ops::tracks_gradients;
 
 /// Routed experts with stacked weights (transformers v5's layout): `gate_up_proj`
 /// `[E, 2I, H]` (gate rows first) and `down_proj` `[E, H, I]`.
@@ -67,8 +66,7 @@ impl StackedExperts {
         weights: &Tensor,
         pass: &PassContext,
     ) -> candle_core::Result<Tensor> {
-        let tracks = tracks_gradients(&[x, &self.gate_up_proj, &self.down_proj, weights]);
-        let imp = experts::for_pass(pass.experts_implementation(), tracks);
+        let imp = experts::for_pass(pass.experts_implementation(), pass.tracks_gradients());
         (imp.function)(&ExpertsInput {
             x,
             indices,

@@ -27,7 +27,7 @@ pub struct AttentionShape {
     pub kv_capacity: usize,
 }
 
-/// Which keys a query sees (see [`crate::ops::AttentionMask`]): query `t` sits at position
+/// Which keys a query sees (see `patchwork_models::ops::AttentionMask`): query `t` sits at position
 /// `past + t`; it sees the real keys (`key_mask`, `batch x kv_len`, 1 = real, read only when
 /// `padded`) that are not after it and less than `window` behind it; a padding query sees
 /// itself only.
@@ -299,7 +299,7 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::tests_support::{close, random};
+    use crate::tests_support::{close, random};
 
     #[test]
     fn attention_matches_a_float64_reference_with_gqa_cache_and_mask() {

@@ -285,8 +285,8 @@ mod simd {
 
     /// How many blocks ahead the kernels prefetch a group's quants.
     const PREFETCH: usize = 64;
-    use crate::kernels::Isa;
-    use crate::kernels::simd::hsum;
+    use crate::Isa;
+    use crate::simd::hsum;
 
     /// Whether AVX-512 VNNI (with VL, for its 256-bit form) is present, checked once.
     fn vnni() -> bool {
@@ -392,7 +392,7 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::tests_support::random;
+    use crate::tests_support::random;
 
     #[test]
     fn q8_0_products_match_a_float64_reference_of_the_quantized_operands() {

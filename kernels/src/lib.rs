@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! CPU kernels for the hot paths of the models: matrix-vector and matrix-matrix products
 //! against weight matrices stored `[out, in]` (f32, bf16 widened on the fly or on AMX tiles,
 //! Q8_0 blocks), the fused SwiGLU, and attention over the KV cache.
@@ -8,7 +9,7 @@
 //! products. All are reachable through the [`Isa`] argument of the slice-level functions (and
 //! [`with_isa`] caps them for a closure), so tests check every
 //! path the machine has against float64 references. The layers never call them
-//! directly: the tensor-level operations of [`crate::ops`] choose between them and candle's
+//! directly: the tensor-level operations of `patchwork_models::ops` choose between them and candle's
 //! differentiable ops, in one place per operation.
 //!
 //! Threads: the calling thread plus `rayon::current_num_threads() - 1` helpers of a small pool

@@ -401,8 +401,8 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::bf16;
-    use crate::kernels::tests_support::{close, random};
+    use crate::bf16;
+    use crate::tests_support::{close, random};
 
     fn reference<E: WeightElem>(w: &[E], x: &[f32]) -> Vec<f64> {
         w.chunks(x.len())

@@ -517,8 +517,8 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::bf16;
-    use crate::kernels::tests_support::{close, random};
+    use crate::bf16;
+    use crate::tests_support::{close, random};
 
     fn reference<E: WeightElem>(x: &[f32], m: usize, w: &[E], n: usize, bias: &[f32]) -> Vec<f64> {
         let k = x.len() / m;

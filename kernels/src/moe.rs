@@ -141,8 +141,8 @@ fn add_scaled(out: &mut [f32], w: f32, y: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::bf16;
-    use crate::kernels::tests_support::{close, random};
+    use crate::bf16;
+    use crate::tests_support::{close, random};
 
     #[test]
     fn routed_experts_match_a_float64_reference() {

@@ -273,7 +273,7 @@ unsafe fn block(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::tests_support::{close, random};
+    use crate::tests_support::{close, random};
 
     /// The product with both operands rounded to bf16, in float64.
     fn reference(x: &[f32], m: usize, w: &[bf16], n: usize) -> Vec<f64> {

@@ -260,7 +260,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::tests_support::random;
+    use crate::tests_support::random;
 
     #[test]
     fn exp_matches_std_over_the_float_range() {
