@@ -10,8 +10,8 @@
 //!   keys (what a quantizer that only understands per-expert linears needs).
 
 use candle_core::{Result, Tensor};
-use patch_core::{Build, Builder};
-use patchwork_models::decoder::{Experts, GatedMlp, MlpArgs, MoeArgs, PassContext};
+use patch_core::{Build, Builder, Module};
+use patchwork_models::decoder::{Children, Experts, GatedMlp, MlpArgs, MoeArgs, PassContext};
 use patchwork_models::ops::tokens_per_expert;
 
 /// Attention with one fused `qkv_proj`, carrying the q/k/v concatenation it needs: the
@@ -35,13 +35,23 @@ impl Build for ModuleListExperts {
             experts: experts.collect::<patch_core::Result<_>>()?,
         }))
     }
+
+    /// The experts by index (`mlp.experts.3`), so `named_modules` reaches their projections.
+    fn children<'a>(&'a self, visit: &mut dyn FnMut(&str, &'a dyn Module)) {
+        for (i, expert) in self.experts.iter().enumerate() {
+            Children::children(expert, &mut |name, child| {
+                visit(&format!("{i}.{name}"), child)
+            });
+        }
+    }
 }
 
 impl Experts for ModuleListExperts {
-    fn forward(&self, x: &Tensor, ids: &Tensor, w: &Tensor, _: &PassContext) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ids: &Tensor, w: &Tensor, pass: &PassContext) -> Result<Tensor> {
         let mut out = x.zeros_like()?;
         for group in tokens_per_expert(ids, w)? {
-            let y = self.experts[group.expert].forward(&x.index_select(&group.rows, 0)?)?;
+            let y =
+                self.experts[group.expert].forward_with(&x.index_select(&group.rows, 0)?, pass)?;
             out = out.index_add(&group.rows, &y.broadcast_mul(&group.weights)?, 0)?;
         }
         Ok(out)

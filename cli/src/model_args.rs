@@ -1,13 +1,14 @@
 //! The arguments every subcommand that runs a model shares: the model (a folder or a Hub id),
-//! its revision, the compute dtype and device, the position limit, quantization; and the checked reading of
-//! input files.
+//! its revision, the compute dtype and device, the position limit, the quantization topology;
+//! and the checked reading of input files.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use patchwork_hub::HubOptions;
-use patchwork_models::{AutoModelForCausalLM, CausalLM, LoadOptions, Quantization};
+use patchwork_models::{AutoModelForCausalLM, CausalLM, LoadOptions};
+use patchwork_quant::{Format, Topology};
 
 use crate::device::parse_device;
 use crate::dtype::DTypeArg;
@@ -33,18 +34,28 @@ pub struct ModelArgs {
     /// max_position_embeddings); past it the rotary embedding extrapolates.
     #[arg(long, value_name = "N")]
     pub max_positions: Option<usize>,
-    /// Quantize the attention, MLP and output-head weights at load (q8_0 or q4k): the
-    /// quantized replacements are added to the patches (`inspect` shows them). CPU inference.
-    #[arg(long, value_name = "FORMAT", value_parser = parse_quantization)]
-    pub quantize: Option<Quantization>,
+    /// Quantize every projection and expert bank at load into FORMAT (q8_0, q6_k, q5_1,
+    /// q5_k, q5_0, q4_1, q4_k, q4_0, q3_k, q2_k, f16, or none): the quantized replacements
+    /// are added to the patches as path rules (`inspect` shows each path's format and every
+    /// fallback). Rows that do not fit a format fall back as llama.cpp's quantizer does.
+    /// CPU inference.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_default_format)]
+    pub quantize: Option<DefaultFormat>,
+    /// A rule of the quantization topology, `REGEX=FORMAT` (FORMAT a format or `none`),
+    /// repeatable: the first rule whose regex matches a weight's module path
+    /// (`model.layers.3.self_attn.q_proj`, `lm_head`, `...mlp.experts.down_proj`) decides its
+    /// format, else --quantize's (float without it).
+    #[arg(long = "quantize-rule", value_name = "REGEX=FORMAT")]
+    pub quantize_rules: Vec<String>,
 }
 
-/// `q8_0` or `q4k` (also `q4_k`).
-fn parse_quantization(s: &str) -> Result<Quantization, String> {
-    Quantization::from_name(s).ok_or_else(|| {
-        let known: Vec<&str> = Quantization::ALL.iter().map(|q| q.name()).collect();
-        format!("unknown format {s:?} (known: {})", known.join(", "))
-    })
+/// The default format of `--quantize`: a format, or `None` (`none`: float unless a rule says).
+#[derive(Clone, Copy, Debug)]
+pub struct DefaultFormat(pub Option<Format>);
+
+/// A format name, or `none`.
+fn parse_default_format(s: &str) -> Result<DefaultFormat, String> {
+    patchwork_quant::parse_format(s).map(DefaultFormat)
 }
 
 impl ModelArgs {
@@ -69,13 +80,27 @@ impl ModelArgs {
         if let Some(n) = self.max_positions {
             options = options.with_max_positions(n);
         }
-        if let Some(q) = self.quantize {
-            options = options.with_quantization(q);
+        if let Some(topology) = self.topology()? {
+            options = options.with_added_patches(topology.patches().map_err(|e| e.to_string())?);
         }
         if let Some(bar) = crate::progress::bar() {
             options = options.with_progress(bar);
         }
         Ok(options)
+    }
+
+    /// The quantization topology --quantize and --quantize-rule describe, if any.
+    pub fn topology(&self) -> Result<Option<Topology>, String> {
+        if self.quantize.is_none() && self.quantize_rules.is_empty() {
+            return Ok(None);
+        }
+        let mut topology = Topology::new(self.quantize.and_then(|d| d.0));
+        for rule in &self.quantize_rules {
+            topology = topology
+                .with_rule_str(rule)
+                .map_err(|e| format!("--quantize-rule: {e}"))?;
+        }
+        Ok(Some(topology))
     }
 
     /// Loads the model with [`ModelArgs::options`] adjusted by `adjust`.

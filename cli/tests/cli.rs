@@ -59,7 +59,8 @@ fn inspect_prints_type_count_dtype_and_explain() {
     assert_eq!(lines[2], "parameters: 102720");
     assert_eq!(lines[3], "dtype: float32");
     assert!(
-        text.contains("patch explain: 5 sites") && text.contains("model.layers.0-1.self_attn"),
+        text.contains("patch explain: 7 sites")
+            && text.contains("model.layers.0-1.self_attn.q_proj"),
         "{text}"
     );
 }
@@ -675,8 +676,18 @@ fn every_command_quantizes_with_quantize() {
     let dir = fixture("qwen3-tiny");
     let d = dir.to_str().unwrap();
     let text = stdout(&patchwork(&["inspect", d, "--quantize", "q8_0"]));
-    assert!(text.contains("QuantizedAttention<Q8_0>"), "{text}");
-    assert!(text.contains("QuantizedMlp<Q8_0>"), "{text}");
+    // The topology's patch at the projection site, and each path's format, layers folded.
+    assert!(
+        text.contains(r#"QuantizedLinear (q8_0)  exact "Linear""#),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l
+            .trim_start()
+            .starts_with("model.layers.0-2.self_attn.q_proj ")
+            && l.ends_with("QuantizedLinear (q8_0) by exact \"Linear\"; q8_0 (default)")),
+        "{text}"
+    );
     let text = stdout(&patchwork(&[
         "generate",
         d,
@@ -706,17 +717,37 @@ fn every_command_quantizes_with_quantize() {
         text.lines().last().unwrap().starts_with("prefill_tok_s="),
         "{text}"
     );
-    // A format the widths do not allow, and an unknown one: errors naming them.
-    let out = patchwork(&["inspect", d, "--quantize", "q4k"]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    // A format the widths do not allow falls back, and says so; rules apply by path.
+    let text = stdout(&patchwork(&[
+        "inspect",
+        d,
+        "--quantize",
+        "q4k",
+        "--quantize-rule",
+        "lm_head=q8_0",
+        "--quantize-rule",
+        r"layers\.0\.=none",
+    ]));
     assert!(
-        !out.status.success() && err.contains("blocks of 256"),
-        "{err}"
+        text.contains("q5_0 (default asked q4_k; q4_k needs rows in blocks of 256, these have 64)"),
+        "{text}"
     );
+    assert!(
+        text.contains("lm_head") && text.contains("q8_0 (rule /lm_head/)"),
+        "{text}"
+    );
+    assert!(text.contains(r"float (rule /layers\.0\./)"), "{text}");
+    // Unknown formats and malformed rules: errors naming them.
     let out = patchwork(&["inspect", d, "--quantize", "q3"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("unknown format \"q3\" (known: q8_0, q4k)"),
+        !out.status.success() && err.contains("unknown format \"q3\" (known: f16, q8_0"),
+        "{err}"
+    );
+    let out = patchwork(&["inspect", d, "--quantize-rule", "lm_head"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("expected REGEX=FORMAT"),
         "{err}"
     );
 }

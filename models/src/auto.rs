@@ -10,12 +10,12 @@ use patch_checkpoint::{Checkpoint, RandomInit};
 use patch_core::{Builder, PatchSet};
 use serde_json::Value;
 
+use crate::Result;
 use crate::causal_lm::CausalLM;
 use crate::decoder::FamilyConfig;
 use crate::explain::ModelExplain;
 use crate::family::{Family, ModelFamily, family, family_of};
 use crate::load_options::LoadOptions;
-use crate::{Error, Result};
 
 /// Loads a checkpoint folder, or a Hub id resolved to one, as `family`'s model (the
 /// family-specific entry points use it).
@@ -59,14 +59,13 @@ pub(crate) fn load_pretrained(
     }
     let source = Arc::new(source);
     let weights = options.weights(source.clone(), dtype);
-    let b = Builder::new(weights.clone()).with_patches(options.patch_set()?);
+    let b = Builder::new(weights.clone()).with_patches(options.patch_set());
     let mut model = {
         let _build = tracing::info_span!("build", model_type = found.model_type).entered();
         CausalLM::build(&b, config, found)?
     };
     weights.finish()?;
     select_implementations(options, &mut model)?;
-    quantize_head(options, &mut model)?;
     model.set_generation_defaults(generation_defaults);
     let report = source.report();
     tracing::info!(
@@ -114,10 +113,9 @@ pub(crate) fn create_from_config(
         Arc::new(RandomInit::new(options.seed, config.initializer_range)),
         dtype,
     );
-    let b = Builder::new(weights).with_patches(options.patch_set()?);
+    let b = Builder::new(weights).with_patches(options.patch_set());
     let mut model = CausalLM::build(&b, config, family)?;
     select_implementations(options, &mut model)?;
-    quantize_head(options, &mut model)?;
     Ok(model)
 }
 
@@ -167,7 +165,7 @@ impl AutoModelForCausalLM {
         Ok(ModelExplain {
             model_type: family.model_type,
             architecture: family.architecture,
-            explain: PatchSet::global().explain(family.sites),
+            explain: PatchSet::global().explain(family.all_sites()),
             report: None,
             implementations: None,
         })
@@ -210,17 +208,6 @@ fn select_implementations(options: &LoadOptions, model: &mut CausalLM) -> Result
     }
     if let Some(name) = &options.experts_implementation {
         model.set_experts_implementation(name)?;
-    }
-    Ok(())
-}
-
-/// Quantizes the output head when quantizing.
-fn quantize_head(options: &LoadOptions, model: &mut CausalLM) -> Result<()> {
-    if let Some(format) = options.quantization {
-        model
-            .lm_head
-            .quantize(format)
-            .map_err(|e| Error::input("quantization", format!("{format} at \"lm_head\": {e}")))?;
     }
     Ok(())
 }

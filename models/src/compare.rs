@@ -148,7 +148,7 @@ pub fn compare_models(
     let mut sites = Vec::new();
     let mut missing = Vec::new();
     for r in b.records.iter() {
-        let Some(other) = a.records.get(&r.path) else {
+        let Some(other) = a.records.get_site(&r.path, r.site) else {
             missing.push(r.path.clone());
             continue;
         };
@@ -183,7 +183,7 @@ pub fn compare_models(
     let extra = a
         .records
         .iter()
-        .filter(|r| b.records.get(&r.path).is_none())
+        .filter(|r| b.records.get_site(&r.path, r.site).is_none())
         .map(|r| r.path.clone())
         .collect();
     let logits_max_abs_diff = match (&a.logits, &b.logits) {

@@ -77,6 +77,19 @@ macro_rules! decoder_family {
     };
 }
 
+impl ModelFamily {
+    /// Every site a model of this family builds: its own ([`ModelFamily::sites`]), then the
+    /// ones every family shares (the token embedding and the projections), what `explain`
+    /// lists.
+    pub fn all_sites(&self) -> Vec<&'static SiteInfo> {
+        use patch_core::Site;
+        let mut sites: Vec<&'static SiteInfo> = self.sites.iter().collect();
+        sites.push(crate::decoder::Embedding::info());
+        sites.push(crate::decoder::Linear::info());
+        sites
+    }
+}
+
 impl std::fmt::Debug for ModelFamily {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModelFamily")

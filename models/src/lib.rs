@@ -53,7 +53,6 @@ pub mod routing;
 
 pub use auto::{AutoModelForCausalLM, ForCausalLM};
 pub use causal_lm::{CausalLM, ForwardOptions, ForwardOutput, LogitsMode};
-pub use decoder::Quantization;
 pub use error::{Error, Result};
 pub use explain::ModelExplain;
 pub use family::{ModelFamily, RegisteredFamily};
@@ -68,16 +67,18 @@ pub mod prelude {
     pub use patch_core::prelude::*;
 
     pub use crate::decoder::{
-        Attention, AttentionArgs, DecoderConfig, DecoderLayer, DecoderLayerArgs, Experts,
-        FeedForward, GatedMlp, LayerContext, LayerOutput, Linear, Mlp, MlpArgs, MoeArgs, MoeOutput,
-        Norm, NormArgs, PassContext, PreNormLayer, RmsNorm, RotaryArgs, RotaryEmbedding, Router,
-        RouterOutput, SelfAttention, SparseMoe, SparseMoeBlock, StackedExperts, TopKRouter, attend,
-        linear, projection,
+        Attention, AttentionArgs, Children, DecoderConfig, DecoderLayer, DecoderLayerArgs,
+        Embedding, EmbeddingArgs, Experts, FeedForward, FusedProjections, GatedMlp, LayerContext,
+        LayerOutput, Linear, Mlp, MlpArgs, MoeArgs, MoeOutput, Norm, NormArgs, PassContext,
+        PreNormLayer, Projection, ProjectionArgs, RmsNorm, RotaryArgs, RotaryEmbedding, Router,
+        RouterOutput, SelfAttention, SparseMoe, SparseMoeBlock, StackedExperts, TokenEmbedding,
+        TopKRouter, attend, linear, projection,
     };
     pub use crate::{
         AutoModelForCausalLM, CausalLM, ForwardOptions, ForwardOutput, GenerationConfig,
-        LoadOptions, delegate_children,
+        LoadOptions,
     };
+    pub use patch_core::{PatchKey, Result, named_modules};
 }
 
 /// Registers a function as a named attention implementation at link time:

@@ -9,8 +9,7 @@ use patch_core::PatchSet;
 use patchwork_hub::HubOptions;
 use serde_json::Value;
 
-use crate::decoder::Quantization;
-use crate::{Error, Result};
+use crate::Result;
 
 /// How to load or create a model.
 #[derive(Clone, Debug)]
@@ -30,6 +29,10 @@ pub struct LoadOptions {
     /// when loading starts (transformers' behaviour: `from_pretrained` always applies the
     /// registered patches).
     pub patches: Option<PatchSet>,
+    /// Patch sets added on top of [`LoadOptions::patches`] (or the global registry), in order:
+    /// how replacements that ship as crates of their own come into a load (a quantization
+    /// topology, adapters, a parallel plan). Empty by default.
+    pub added_patches: Vec<PatchSet>,
     /// Convert a bf16 checkpoint's projection weights to the compute dtype at load. Default
     /// `false`: computing in float32 on CPU, they are kept in bf16 and widened exactly as the
     /// products read them, which gives the same results with half the memory and half the
@@ -56,11 +59,6 @@ pub struct LoadOptions {
     pub hub: HubOptions,
     /// Told the bytes of weights read so far while loading.
     pub progress: Option<Progress>,
-    /// Quantize the model at load: the attention and MLP sites are built through the
-    /// quantized replacements ([`crate::replacements::quantized_patches`], added to the
-    /// patches, so `explain` shows them) and the output head is quantized too. Inference
-    /// only, on the CPU. `None` (the default): float weights.
-    pub quantization: Option<Quantization>,
 }
 
 impl Default for LoadOptions {
@@ -71,6 +69,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             seed: 0,
             patches: None,
+            added_patches: Vec::new(),
             upcast_weights: false,
             trainable: false,
             attn_implementation: None,
@@ -78,7 +77,6 @@ impl Default for LoadOptions {
             max_positions: None,
             hub: HubOptions::default(),
             progress: None,
-            quantization: None,
         }
     }
 }
@@ -100,13 +98,6 @@ impl LoadOptions {
     /// These options loading a Hub id at `revision` (a branch, tag or commit hash).
     pub fn with_revision(mut self, revision: impl Into<String>) -> Self {
         self.hub.revision = revision.into();
-        self
-    }
-
-    /// These options quantizing the model in `format` at load (see
-    /// [`LoadOptions::quantization`]).
-    pub fn with_quantization(mut self, format: Quantization) -> Self {
-        self.quantization = Some(format);
         self
     }
 
@@ -170,6 +161,14 @@ impl LoadOptions {
         self
     }
 
+    /// These options adding `patches` to the set the load builds with (the registry, or
+    /// [`LoadOptions::with_patches`]'s): the matching rules then decide between them and the
+    /// rest as between any patches.
+    pub fn with_added_patches(mut self, patches: PatchSet) -> Self {
+        self.added_patches.push(patches);
+        self
+    }
+
     /// These options converting bf16 projection weights at load (`true`) or keeping them
     /// (`false`, the default); see [`LoadOptions::upcast_weights`].
     pub fn with_upcast_weights(mut self, upcast: bool) -> Self {
@@ -219,23 +218,12 @@ impl LoadOptions {
         }
     }
 
-    /// The patches a build uses: the explicit set or the global registry, with the quantized
-    /// replacements when quantizing.
-    pub(crate) fn patch_set(&self) -> Result<PatchSet> {
-        let set = self.patches.clone().unwrap_or_else(PatchSet::global);
-        match self.quantization {
-            Some(format) => {
-                if self.trainable {
-                    return Err(Error::input(
-                        "quantization",
-                        format!(
-                            "{format}: quantized weights are for inference; load without trainable()"
-                        ),
-                    ));
-                }
-                crate::replacements::with_quantized_patches(&set, format)
-            }
-            None => Ok(set),
-        }
+    /// The patches a build uses: the explicit set or the global registry, then the added
+    /// sets ([`LoadOptions::with_added_patches`]).
+    pub(crate) fn patch_set(&self) -> PatchSet {
+        let base = self.patches.clone().unwrap_or_else(PatchSet::global);
+        self.added_patches
+            .iter()
+            .fold(base, |set, more| set.merged(more))
     }
 }

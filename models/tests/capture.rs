@@ -317,9 +317,11 @@ fn comparing_a_patched_model_finds_where_it_first_diverges() {
         let fused = load(&f, patch_set("fused-qkv").unwrap());
         let same = compare_models(&fused, &original, f.get("input_ids"), None, 1e-4).unwrap();
         assert!(same.is_match(), "{}:\n{same}", f.name);
+        // The fused attention builds its q/k/v/o projections and head norms directly, not as
+        // sites: up to 6 sites per layer the original has and it lacks.
         assert!(
             same.sites.len()
-                >= original.report().sites().len() - 2 * original.config().num_hidden_layers
+                >= original.report().sites().len() - 6 * original.config().num_hidden_layers
         );
         let skewed = load(
             &f,

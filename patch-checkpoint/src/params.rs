@@ -1,11 +1,12 @@
 //! The state dict of a build: every tensor a [`Weights`] handle handed out,
 //! with the transform scopes of its request and the tied names, which saving and parameter
-//! counts read.
+//! counts read; and the tensors handed out but not kept (a module that stores its weight in
+//! another form, quantized), recorded by how to ask for them again.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Device, Shape, Tensor, Var};
 
 use crate::TransformScope;
 #[cfg(doc)]
@@ -22,10 +23,52 @@ pub struct Param {
 
 /// Every tensor handed out through a [`Weights`] handle, by full name: the model's state dict,
 /// with what saving needs (the scopes of each request, the tied names).
-#[derive(Debug, Default)]
+///
+/// A tensor handed out by [`Weights::get_unkept`] is recorded as *deferred*: its shape, dtype
+/// and scopes, and how to ask the source for it again. It counts as a parameter, saving writes
+/// it (asking for it again), and [`ParamStore::fetch`] returns it; nothing holds its values in
+/// between.
+#[derive(Default)]
 pub struct ParamStore {
     tensors: Mutex<BTreeMap<String, Param>>,
+    deferred: Mutex<BTreeMap<String, Deferred>>,
     ties: Mutex<BTreeMap<String, String>>,
+}
+
+/// How to produce a deferred parameter again.
+pub(crate) type Produce = Arc<dyn Fn() -> crate::Result<Tensor> + Send + Sync>;
+
+/// A parameter handed out and not kept: what it looked like, and how to get it again.
+struct Deferred {
+    shape: Shape,
+    dtype: DType,
+    device: Device,
+    scopes: Arc<Vec<TransformScope>>,
+    produce: Produce,
+}
+
+impl Deferred {
+    /// A stand-in of its shape and dtype that holds one element (a broadcast zero), for the
+    /// code that plans with shapes.
+    fn placeholder(&self) -> candle_core::Result<Tensor> {
+        Tensor::zeros((), self.dtype, &self.device)?.broadcast_as(self.shape.clone())
+    }
+}
+
+impl std::fmt::Debug for ParamStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParamStore")
+            .field("tensors", &self.len())
+            .field(
+                "deferred",
+                &self
+                    .deferred
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len(),
+            )
+            .finish()
+    }
 }
 
 impl ParamStore {
@@ -51,6 +94,42 @@ impl ParamStore {
             );
     }
 
+    /// Records that `name` was handed out as a tensor of `shape` and `dtype` under `scopes`,
+    /// not kept: `produce` gives it again.
+    pub(crate) fn insert_deferred(
+        &self,
+        name: &str,
+        tensor: &Tensor,
+        scopes: &Arc<Vec<TransformScope>>,
+        produce: Produce,
+    ) {
+        self.tensors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        self.deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                name.to_string(),
+                Deferred {
+                    shape: tensor.shape().clone(),
+                    dtype: tensor.dtype(),
+                    device: tensor.device().clone(),
+                    scopes: scopes.clone(),
+                    produce,
+                },
+            );
+    }
+
+    /// Whether `name` was handed out without being kept ([`Weights::get_unkept`]).
+    pub fn is_deferred(&self, name: &str) -> bool {
+        self.deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(name)
+    }
+
     /// Replaces the tensor recorded under `name` (after training or editing a weight), keeping
     /// its scopes; returns false if nothing is recorded under `name`.
     pub fn set(&self, name: &str, tensor: Tensor) -> bool {
@@ -68,14 +147,34 @@ impl ParamStore {
         }
     }
 
-    /// The recorded parameters with their scopes, sorted by name.
+    /// The recorded parameters with their scopes, sorted by name; a deferred one's tensor is
+    /// a stand-in of its shape and dtype (its values: [`ParamStore::fetch`]).
     pub fn entries(&self) -> Vec<(String, Param)> {
-        self.tensors
+        let mut out: Vec<(String, Param)> = self
+            .tensors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+            .collect();
+        for (name, d) in self
+            .deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            if let Ok(tensor) = d.placeholder() {
+                out.push((
+                    name.clone(),
+                    Param {
+                        tensor,
+                        scopes: d.scopes.clone(),
+                    },
+                ));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// The tied names (alias -> tensor it is tied to), as declared with [`Weights::tie`].
@@ -98,7 +197,8 @@ impl ParamStore {
             .collect()
     }
 
-    /// The recorded tensors, sorted by name.
+    /// The kept tensors, sorted by name (deferred ones are left out: see
+    /// [`ParamStore::fetch`]).
     pub fn snapshot(&self) -> Vec<(String, Tensor)> {
         self.tensors
             .lock()
@@ -108,7 +208,8 @@ impl ParamStore {
             .collect()
     }
 
-    /// The tensor recorded under `name`, if any.
+    /// The tensor kept under `name`, if any (a deferred one is not kept: see
+    /// [`ParamStore::fetch`]).
     pub fn get(&self, name: &str) -> Option<Tensor> {
         self.tensors
             .lock()
@@ -117,12 +218,32 @@ impl ParamStore {
             .map(|p| p.tensor.clone())
     }
 
-    /// Number of recorded tensors.
+    /// The tensor recorded under `name`, if any, kept or deferred: a deferred one is asked
+    /// for again (an error if the source cannot give it now).
+    pub fn fetch(&self, name: &str) -> crate::Result<Option<Tensor>> {
+        if let Some(t) = self.get(name) {
+            return Ok(Some(t));
+        }
+        let produce = self
+            .deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .map(|d| d.produce.clone());
+        produce.map(|p| p()).transpose()
+    }
+
+    /// Number of recorded tensors, deferred ones included.
     pub fn len(&self) -> usize {
         self.tensors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+            + self
+                .deferred
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
     }
 
     /// Whether nothing was recorded.
@@ -130,14 +251,23 @@ impl ParamStore {
         self.len() == 0
     }
 
-    /// Total number of scalar parameters recorded (tensors shared under two names count once
-    /// per name).
+    /// Total number of scalar parameters recorded, deferred ones included (tensors shared
+    /// under two names count once per name).
     pub fn num_parameters(&self) -> usize {
-        self.tensors
+        let kept: usize = self
+            .tensors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .map(|p| p.tensor.elem_count())
-            .sum()
+            .sum();
+        let deferred: usize = self
+            .deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|d| d.shape.elem_count())
+            .sum();
+        kept + deferred
     }
 }

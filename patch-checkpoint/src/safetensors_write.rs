@@ -65,10 +65,9 @@ pub(crate) fn write_file(
     inputs: &[&Path],
     mut produce: impl FnMut(&OutTensor) -> Result<Tensor>,
 ) -> Result<PendingFile> {
-    let mut header = serde_json::Map::new();
-    let mut meta = serde_json::Map::new();
-    meta.insert("format".into(), "pt".into());
-    header.insert("__metadata__".into(), meta.into());
+    // Written field by field in the order the safetensors writer uses (metadata first, then
+    // each tensor's dtype, shape and offsets), whatever order a JSON map would keep.
+    let mut text = String::from(r#"{"__metadata__":{"format":"pt"}"#);
     let mut offset = 0u64;
     for t in tensors {
         let n = t.nbytes()?;
@@ -76,20 +75,16 @@ pub(crate) fn write_file(
             name: t.name.clone(),
             message: "the file would be larger than 2^64 bytes".into(),
         })?;
-        header.insert(
-            t.name.clone(),
-            serde_json::json!({
-                "dtype": dtype_name(t.dtype)?,
-                "shape": t.shape,
-                "data_offsets": [offset, end],
-            }),
-        );
+        text.push(',');
+        text.push_str(&json_text(&t.name, path)?);
+        text.push_str(r#":{"dtype":"#);
+        text.push_str(&json_text(dtype_name(t.dtype)?, path)?);
+        text.push_str(r#","shape":"#);
+        text.push_str(&json_text(&t.shape, path)?);
+        text.push_str(&format!(r#","data_offsets":[{offset},{end}]}}"#));
         offset = end;
     }
-    let mut text = serde_json::to_string(&header).map_err(|e| Error::Save {
-        name: path.display().to_string(),
-        message: format!("header: {e}"),
-    })?;
+    text.push('}');
     // Pad the header so the data starts 8-byte aligned, as the safetensors writer does.
     while !(text.len() + 8).is_multiple_of(8) {
         text.push(' ');
@@ -163,4 +158,12 @@ fn write_tensor(w: &mut PendingFile, t: &Tensor) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The JSON text of a header value.
+fn json_text<T: serde::Serialize + ?Sized>(value: &T, path: &Path) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Save {
+        name: path.display().to_string(),
+        message: format!("header: {e}"),
+    })
 }

@@ -222,6 +222,48 @@ impl Weights {
         Ok(self.hand_out(&full, tensor)?)
     }
 
+    /// The tensor `name` under this path, like [`Weights::get_with_init`], but not kept in the
+    /// state dict: for a module that stores it in another form (quantized blocks), so that the
+    /// values are freed as soon as the module has converted them. The state dict records the
+    /// request instead ([`ParamStore::is_deferred`]): the parameter still counts, and saving
+    /// (or [`ParamStore::fetch`]) asks the source for it again, so a model saves the tensors it
+    /// was loaded from whatever form it computes with. Trainable handles keep every tensor.
+    pub fn get_unkept(&self, shape: impl Into<Shape>, name: &str, init: Init) -> Result<Tensor> {
+        if self.trainable {
+            return self.get_with_init(shape, name, init);
+        }
+        let shape = shape.into();
+        let full = self.full_name(name);
+        let tensor = self.source.get(&WeightRequest {
+            name: &full,
+            shape: &shape,
+            init,
+            dtype: self.dtype,
+            device: &self.device,
+            scopes: &self.scopes,
+        })?;
+        let (source, scopes, dtype, device) = (
+            self.source.clone(),
+            self.scopes.clone(),
+            self.dtype,
+            self.device.clone(),
+        );
+        let again = full.clone();
+        let produce = Arc::new(move || {
+            source.get(&WeightRequest {
+                name: &again,
+                shape: &shape,
+                init,
+                dtype,
+                device: &device,
+                scopes: &scopes,
+            })
+        });
+        self.params
+            .insert_deferred(&full, &tensor, &self.scopes, produce);
+        Ok(tensor)
+    }
+
     /// Declares that the model uses `target` for `alias` too (both relative to this path), as
     /// tied embeddings do: `weights.tie("lm_head.weight", "model.embed_tokens.weight")` when
     /// the config says `tie_word_embeddings`. The model then does not ask for `alias`; a

@@ -37,6 +37,7 @@ pub struct Builder {
 /// the matching order, then the site's own type ([`Builder::build_original`]).
 struct Original<S: ?Sized + Slot> {
     site: &'static str,
+    own_type: &'static str,
     own: BuildFn<S>,
     rest: Vec<(Arc<PatchRecord>, Rule)>,
 }
@@ -146,6 +147,7 @@ impl Builder {
                 );
                 let original = Original::<T::Slot> {
                     site: T::NAME,
+                    own_type: std::any::type_name::<T>(),
                     own,
                     rest: resolution.chain.iter().skip(1).cloned().collect(),
                 };
@@ -223,6 +225,7 @@ impl Builder {
             Some(((record, _), rest)) => {
                 let next = Original::<S> {
                     site: original.site,
+                    own_type: original.own_type,
                     own: original.own.clone(),
                     rest: rest.to_vec(),
                 };
@@ -233,6 +236,7 @@ impl Builder {
                 }
             }
             None => {
+                self.wrapped(index, original.own_type);
                 let mut own = self.clone();
                 own.original = None;
                 (original.own)(&own, args)

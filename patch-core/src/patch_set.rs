@@ -195,6 +195,17 @@ impl PatchSet {
         Ok(())
     }
 
+    /// This set with `other`'s patches added after its own (each keeps its registration
+    /// order and priority; the matching rules decide between them as between any patches).
+    pub fn merged(&self, other: &PatchSet) -> PatchSet {
+        if other.is_empty() {
+            return self.clone();
+        }
+        let mut records = self.inner.records.clone();
+        records.extend(other.inner.records.iter().cloned());
+        Self::from_records(records)
+    }
+
     /// Removes every patch, link-time ones included.
     pub fn clear_patch_mapping(&mut self) {
         *self = Self::empty();

@@ -52,23 +52,23 @@ impl BuiltSite {
 
     /// How the row reads in reports: the types, outermost first, with the rule and details.
     fn how(&self) -> String {
-        let mut how = match &self.patch {
-            Some((rule, _)) => {
-                let record = self.winner().map(|r| r.patch_key().to_string());
-                format!(
-                    "{} ({rule} {})",
-                    short_type_name(self.module),
-                    record.unwrap_or_default()
-                )
+        let mut how = match (&self.patch, self.winner()) {
+            (Some((rule, _)), Some(record)) => format!(
+                "{} by {rule} {}",
+                record.replacement().short_name(),
+                record.patch_key()
+            ),
+            (Some((rule, key)), None) => {
+                format!("{} by {rule} {key:?}", short_type_name(self.module))
             }
-            None => "original".to_string(),
+            (None, _) => "original".to_string(),
         };
         for inner in &self.wraps {
             how.push_str(" > ");
             how.push_str(&short_type_name(inner));
         }
         if !self.details.is_empty() {
-            how.push_str(": ");
+            how.push_str("; ");
             how.push_str(&self.details.join("; "));
         }
         how

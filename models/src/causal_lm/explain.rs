@@ -10,7 +10,7 @@ impl CausalLM {
         ModelExplain {
             model_type: self.family.model_type,
             architecture: self.family.architecture,
-            explain: self.patches.explain(self.family.sites),
+            explain: self.patches.explain(self.family.all_sites()),
             report: Some(self.report.clone()),
             implementations: Some((
                 self.implementations.attention().name.clone(),

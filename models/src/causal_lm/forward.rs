@@ -177,7 +177,7 @@ impl CausalLM {
             LogitsMode::None => None,
         };
         let logits = match hidden {
-            Some(h) => Some(self.lm_head.forward(&h)?.to_dtype(DType::F32)?),
+            Some(h) => Some(self.lm_head.forward(&h, &pass)?.to_dtype(DType::F32)?),
             None => None,
         };
         let aux_loss = match moe {

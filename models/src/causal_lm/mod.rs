@@ -18,8 +18,8 @@ use candle_nn::VarMap;
 use patch_checkpoint::{Transform, Weights, checkpoint_conversion_mapping_for};
 use patch_core::{BuildReport, Builder, PatchSet};
 
-use crate::decoder::linear::{Linear, projection};
 use crate::decoder::{DecoderConfig, DecoderModel};
+use crate::decoder::{Linear, Projection, ProjectionArgs};
 use crate::family::ModelFamily;
 use crate::generation::GenerationDefaults;
 use crate::implementations::{AttentionImplementation, ExpertsImplementation, Implementations};
@@ -32,8 +32,9 @@ pub use forward::{ForwardOptions, ForwardOutput, LogitsMode};
 pub struct CausalLM {
     /// The decoder body (`model.*` weights).
     pub model: DecoderModel,
-    /// The output head (`lm_head.weight`, or the embedding when tied).
-    pub lm_head: Linear,
+    /// The output head (`lm_head.weight`, or the embedding's table when tied), a projection
+    /// site.
+    pub lm_head: Box<dyn Projection>,
     family: &'static ModelFamily,
     weights: Weights,
     report: BuildReport,
@@ -58,8 +59,9 @@ impl fmt::Debug for CausalLM {
 
 impl CausalLM {
     /// Builds `family`'s model for `config` with `b` (patches as `b` resolves them: see
-    /// [`Builder`]): the body under `model`, and `lm_head` unless the embeddings are tied, in
-    /// which case `lm_head.weight` is never asked for (and never saved).
+    /// [`Builder`]): the body under `model`, and the output head `lm_head`, a projection site;
+    /// with tied embeddings it computes with the embedding's table and `lm_head.weight` is
+    /// never asked for (and never saved).
     pub fn build(b: &Builder, config: DecoderConfig, family: &'static ModelFamily) -> Result<Self> {
         let config = Arc::new(config);
         // What the registry says this config's checkpoints are converted with: saving reverses
@@ -68,20 +70,24 @@ impl CausalLM {
             .map(|(_, t)| t)
             .unwrap_or_default();
         let model = (family.build_model)(&b.pp("model"), &config)?;
-        let lm_head = if config.tie_word_embeddings {
+        let mut head = ProjectionArgs::new(&config, config.hidden_size, config.vocab_size, false);
+        let table = if config.tie_word_embeddings {
             b.weights()
                 .tie("lm_head.weight", "model.embed_tokens.weight");
-            Linear::new(model.embed_tokens.embeddings().clone(), None)
+            Some(model.embed_tokens.table().ok_or_else(|| {
+                Error::input(
+                    "tie_word_embeddings",
+                    format!(
+                        "the token embedding built ({}) gives no table for the tied output head",
+                        model.embed_tokens.type_name()
+                    ),
+                )
+            })?)
         } else {
-            projection(
-                b,
-                &config,
-                "lm_head",
-                config.hidden_size,
-                config.vocab_size,
-                false,
-            )?
+            None
         };
+        head.tied = table.as_ref();
+        let lm_head = b.pp("lm_head").build::<Linear>(head)?;
         let weights = b.weights().clone();
         let vars = weights.is_trainable().then(|| {
             let map = VarMap::new();

@@ -1,19 +1,17 @@
 //! The module tree: every built module with its dotted path (upstream's `named_modules`), and
 //! lookups by path.
 
-use patch_core::Module;
+use patch_core::{Module, named_modules};
 
 use super::CausalLM;
-use crate::decoder::{DecoderLayer, FeedForward};
 use crate::{Error, Result};
 
 impl CausalLM {
     /// Every module of the model with its dotted path, in build order (parents first):
-    /// upstream's `named_modules()`. The walk follows the standard children of the shared
-    /// layer shapes (a decoder layer's `self_attn`, `mlp` and norms, an MoE block's router,
-    /// experts and shared expert, an attention's head norms), so it keeps working through a
-    /// replacement that exposes the same children
-    /// ([`delegate_children!`](crate::delegate_children)).
+    /// upstream's `named_modules()`, from `model.embed_tokens` to `lm_head`. Each module lists
+    /// its own children ([`Module::children`]), and a replacement wrapping a module lists the
+    /// wrapped one's unless it says otherwise, so the walk reaches every projection and norm
+    /// through any replacement.
     ///
     /// ```
     /// # use patchwork_models::{AutoModelForCausalLM, LoadOptions};
@@ -26,18 +24,17 @@ impl CausalLM {
     /// }
     /// let attn = model.get_submodule_as::<patchwork_models::llama::LlamaAttention>("model.layers.1.self_attn")?;
     /// assert_eq!(attn.num_heads, 2);
+    /// assert!(model.get_submodule("model.layers.1.self_attn.q_proj").is_ok());
     /// # Ok::<(), patchwork_models::Error>(())
     /// ```
     pub fn named_modules(&self) -> Vec<(String, &dyn Module)> {
         let mut out: Vec<(String, &dyn Module)> = Vec::new();
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            walk_layer(&mut out, format!("model.layers.{i}"), &**layer);
-        }
-        out.push(("model.norm".into(), &*self.model.norm as &dyn Module));
-        out.push((
-            "model.rotary_emb".into(),
-            &*self.model.rotary_emb as &dyn Module,
-        ));
+        self.model.children(&mut |name, module| {
+            let path = format!("model.{name}");
+            out.push((path.clone(), module));
+            out.extend(named_modules(module, &path));
+        });
+        out.push(("lm_head".into(), &*self.lm_head as &dyn Module));
         out
     }
 
@@ -78,48 +75,5 @@ impl CausalLM {
                 ),
             )
         })
-    }
-}
-
-/// Appends `layer` at `path` and its standard children, in the order they are built.
-fn walk_layer<'a>(
-    out: &mut Vec<(String, &'a dyn Module)>,
-    path: String,
-    layer: &'a dyn DecoderLayer,
-) {
-    out.push((path.clone(), layer as &dyn Module));
-    if let Some(attn) = layer.self_attn() {
-        let p = format!("{path}.self_attn");
-        out.push((p.clone(), attn as &dyn Module));
-        for (name, norm) in [("q_norm", attn.q_norm()), ("k_norm", attn.k_norm())] {
-            if let Some(norm) = norm {
-                out.push((format!("{p}.{name}"), norm as &dyn Module));
-            }
-        }
-    }
-    match layer.mlp() {
-        Some(FeedForward::Dense(mlp)) => out.push((format!("{path}.mlp"), &**mlp as &dyn Module)),
-        Some(FeedForward::Sparse(moe)) => {
-            let p = format!("{path}.mlp");
-            out.push((p.clone(), &**moe as &dyn Module));
-            if let Some(shared) = moe.shared_expert() {
-                out.push((format!("{p}.shared_expert"), shared as &dyn Module));
-            }
-            if let Some(gate) = moe.gate() {
-                out.push((format!("{p}.gate"), gate as &dyn Module));
-            }
-            if let Some(experts) = moe.experts() {
-                out.push((format!("{p}.experts"), experts as &dyn Module));
-            }
-        }
-        None => {}
-    }
-    for (name, norm) in [
-        ("input_layernorm", layer.input_layernorm()),
-        ("post_attention_layernorm", layer.post_attention_layernorm()),
-    ] {
-        if let Some(norm) = norm {
-            out.push((format!("{path}.{name}"), norm as &dyn Module));
-        }
     }
 }

@@ -6,8 +6,6 @@ use patch_core::{Module, Observed, ObservedSite, Slot};
 
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::context::LayerContext;
-use crate::decoder::linear::Linear;
-use crate::decoder::norm::Norm;
 use crate::implementations::{AttentionInput, attention};
 use crate::ops::KeyValues;
 
@@ -20,23 +18,6 @@ pub trait Attention: Module {
         hidden_states: &Tensor,
         ctx: &mut LayerContext<'_>,
     ) -> candle_core::Result<Tensor>;
-
-    /// The per-head query norm (`q_norm`), where the attention has one.
-    fn q_norm(&self) -> Option<&dyn Norm> {
-        None
-    }
-
-    /// The per-head key norm (`k_norm`), where the attention has one.
-    fn k_norm(&self) -> Option<&dyn Norm> {
-        None
-    }
-
-    /// The projections this attention computes with, by name, for replacements that change
-    /// how they are stored (the quantized ones, say). None by default: a replacement that
-    /// exposes none cannot be quantized, and quantizing it says so.
-    fn projections_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
-        Vec::new()
-    }
 }
 
 /// What every attention constructor receives.

@@ -174,28 +174,53 @@ impl Records {
     }
 
     /// The record of the module at `path` (its first call, for a module called more than once
-    /// in a pass).
+    /// in a pass; the outermost module's, where two sites share a path, as a router and the
+    /// projection of its weight do).
     pub fn get(&self, path: &str) -> Option<&Record> {
-        self.entries
-            .iter()
-            .find(|r| r.path == path)
-            .map(|r| &r.record)
+        self.at(path).next().map(|r| &r.record)
     }
 
-    /// The tensor recorded at `path`, if its record is a tensor.
+    /// The record of site `site` at `path` (its first call).
+    pub fn get_site(&self, path: &str, site: &str) -> Option<&Record> {
+        self.at(path).find(|r| r.site == site).map(|r| &r.record)
+    }
+
+    /// Every record at `path`, outermost site first, each call in order.
+    fn at(&self, path: &str) -> impl Iterator<Item = &Recorded> {
+        let mut sites: Vec<&'static str> = Vec::new();
+        // A site's record is pushed when its forward returns, so an inner one (the router's
+        // projection) comes before the module it is called from; outermost first means the
+        // last site to record first.
+        for r in self.entries.iter().rev().filter(|r| r.path == path) {
+            if !sites.contains(&r.site) {
+                sites.push(r.site);
+            }
+        }
+        let mut out: Vec<&Recorded> = Vec::new();
+        for site in sites {
+            out.extend(
+                self.entries
+                    .iter()
+                    .filter(|r| r.path == path && r.site == site),
+            );
+        }
+        out.into_iter()
+    }
+
+    /// The tensor recorded at `path`, if a site there records a tensor.
     pub fn tensor(&self, path: &str) -> Option<&Tensor> {
-        match self.get(path)? {
+        self.at(path).find_map(|r| match &r.record {
             Record::Tensor(t) => Some(t),
             _ => None,
-        }
+        })
     }
 
-    /// The router output recorded at `path`, if its record is one.
+    /// The router output recorded at `path`, if a site there records one.
     pub fn router(&self, path: &str) -> Option<&RouterOutput> {
-        match self.get(path)? {
+        self.at(path).find_map(|r| match &r.record {
             Record::Router(r) => Some(r),
             _ => None,
-        }
+        })
     }
 
     /// The records of site `site`, in order.
@@ -271,6 +296,11 @@ impl PassContext {
     /// The routed-experts implementation the model computes with.
     pub fn experts_implementation(&self) -> &std::sync::Arc<ExpertsImplementation> {
         self.implementations.experts()
+    }
+
+    /// Whether this pass records the output of the module built at `site`.
+    pub fn records(&self, site: &ObservedSite) -> bool {
+        self.sites.get(site.index).copied().unwrap_or(false)
     }
 
     /// Records `record()` as the output of the module built at `site`, if this pass records

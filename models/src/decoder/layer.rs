@@ -3,19 +3,15 @@
 use candle_core::Tensor;
 use patch_core::{Module, Observed, ObservedSite, Slot};
 
-use crate::decoder::attention::Attention;
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::context::LayerContext;
 use crate::decoder::mlp::Mlp;
 use crate::decoder::moe::SparseMoe;
-use crate::decoder::norm::Norm;
 use crate::decoder::outputs::{LayerOutput, RouterOutput};
 
-/// The decoder layer slot.
-///
-/// Besides `forward`, a layer of the standard shape exposes its children (what
-/// [`CausalLM::named_modules`](crate::CausalLM::named_modules) walks); a replacement wrapping
-/// one exposes the wrapped layer's with [`delegate_children!`](crate::delegate_children).
+/// The decoder layer slot. Its children (`self_attn`, `mlp`, the norms) are listed by the
+/// module itself ([`patch_core::Module::children`]), what
+/// [`CausalLM::named_modules`](crate::CausalLM::named_modules) walks.
 pub trait DecoderLayer: Module {
     /// Runs the layer on `hidden_states` (`[batch, seq, hidden]`).
     fn forward(
@@ -23,26 +19,6 @@ pub trait DecoderLayer: Module {
         hidden_states: &Tensor,
         ctx: &mut LayerContext<'_>,
     ) -> candle_core::Result<LayerOutput>;
-
-    /// The self-attention (`self_attn`), if the layer has one.
-    fn self_attn(&self) -> Option<&dyn Attention> {
-        None
-    }
-
-    /// The feed-forward (`mlp`: dense MLP or sparse block), if the layer has one.
-    fn mlp(&self) -> Option<&FeedForward> {
-        None
-    }
-
-    /// The norm before the attention (`input_layernorm`), if the layer has one.
-    fn input_layernorm(&self) -> Option<&dyn Norm> {
-        None
-    }
-
-    /// The norm before the feed-forward (`post_attention_layernorm`), if the layer has one.
-    fn post_attention_layernorm(&self) -> Option<&dyn Norm> {
-        None
-    }
 }
 
 /// What every decoder layer constructor receives.

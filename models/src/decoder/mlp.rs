@@ -5,18 +5,11 @@ use patch_core::{Module, Observed, ObservedSite, Slot};
 
 use crate::decoder::capture::PassContext;
 use crate::decoder::config::DecoderConfig;
-use crate::decoder::linear::Linear;
 
 /// The MLP slot: a position-wise feed-forward network, `[..., hidden] -> [..., hidden]`.
 pub trait Mlp: Module {
     /// Applies the MLP to `x`.
     fn forward(&self, x: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor>;
-
-    /// The projections this MLP computes with, by name, for replacements that change how
-    /// they are stored (the quantized ones, say). None by default.
-    fn projections_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
-        Vec::new()
-    }
 }
 
 /// What every MLP constructor receives.

@@ -1,12 +1,12 @@
-//! The shared decoder: the slots (attention, MLP, norm, rotary embedding, decoder layer,
-//! router, experts, sparse MoE block) with one config view ([`DecoderConfig`]) and explicit
+//! The shared decoder: the slots (token embedding, projection, attention, MLP, norm, rotary
+//! embedding, decoder layer, router, experts, sparse MoE block) with one config view ([`DecoderConfig`]) and explicit
 //! forward contexts ([`LayerContext`]), so a replacement written once serves every family; the
 //! building blocks the families' sites are thin types around ([`blocks`]); what a family is
 //! made of ([`DecoderSites`], [`decoder_sites!`](crate::decoder_sites)); and the body
 //! ([`DecoderModel`]) with its KV cache, masks and positions.
 //!
 //! Files hold one concept each: a slot per file (`attention.rs`, `mlp.rs`, `norm.rs`,
-//! `rotary.rs`, `layer.rs`, `moe.rs`), a block per file under `blocks/`, the config view
+//! `rotary.rs`, `layer.rs`, `moe.rs`, `projection.rs`, `embedding.rs`), a block per file under `blocks/`, the config view
 //! (`config.rs`), its checks (`config_check.rs`) and the keys families share
 //! (`config_keys.rs`), rope parameters, frequencies and tables under `rope/`.
 
@@ -14,10 +14,13 @@ mod activation;
 mod attention;
 pub mod blocks;
 mod capture;
+mod children;
 mod config;
 mod config_check;
 mod config_keys;
 mod context;
+mod embedding;
+mod fused;
 mod kv_cache;
 mod layer;
 pub mod linear;
@@ -28,7 +31,7 @@ mod norm;
 mod observed;
 mod outputs;
 mod positions;
-mod quantization;
+mod projection;
 pub mod rope;
 mod rotary;
 pub mod sites;
@@ -39,20 +42,23 @@ pub use blocks::{
     GatedMlp, PreNormLayer, RmsNorm, SelfAttention, SparseMoeBlock, StackedExperts, TopKRouter,
 };
 pub use capture::{PassContext, Record, Recorded, Recorders, Records, Selection};
+pub use children::Children;
 pub use config::{AttentionKind, DecoderConfig, FeedForwardKind, MoeConfig};
 pub use config_check::{ConfigCheck, bounds};
 pub use config_keys::{DecoderKeys, FamilyConfig, MoeKeys, SlidingWindowKeys, key_group};
 pub use context::LayerContext;
+pub use embedding::{Embedding, EmbeddingArgs, TokenEmbedding};
+pub use fused::FusedProjections;
 pub use kv_cache::{KvCache, LayerKvCache};
 pub use layer::{DecoderLayer, DecoderLayerArgs, FeedForward};
-pub use linear::{Linear, fused_projection, linear, norm_weight, projection};
+pub use linear::{Linear, linear, norm_weight, projection};
 pub use mlp::{Mlp, MlpArgs};
 pub use model::{DecoderInput, DecoderModel, DecoderOutput, RouterRecord};
-pub use moe::{Experts, MoeArgs, Router, SparseMoe, StackedWeights};
+pub use moe::{Experts, MoeArgs, Router, SparseMoe};
 pub use norm::{Norm, NormArgs};
 pub use outputs::{LayerOutput, MoeOutput, RouterOutput};
 pub use positions::Positions;
-pub use quantization::Quantization;
+pub use projection::{Projection, ProjectionArgs};
 pub use rope::{RopeConfig, RopeScaling, RopeTables};
 pub use rotary::{RotaryArgs, RotaryEmbedding};
 pub use sites::{DecoderSites, MoeSites};

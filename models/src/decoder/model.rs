@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use candle_nn::{Embedding, Module as _};
-use patch_core::{Builder, Result as BuildResult};
+use patch_core::{Builder, Module, Result as BuildResult};
 
 use crate::decoder::capture::PassContext;
 use crate::decoder::config::{AttentionKind, DecoderConfig};
 use crate::decoder::context::LayerContext;
+use crate::decoder::embedding::{Embedding, EmbeddingArgs, TokenEmbedding};
 use crate::decoder::kv_cache::KvCache;
 use crate::decoder::layer::{DecoderLayer, DecoderLayerArgs};
 use crate::decoder::norm::{Norm, NormArgs};
@@ -64,8 +64,8 @@ pub struct DecoderOutput {
 /// The decoder body (transformers' `LlamaModel`, `Qwen2MoeModel`): the same structure and
 /// forward pass for every family here; what differs is which sites a family builds into it.
 pub struct DecoderModel {
-    /// Token embedding `[vocab, hidden]`.
-    pub embed_tokens: Embedding,
+    /// The token embedding (`[vocab, hidden]`), a site.
+    pub embed_tokens: Box<dyn TokenEmbedding>,
     /// The decoder layers.
     pub layers: Vec<Box<dyn DecoderLayer>>,
     /// The final norm.
@@ -80,7 +80,9 @@ impl DecoderModel {
     /// `num_hidden_layers` of `S`'s decoder layers, its final norm and its rotary embedding,
     /// in transformers' order.
     pub fn load<S: DecoderSites>(b: &Builder, config: &Arc<DecoderConfig>) -> BuildResult<Self> {
-        let embed_tokens = Self::load_embedding(b, config)?;
+        let embed_tokens = b
+            .pp("embed_tokens")
+            .build::<Embedding>(EmbeddingArgs { config })?;
         let layers = (0..config.num_hidden_layers)
             .map(|layer_idx| {
                 b.pp("layers")
@@ -104,23 +106,10 @@ impl DecoderModel {
         ))
     }
 
-    /// Loads the embedding `embed_tokens.weight` under `b` (random sources: N(0, std)).
-    pub fn load_embedding(b: &Builder, config: &DecoderConfig) -> BuildResult<Embedding> {
-        let weight = b.pp("embed_tokens").get_with_init(
-            (config.vocab_size, config.hidden_size),
-            "weight",
-            candle_nn::Init::Randn {
-                mean: 0.0,
-                stdev: config.initializer_range,
-            },
-        )?;
-        Ok(Embedding::new(weight, config.hidden_size))
-    }
-
     /// A body from its parts.
     pub fn new(
         config: Arc<DecoderConfig>,
-        embed_tokens: Embedding,
+        embed_tokens: Box<dyn TokenEmbedding>,
         layers: Vec<Box<dyn DecoderLayer>>,
         norm: Box<dyn Norm>,
         rotary_emb: Box<dyn RotaryEmbedding>,
@@ -132,6 +121,17 @@ impl DecoderModel {
             rotary_emb,
             config,
         }
+    }
+
+    /// Calls `visit(name, module)` for its modules, in build order: `embed_tokens`, each
+    /// layer (`layers.0`, ...), `norm` and `rotary_emb`.
+    pub fn children<'a>(&'a self, visit: &mut dyn FnMut(&str, &'a dyn Module)) {
+        visit("embed_tokens", &*self.embed_tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            visit(&format!("layers.{i}"), &**layer);
+        }
+        visit("norm", &*self.norm);
+        visit("rotary_emb", &*self.rotary_emb);
     }
 
     /// The config view it was built from.
@@ -149,7 +149,7 @@ impl DecoderModel {
     ) -> Result<DecoderOutput> {
         let (batch, seq_len) = input.input_ids.dims2()?;
         let mask = input.attention_mask;
-        let mut h = self.embed_tokens.forward(input.input_ids)?;
+        let mut h = self.embed_tokens.forward(input.input_ids, input.pass)?;
         let keep = |i: usize| input.hidden_states.get(i).copied().unwrap_or(false);
         let mut hidden_states = BTreeMap::new();
         if keep(0) {

@@ -4,11 +4,9 @@
 use candle_core::Tensor;
 use patch_core::{Module, Observed, ObservedSite, Slot};
 
-use crate::decoder::activation::HiddenAct;
 use crate::decoder::capture::PassContext;
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::context::LayerContext;
-use crate::decoder::mlp::Mlp;
 use crate::decoder::outputs::{MoeOutput, RouterOutput};
 
 /// The router slot: chooses `top_k` experts per token.
@@ -29,45 +27,12 @@ pub trait Experts: Module {
         weights: &Tensor,
         pass: &PassContext,
     ) -> candle_core::Result<Tensor>;
-
-    /// The stacked weights the experts compute with, for replacements that transform them
-    /// (the quantized experts); `None` for experts without stacked weights.
-    fn stacked_weights(&self) -> Option<StackedWeights<'_>> {
-        None
-    }
-}
-
-/// Routed experts' stacked weights, transformers v5's layout, as an [`Experts`] slot exposes
-/// them.
-#[derive(Clone, Copy, Debug)]
-pub struct StackedWeights<'a> {
-    /// `[E, 2I, H]`, gate rows first.
-    pub gate_up_proj: &'a Tensor,
-    /// `[E, H, I]`.
-    pub down_proj: &'a Tensor,
-    /// The activation of the gate.
-    pub act: HiddenAct,
 }
 
 /// The sparse MoE block slot: sits in a decoder layer's feed-forward position.
 pub trait SparseMoe: Module {
     /// Applies the block to `x` (`[batch, seq, hidden]`).
     fn forward(&self, x: &Tensor, ctx: &LayerContext<'_>) -> candle_core::Result<MoeOutput>;
-
-    /// The shared expert, where the block has one.
-    fn shared_expert(&self) -> Option<&dyn Mlp> {
-        None
-    }
-
-    /// The router (`gate`), if the block has one.
-    fn gate(&self) -> Option<&dyn Router> {
-        None
-    }
-
-    /// The routed experts, if the block has them.
-    fn experts(&self) -> Option<&dyn Experts> {
-        None
-    }
 }
 
 /// What every router, experts and sparse-block constructor receives.

@@ -1,20 +1,24 @@
 //! How every slot's module is observed: the builder hands back each built module wrapped in a
 //! [`patch_core::Observed`] (the slots' `Slot::observe`), which forwards to the module and
 //! records its output in the pass's [`PassContext`] when the pass asks for that site. So a
-//! replacement is recorded exactly as the original it replaces.
+//! replacement is recorded exactly as the original it replaces. Children need no forwarding
+//! here: `Observed` lists the children of the module it holds.
 
 use candle_core::{DType, Device, Tensor};
-use patch_core::Observed;
+use patch_core::{Observed, ObservedSite};
 
 use crate::decoder::attention::Attention;
 use crate::decoder::capture::{PassContext, Record};
 use crate::decoder::context::LayerContext;
-use crate::decoder::layer::{DecoderLayer, FeedForward};
+use crate::decoder::embedding::TokenEmbedding;
+use crate::decoder::layer::DecoderLayer;
+use crate::decoder::linear::Linear;
 use crate::decoder::mlp::Mlp;
-use crate::decoder::moe::{Experts, Router, SparseMoe, StackedWeights};
+use crate::decoder::moe::{Experts, Router, SparseMoe};
 use crate::decoder::norm::Norm;
 use crate::decoder::outputs::{LayerOutput, MoeOutput, RouterOutput};
 use crate::decoder::positions::Positions;
+use crate::decoder::projection::Projection;
 use crate::decoder::rope::RopeTables;
 use crate::decoder::rotary::RotaryEmbedding;
 
@@ -31,6 +35,46 @@ impl Mlp for Observed<dyn Mlp> {
         let y = self.inner().forward(x, pass)?;
         pass.record(self.site(), || Record::Tensor(y.clone()));
         Ok(y)
+    }
+}
+
+impl Projection for Observed<dyn Projection> {
+    fn forward(&self, x: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor> {
+        let y = self.inner().forward(x, pass)?;
+        pass.record(self.site(), || Record::Tensor(y.clone()));
+        Ok(y)
+    }
+
+    fn in_features(&self) -> usize {
+        self.inner().in_features()
+    }
+
+    fn out_features(&self) -> usize {
+        self.inner().out_features()
+    }
+
+    fn linear(&self) -> Option<&Linear> {
+        self.inner().linear()
+    }
+
+    fn linear_mut(&mut self) -> Option<&mut Linear> {
+        self.inner_mut().linear_mut()
+    }
+
+    fn observed_site(&self) -> Option<&ObservedSite> {
+        Some(self.site())
+    }
+}
+
+impl TokenEmbedding for Observed<dyn TokenEmbedding> {
+    fn forward(&self, input_ids: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor> {
+        let y = self.inner().forward(input_ids, pass)?;
+        pass.record(self.site(), || Record::Tensor(y.clone()));
+        Ok(y)
+    }
+
+    fn table(&self) -> Option<Tensor> {
+        self.inner().table()
     }
 }
 
@@ -58,14 +102,6 @@ impl Attention for Observed<dyn Attention> {
         ctx.pass.record(self.site(), || Record::Tensor(y.clone()));
         Ok(y)
     }
-
-    fn q_norm(&self) -> Option<&dyn Norm> {
-        self.inner().q_norm()
-    }
-
-    fn k_norm(&self) -> Option<&dyn Norm> {
-        self.inner().k_norm()
-    }
 }
 
 impl DecoderLayer for Observed<dyn DecoderLayer> {
@@ -78,22 +114,6 @@ impl DecoderLayer for Observed<dyn DecoderLayer> {
         ctx.pass
             .record(self.site(), || Record::Tensor(out.hidden_states.clone()));
         Ok(out)
-    }
-
-    fn self_attn(&self) -> Option<&dyn Attention> {
-        self.inner().self_attn()
-    }
-
-    fn mlp(&self) -> Option<&FeedForward> {
-        self.inner().mlp()
-    }
-
-    fn input_layernorm(&self) -> Option<&dyn Norm> {
-        self.inner().input_layernorm()
-    }
-
-    fn post_attention_layernorm(&self) -> Option<&dyn Norm> {
-        self.inner().post_attention_layernorm()
     }
 }
 
@@ -117,10 +137,6 @@ impl Experts for Observed<dyn Experts> {
         pass.record(self.site(), || Record::Tensor(y.clone()));
         Ok(y)
     }
-
-    fn stacked_weights(&self) -> Option<StackedWeights<'_>> {
-        self.inner().stacked_weights()
-    }
 }
 
 impl SparseMoe for Observed<dyn SparseMoe> {
@@ -129,17 +145,5 @@ impl SparseMoe for Observed<dyn SparseMoe> {
         ctx.pass
             .record(self.site(), || Record::Tensor(out.hidden_states.clone()));
         Ok(out)
-    }
-
-    fn shared_expert(&self) -> Option<&dyn Mlp> {
-        self.inner().shared_expert()
-    }
-
-    fn gate(&self) -> Option<&dyn Router> {
-        self.inner().gate()
-    }
-
-    fn experts(&self) -> Option<&dyn Experts> {
-        self.inner().experts()
     }
 }

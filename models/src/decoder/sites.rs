@@ -182,6 +182,13 @@ macro_rules! decoder_sites {
             ) -> ::patch_core::Result<Box<dyn $crate::decoder::$slot>> {
                 Ok(Box::new(Self::new(b, args)?))
             }
+
+            fn children<'a>(
+                &'a self,
+                visit: &mut dyn FnMut(&str, &'a dyn ::patch_core::Module),
+            ) {
+                $crate::decoder::Children::children(&self.0, visit)
+            }
         }
 
         $crate::decoder_sites!(@forward $slot for $site);
@@ -215,15 +222,9 @@ macro_rules! decoder_sites {
             fn forward(
                 &self,
                 x: &::candle_core::Tensor,
-                _: &$crate::decoder::PassContext,
+                pass: &$crate::decoder::PassContext,
             ) -> ::candle_core::Result<::candle_core::Tensor> {
-                self.0.forward(x)
-            }
-
-            fn projections_mut(
-                &mut self,
-            ) -> ::std::vec::Vec<(&'static str, &mut $crate::decoder::Linear)> {
-                self.0.projections_mut()
+                self.0.forward_with(x, pass)
             }
         }
     };
@@ -236,20 +237,6 @@ macro_rules! decoder_sites {
             ) -> ::candle_core::Result<::candle_core::Tensor> {
                 self.0.forward(hidden_states, ctx)
             }
-
-            fn q_norm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
-                self.0.q_norm.as_deref()
-            }
-
-            fn k_norm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
-                self.0.k_norm.as_deref()
-            }
-
-            fn projections_mut(
-                &mut self,
-            ) -> ::std::vec::Vec<(&'static str, &mut $crate::decoder::Linear)> {
-                self.0.projections_mut()
-            }
         }
     };
     (@forward DecoderLayer for $site:ident) => {
@@ -260,24 +247,6 @@ macro_rules! decoder_sites {
                 ctx: &mut $crate::decoder::LayerContext<'_>,
             ) -> ::candle_core::Result<$crate::decoder::LayerOutput> {
                 self.0.forward(hidden_states, ctx)
-            }
-
-            fn self_attn(&self) -> ::core::option::Option<&dyn $crate::decoder::Attention> {
-                ::core::option::Option::Some(&*self.0.self_attn)
-            }
-
-            fn mlp(&self) -> ::core::option::Option<&$crate::decoder::FeedForward> {
-                ::core::option::Option::Some(&self.0.mlp)
-            }
-
-            fn input_layernorm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
-                ::core::option::Option::Some(&*self.0.input_layernorm)
-            }
-
-            fn post_attention_layernorm(
-                &self,
-            ) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
-                ::core::option::Option::Some(&*self.0.post_attention_layernorm)
             }
         }
     };
@@ -303,12 +272,6 @@ macro_rules! decoder_sites {
             ) -> ::candle_core::Result<::candle_core::Tensor> {
                 self.0.forward(x, indices, weights, pass)
             }
-
-            fn stacked_weights(
-                &self,
-            ) -> ::core::option::Option<$crate::decoder::StackedWeights<'_>> {
-                self.0.stacked_weights()
-            }
         }
     };
     (@forward SparseMoe for $site:ident) => {
@@ -320,61 +283,20 @@ macro_rules! decoder_sites {
             ) -> ::candle_core::Result<$crate::decoder::MoeOutput> {
                 self.0.forward(x, ctx)
             }
-
-            fn shared_expert(&self) -> ::core::option::Option<&dyn $crate::decoder::Mlp> {
-                self.0.shared_expert.as_deref()
-            }
-
-            fn gate(&self) -> ::core::option::Option<&dyn $crate::decoder::Router> {
-                ::core::option::Option::Some(&*self.0.gate)
-            }
-
-            fn experts(&self) -> ::core::option::Option<&dyn $crate::decoder::Experts> {
-                ::core::option::Option::Some(&*self.0.experts)
-            }
         }
     };
 }
 
-/// Inside a slot implementation for a wrapper, the accessors of the wrapped module's standard
-/// children, delegating to field `$field`: `delegate_children!(DecoderLayer, 0);` in
-/// `impl DecoderLayer for MyLayer { fn forward(..) {..} delegate_children!(DecoderLayer, 0); }`
-/// keeps `self_attn()`, `mlp()` and the norms (and so
-/// [`CausalLM::named_modules`](crate::CausalLM::named_modules) and `get_submodule`) working
-/// through the replacement. For `DecoderLayer`, `Attention` and `SparseMoe`.
+/// Formerly: inside a slot implementation for a wrapper, the accessors of the wrapped
+/// module's children. Children now come from the module itself: a `#[patch(Site)]` wrapper
+/// lists the children of the site it wraps, and a replacement holding what
+/// `Builder::build_original` returned says so with `fn wraps(&self) -> Option<&dyn Module>`
+/// in its `Build` impl. This macro expands to nothing and goes away in the next release.
+#[deprecated(
+    since = "0.2.0",
+    note = "children come from the wrapped module: delete the call (for a replacement holding `build_original`'s result, implement `Build::wraps`)"
+)]
 #[macro_export]
 macro_rules! delegate_children {
-    (DecoderLayer, $field:tt) => {
-        fn self_attn(&self) -> ::core::option::Option<&dyn $crate::decoder::Attention> {
-            $crate::decoder::DecoderLayer::self_attn(&self.$field)
-        }
-        fn mlp(&self) -> ::core::option::Option<&$crate::decoder::FeedForward> {
-            $crate::decoder::DecoderLayer::mlp(&self.$field)
-        }
-        fn input_layernorm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
-            $crate::decoder::DecoderLayer::input_layernorm(&self.$field)
-        }
-        fn post_attention_layernorm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
-            $crate::decoder::DecoderLayer::post_attention_layernorm(&self.$field)
-        }
-    };
-    (Attention, $field:tt) => {
-        fn q_norm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
-            $crate::decoder::Attention::q_norm(&self.$field)
-        }
-        fn k_norm(&self) -> ::core::option::Option<&dyn $crate::decoder::Norm> {
-            $crate::decoder::Attention::k_norm(&self.$field)
-        }
-    };
-    (SparseMoe, $field:tt) => {
-        fn shared_expert(&self) -> ::core::option::Option<&dyn $crate::decoder::Mlp> {
-            $crate::decoder::SparseMoe::shared_expert(&self.$field)
-        }
-        fn gate(&self) -> ::core::option::Option<&dyn $crate::decoder::Router> {
-            $crate::decoder::SparseMoe::gate(&self.$field)
-        }
-        fn experts(&self) -> ::core::option::Option<&dyn $crate::decoder::Experts> {
-            $crate::decoder::SparseMoe::experts(&self.$field)
-        }
-    };
+    ($slot:ident, $field:tt) => {};
 }

@@ -34,7 +34,7 @@ impl FusedQkvAttention {
         let (h, d, std) = (c.hidden_size, c.head_dim, c.initializer_range);
         let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
         let qkv_proj = linear(b, "qkv_proj", h, (nh + 2 * nkv) * d, c.qkv_bias, std)?;
-        let o_proj = linear(b, "o_proj", nh * d, h, c.o_proj_bias, std)?;
+        let o_proj = Box::new(linear(b, "o_proj", nh * d, h, c.o_proj_bias, std)?);
         let head_norm = |name: &str| -> Result<Box<dyn Norm>> {
             let norm = RmsNorm::load(&b.pp(name), NormArgs { config: c, dim: d })?;
             Ok(Box::new(HeadNorm(norm)))

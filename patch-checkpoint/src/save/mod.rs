@@ -173,7 +173,8 @@ pub fn save_pretrained(
         check_output(&target, &[])?;
     }
     let mut pending = PendingFiles::new();
-    let params: HashMap<String, Tensor> = weights.params().snapshot().into_iter().collect();
+    let params = weights.params();
+    let param = |name: &str| params.fetch(name);
     let mut cache: HashMap<usize, Vec<Option<Tensor>>> = HashMap::new();
     let mut weight_map = BTreeMap::new();
     let mut total_size = 0u64;
@@ -194,7 +195,7 @@ pub fn save_pretrained(
                 .next()
                 .ok_or_else(|| save_err(&t.name, "internal: shard order"))?;
             if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(u) {
-                e.insert(run_unit(&units[u], &params)?);
+                e.insert(run_unit(&units[u], &param)?);
             }
             let tensor = cache
                 .get_mut(&u)
@@ -251,7 +252,12 @@ pub fn to_checkpoint_layout(
 ) -> Result<BTreeMap<String, Tensor>> {
     let units = plan_units(weights, transforms, &SaveOptions::default())?;
     let mut values: HashMap<String, Tensor> = HashMap::new();
-    for (name, tensor) in weights.params().snapshot() {
+    for (name, tensor) in weights
+        .params()
+        .entries()
+        .into_iter()
+        .map(|(n, p)| (n, p.tensor))
+    {
         let v = value(&name, &tensor)?;
         if v.dims() != tensor.dims() {
             return Err(save_err(
@@ -267,7 +273,8 @@ pub fn to_checkpoint_layout(
     }
     let mut out = BTreeMap::new();
     for unit in &units {
-        for (t, output) in unit.outputs.iter().zip(run_unit(unit, &values)?) {
+        let value_of = |name: &str| Ok(values.get(name).cloned());
+        for (t, output) in unit.outputs.iter().zip(run_unit(unit, &value_of)?) {
             let tensor = output.ok_or_else(|| save_err(&t.name, "internal: output missing"))?;
             if out.insert(t.name.clone(), tensor).is_some() {
                 return Err(save_err(

@@ -1,8 +1,6 @@
 //! A save unit: one group of parameters that becomes one group of checkpoint keys, and how it
 //! runs.
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Tensor};
 
 use crate::Result;
@@ -25,10 +23,11 @@ pub(super) struct SaveUnit {
     pub what: String,
 }
 
-/// Runs a save unit: its checkpoint tensors, in output order.
+/// Runs a save unit over the parameters `param` gives by name: its checkpoint tensors, in
+/// output order.
 pub(super) fn run_unit(
     unit: &SaveUnit,
-    params: &HashMap<String, Tensor>,
+    param: &dyn Fn(&str) -> Result<Option<Tensor>>,
 ) -> Result<Vec<Option<Tensor>>> {
     let mut inputs = unit.inputs.iter();
     let stage = unit
@@ -39,7 +38,7 @@ pub(super) fn run_unit(
                 let name = inputs
                     .next()
                     .ok_or_else(|| save_err(&unit.what, "internal: input count"))?;
-                let t = params.get(name).ok_or_else(|| {
+                let t = param(name)?.ok_or_else(|| {
                     save_err(name, "it is no longer recorded in the parameter store")
                 })?;
                 if t.dims() != shape.as_slice() {
@@ -52,7 +51,7 @@ pub(super) fn run_unit(
                         ),
                     ));
                 }
-                Ok(t.clone())
+                Ok(t)
             })
         })
         .collect::<Result<Vec<_>>>()?;

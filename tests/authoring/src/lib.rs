@@ -24,8 +24,9 @@ impl Attention for CountingAttention {
     }
 }
 
-/// A decoder layer replaced by a wrapper that keeps its children reachable (`self_attn`,
-/// `mlp`, the norms): the original layer is built as usual, its attention patched above.
+/// A decoder layer replaced by a wrapper: its children (`self_attn`, `mlp`, the norms) stay
+/// reachable through it, as a wrapper never hides what it wraps; the original layer is built
+/// as usual, its attention patched above.
 #[patch(LlamaDecoderLayer)]
 pub struct WrappedLayer(LlamaDecoderLayer);
 
@@ -33,8 +34,6 @@ impl DecoderLayer for WrappedLayer {
     fn forward(&self, x: &Tensor, ctx: &mut LayerContext<'_>) -> candle_core::Result<LayerOutput> {
         self.0.forward(x, ctx)
     }
-
-    delegate_children!(DecoderLayer, 0);
 }
 
 /// ModuleList experts (one MLP per expert, loaded from the per-expert checkpoint keys as they

@@ -1,9 +1,10 @@
 //! The pre-norm residual decoder layer of every family here.
 
 use candle_core::Tensor;
-use patch_core::{Builder, Result};
+use patch_core::{Builder, Module, Result};
 
 use crate::decoder::attention::{Attention, AttentionArgs};
+use crate::decoder::children::Children;
 use crate::decoder::context::LayerContext;
 use crate::decoder::layer::{DecoderLayerArgs, FeedForward};
 use crate::decoder::norm::{Norm, NormArgs};
@@ -60,5 +61,14 @@ impl PreNormLayer {
             hidden_states: add_scaled(residual, &x, None)?,
             router,
         })
+    }
+}
+
+impl Children for PreNormLayer {
+    fn children<'a>(&'a self, visit: &mut dyn FnMut(&str, &'a dyn Module)) {
+        visit("self_attn", &*self.self_attn);
+        visit("mlp", self.mlp.as_module());
+        visit("input_layernorm", &*self.input_layernorm);
+        visit("post_attention_layernorm", &*self.post_attention_layernorm);
     }
 }

@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 use patch_core::{Builder, Result};
 
+use crate::decoder::children::Children;
 use crate::decoder::linear::norm_weight;
 use crate::decoder::norm::NormArgs;
 
@@ -29,3 +30,5 @@ impl RmsNorm {
         crate::ops::rms_norm(x, &self.weight, self.eps)
     }
 }
+
+impl Children for RmsNorm {}

@@ -2,13 +2,15 @@
 //! by a sigmoid gate where the family has one.
 
 use candle_core::Tensor;
-use patch_core::{Builder, Result};
+use patch_core::{Builder, Module, Result};
 
+use crate::decoder::children::Children;
 use crate::decoder::context::LayerContext;
-use crate::decoder::linear::{Linear, projection};
+use crate::decoder::linear::projection;
 use crate::decoder::mlp::{Mlp, MlpArgs};
 use crate::decoder::moe::{Experts, MoeArgs, Router};
 use crate::decoder::outputs::MoeOutput;
+use crate::decoder::projection::Projection;
 use crate::decoder::sites::MoeSites;
 
 /// `experts(x, router(x)) + sigmoid(shared_expert_gate(x)) * shared_expert(x)`, the shared
@@ -21,7 +23,7 @@ pub struct SparseMoeBlock {
     /// The shared expert, when `shared_expert_intermediate_size > 0`.
     pub shared_expert: Option<Box<dyn Mlp>>,
     /// Its gate `[1, hidden]`, present with it.
-    pub shared_expert_gate: Option<Linear>,
+    pub shared_expert_gate: Option<Box<dyn Projection>>,
 }
 
 impl SparseMoeBlock {
@@ -57,12 +59,25 @@ impl SparseMoeBlock {
             .experts
             .forward(&flat, &router.indices, &router.weights, ctx.pass)?;
         if let (Some(shared), Some(gate)) = (&self.shared_expert, &self.shared_expert_gate) {
-            let scale = candle_nn::ops::sigmoid(&gate.forward(&flat)?)?;
+            let scale = candle_nn::ops::sigmoid(&gate.forward(&flat, ctx.pass)?)?;
             out = crate::ops::add_scaled(&out, &shared.forward(&flat, ctx.pass)?, Some(&scale))?;
         }
         Ok(MoeOutput {
             hidden_states: out.reshape((b, t, h))?,
             router,
         })
+    }
+}
+
+impl Children for SparseMoeBlock {
+    fn children<'a>(&'a self, visit: &mut dyn FnMut(&str, &'a dyn Module)) {
+        if let Some(shared) = &self.shared_expert {
+            visit("shared_expert", &**shared);
+        }
+        if let Some(gate) = &self.shared_expert_gate {
+            visit("shared_expert_gate", &**gate);
+        }
+        visit("gate", &*self.gate);
+        visit("experts", &*self.experts);
     }
 }

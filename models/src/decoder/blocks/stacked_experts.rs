@@ -5,7 +5,8 @@ use patch_core::{Builder, Result};
 
 use crate::decoder::activation::HiddenAct;
 use crate::decoder::capture::PassContext;
-use crate::decoder::moe::{MoeArgs, StackedWeights};
+use crate::decoder::children::Children;
+use crate::decoder::moe::MoeArgs;
 use crate::implementations::{ExpertsInput, experts};
 
 /// Routed experts with stacked weights (transformers v5's layout): `gate_up_proj`
@@ -47,15 +48,6 @@ impl StackedExperts {
         })
     }
 
-    /// The weights, as the [`Experts`](crate::decoder::Experts) slot exposes them.
-    pub fn stacked_weights(&self) -> Option<StackedWeights<'_>> {
-        Some(StackedWeights {
-            gate_up_proj: &self.gate_up_proj,
-            down_proj: &self.down_proj,
-            act: self.act,
-        })
-    }
-
     /// See [`Experts::forward`](crate::decoder::Experts::forward): the pass's experts
     /// implementation over the stacked weights (`"grouped_mm"` by default; `"eager"` when the
     /// pass tracks gradients and the selected one does not support them).
@@ -77,3 +69,5 @@ impl StackedExperts {
         })
     }
 }
+
+impl Children for StackedExperts {}

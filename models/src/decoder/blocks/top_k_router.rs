@@ -3,17 +3,22 @@
 use candle_core::{DType, Tensor};
 use patch_core::{Builder, Result};
 
+use crate::decoder::children::Children;
 use crate::decoder::context::LayerContext;
+use crate::decoder::linear::Linear;
 use crate::decoder::moe::MoeArgs;
 use crate::decoder::outputs::RouterOutput;
+use crate::decoder::projection::{Projection, ProjectionArgs};
 
 /// A softmax top-k router over a `[num_experts, hidden]` weight (transformers' `TopKRouter`
 /// of the Qwen-MoE families): softmax in float32, top-k of the probabilities, optionally
 /// renormalised; forced indices replay a recorded routing with the current probabilities.
-#[derive(Clone, Debug)]
+///
+/// Its weight (`mlp.gate.weight`) is a projection site at the router's own path, as upstream's
+/// router holds it directly.
 pub struct TopKRouter {
-    /// `[num_experts, hidden]`.
-    pub weight: Tensor,
+    /// The logits: `[num_experts, hidden]`, a projection site at the router's path.
+    pub proj: Box<dyn Projection>,
     /// Experts per token.
     pub top_k: usize,
     /// Whether the chosen weights are renormalised to sum to one.
@@ -21,19 +26,19 @@ pub struct TopKRouter {
 }
 
 impl TopKRouter {
-    /// Loads `weight` under `b` (random sources: N(0, std)).
+    /// Builds its projection (`weight` under `b`, random sources: N(0, std)) as a site at
+    /// `b`'s path.
     pub fn load(b: &Builder, args: MoeArgs<'_>) -> Result<Self> {
-        let moe = args.config.moe()?;
-        let weight = b.get_with_init(
-            (moe.num_experts, args.config.hidden_size),
-            "weight",
-            candle_nn::Init::Randn {
-                mean: 0.0,
-                stdev: args.config.initializer_range,
-            },
-        )?;
+        let c = args.config;
+        let moe = c.moe()?;
+        let proj = b.build::<Linear>(ProjectionArgs::new(
+            c,
+            c.hidden_size,
+            moe.num_experts,
+            false,
+        ))?;
         Ok(Self {
-            weight,
+            proj,
             top_k: moe.num_experts_per_tok,
             norm_topk_prob: moe.norm_topk_prob,
         })
@@ -44,7 +49,7 @@ impl TopKRouter {
     /// their weights gathered from the probabilities, so gradients reach the router weight
     /// whichever experts were chosen.
     pub fn forward(&self, x: &Tensor, ctx: &LayerContext<'_>) -> candle_core::Result<RouterOutput> {
-        let logits = crate::ops::linear(x, &self.weight, None)?;
+        let logits = self.proj.forward(x, ctx.pass)?;
         let (tokens, experts) = logits.dims2()?;
         let probs = crate::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
         let k = self.top_k;
@@ -100,6 +105,8 @@ impl TopKRouter {
         })
     }
 }
+
+impl Children for TopKRouter {}
 
 /// The forced expert ids of one layer as i64, `[tokens * k]`, after checking their shape and
 /// that each is -1 (free) or an expert.

@@ -310,3 +310,5 @@ mod tests {
         assert!(err.to_string().contains("rope_theta"), "{err}");
     }
 }
+
+impl crate::decoder::children::Children for RopeConfig {}

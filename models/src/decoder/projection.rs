@@ -1,0 +1,83 @@
+//! The projection slot: one linear map of the last dimension (`nn.Linear` upstream), built as a
+//! site at its transformers module path (`model.layers.3.self_attn.q_proj`), so quantized,
+//! adapter-carrying or rank-sharded projections are ordinary patches chosen by path.
+
+use candle_core::Tensor;
+use patch_core::{Module, Observed, ObservedSite, Slot};
+
+use crate::decoder::capture::PassContext;
+use crate::decoder::config::DecoderConfig;
+use crate::decoder::linear::Linear;
+
+/// The projection slot: `[..., in_features] -> [..., out_features]`.
+pub trait Projection: Module {
+    /// Applies the projection to `x`.
+    fn forward(&self, x: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor>;
+
+    /// Width of the input.
+    fn in_features(&self) -> usize;
+
+    /// Width of the output.
+    fn out_features(&self) -> usize;
+
+    /// The float layer this projection is, when it is exactly that (the site's own type, not
+    /// replaced): a parent fuses such siblings into one product (q/k/v, gate/up).
+    fn linear(&self) -> Option<&Linear> {
+        None
+    }
+
+    /// The float layer, mutably (what fusing rewrites into views of the fused weight).
+    fn linear_mut(&mut self) -> Option<&mut Linear> {
+        None
+    }
+
+    /// Where the builder built it, when it was built as a site (a fused parent records a
+    /// part's output under it).
+    fn observed_site(&self) -> Option<&ObservedSite> {
+        None
+    }
+}
+
+/// What every projection constructor receives.
+#[derive(Clone, Copy, Debug)]
+pub struct ProjectionArgs<'a> {
+    /// The model's config view (weight dtype, initialisation).
+    pub config: &'a DecoderConfig,
+    /// Width of the input.
+    pub in_features: usize,
+    /// Width of the output.
+    pub out_features: usize,
+    /// Whether it has a bias.
+    pub bias: bool,
+    /// The weight it shares with another module (an output head tied to the token
+    /// embedding, `[out, in]`); `None` to load its own.
+    pub tied: Option<&'a Tensor>,
+}
+
+impl<'a> ProjectionArgs<'a> {
+    /// A projection of `in_features` to `out_features` with its own weight (and a bias when
+    /// `bias`).
+    pub fn new(
+        config: &'a DecoderConfig,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Self {
+        Self {
+            config,
+            in_features,
+            out_features,
+            bias,
+            tied: None,
+        }
+    }
+}
+
+impl Slot for dyn Projection {
+    const NAME: &'static str = "Projection";
+    type Args<'a> = ProjectionArgs<'a>;
+
+    fn observe(module: Box<Self>, site: ObservedSite) -> Box<Self> {
+        Box::new(Observed::new(module, site))
+    }
+}

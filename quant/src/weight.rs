@@ -1,0 +1,117 @@
+//! A weight matrix held in a quantized format, and its product with activations.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+use patchwork_kernels::q8_0::Q8_0Matrix;
+
+use crate::Format;
+
+/// A `[rows, cols]` weight in one [`Format`]: Q8_0 in this project's blocks (integer
+/// dot-product kernels), the ggml block formats in candle's `QMatMul`, F16 as a float16
+/// tensor.
+#[derive(Clone, Debug)]
+pub struct QuantizedWeight {
+    stored: Arc<Stored>,
+    format: Format,
+    rows: usize,
+    cols: usize,
+}
+
+#[derive(Debug)]
+enum Stored {
+    Q8_0(Q8_0Matrix),
+    Ggml(QMatMul),
+    F16(Tensor),
+}
+
+impl QuantizedWeight {
+    /// `weight` (`[rows, cols]`, any float dtype, on the CPU) stored in `format`, whose
+    /// blocks must fit the rows ([`Format::fits`]).
+    pub fn quantize(weight: &Tensor, format: Format) -> candle_core::Result<Self> {
+        let (rows, cols) = weight.dims2()?;
+        if !format.fits(cols) {
+            candle_core::bail!(
+                "{format} stores rows in blocks of {}, and this weight [{rows}, {cols}] has {cols} inputs",
+                format.block_size()
+            );
+        }
+        if !weight.device().is_cpu() {
+            candle_core::bail!(
+                "quantized weights live on the CPU; this one is on {:?}",
+                weight.device()
+            );
+        }
+        // The values copied out: candle quantizes a tensor's storage from its start, so a view
+        // at an offset (one expert of a stack) would be read wrong.
+        let values = weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let stored = match format {
+            Format::Q8_0 => Stored::Q8_0(Q8_0Matrix::quantize(&values, rows, cols)),
+            Format::F16 => Stored::F16(
+                Tensor::from_vec(values, (rows, cols), &Device::Cpu)?.to_dtype(DType::F16)?,
+            ),
+            other => {
+                let t = Tensor::from_vec(values, (rows, cols), &Device::Cpu)?;
+                Stored::Ggml(QMatMul::from_qtensor(QTensor::quantize(&t, other.ggml())?)?)
+            }
+        };
+        Ok(Self {
+            stored: Arc::new(stored),
+            format,
+            rows,
+            cols,
+        })
+    }
+
+    /// The format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// `(rows, cols)`: `[out, in]`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// The bytes the weight takes in its format.
+    pub fn bytes(&self) -> usize {
+        self.format
+            .bytes(self.rows, self.cols)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The weight dequantized to float32 `[rows, cols]`.
+    pub fn dequantize(&self) -> candle_core::Result<Tensor> {
+        match self.stored.as_ref() {
+            Stored::Q8_0(q) => {
+                Tensor::from_vec(q.dequantize(), (self.rows, self.cols), &Device::Cpu)
+            }
+            Stored::F16(t) => t.to_dtype(DType::F32),
+            Stored::Ggml(QMatMul::QTensor(q)) => q.dequantize(&Device::Cpu),
+            Stored::Ggml(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.to_dtype(DType::F32),
+        }
+    }
+
+    /// `x W^T + bias` for `x` `[..., cols]`: the activations are quantized per block as the
+    /// format's kernels need (Q8_0: 8 bits per 32; the ggml formats: candle's), F16 computes
+    /// in float16. The result has `x`'s dtype.
+    pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let shape = (self.rows, self.cols);
+        match self.stored.as_ref() {
+            Stored::Q8_0(q) => patchwork_models::ops::q8_0_linear(x, q, bias),
+            Stored::Ggml(q) => patchwork_models::ops::quantized_linear(x, q, shape, bias),
+            Stored::F16(w) => {
+                let y = patchwork_models::ops::linear(&x.to_dtype(DType::F16)?, w, None)?
+                    .to_dtype(x.dtype())?;
+                match bias {
+                    Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+}
