@@ -259,6 +259,8 @@ impl RopeConfig {
     }
 }
 
+impl crate::decoder::children::Children for RopeConfig {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +312,3 @@ mod tests {
         assert!(err.to_string().contains("rope_theta"), "{err}");
     }
 }
-
-impl crate::decoder::children::Children for RopeConfig {}
