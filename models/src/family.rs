@@ -48,7 +48,7 @@ impl ModelFamily {
 }
 
 /// A family's decoder body (transformers' `LlamaModel`): its sites, its config type and its
-/// registered [`ModelFamily`]. What the `...ForCausalLM` entry points ([`ForCausalLM`]) build.
+/// registered [`ModelFamily`]. What the `...ForCausalLM` entry points ([`ForCausalLM`](crate::ForCausalLM)) build.
 pub trait Family: DecoderSites {
     /// Its `config.json`.
     type Config: FamilyConfig;

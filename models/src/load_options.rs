@@ -40,7 +40,7 @@ pub struct LoadOptions {
     /// embedding are always converted.
     pub upcast_weights: bool,
     /// Build every parameter as a trainable candle `Var` (in the compute dtype) and return
-    /// them with the model ([`CausalLM::vars`]), for an optimiser. Default `false`: inference,
+    /// them with the model ([`CausalLM::vars`](crate::CausalLM::vars)), for an optimiser. Default `false`: inference,
     /// with memory-mapped checkpoints and bf16 weights kept.
     pub trainable: bool,
     /// The attention implementation (`"sdpa"`, `"eager"`, or a registered name; see
@@ -197,7 +197,7 @@ impl LoadOptions {
 
     /// These options building every parameter as a trainable variable (see
     /// [`LoadOptions::trainable`]): the forward passes then record the autograd graph, and
-    /// `loss.backward()` gives the gradients ([`CausalLM::gradients`]).
+    /// `loss.backward()` gives the gradients ([`CausalLM::gradients`](crate::CausalLM::gradients)).
     pub fn trainable(mut self) -> Self {
         self.trainable = true;
         self
