@@ -247,6 +247,40 @@ impl GgufFile {
         Ok(q)
     }
 
+    /// Two stacked tensors `[n, rows, cols]` of one type as one `[n, 2 * rows, cols]`: each
+    /// matrix of `a` followed by the same one of `b` (an expert bank's gate then up rows), the
+    /// blocks copied as they are, then the mapped pages released.
+    pub fn qtensor_stacked(&self, a: &str, b: &str) -> Result<QTensor> {
+        let get = |n: &str| {
+            self.tensor(n)
+                .ok_or_else(|| self.error(format!("no tensor {n:?}")))
+        };
+        let (ma, mb) = (get(a)?, get(b)?);
+        if ma.dtype != mb.dtype || ma.dims != mb.dims || ma.dims.len() != 3 {
+            return Err(self.error(format!(
+                "tensors {a:?} ({:?} {:?}) and {b:?} ({:?} {:?}) do not stack",
+                ma.dtype, ma.dims, mb.dtype, mb.dims
+            )));
+        }
+        let n = ma.dims[0];
+        let part = ma.len / n.max(1);
+        let (sa, sb) = (self.bytes(ma), self.bytes(mb));
+        let total = ma.len + mb.len;
+        let mut words = vec![0u64; total.div_ceil(8)];
+        let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..total];
+        for e in 0..n {
+            bytes[2 * e * part..(2 * e + 1) * part].copy_from_slice(&sa[e * part..(e + 1) * part]);
+            bytes[(2 * e + 1) * part..(2 * e + 2) * part]
+                .copy_from_slice(&sb[e * part..(e + 1) * part]);
+        }
+        let dims = vec![n, 2 * ma.dims[1], ma.dims[2]];
+        let q = ggml_file::qtensor_from_ggml(ma.dtype, bytes, dims, &Device::Cpu)
+            .map_err(|e| self.error(format!("tensors {a:?} and {b:?}: {e}")))?;
+        self.release(ma);
+        self.release(mb);
+        Ok(q)
+    }
+
     /// Drops the mapped pages of `meta`'s bytes from this process's resident set (they stay in
     /// the page cache; a later read faults them back in).
     fn release(&self, meta: &TensorMeta) {

@@ -20,6 +20,16 @@ pub enum Stored {
     Stacked(String, String),
 }
 
+impl std::fmt::Display for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stored::One(n) => write!(f, "GGUF tensor {n}"),
+            Stored::Permuted { name, .. } => write!(f, "GGUF tensor {name} (rope rows reordered)"),
+            Stored::Stacked(a, b) => write!(f, "GGUF tensors {a} and {b} stacked"),
+        }
+    }
+}
+
 /// Per-layer names: (GGUF suffix after `blk.N.`, transformers' name after `model.layers.N.`).
 const LAYER: &[(&str, &str)] = &[
     ("attn_norm.weight", "input_layernorm.weight"),

@@ -119,7 +119,7 @@ impl GgufSource {
             self.problem(Problem::Missing {
                 name: r.name.to_string(),
                 shape: r.shape.dims().to_vec(),
-                detail: format!("{stored:?} is not in {}", self.file.path().display()),
+                detail: format!("{stored} is not in {}", self.file.path().display()),
             });
             return None;
         };
@@ -128,8 +128,10 @@ impl GgufSource {
                 name: r.name.to_string(),
                 expected: r.shape.dims().to_vec(),
                 found: dims,
-                detail: format!("GGUF {stored:?}"),
+                detail: stored.to_string(),
             });
+            // Reported once, as mis-shaped, not again as unexpected.
+            self.mark_used(&stored);
             return None;
         }
         Some((stored, dims))
@@ -230,7 +232,18 @@ impl WeightSource for GgufSource {
         };
         let name = match &stored {
             Stored::One(n) | Stored::Permuted { name: n, .. } => n,
-            Stored::Stacked(..) => return Ok(None),
+            Stored::Stacked(a, b) => {
+                let (Some(ma), Some(mb)) = (self.file.tensor(a), self.file.tensor(b)) else {
+                    return Ok(None);
+                };
+                let stacks = ma.dtype == mb.dtype && ma.dtype != GgmlDType::F32;
+                if !stacks || self.dims_of(&stored).as_deref() != Some(r.shape.dims()) {
+                    return Ok(None);
+                }
+                let q = self.file.qtensor_stacked(a, b)?;
+                self.mark_used(&stored);
+                return Ok(Some(Arc::new(q)));
+            }
         };
         let Some(meta) = self.file.tensor(name) else {
             return Ok(None);

@@ -59,7 +59,7 @@ pub use explain::ModelExplain;
 pub use family::{ModelFamily, RegisteredFamily};
 pub use generation::{Generation, GenerationConfig, GenerationDefaults, Sampling};
 pub use load_options::LoadOptions;
-pub use loading::PackedPatches;
+pub use loading::{PackedPatches, model_location};
 
 /// What writing a replacement for these models needs, in one import:
 /// `use patchwork_models::prelude::*;` (patch-core's prelude, the slots with their arguments

@@ -21,13 +21,11 @@ pub(crate) fn load_pretrained(
     family: Option<&'static ModelFamily>,
     options: &LoadOptions,
 ) -> Result<CausalLM> {
-    if name.is_file() {
-        return load_gguf(name, family, options);
+    let location = model_location(name, options)?;
+    if location.is_file() {
+        return load_gguf(&location, family, options);
     }
-    let dir = patchwork_hub::resolve_model(name, &options.hub)?;
-    if let Some(gguf) = gguf_path(&dir, options)? {
-        return load_gguf(&gguf, family, options);
-    }
+    let dir = location;
     let _span = tracing::info_span!("load", model = %dir.display()).entered();
     let ckpt = Checkpoint::open(&dir)?;
     let source_name = dir.join("config.json").display().to_string();
@@ -68,6 +66,18 @@ pub(crate) fn load_pretrained(
     );
     model.set_load_report(report);
     Ok(model)
+}
+
+/// Where the model `name` is: a GGUF file (`name` itself, or the one its folder holds, see
+/// [`LoadOptions::gguf_file`]), else the checkpoint folder (`name`, or the Hub id resolved to
+/// a folder in the cache): what `from_pretrained` loads, and where a tool finds the model's
+/// files (its tokenizer, the files it must not overwrite).
+pub fn model_location(name: &Path, options: &LoadOptions) -> Result<std::path::PathBuf> {
+    if name.is_file() {
+        return Ok(name.to_path_buf());
+    }
+    let dir = patchwork_hub::resolve_model(name, &options.hub)?;
+    Ok(gguf_path(&dir, options)?.unwrap_or(dir))
 }
 
 /// The GGUF file of the folder `dir`: the one `LoadOptions::gguf_file` names, else its only

@@ -73,9 +73,10 @@ impl Build for GgufExperts {
         let moe = c.moe()?;
         let (e, i, h) = (moe.num_experts, moe.moe_intermediate_size, c.hidden_size);
         let w = b.weights();
-        let (Some(gate), Some(up), Some(down)) = (
-            w.get_packed((e, i, h), "gate_proj")?,
-            w.get_packed((e, i, h), "up_proj")?,
+        // Gate and up stacked per expert (one product for both), as the float experts hold
+        // them; a file whose gate and up differ in type computes on floats.
+        let (Some(gate_up), Some(down)) = (
+            w.get_packed((e, 2 * i, h), "gate_up_proj")?,
             w.get_packed((e, h, i), "down_proj")?,
         ) else {
             return b.build_original(args);
@@ -85,17 +86,14 @@ impl Build for GgufExperts {
                 patch_core::Error::other(format!("GGUF experts at {:?}: {err}", b.path()))
             })
         };
-        let (gates, ups, downs) = (split(&gate)?, split(&up)?, split(&down)?);
         b.describe(format!(
-            "gate {:?}, up {:?}, down {:?} (as stored)",
-            gate.dtype(),
-            up.dtype(),
+            "gate_up {:?}, down {:?} (as stored)",
+            gate_up.dtype(),
             down.dtype()
         ));
-        Ok(Box::new(Self(QuantizedExperts::from_parts(
-            gates,
-            ups,
-            downs,
+        Ok(Box::new(Self(QuantizedExperts::stacked(
+            split(&gate_up)?,
+            split(&down)?,
             c.hidden_act,
         ))))
     }

@@ -267,7 +267,7 @@ impl Vocab<'_> {
             "model": {"type": "BPE", "dropout": null, "unk_token": null,
                 "continuing_subword_prefix": "", "end_of_word_suffix": "",
                 "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                "vocab": self.ids(&spell), "merges": split_merges(&merges, self)?},
+                "vocab": self.ids(spell), "merges": split_merges(&merges, self)?},
         }))
     }
 }
