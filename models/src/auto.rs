@@ -1,7 +1,8 @@
 //! `AutoModelForCausalLM`: load or create a model of any linked family, dispatching on the
-//! config's `model_type`; and each family's entry points ([`ForCausalLM`]).
+//! config's `model_type`; and each family's entry points ([`ForCausalLM`], declared in
+//! `for_causal_lm.rs`, a module that depends on nothing, so that `family` can keep a deprecated
+//! alias to it without importing this module).
 
-use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::causal_lm::CausalLM;
 use crate::decoder::FamilyConfig;
 use crate::explain::ModelExplain;
 use crate::family::{Family, ModelFamily, family, family_of};
+use crate::for_causal_lm::ForCausalLM;
 use crate::load_options::LoadOptions;
 
 /// Loads a checkpoint folder, or a Hub id resolved to one, as `family`'s model (the
@@ -171,11 +173,6 @@ impl AutoModelForCausalLM {
         })
     }
 }
-
-/// A family's causal-LM entry points (transformers' `LlamaForCausalLM`, ...): each family
-/// names it with a type alias (`pub type LlamaForCausalLM = ForCausalLM<LlamaModel>`).
-#[derive(Clone, Copy, Debug)]
-pub struct ForCausalLM<M>(PhantomData<M>);
 
 impl<M: Family> ForCausalLM<M> {
     /// Loads a checkpoint folder of this family with the registered patches (an error if its

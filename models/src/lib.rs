@@ -35,6 +35,7 @@ pub mod decoder;
 mod error;
 mod explain;
 pub mod family;
+mod for_causal_lm;
 mod generation;
 pub mod implementations;
 /// The CPU kernels the operations run on (the `patchwork-kernels` crate).
@@ -51,11 +52,12 @@ pub mod qwen3_moe;
 pub mod replacements;
 pub mod routing;
 
-pub use auto::{AutoModelForCausalLM, ForCausalLM};
+pub use auto::AutoModelForCausalLM;
 pub use causal_lm::{CausalLM, ForwardOptions, ForwardOutput, LogitsMode};
 pub use error::{Error, Result};
 pub use explain::ModelExplain;
 pub use family::{ModelFamily, RegisteredFamily};
+pub use for_causal_lm::ForCausalLM;
 pub use generation::{Generation, GenerationConfig, GenerationDefaults, Sampling};
 pub use load_options::LoadOptions;
 
