@@ -11,10 +11,14 @@
 //!
 //! `UPDATE_API_SNAPSHOT=1 cargo test --workspace --test api_snapshot` rewrites `api/*.txt`.
 
+#[path = "api_snapshot/impls.rs"]
+mod impls;
 #[path = "api_snapshot/render.rs"]
 mod render;
 #[path = "api_snapshot/surface.rs"]
 mod surface;
+#[path = "api_snapshot/tokens.rs"]
+mod tokens;
 #[path = "api_snapshot/tree.rs"]
 mod tree;
 

@@ -4,8 +4,9 @@
 //! the line in the commit): a compile error or a failing test here is a break users meet, seen
 //! the day it happens. New API goes in `tests/authoring`, not here.
 //!
-//! This file holds the replacements (the page's classes); `tests/page.rs` the blocks that use
-//! them, one test per code block of the page.
+//! This file holds the replacements (the page's classes); `tests/registration.rs` and
+//! `tests/weights_and_routing.rs` the blocks that use them, one test per code block of the
+//! page.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
