@@ -41,6 +41,7 @@ const CRATES: &[(&str, &str, &str)] = &[
         "patchwork_kernels",
         "kernels/src/lib.rs",
     ),
+    ("patchwork-gguf", "patchwork_gguf", "gguf/src/lib.rs"),
     ("patchwork-models", "patchwork_models", "models/src/lib.rs"),
     (
         "patchwork-models-macros",

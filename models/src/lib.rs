@@ -43,6 +43,7 @@ pub use patchwork_kernels as kernels;
 pub mod llama;
 mod load_checks;
 mod load_options;
+mod loading;
 pub mod loss;
 pub mod ops;
 pub mod qwen2;
@@ -60,6 +61,7 @@ pub use family::{ModelFamily, RegisteredFamily};
 pub use for_causal_lm::ForCausalLM;
 pub use generation::{Generation, GenerationConfig, GenerationDefaults, Sampling};
 pub use load_options::LoadOptions;
+pub use loading::PackedPatches;
 
 /// What writing a replacement for these models needs, in one import:
 /// `use patchwork_models::prelude::*;` (patch-core's prelude and `Result`, the slots with

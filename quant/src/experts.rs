@@ -9,13 +9,42 @@ use patchwork_models::decoder::{Experts, HiddenAct, MoeArgs, PassContext};
 use crate::weight::QuantizedWeight;
 use crate::{Format, Topology};
 
-/// Routed experts with each expert's `gate_up_proj` `[2I, H]` and `down_proj` `[H, I]` held
-/// quantized, computed one active expert at a time over the tokens routed to it.
+/// Routed experts with each expert's gate and up projections (`[2I, H]` together, or `[I, H]`
+/// each as a GGUF file stores them) and `down_proj` `[H, I]` held quantized, computed one
+/// active expert at a time over the tokens routed to it.
 #[derive(Clone, Debug)]
 pub struct QuantizedExperts {
-    /// Per expert: `gate_up_proj` and `down_proj`.
-    experts: Vec<(QuantizedWeight, QuantizedWeight)>,
+    /// Per expert: its gate and up projections, and `down_proj`.
+    experts: Vec<(GateUp, QuantizedWeight)>,
     act: HiddenAct,
+}
+
+/// One expert's gate and up projections.
+#[derive(Clone, Debug)]
+enum GateUp {
+    /// Gate rows then up rows, one matrix.
+    Stacked(QuantizedWeight),
+    /// Two matrices.
+    Separate(QuantizedWeight, QuantizedWeight),
+}
+
+impl GateUp {
+    /// `[tokens, 2I]`: the gate's outputs then the up's.
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            GateUp::Stacked(w) => w.forward(xs, None),
+            GateUp::Separate(g, u) => Tensor::cat(
+                &[g.forward(xs, None)?, u.forward(xs, None)?],
+                candle_core::D::Minus1,
+            ),
+        }
+    }
+
+    fn format(&self) -> Format {
+        match self {
+            GateUp::Stacked(w) | GateUp::Separate(w, _) => w.format(),
+        }
+    }
 }
 
 impl QuantizedExperts {
@@ -70,12 +99,33 @@ impl QuantizedExperts {
         let gate_ups = bank((e, 2 * i, h), "gate_up_proj", gate_up)?;
         let downs = bank((e, h, i), "down_proj", down)?;
         Ok(Box::new(Self {
-            experts: gate_ups.into_iter().zip(downs).collect(),
+            experts: gate_ups
+                .into_iter()
+                .map(GateUp::Stacked)
+                .zip(downs)
+                .collect(),
             act: c.hidden_act,
         }))
     }
 
-    /// The experts' formats: `gate_up_proj`'s and `down_proj`'s.
+    /// Experts from each one's gate, up and down weights (a GGUF file's banks, split per
+    /// expert), in expert order.
+    pub fn from_parts(
+        gates: Vec<QuantizedWeight>,
+        ups: Vec<QuantizedWeight>,
+        downs: Vec<QuantizedWeight>,
+        act: HiddenAct,
+    ) -> Self {
+        let experts = gates
+            .into_iter()
+            .zip(ups)
+            .map(|(g, u)| GateUp::Separate(g, u))
+            .zip(downs)
+            .collect();
+        Self { experts, act }
+    }
+
+    /// The experts' formats: the gate's (and up's) and `down_proj`'s.
     pub fn formats(&self) -> Option<(Format, Format)> {
         self.experts.first().map(|(g, d)| (g.format(), d.format()))
     }
@@ -105,7 +155,7 @@ impl Experts for QuantizedExperts {
                     self.experts.len()
                 );
             };
-            let hidden = patchwork_models::ops::gated(&gate_up.forward(xs, None)?, self.act)?;
+            let hidden = patchwork_models::ops::gated(&gate_up.forward(xs)?, self.act)?;
             down.forward(&hidden, None)
         })
     }
