@@ -1,7 +1,8 @@
 //! `AutoModelForCausalLM`: load or create a model of any linked family, dispatching on the
-//! config's `model_type`; and each family's entry points ([`ForCausalLM`]).
+//! config's `model_type`; and each family's entry points ([`ForCausalLM`], declared in
+//! `for_causal_lm.rs`, a module that depends on nothing, so that `family` can keep a deprecated
+//! alias to it without importing this module).
 
-use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use crate::causal_lm::CausalLM;
 use crate::decoder::FamilyConfig;
 use crate::explain::ModelExplain;
 use crate::family::{Family, family, family_of};
+use crate::for_causal_lm::ForCausalLM;
 use crate::load_options::LoadOptions;
 use crate::loading::{create_from_config, load_pretrained};
 
@@ -68,11 +70,6 @@ impl AutoModelForCausalLM {
         })
     }
 }
-
-/// A family's causal-LM entry points (transformers' `LlamaForCausalLM`, ...): each family
-/// names it with a type alias (`pub type LlamaForCausalLM = ForCausalLM<LlamaModel>`).
-#[derive(Clone, Copy, Debug)]
-pub struct ForCausalLM<M>(PhantomData<M>);
 
 impl<M: Family> ForCausalLM<M> {
     /// Loads a checkpoint folder of this family with the registered patches (an error if its

@@ -99,6 +99,10 @@ impl std::fmt::Debug for ModelFamily {
     }
 }
 
+/// Formerly where the family entry points' type was declared.
+#[deprecated(since = "0.2.0", note = "moved: use `patchwork_models::ForCausalLM`")]
+pub type ForCausalLM<M> = crate::for_causal_lm::ForCausalLM<M>;
+
 /// A link-time registration of a [`ModelFamily`] (what [`register_family!`](crate::register_family) submits).
 pub struct RegisteredFamily(pub &'static ModelFamily);
 
