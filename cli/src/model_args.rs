@@ -37,11 +37,11 @@ pub struct ModelArgs {
     /// max_position_embeddings); past it the rotary embedding extrapolates.
     #[arg(long, value_name = "N")]
     pub max_positions: Option<usize>,
-    /// Quantize every projection and expert bank at load into FORMAT (q8_0, q6_k, q5_1,
-    /// q5_k, q5_0, q4_1, q4_k, q4_0, q3_k, q2_k, f16, or none): the quantized replacements
-    /// are added to the patches as path rules (`inspect` shows each path's format and every
-    /// fallback). Rows that do not fit a format fall back as llama.cpp's quantizer does.
-    /// CPU inference.
+    /// Quantize every projection, expert bank and the token embedding at load into FORMAT
+    /// (q8_0, q6_k, q5_1, q5_k, q5_0, q4_1, q4_k, q4_0, q3_k, q2_k, f16, or none): the
+    /// quantized replacements are added to the patches as path rules (`inspect` shows each
+    /// path's format and every fallback). Rows that do not fit a format fall back as
+    /// llama.cpp's quantizer does. CPU inference.
     #[arg(long, value_name = "FORMAT", value_parser = parse_default_format)]
     pub quantize: Option<DefaultFormat>,
     /// A rule of the quantization topology, `REGEX=FORMAT` (FORMAT a format or `none`),

@@ -60,22 +60,46 @@ impl Q8_0Matrix {
             "Q8_0Matrix::quantize: {} values are not {rows} rows of {cols} (a multiple of {BLOCK})",
             w.len()
         );
-        let blocks = cols / BLOCK;
-        let padded = rows.div_ceil(ROWS) * ROWS;
-        let mut quants = vec![0i8; padded * cols];
-        let mut scales = vec![0f32; padded * blocks];
-        for (r, row) in w.chunks_exact(cols.max(1)).enumerate() {
-            for (b, values) in row.chunks_exact(BLOCK).enumerate() {
-                let at = Self::block_index(r, b, blocks);
-                let d = quantize_block(values, &mut quants[at * BLOCK..(at + 1) * BLOCK]);
-                scales[at] = f16::from_f32(d).to_f32();
-            }
+        let mut m = Self::zeros(rows, cols).expect("a matrix the size of `w`");
+        m.quantize_rows(0, w);
+        m
+    }
+
+    /// A `[rows, cols]` matrix of zeros, for [`Q8_0Matrix::quantize_rows`] to fill a few rows
+    /// at a time; `None` when `cols` is not a multiple of [`BLOCK`] or the size overflows.
+    pub fn zeros(rows: usize, cols: usize) -> Option<Q8_0Matrix> {
+        if !cols.is_multiple_of(BLOCK) {
+            return None;
         }
-        Q8_0Matrix {
+        let padded = rows.div_ceil(ROWS).checked_mul(ROWS)?;
+        Some(Q8_0Matrix {
             rows,
             cols,
-            quants,
-            scales,
+            quants: vec![0i8; padded.checked_mul(cols)?],
+            scales: vec![0f32; padded.checked_mul(cols / BLOCK)?],
+        })
+    }
+
+    /// Quantizes `w` (whole rows, row-major) into rows `first..` of the matrix.
+    ///
+    /// # Panics
+    /// If `w` is not whole rows or runs past the last row.
+    pub fn quantize_rows(&mut self, first: usize, w: &[f32]) {
+        let cols = self.cols;
+        let n = w.len() / cols.max(1);
+        assert!(
+            w.len() == n * cols && first + n <= self.rows,
+            "Q8_0Matrix::quantize_rows: {} values at row {first} are not whole rows of [{}, {cols}]",
+            w.len(),
+            self.rows
+        );
+        let blocks = cols / BLOCK;
+        for (i, row) in w.chunks_exact(cols.max(1)).enumerate() {
+            for (b, values) in row.chunks_exact(BLOCK).enumerate() {
+                let at = Self::block_index(first + i, b, blocks);
+                let d = quantize_block(values, &mut self.quants[at * BLOCK..(at + 1) * BLOCK]);
+                self.scales[at] = f16::from_f32(d).to_f32();
+            }
         }
     }
 

@@ -99,7 +99,7 @@ impl ParamStore {
     pub(crate) fn insert_deferred(
         &self,
         name: &str,
-        tensor: &Tensor,
+        (shape, dtype, device): (Shape, DType, Device),
         scopes: &Arc<Vec<TransformScope>>,
         produce: Produce,
     ) {
@@ -113,9 +113,9 @@ impl ParamStore {
             .insert(
                 name.to_string(),
                 Deferred {
-                    shape: tensor.shape().clone(),
-                    dtype: tensor.dtype(),
-                    device: tensor.device().clone(),
+                    shape,
+                    dtype,
+                    device,
                     scopes: scopes.clone(),
                     produce,
                 },

@@ -59,6 +59,42 @@ impl SafetensorsFile {
         Ok(t)
     }
 
+    /// Loads one tensor as [`SafetensorsFile::load`] does, in chunks of at most `rows` entries
+    /// of its first dimension handed to `each` in order, each chunk's mapped pages released
+    /// before the next is read: a caller that converts the values (quantizes them) holds one
+    /// chunk of floats at a time. A chunk the file cannot give (a NaN, a range out of the
+    /// file) is [`ChunkError::Read`]; an error of `each` is [`ChunkError::Consumer`].
+    pub fn load_chunks(
+        &self,
+        name: &str,
+        meta: &TensorMeta,
+        (dtype, device): (DType, &Device),
+        rows: usize,
+        each: &mut dyn FnMut(Tensor) -> Result<()>,
+    ) -> std::result::Result<(), ChunkError> {
+        let total = meta.shape.first().copied().unwrap_or(1);
+        let row_bytes = meta.len() / total.max(1);
+        let mut start = 0usize;
+        loop {
+            let end = total.min(start.saturating_add(rows.max(1)));
+            let t = decode_rows(
+                &self.path,
+                &self.mmap,
+                name,
+                meta,
+                (dtype, device),
+                start..end,
+            )
+            .map_err(ChunkError::Read)?;
+            self.release(meta.start + start * row_bytes, (end - start) * row_bytes);
+            each(t).map_err(ChunkError::Consumer)?;
+            start = end;
+            if start >= total {
+                return Ok(());
+            }
+        }
+    }
+
     /// Drops the mapped pages of a byte range from this process's resident set.
     fn release(&self, offset: usize, len: usize) {
         #[cfg(unix)]
@@ -78,6 +114,15 @@ impl SafetensorsFile {
     }
 }
 
+/// Why a chunked read stopped.
+#[derive(Debug)]
+pub(crate) enum ChunkError {
+    /// The file could not give the chunk.
+    Read(crate::Error),
+    /// The consumer of the chunks failed.
+    Consumer(crate::Error),
+}
+
 /// Tensor `name` of the safetensors file `path` whose bytes are `file`, into `dtype` on
 /// `device`: float tensors are converted; integer tensors keep their dtype and are refused
 /// where a float one is asked for; NaN and infinite values are refused.
@@ -88,6 +133,20 @@ pub(crate) fn decode_tensor(
     meta: &TensorMeta,
     dtype: DType,
     device: &Device,
+) -> Result<Tensor> {
+    let rows = meta.shape.first().copied().unwrap_or(1);
+    decode_rows(path, file, name, meta, (dtype, device), 0..rows)
+}
+
+/// Entries `rows` of the first dimension of tensor `name` (all of a scalar), decoded and
+/// checked as [`decode_tensor`] does.
+fn decode_rows(
+    path: &Path,
+    file: &[u8],
+    name: &str,
+    meta: &TensorMeta,
+    (dtype, device): (DType, &Device),
+    rows: std::ops::Range<usize>,
 ) -> Result<Tensor> {
     let file_dtype = candle_dtype(meta.dtype).ok_or_else(|| {
         malformed(
@@ -107,18 +166,27 @@ pub(crate) fn decode_tensor(
             ),
         ));
     }
+    // The header check made `end - start` the shape's size in the stored dtype.
+    let total = meta.shape.first().copied().unwrap_or(1);
+    let row_bytes = meta.len() / total.max(1);
+    let mut shape = meta.shape.clone();
+    if let Some(first) = shape.first_mut() {
+        *first = rows.len();
+    }
     let bytes = file
-        .get(meta.start..meta.end)
+        .get(meta.start + rows.start * row_bytes..meta.start + rows.end * row_bytes)
+        .filter(|_| rows.end <= total)
         .ok_or_else(|| malformed(path, format!("tensor {name:?}: data range out of the file")))?;
     crate::memory::check(
         crate::memory::bytes_of(
-            meta.shape.iter().map(|&d| d as u128).product(),
+            shape.iter().map(|&d| d as u128).product(),
             dtype.size_in_bytes().max(file_dtype.size_in_bytes()),
         ),
         || format!("{}: tensor {name:?}", path.display()),
         "",
     )?;
     if let Some(at) = first_non_finite(bytes, meta.dtype) {
+        let at = at + rows.start * (row_bytes / file_dtype.size_in_bytes().max(1));
         return Err(malformed(
             path,
             format!(
@@ -127,7 +195,7 @@ pub(crate) fn decode_tensor(
             ),
         ));
     }
-    let t = Tensor::from_raw_buffer(bytes, file_dtype, &meta.shape, device)?;
+    let t = Tensor::from_raw_buffer(bytes, file_dtype, &shape, device)?;
     Ok(
         if file_dtype != dtype && file_dtype.is_float() && dtype.is_float() {
             t.to_dtype(dtype)?

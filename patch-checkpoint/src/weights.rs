@@ -9,6 +9,8 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::{Origin, ParamStore, Result, Transform};
 
+mod unkept;
+
 /// Transforms carried by a replacement module, active for every request under `prefix`.
 ///
 /// How they combine with the registry's (see `plan/` for the details): the registry's
@@ -48,6 +50,22 @@ pub struct WeightRequest<'a> {
 pub trait WeightSource: Send + Sync + 'static {
     /// Produces the tensor for `request`, in the requested dtype, device and shape.
     fn get(&self, request: &WeightRequest<'_>) -> Result<Tensor>;
+
+    /// Produces the tensor for `request` as [`WeightSource::get`] does, handed to `each` in
+    /// consecutive chunks along its first dimension, in order, at most `rows` entries each
+    /// when the source can split it (a checkpoint key read as stored: each chunk is read from
+    /// the file and its pages released before the next), else as one chunk (the default).
+    /// What a module that converts the values as it goes (a quantizer) asks for, so that it
+    /// never holds the whole float tensor.
+    fn get_chunks(
+        &self,
+        request: &WeightRequest<'_>,
+        rows: usize,
+        each: &mut dyn FnMut(Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let _ = rows;
+        each(self.get(request)?)
+    }
 
     /// Whether `name` can be produced (used by optional weights such as biases or tied heads).
     fn contains(&self, name: &str, scopes: &[TransformScope]) -> bool;
@@ -230,95 +248,6 @@ impl Weights {
             scopes: &self.scopes,
         })?;
         Ok(self.hand_out(&full, tensor)?)
-    }
-
-    /// The tensor `name` under this path, like [`Weights::get_with_init`], but not kept in the
-    /// state dict: for a module that stores it in another form (quantized blocks), so that the
-    /// values are freed as soon as the module has converted them. The state dict records the
-    /// request instead ([`ParamStore::is_deferred`]): the parameter still counts, and saving
-    /// (or [`ParamStore::fetch`]) asks the source for it again, so a model saves the tensors it
-    /// was loaded from whatever form it computes with. Trainable handles keep every tensor.
-    pub fn get_unkept(&self, shape: impl Into<Shape>, name: &str, init: Init) -> Result<Tensor> {
-        if self.trainable {
-            return self.get_with_init(shape, name, init);
-        }
-        let shape = shape.into();
-        let full = self.full_name(name);
-        let tensor = self.source.get(&WeightRequest {
-            name: &full,
-            shape: &shape,
-            init,
-            dtype: self.dtype,
-            device: &self.device,
-            scopes: &self.scopes,
-        })?;
-        let (source, scopes, dtype, device) = (
-            self.source.clone(),
-            self.scopes.clone(),
-            self.dtype,
-            self.device.clone(),
-        );
-        let again = full.clone();
-        let produce = Arc::new(move || {
-            source.get(&WeightRequest {
-                name: &again,
-                shape: &shape,
-                init,
-                dtype,
-                device: &device,
-                scopes: &scopes,
-            })
-        });
-        self.params
-            .insert_deferred(&full, &tensor, &self.scopes, produce);
-        Ok(tensor)
-    }
-
-    /// The tensor `name` under this path as the source stores it, when it stores it in
-    /// quantized blocks ([`WeightSource::packed`]): for a module that computes on them as they
-    /// are. Recorded like [`Weights::get_unkept`]: the state dict holds the request, and
-    /// saving asks for the tensor again as floats (dequantized). `Ok(None)` when the source
-    /// holds it as floats (then ask with [`Weights::get`]), and always for a trainable handle.
-    pub fn get_packed(&self, shape: impl Into<Shape>, name: &str) -> Result<Option<Arc<QTensor>>> {
-        if self.trainable {
-            return Ok(None);
-        }
-        let shape = shape.into();
-        let full = self.full_name(name);
-        let init = Init::Const(0.0);
-        let request = WeightRequest {
-            name: &full,
-            shape: &shape,
-            init,
-            dtype: self.dtype,
-            device: &self.device,
-            scopes: &self.scopes,
-        };
-        let Some(packed) = self.source.packed(&request)? else {
-            return Ok(None);
-        };
-        let (source, scopes, dtype, device) = (
-            self.source.clone(),
-            self.scopes.clone(),
-            self.dtype,
-            self.device.clone(),
-        );
-        let again = full.clone();
-        let placeholder_shape = shape.clone();
-        let produce = Arc::new(move || {
-            source.get(&WeightRequest {
-                name: &again,
-                shape: &placeholder_shape,
-                init,
-                dtype,
-                device: &device,
-                scopes: &scopes,
-            })
-        });
-        let stand_in = Tensor::zeros((), self.dtype, &self.device)?.broadcast_as(shape)?;
-        self.params
-            .insert_deferred(&full, &stand_in, &self.scopes, produce);
-        Ok(Some(packed))
     }
 
     /// Declares that the model uses `target` for `alias` too (both relative to this path), as

@@ -52,21 +52,27 @@ impl QuantizedExperts {
             mean: 0.0,
             stdev: c.initializer_range,
         };
+        // One expert's matrix read at a time, quantized, and its floats dropped.
         let bank = |shape: (usize, usize, usize),
                     name: &str,
                     format: Format|
          -> Result<Vec<QuantizedWeight>> {
-            let stacked = b.weights().get_unkept(shape, name, init)?;
-            (0..shape.0)
-                .map(|x| {
-                    QuantizedWeight::quantize(&stacked.get(x)?, format).map_err(|err| {
-                        patch_core::Error::other(format!(
-                            "{format} at {:?} expert {x}: {err}",
-                            path(name)
-                        ))
-                    })
+            let mut out = Vec::with_capacity(shape.0);
+            b.weights()
+                .get_unkept_chunks(shape, name, init, 1, &mut |chunk| {
+                    for x in 0..chunk.dim(0)? {
+                        out.push(QuantizedWeight::quantize(&chunk.get(x)?, format)?);
+                    }
+                    Ok(())
                 })
-                .collect()
+                .map_err(|err| {
+                    patch_core::Error::other(format!(
+                        "{format} at {:?} expert {}: {err}",
+                        path(name),
+                        out.len()
+                    ))
+                })?;
+            Ok(out)
         };
         let gate_ups = bank((e, 2 * i, h), "gate_up_proj", gate_up)?;
         let downs = bank((e, h, i), "down_proj", down)?;

@@ -4,17 +4,15 @@
 //! default priority, so a topology or a patch of the user's at the same sites wins and can wrap
 //! them.
 
-use std::sync::Arc;
-
-use candle_core::quantized::{QStorage, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
+use candle_core::quantized::QTensor;
 use candle_nn::Init;
 use patch_core::{Build, Builder, Module, PatchKey, PatchSet, Replacement, Result};
 use patchwork_models::decoder::{
     EmbeddingArgs, Experts, MoeArgs, PassContext, Projection, ProjectionArgs, TokenEmbedding,
 };
 
-use crate::{QuantizedExperts, QuantizedLinear, QuantizedWeight};
+use crate::{QuantizedEmbedding, QuantizedExperts, QuantizedLinear, QuantizedWeight};
 
 /// The priority of the GGUF patches: below a topology's ([`crate::PRIORITY`]) and the default.
 pub const GGUF_PRIORITY: i32 = -200;
@@ -117,11 +115,7 @@ impl Experts for GgufExperts {
 
 /// The token embedding as a GGUF file stores it (quantized blocks), dequantizing only the rows
 /// a pass looks up; or what the site builds otherwise where the file stores floats.
-pub struct GgufEmbedding {
-    table: Arc<QTensor>,
-    rows: usize,
-    cols: usize,
-}
+pub struct GgufEmbedding(pub QuantizedEmbedding);
 
 impl Build for GgufEmbedding {
     type Slot = dyn TokenEmbedding;
@@ -135,36 +129,23 @@ impl Build for GgufEmbedding {
             "{:?} (as stored; rows dequantized as looked up)",
             table.dtype()
         ));
-        Ok(Box::new(Self { table, rows, cols }))
+        let embedding = QuantizedEmbedding::from_qtensor(table)
+            .map_err(|e| patch_core::Error::other(format!("GGUF tensor at {:?}: {e}", b.path())))?;
+        Ok(Box::new(Self(embedding)))
+    }
+
+    fn wraps(&self) -> Option<&dyn Module> {
+        Some(&self.0)
     }
 }
 
 impl TokenEmbedding for GgufEmbedding {
-    fn forward(&self, input_ids: &Tensor, _: &PassContext) -> candle_core::Result<Tensor> {
-        let ids: Vec<u32> = input_ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
-        let dtype = self.table.dtype();
-        let row = self.cols / dtype.block_size() * dtype.type_size();
-        let data = self.table.data()?;
-        let mut gathered = Vec::with_capacity(ids.len() * row);
-        for &id in &ids {
-            let id = id as usize;
-            if id >= self.rows {
-                candle_core::bail!(
-                    "token id {id} is not below the vocabulary size {}",
-                    self.rows
-                );
-            }
-            gathered.extend_from_slice(&data[id * row..(id + 1) * row]);
-        }
-        let storage = QStorage::from_data(std::borrow::Cow::Owned(gathered), &Device::Cpu, dtype)?;
-        let rows = QTensor::new(storage, (ids.len(), self.cols))?.dequantize(&Device::Cpu)?;
-        let mut dims = input_ids.dims().to_vec();
-        dims.push(self.cols);
-        rows.reshape(dims)
+    fn forward(&self, input_ids: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor> {
+        self.0.forward(input_ids, pass)
     }
 
     fn table(&self) -> Option<Tensor> {
-        self.table.dequantize(&Device::Cpu).ok()
+        self.0.table()
     }
 }
 
@@ -182,7 +163,7 @@ pub fn gguf_patches() -> PatchSet {
             Replacement::of::<GgufExperts>().with_priority(GGUF_PRIORITY),
         ),
         (
-            PatchKey::new("Embedding"),
+            PatchKey::new("^Embedding$"),
             Replacement::of::<GgufEmbedding>().with_priority(GGUF_PRIORITY),
         ),
     ])

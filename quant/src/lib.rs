@@ -6,10 +6,15 @@
 //! (path regex -> format or float) rules, first match wins, with a default; rows that do not
 //! fit a format fall back as llama.cpp's quantizer does (Q4_K to Q5_0, ..., F16 when not even
 //! a 32-weight block fits), never an error. [`Topology::patches`] is the patch set that
-//! applies it: [`QuantizedLinear`] at every projection site (`Linear`) and
-//! [`QuantizedExperts`] at every routed-experts site, both registered below the default
+//! applies it: [`QuantizedLinear`] at every projection site (`Linear`), [`QuantizedExperts`]
+//! at every routed-experts site and [`QuantizedEmbedding`] at the token embedding (as
+//! llama.cpp quantizes `token_embd`), all registered below the default
 //! priority so a user's own patch at the same sites wins and can wrap them
 //! (`Builder::build_original`), as a LoRA adapter over a quantized base does.
+//!
+//! Weights are quantized as they are read, a few rows at a time
+//! (`Weights::get_unkept_chunks`, [`RowQuantizer`]): the float weight is never whole in
+//! memory, and the state dict records the request so saving reads the checkpoint again.
 //!
 //! ```
 //! use patchwork_models::{AutoModelForCausalLM, LoadOptions};
@@ -26,17 +31,21 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod embedding;
 mod experts;
 mod format;
 mod gguf;
 mod linear;
+mod rows;
 mod topology;
 mod weight;
 
+pub use embedding::QuantizedEmbedding;
 pub use experts::QuantizedExperts;
 pub use format::Format;
 pub use gguf::{GGUF_PRIORITY, GgufEmbedding, GgufExperts, GgufLinear, gguf_patches};
 pub use linear::QuantizedLinear;
+pub use rows::RowQuantizer;
 pub use topology::{Choice, Topology, parse_format};
 pub use weight::QuantizedWeight;
 
@@ -67,13 +76,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Topology {
     /// The patch set that applies this topology: [`QuantizedLinear`] at every projection site
-    /// (key `"Linear"`) and [`QuantizedExperts`] at every routed-experts site (pattern
-    /// `"Experts$"`), each deciding per path, with priority [`PRIORITY`]. Add it to a load
+    /// (key `"Linear"`), [`QuantizedExperts`] at every routed-experts site (pattern
+    /// `"Experts$"`) and [`QuantizedEmbedding`] at the token embedding (pattern
+    /// `"^Embedding$"`), each deciding per path, with priority [`PRIORITY`]. Add it to a load
     /// with `LoadOptions::with_added_patches`.
     pub fn patches(&self) -> Result<PatchSet> {
         let label = self.label();
         let projections = self.clone();
         let experts = self.clone();
+        let embedding = self.clone();
         Ok(PatchSet::from_mapping([
             (
                 PatchKey::new("Linear"),
@@ -84,8 +95,15 @@ impl Topology {
             ),
             (
                 PatchKey::new("Experts$"),
-                Replacement::configured::<QuantizedExperts>(label, move |b, args| {
+                Replacement::configured::<QuantizedExperts>(label.clone(), move |b, args| {
                     QuantizedExperts::build_with(&experts, b, args)
+                })
+                .with_priority(PRIORITY),
+            ),
+            (
+                PatchKey::new("^Embedding$"),
+                Replacement::configured::<QuantizedEmbedding>(label, move |b, args| {
+                    QuantizedEmbedding::build_with(&embedding, b, args)
                 })
                 .with_priority(PRIORITY),
             ),

@@ -6,6 +6,7 @@ use candle_nn::Init;
 use patch_core::{Build, Builder, Result};
 use patchwork_models::decoder::{PassContext, Projection, ProjectionArgs};
 
+use crate::RowQuantizer;
 use crate::weight::QuantizedWeight;
 use crate::{Format, Topology};
 
@@ -62,19 +63,39 @@ impl QuantizedLinear {
             )));
         }
         let shape = (args.out_features, args.in_features);
+        let quantized = |e: candle_core::Error| {
+            patch_core::Error::other(format!("{format} at {:?}: {e}", b.path()))
+        };
         let weight = match args.tied {
-            Some(embedding) => embedding.table().ok_or_else(|| {
-                patch_core::Error::other(format!(
-                    "{format} at {:?}: the tied token embedding gives no float table to quantize",
-                    b.path()
-                ))
-            })?,
+            Some(embedding) => {
+                let table = embedding.table().ok_or_else(|| {
+                    patch_core::Error::other(format!(
+                        "{format} at {:?}: the tied token embedding gives no float table to quantize",
+                        b.path()
+                    ))
+                })?;
+                QuantizedWeight::quantize(&table, format).map_err(quantized)?
+            }
             None => {
                 let init = Init::Randn {
                     mean: 0.0,
                     stdev: args.config.initializer_range,
                 };
-                b.weights().get_unkept(shape, "weight", init)?
+                // Quantized as the rows are read: the float weight is never whole in memory.
+                let (rows, cols) = shape;
+                let mut q = RowQuantizer::new(format, rows, cols).map_err(quantized)?;
+                b.weights()
+                    .get_unkept_chunks(
+                        shape,
+                        "weight",
+                        init,
+                        RowQuantizer::chunk_rows(cols),
+                        &mut |chunk| Ok(q.push(&chunk)?),
+                    )
+                    .map_err(|e| {
+                        patch_core::Error::other(format!("{format} at {:?}: {e}", b.path()))
+                    })?;
+                q.finish().map_err(quantized)?
             }
         };
         let bias = if args.bias && args.tied.is_none() {
@@ -82,8 +103,6 @@ impl QuantizedLinear {
         } else {
             None
         };
-        let weight = QuantizedWeight::quantize(&weight, format)
-            .map_err(|e| patch_core::Error::other(format!("{format} at {:?}: {e}", b.path())))?;
         Ok(Box::new(Self::new(weight, bias)))
     }
 }

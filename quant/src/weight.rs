@@ -19,8 +19,9 @@ pub struct QuantizedWeight {
     cols: usize,
 }
 
+/// How a weight is held, by format family.
 #[derive(Debug)]
-enum Stored {
+pub(crate) enum Stored {
     Q8_0(Q8_0Matrix),
     Ggml(QMatMul),
     F16(Tensor),
@@ -28,48 +29,22 @@ enum Stored {
 
 impl QuantizedWeight {
     /// `weight` (`[rows, cols]`, any float dtype, on the CPU) stored in `format`, whose
-    /// blocks must fit the rows ([`Format::fits`]).
+    /// blocks must fit the rows ([`Format::fits`]). [`crate::RowQuantizer`] gives the same
+    /// weight from the rows a few at a time.
     pub fn quantize(weight: &Tensor, format: Format) -> candle_core::Result<Self> {
         let (rows, cols) = weight.dims2()?;
-        if !format.fits(cols) {
-            candle_core::bail!(
-                "{format} stores rows in blocks of {}, and this weight [{rows}, {cols}] has {cols} inputs",
-                format.block_size()
-            );
-        }
-        if !weight.device().is_cpu() {
-            candle_core::bail!(
-                "quantized weights live on the CPU; this one is on {:?}",
-                weight.device()
-            );
-        }
-        // The values copied out: candle quantizes a tensor's storage from its start, so a view
-        // at an offset (one expert of a stack) would be read wrong.
-        let values = weight
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let stored = match format {
-            Format::Q8_0 => Stored::Q8_0(Q8_0Matrix::quantize(&values, rows, cols)),
-            Format::F16 | Format::Bf16 => {
-                let dtype = if format == Format::F16 {
-                    DType::F16
-                } else {
-                    DType::BF16
-                };
-                Stored::F16(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?.to_dtype(dtype)?)
-            }
-            other => {
-                let t = Tensor::from_vec(values, (rows, cols), &Device::Cpu)?;
-                Stored::Ggml(QMatMul::from_qtensor(QTensor::quantize(&t, other.ggml())?)?)
-            }
-        };
-        Ok(Self {
+        let mut q = crate::RowQuantizer::new(format, rows, cols)?;
+        q.push(weight)?;
+        q.finish()
+    }
+
+    pub(crate) fn from_stored(stored: Stored, format: Format, rows: usize, cols: usize) -> Self {
+        Self {
             stored: Arc::new(stored),
             format,
             rows,
             cols,
-        })
+        }
     }
 
     /// A weight from blocks as a file stores them (a GGUF tensor, `[rows, cols]`), taken as

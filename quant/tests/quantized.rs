@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use patch_core::{Build, Builder, Module, PatchKey, PatchSet, Replacement};
 use patchwork_models::decoder::{PassContext, Projection, ProjectionArgs};
 use patchwork_models::{AutoModelForCausalLM, CausalLM, ForwardOptions, LoadOptions, routing};
-use patchwork_quant::{Format, QuantizedExperts, QuantizedLinear, Topology};
+use patchwork_quant::{Format, QuantizedEmbedding, QuantizedExperts, QuantizedLinear, Topology};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
@@ -92,6 +92,15 @@ fn assert_all_quantized(model: &CausalLM, what: &str) -> (usize, usize) {
                 experts += 1;
                 assert!(site.built::<QuantizedExperts>(), "{what}: {}", site.path);
             }
+            "TokenEmbedding" => {
+                let float_by_rule = site.details.iter().any(|d| d.starts_with("float"));
+                assert!(
+                    site.built::<QuantizedEmbedding>() || float_by_rule,
+                    "{what}: {} built {}",
+                    site.path,
+                    site.module
+                );
+            }
             _ => {}
         }
     }
@@ -115,9 +124,17 @@ fn q8_0_models_stay_close_to_the_float_ones_on_every_fixture() {
             "{name}"
         );
         assert_eq!(experts > 0, name.contains("moe"), "{name}");
-        // The output head is a projection site like the others.
+        // The output head is a projection site like the others (a tied one quantizes the
+        // embedding's table), and the embedding is quantized too, as llama.cpp's is.
         let head = model.report().at("lm_head").unwrap();
         assert!(head.built::<QuantizedLinear>(), "{name}: {}", head.module);
+        let embedding = model.report().at("model.embed_tokens").unwrap();
+        assert!(embedding.built::<QuantizedEmbedding>(), "{name}");
+        assert_eq!(
+            embedding.details,
+            ["q8_0 (default) (rows dequantized as looked up)"],
+            "{name}"
+        );
         let r = relative_logits(&float, &model, vocab);
         eprintln!(
             "{name}: q8_0 logits within {:.2}% of max |f32 logits|",
@@ -247,6 +264,16 @@ fn a_topology_falls_back_per_tensor_and_says_why() {
     for (path, format, why) in cases {
         assert_eq!(format_at(path), (format, why.to_string()), "{path}");
     }
+    // The embedding's rows (320) fall back as q_proj's do.
+    let embedding = report.at("model.embed_tokens").unwrap();
+    assert_eq!(
+        embedding.details.join("; "),
+        "q5_0 (default asked q4_k; q4_k needs rows in blocks of 256, these have 320) (rows dequantized as looked up)"
+    );
+    let table = model
+        .get_submodule_as::<QuantizedEmbedding>("model.embed_tokens")
+        .unwrap();
+    assert_eq!(table.format(), candle_core::quantized::GgmlDType::Q5_0);
     // Layer 0 kept float: its q/k/v are plain Linear again, so they are fused.
     let attn = model
         .get_submodule_as::<patchwork_models::llama::LlamaAttention>("model.layers.0.self_attn")
@@ -279,6 +306,7 @@ fn quantized_models_keep_no_float_weights_and_save_the_original_checkpoint() {
             .unwrap();
     let params = model.weights().params();
     for path in [
+        "model.embed_tokens",
         "model.layers.0.self_attn.q_proj",
         "model.layers.1.mlp.down_proj",
     ] {
@@ -372,7 +400,8 @@ fn quantizing_trainable_weights_is_an_error_naming_the_path() {
         .unwrap()
         .to_string();
     assert!(e.contains("quantized weights are for inference"), "{e}");
-    assert!(e.contains("model.layers.0.self_attn.q_proj"), "{e}");
+    // The first quantized site built names itself.
+    assert!(e.contains("q8_0 at \"model.embed_tokens\""), "{e}");
     // Leaving every projection float by rule: the trainable load works.
     let float = Topology::new(Some(Format::Q8_0))
         .with_rule_str(".=none")

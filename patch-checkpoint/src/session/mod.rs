@@ -215,6 +215,22 @@ impl WeightSource for CheckpointSource {
         }
     }
 
+    fn get_chunks(
+        &self,
+        r: &WeightRequest<'_>,
+        rows: usize,
+        each: &mut dyn FnMut(Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let action = self.lock().decide(r);
+        match action {
+            Action::Read(read) => self.read_key_chunks(r, read, started, rows, each),
+            Action::Cached(cached) => each(self.serve_cached(r, cached, started)),
+            Action::Fail(problem) => each(self.fail(r, problem, started)?),
+            Action::Run(run) => each(self.run_unit(r, run, started)?),
+        }
+    }
+
     fn contains(&self, name: &str, scopes: &[TransformScope]) -> bool {
         let mut st = self.lock();
         st.plan.learn_scopes(scopes);

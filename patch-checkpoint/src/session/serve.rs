@@ -10,7 +10,7 @@ use crate::files::malformed;
 use crate::ops::{Part, run_steps};
 use crate::origin::{Origin, OriginKind};
 use crate::plan::StoredKey;
-use crate::safetensors_io::candle_dtype;
+use crate::safetensors_io::{ChunkError, candle_dtype};
 use crate::{Error, Result, WeightRequest};
 
 use super::request::{CachedOutput, KeyRead, UnitRun};
@@ -107,11 +107,76 @@ impl CheckpointSource {
                 Ok(tensor)
             }
             Err(e) => {
+                // Asked for, so reported once: unreadable, not also unexpected.
+                st.plan.consume(read.key);
                 Self::record_failure(&mut st, r, Failure::Reading(e).problem(r.name));
                 drop(st);
                 Self::placeholder(r)
             }
         }
+    }
+
+    /// Reads a key in chunks of at most `rows` entries of its first dimension, each handed to
+    /// `each` as it is read. A chunk the file cannot give records the problem (as
+    /// [`CheckpointSource::read_key`] does) and hands zeros for the rows left, so the consumer
+    /// sees the whole shape and loading goes on to report every problem.
+    pub(super) fn read_key_chunks(
+        &self,
+        r: &WeightRequest<'_>,
+        read: KeyRead,
+        started: Instant,
+        rows: usize,
+        each: &mut dyn FnMut(Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let f = self
+            .files
+            .get(read.stored.file)
+            .ok_or_else(|| malformed(&self.dir, "internal: file index out of range"))?;
+        let mut done = 0usize;
+        let mut counting = |t: Tensor| {
+            done += t.dims().first().copied().unwrap_or(1);
+            each(t)
+        };
+        let loaded = f.load_chunks(
+            &read.stored.original,
+            &read.stored.meta,
+            (r.dtype, r.device),
+            rows,
+            &mut counting,
+        );
+        let failed = match loaded {
+            Ok(()) => None,
+            Err(ChunkError::Consumer(e)) => return Err(e),
+            Err(ChunkError::Read(e)) => Some(e),
+        };
+        let mut st = self.lock();
+        st.stats.busy += started.elapsed();
+        let Some(e) = failed else {
+            st.stats.served += 1;
+            st.stats.tensors_read += 1;
+            st.stats.bytes_read += read.stored.meta.len() as u64;
+            self.tell_progress(&st);
+            st.plan.consume(read.key);
+            if let Some(dtype) = candle_dtype(read.stored.meta.dtype) {
+                let origin = Origin(OriginKind::Key {
+                    key: read.stored.original,
+                    dtype,
+                });
+                st.origins.insert(r.name.to_string(), origin);
+            }
+            return Ok(());
+        };
+        st.plan.consume(read.key);
+        Self::record_failure(&mut st, r, Failure::Reading(e).problem(r.name));
+        drop(st);
+        let mut left = r.shape.dims().to_vec();
+        match left.first_mut() {
+            Some(first) if *first > done => *first -= done,
+            Some(_) => return Ok(()),
+            None if done > 0 => return Ok(()),
+            None => {}
+        }
+        each(Tensor::zeros(left, r.dtype, r.device)?)
     }
 
     /// Runs a unit for one of its outputs; keeps the outputs not asked for yet.
