@@ -11,6 +11,7 @@ use patchwork_models::replacements::{
 use patchwork_models::{
     AutoModelForCausalLM, CausalLM, ForwardOptions, LoadOptions, Quantization, routing,
 };
+use patchwork_testing::{Tolerance, assert_close};
 
 mod common;
 
@@ -21,8 +22,9 @@ fn ids(vocab: usize) -> Tensor {
 
 /// The float model's logits and, for an MoE model, its routing; then the quantized model's
 /// logits under that routing replayed (a quantized attention output that flips one token's
-/// top-k choice would otherwise dominate the comparison).
-fn compare(float: &CausalLM, quantized: &CausalLM, vocab: usize) -> f32 {
+/// top-k choice would otherwise dominate the comparison), checked within `bound` of
+/// max |float logits| (every logit finite). Returns `max |q - f| / max |f|`.
+fn compare(float: &CausalLM, quantized: &CausalLM, vocab: usize, bound: f32, what: &str) -> f32 {
     let options = ForwardOptions {
         output_router_logits: Some(true),
         ..ForwardOptions::default()
@@ -37,23 +39,13 @@ fn compare(float: &CausalLM, quantized: &CausalLM, vocab: usize) -> f32 {
     let q = quantized
         .forward_with(&ids(vocab), None, None, &replay)
         .unwrap();
-    relative(q.logits.as_ref().unwrap(), f.logits.as_ref().unwrap())
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
-/// `max |q - f| / max |f|`.
-fn relative(q: &Tensor, f: &Tensor) -> f32 {
-    max_abs(&(q - f).unwrap()) / max_abs(f)
+    let report = assert_close(
+        q.logits.as_ref().unwrap(),
+        f.logits.as_ref().unwrap(),
+        Tolerance::of_max(bound),
+        what,
+    );
+    report.max_abs_diff / report.scale
 }
 
 /// Every attention, MLP and routed-experts module of `model` is the quantized replacement of
@@ -114,17 +106,16 @@ fn q8_0_models_stay_close_to_the_float_ones_on_every_fixture() {
             "{}: {explain}",
             f.name
         );
-        let r = compare(&float, &quantized, vocab);
+        // What these random 64-wide models measure (2.1-3.4% with the weights dequantized,
+        // candle's activation quantization adds up to 0.7 points); the 2% is for
+        // trained checkpoints and is not met here (see PERFORMANCE.md). A bound that catches
+        // a wrong block or scale, which moves logits by tens of percent.
+        let r = compare(&float, &quantized, vocab, 0.05, &format!("{} q8_0", f.name));
         eprintln!(
             "{}: q8_0 logits within {:.2}% of max |f32 logits|",
             f.name,
             r * 100.0
         );
-        // What these random 64-wide models measure (2.1-3.4% with the weights dequantized,
-        // candle's activation quantization adds up to 0.7 points); the 2% is for
-        // trained checkpoints and is not met here (see PERFORMANCE.md). A bound that catches
-        // a wrong block or scale, which moves logits by tens of percent.
-        assert!(r < 0.05, "{}: {r}", f.name);
         assert!(r > 0.0, "{}: the weights were not quantized", f.name);
     }
 }
@@ -154,14 +145,14 @@ fn q4k_models_stay_close_to_the_float_ones() {
         let quantized = AutoModelForCausalLM::from_config(&config, &options).unwrap();
         let experts = assert_quantized::<Q4K>(&quantized, model_type);
         assert_eq!(experts > 0, model_type.contains("moe"), "{model_type}");
-        let r = compare(&float, &quantized, 512);
+        // Random Gaussian weights at 4.5 bits measure 13-16% here (the 8% is not
+        // met on them); a wrong super-block scale or offset gives well over 50%.
+        let r = compare(&float, &quantized, 512, 0.25, &format!("{model_type} q4k"));
         eprintln!(
             "{model_type}: q4k logits within {:.2}% of max |f32 logits|",
             r * 100.0
         );
-        // Random Gaussian weights at 4.5 bits measure 13-16% here (the 8% is not
-        // met on them); a wrong super-block scale or offset gives well over 50%.
-        assert!(r < 0.25 && r > 0.0, "{model_type}: {r}");
+        assert!(r > 0.0, "{model_type}: the weights were not quantized");
     }
 }
 

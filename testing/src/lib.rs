@@ -91,12 +91,18 @@ impl Tolerance {
 pub const LOGITS: Tolerance = Tolerance::scaled(1e-4);
 
 /// Gradients against transformers' (fixtures/README.md), element by element:
-/// `|ours_i - ref_i| <= 1e-4 * |ref_i| + 1e-4 * max |ref| + 1e-7`. The largest entries get
-/// `2e-4 * max |ref| + 1e-7`, the per-tensor bound this replaced; every other entry gets less,
-/// down to the floor `1e-4 * max |ref|` (`1e-7` for a tensor that is all zero). The floor is
-/// what float32 accumulation leaves on the entries near zero (measured: models/tests/training.rs
-/// prints how much of its bound each gradient uses).
-pub const GRADIENTS: Tolerance = Tolerance::per_element(1e-4, 1e-4, 1e-7);
+/// `|ours_i - ref_i| <= 1e-4 * |ref_i| + 1e-5 * max |ref| + 1e-7`.
+///
+/// The floor, `1e-5 * max |ref|`, is what float32 leaves everywhere: transformers' own float32
+/// gradients are within 3e-6 of max |ref| of a float64 computation on the fixtures, and ours
+/// measured at most 2.8e-6 of max |ref| from transformers' on any element (qwen3-tiny; 1.5e-6
+/// to 2.6e-6 on the others), an absolute error that does not shrink with the element: the
+/// worst element uses 7-14% of its bound (measured; models/tests/training.rs prints it). `1e-4 * |ref_i|` leaves room for the float32
+/// rounding of each element's own sum; the largest elements get `1.1e-4 * max |ref| + 1e-7`,
+/// tighter than the per-tensor `2e-4 * max |ref| + 1e-7` this replaced. A 1% error in one
+/// element fails it wherever `|ref_i|` is above about 0.1% of `max |ref|`, which the per-tensor
+/// bound only caught at the largest elements. An all-zero gradient must come out zero to 1e-7.
+pub const GRADIENTS: Tolerance = Tolerance::per_element(1e-4, 1e-5, 1e-7);
 
 /// What a comparison that passed found.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -137,7 +143,13 @@ pub fn values(t: &Tensor) -> Result<Vec<f32>, Mismatch> {
     t.to_dtype(DType::F32)
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1::<f32>())
-        .map_err(|e| Mismatch(format!("reading a {:?} {:?} tensor: {e}", t.dtype(), t.dims())))
+        .map_err(|e| {
+            Mismatch(format!(
+                "reading a {:?} {:?} tensor: {e}",
+                t.dtype(),
+                t.dims()
+            ))
+        })
 }
 
 /// Compares `actual` with `expected` (same shape) over the entries `keep` selects by flat index

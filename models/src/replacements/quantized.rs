@@ -187,7 +187,7 @@ impl<Q: QuantFormat> Experts for QuantizedExperts<Q> {
         weights: &Tensor,
         _pass: &PassContext,
     ) -> candle_core::Result<Tensor> {
-        crate::ops::per_expert(x, indices, weights, |e, xs| {
+        crate::ops::per_expert(x, indices, weights, self.experts.len(), |e, xs| {
             let Some((gate_up, down)) = self.experts.get(e) else {
                 candle_core::bail!(
                     "experts: a token chose expert {e}, but there are {}",
