@@ -49,19 +49,13 @@ impl Build for ModuleListExperts {
 impl Experts for ModuleListExperts {
     fn forward(&self, x: &Tensor, ids: &Tensor, w: &Tensor, pass: &PassContext) -> Result<Tensor> {
         let mut out = x.zeros_like()?;
-        for group in tokens_per_expert(ids, w)? {
+        for group in tokens_per_expert(ids, w, self.experts.len())? {
             let y =
                 self.experts[group.expert].forward_with(&x.index_select(&group.rows, 0)?, pass)?;
             out = out.index_add(&group.rows, &y.broadcast_mul(&group.weights)?, 0)?;
         }
         Ok(out)
     }
-}
-
-/// `max |a - b|` over all entries (float32), for comparing a patched model with the default.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
-    let d = (a.to_dtype(candle_core::DType::F32)? - b.to_dtype(candle_core::DType::F32)?)?.abs()?;
-    d.flatten_all()?.max(0)?.to_scalar::<f32>()
 }
 
 /// A checkpoint's tensors by key: dtype, shape and raw bytes.

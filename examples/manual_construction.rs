@@ -2,7 +2,8 @@
 //! always build with the registered patches; a model built by hand uses the originals unless
 //! built inside `apply_patches` (guard or closure), which holds on the current thread only.
 //!
-//! `cargo run --release --example manual_construction` (runs on the embedded llama-tiny).
+//! `cargo run --release --example manual_construction` (runs on the embedded llama-tiny; the
+//! type built in each case is checked as it runs, and under `cargo test`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,15 +14,30 @@ use patch_core::{
     Builder, ModuleExt, PatchSet, Replacement, apply_patches, register_patch_mapping,
 };
 use patchwork_examples::FusedQkvAttention;
-use patchwork_models::llama::{LlamaConfig, LlamaDecoderLayer, LlamaForCausalLM};
+use patchwork_models::llama::{LlamaAttention, LlamaConfig, LlamaDecoderLayer, LlamaForCausalLM};
 use patchwork_models::{CausalLM, LoadOptions};
 
-/// The attention type of layer 0.
-fn attention_type(model: &CausalLM) -> &'static str {
-    match model.model.layers[0].downcast_ref::<LlamaDecoderLayer>() {
-        Some(layer) => layer.self_attn.type_name(),
-        None => "(layer 0 is not a LlamaDecoderLayer)",
+/// Prints the attention type of layer 0 of `model`, built `how`, and checks it is the fused
+/// replacement when `patched`, the original `LlamaAttention` otherwise.
+fn check_attention(
+    how: &str,
+    model: &CausalLM,
+    patched: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let layer = model.model.layers[0]
+        .downcast_ref::<LlamaDecoderLayer>()
+        .ok_or("layer 0 is a LlamaDecoderLayer")?;
+    let attn = &layer.self_attn;
+    println!("{how:<32}{}", attn.type_name());
+    let want = if patched {
+        attn.is::<FusedQkvAttention>()
+    } else {
+        attn.is::<LlamaAttention>()
+    };
+    if !want {
+        return Err(format!("{how}: built {}", attn.type_name()).into());
     }
+    Ok(())
 }
 
 /// Builds a Llama by hand from the checkpoint's files: `LlamaModel(LlamaConfig())` upstream.
@@ -45,38 +61,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Built by hand while the patches are applied: the patch applies.
     {
         let _patches = apply_patches();
-        println!(
-            "by hand, inside apply_patches:  {}",
-            attention_type(&build_by_hand(&dir)?)
-        );
+        check_attention(
+            "by hand, inside apply_patches:",
+            &build_by_hand(&dir)?,
+            true,
+        )?;
     }
     // The closure form, for the registered patches or any other set.
     let model = PatchSet::global().run_with(|| build_by_hand(&dir))?;
-    println!("by hand, inside set.run_with:   {}", attention_type(&model));
+    check_attention("by hand, inside set.run_with:", &model, true)?;
 
     // Built by hand with nothing applied: the original.
-    println!(
-        "by hand, nothing applied:       {}",
-        attention_type(&build_by_hand(&dir)?)
-    );
+    check_attention("by hand, nothing applied:", &build_by_hand(&dir)?, false)?;
 
     // Applied on this thread only: a thread spawned meanwhile builds originals.
     let _patches = apply_patches();
-    let other = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         s.spawn(|| {
             build_by_hand(&dir)
-                .map(|m| attention_type(&m))
+                .and_then(|m| check_attention("by hand, another thread:", &m, false))
                 .map_err(|e| e.to_string())
         })
         .join()
     })
     .map_err(|_| "the thread panicked")??;
-    println!("by hand, another thread:        {other}");
     drop(_patches);
 
     // from_pretrained always applies the registered patches.
     let model = LlamaForCausalLM::from_pretrained(&dir, &LoadOptions::default())?;
-    println!("from_pretrained:                {}", attention_type(&model));
+    check_attention("from_pretrained:", &model, true)?;
     Ok(())
 }
 

@@ -3,9 +3,11 @@
 //! error listing what is missing and what went unused; a conversion mapping that concatenates
 //! q/k/v fixes it, as upstream. Then the patchwork way: the replacement carries its
 //! transform, so using it cannot leave weights unmatched. Either way the model computes what
-//! the original does and saves back to separate q/k/v.
+//! the original does (and what transformers computed on the original files) and saves back
+//! to separate q/k/v.
 //!
-//! `cargo run --release --example weight_conversion` (runs on the embedded llama-tiny).
+//! `cargo run --release --example weight_conversion` (runs on the embedded llama-tiny; every
+//! claim above is checked as it runs, and under `cargo test`).
 
 use std::path::Path;
 
@@ -15,9 +17,34 @@ use patch_core::checkpoint::{
     unregister_checkpoint_conversion_mapping,
 };
 use patch_core::{Build, Builder, PatchSet, Replacement};
-use patchwork_examples::{FusedQkvAttention, max_abs_diff, same_checkpoint_tensors};
+use patchwork_examples::{FusedQkvAttention, same_checkpoint_tensors};
 use patchwork_models::decoder::{Attention, AttentionArgs, LayerContext};
-use patchwork_models::{AutoModelForCausalLM, LoadOptions};
+use patchwork_models::{AutoModelForCausalLM, CausalLM, LoadOptions};
+use patchwork_testing::{LOGITS, check_close};
+
+/// Checks `model` computes the `original` logits on `input`, and transformers' on the
+/// fixture's reference input; prints both differences.
+fn check_logits(
+    what: &str,
+    model: &CausalLM,
+    input: &Tensor,
+    original: &Tensor,
+    dir: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let d = check_close(what, &model.forward(input, None)?, original, LOGITS)?;
+    let r = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
+    let t = check_close(
+        what,
+        &model.forward(&r["input_ids"], None)?,
+        &r["logits"],
+        LOGITS,
+    )?;
+    println!(
+        "{what}: logits max |diff| vs the original {:e}, vs transformers {:e}",
+        d.max_abs_diff, t.max_abs_diff
+    );
+    Ok(())
+}
 
 /// Upstream's `LlamaFusedAttention`: a fused q/k/v projection that, unlike
 /// [`FusedQkvAttention`], carries no transform: its layout needs a registered mapping.
@@ -49,8 +76,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fused =
         PatchSet::from_mapping([("LlamaAttention", Replacement::of::<LlamaFusedAttention>())])?;
     let options = LoadOptions::default().with_patches(fused);
-    let err = AutoModelForCausalLM::from_pretrained(&dir, &options).expect_err("weights unmatched");
+    let err = AutoModelForCausalLM::from_pretrained(&dir, &options)
+        .err()
+        .ok_or("loaded without a conversion mapping")?
+        .to_string();
     println!("without a conversion mapping:\n{err}\n");
+    if !(err.contains("qkv_proj") && err.contains("q_proj")) {
+        return Err("the error names neither the missing qkv_proj nor the unused q_proj".into());
+    }
 
     // Register the conversion the layout needs, as upstream does.
     register_checkpoint_conversion_mapping(
@@ -66,8 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         true,
     )?;
     let model = AutoModelForCausalLM::from_pretrained(&dir, &options)?;
-    let diff = max_abs_diff(&model.forward(&input, None)?, &expected)?;
-    println!("with the mapping: logits max |diff| vs the original = {diff:e}");
+    check_logits("with the mapping", &model, &input, &expected, &dir)?;
     unregister_checkpoint_conversion_mapping("llama")?;
 
     // The patchwork way: FusedQkvAttention carries the concatenation itself (scoped to the
@@ -76,8 +108,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         PatchSet::from_mapping([("LlamaAttention", Replacement::of::<FusedQkvAttention>())])?;
     let model =
         AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default().with_patches(carried))?;
-    let diff = max_abs_diff(&model.forward(&input, None)?, &expected)?;
-    println!("with the carried transform: logits max |diff| vs the original = {diff:e}");
+    check_logits(
+        "with the carried transform",
+        &model,
+        &input,
+        &expected,
+        &dir,
+    )?;
 
     // Saving reverses it: separate q/k/v, every tensor identical to the original files.
     let out = std::env::temp_dir().join(format!(
@@ -85,9 +122,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::id()
     ));
     model.save_pretrained(&out, &SaveOptions::default())?;
-    let same = same_checkpoint_tensors(&dir, &out)?;
-    println!("saved: {same} tensors identical to the original files");
+    let same = same_checkpoint_tensors(&dir, &out);
     std::fs::remove_dir_all(&out)?;
+    println!("saved: {} tensors identical to the original files", same?);
     Ok(())
 }
 

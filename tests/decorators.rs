@@ -24,17 +24,9 @@ impl Attention for Halved {
     }
 }
 
+/// `max |a - b|`: NaN when either has a NaN, so every comparison with it fails.
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    patchwork_testing::max_abs_diff(a, b).unwrap()
 }
 
 #[test]

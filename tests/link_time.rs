@@ -45,15 +45,12 @@ fn the_global_registry_applies_it_to_every_matching_site() {
         .unwrap()
         .forward(&toy_input())
         .unwrap();
-    let diff = (patched - original)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(diff > 1e-3, "the linked MLP changes the output");
+    patchwork_testing::assert_differs(
+        &patched,
+        &original,
+        1e-3,
+        "the linked MLP changes the output",
+    );
 }
 
 #[test]

@@ -255,15 +255,12 @@ fn patched_and_original_models_compute_differently_and_deterministically() {
         .unwrap()
         .forward(&toy_input())
         .unwrap();
-    let same = (&original - &again)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(same, 0.0, "seeded random weights are deterministic");
+    patchwork_testing::assert_close(
+        &again,
+        &original,
+        patchwork_testing::Tolerance::absolute(0.0),
+        "seeded random weights are deterministic",
+    );
     let set =
         PatchSet::from_mapping([("BertSelfAttention", Replacement::of::<DoubledAttention>())])
             .unwrap();
@@ -271,13 +268,10 @@ fn patched_and_original_models_compute_differently_and_deterministically() {
         .unwrap()
         .forward(&toy_input())
         .unwrap();
-    let diff = (&original - &patched)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(diff > 1e-4, "doubling attention changes the output");
+    patchwork_testing::assert_differs(
+        &patched,
+        &original,
+        1e-4,
+        "doubling attention changes the output",
+    );
 }

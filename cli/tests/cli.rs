@@ -33,18 +33,10 @@ fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
-/// `max |a - b| <= 1e-4 * max(1, max |b|)` over the entries `keep` selects.
+/// `max |a - b| <= 1e-4 * max(1, max |b|)` over the entries `keep` selects, every one finite
+/// (the fixtures' tolerance, `patchwork_testing::LOGITS`).
 fn assert_close(what: &str, a: &Tensor, b: &Tensor, keep: impl Fn(usize) -> bool) {
-    assert_eq!(a.dims(), b.dims(), "{what}");
-    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
-    let idx: Vec<usize> = (0..b.len()).filter(|&i| keep(i)).collect();
-    let tol = 1e-4 * idx.iter().map(|&i| b[i].abs()).fold(1f32, f32::max);
-    let worst = idx
-        .iter()
-        .map(|&i| (a[i] - b[i]).abs())
-        .fold(0f32, f32::max);
-    assert!(worst <= tol, "{what}: max diff {worst} > {tol}");
+    patchwork_testing::assert_close_where(a, b, patchwork_testing::LOGITS, what, keep);
 }
 
 #[test]
@@ -355,19 +347,13 @@ fn forward(
     candle_core::safetensors::load(&out, &Device::Cpu).unwrap()
 }
 
-/// Per tensor: `max |ours - ref| <= 2e-4 * max |ref| + 1e-7` (the fixtures' gradient tolerance).
+/// A float32 gradient within `patchwork_testing::GRADIENTS` of the reference, element by
+/// element (the fixtures' gradient tolerance).
 fn assert_gradient_close(what: &str, a: &Tensor, b: &Tensor) {
-    assert_eq!(a.dims(), b.dims(), "{what}");
     assert_eq!(a.dtype(), DType::F32, "{what}");
-    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
-    let tol = 2e-4 * b.iter().fold(0f32, |m, x| m.max(x.abs())) + 1e-7;
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    assert!(worst <= tol, "{what}: max diff {worst} > {tol}");
+    if let Err(e) = patchwork_testing::check_gradient(what, a, b) {
+        panic!("{e}");
+    }
 }
 
 #[test]

@@ -294,7 +294,7 @@ mod tests {
         }
         assert_eq!(Isa::from_name(" AVX2 "), Some(Isa::Avx2Fma));
         assert_eq!(Isa::from_name("sse"), None);
-        let available = Isa::available();
+        let available = tests_support::paths();
         eprintln!("kernel paths this CPU runs: {available:?}");
         assert_eq!(available[0], Isa::Portable);
         assert!(available.windows(2).all(|w| w[0] < w[1]));
@@ -317,9 +317,38 @@ mod tests {
     }
 }
 
-/// Random data and tolerant comparison for the kernel tests.
+/// Random data, tolerant comparison and the paths to run, for the kernel tests.
 #[cfg(test)]
 pub(crate) mod tests_support {
+    use super::Isa;
+
+    /// The paths the kernel tests run here, [`Isa::available`], after saying once per test
+    /// process which paths this CPU cannot run (`kernel paths not run on this CPU: amx`), on
+    /// stderr as it is, not the test harness's captured output: a plain `cargo test` shows it.
+    pub(crate) fn paths() -> Vec<Isa> {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        let available = Isa::available();
+        let not_run: Vec<&str> = Isa::ALL
+            .into_iter()
+            .filter(|isa| !available.contains(isa))
+            .map(Isa::name)
+            .collect();
+        if !not_run.is_empty() {
+            SAID.call_once(|| {
+                use std::io::Write;
+                let ran: Vec<&str> = available.iter().map(|isa| isa.name()).collect();
+                // Written to the process's stderr directly: libtest captures only `eprintln!`.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "kernel paths not run on this CPU: {} (the kernel tests ran {})",
+                    not_run.join(", "),
+                    ran.join(", ")
+                );
+            });
+        }
+        available
+    }
+
     /// `n` values in [-1, 1) from a small deterministic generator.
     pub(crate) fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

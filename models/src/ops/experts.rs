@@ -111,7 +111,7 @@ pub fn experts_per_expert_loop(
     weights: &Tensor,
     act: HiddenAct,
 ) -> candle_core::Result<Tensor> {
-    per_expert(x, ids, weights, |expert, xs| {
+    per_expert(x, ids, weights, gate_up.dim(0)?, |expert, xs| {
         let h = gated(&linear(xs, &gate_up.get(expert)?, None)?, act)?;
         linear(&h, &down.get(expert)?, None)
     })
@@ -120,16 +120,18 @@ pub fn experts_per_expert_loop(
 /// `sum_k weights[t, k] * expert(ids[t, k], x[t])` for every token `t`: each expert some token
 /// chose runs once, `expert(e, xs)` over its tokens `xs` `[m, hidden]` returning `[m, hidden]`,
 /// and the weighted results are added back in one `index_add`. The loop every per-expert
-/// implementation shares (stacked, quantized, a user's).
+/// implementation shares (stacked, quantized, a user's). An id outside `0..num_experts` is an
+/// error ([`tokens_per_expert`]).
 pub fn per_expert(
     x: &Tensor,
     ids: &Tensor,
     weights: &Tensor,
+    num_experts: usize,
     expert: impl Fn(usize, &Tensor) -> candle_core::Result<Tensor>,
 ) -> candle_core::Result<Tensor> {
     let mut outputs = Vec::new();
     let mut targets = Vec::new();
-    for group in tokens_per_expert(ids, weights)? {
+    for group in tokens_per_expert(ids, weights, num_experts)? {
         let xs = x.index_select(&group.rows, 0)?;
         let y = expert(group.expert, &xs)?;
         outputs.push(y.broadcast_mul(&group.weights.to_dtype(y.dtype())?)?);
@@ -155,13 +157,15 @@ pub struct ExpertTokens {
     pub weights: Tensor,
 }
 
-/// For `indices` and `weights` `[tokens, top_k]` (a router's output), every expert some token
-/// chose, in expert order, with the tokens routed to it: the grouping of a per-expert loop
-/// (`for g in tokens_per_expert(..)? { out = out.index_add(&g.rows, &(expert(x[g.rows]) *
-/// g.weights), 0)? }`).
+/// For `indices` and `weights` `[tokens, top_k]` (a router's output) over `num_experts`
+/// experts, every expert some token chose, in expert order, with the tokens routed to it: the
+/// grouping of a per-expert loop (`for g in tokens_per_expert(ids, w, n)? { out =
+/// out.index_add(&g.rows, &(expert(x[g.rows]) * g.weights), 0)? }`). An id outside
+/// `0..num_experts` is an error naming it, its token and the count.
 pub fn tokens_per_expert(
     indices: &Tensor,
     weights: &Tensor,
+    num_experts: usize,
 ) -> candle_core::Result<Vec<ExpertTokens>> {
     let (tokens, k) = indices.dims2()?;
     if weights.dims() != [tokens, k] {
@@ -171,12 +175,18 @@ pub fn tokens_per_expert(
             indices.dims()
         );
     }
-    let ids: Vec<u32> = indices.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
-    let experts = ids.iter().map(|&e| e as usize + 1).max().unwrap_or(0);
-    let mut routed: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); experts];
+    let ids: Vec<i64> = indices.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
+    let mut routed: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); num_experts];
     for (slot, &e) in ids.iter().enumerate() {
-        routed[e as usize].0.push((slot / k.max(1)) as u32);
-        routed[e as usize].1.push(slot as u32);
+        let Some(group) = usize::try_from(e).ok().and_then(|e| routed.get_mut(e)) else {
+            candle_core::bail!(
+                "experts: token {} choice {} is expert {e}, but there are {num_experts} experts",
+                slot / k,
+                slot % k
+            );
+        };
+        group.0.push((slot / k) as u32);
+        group.1.push(slot as u32);
     }
     let device = indices.device();
     let flat = weights.flatten_all()?;
@@ -233,5 +243,47 @@ mod tests {
             err.to_string().contains("token 0 choice 1 is expert 9"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tokens_per_expert_groups_by_expert_and_rejects_ids_outside_the_experts() {
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[[0.5f32, 0.25], [0.75, 1.0]], &dev).unwrap();
+        let ids = Tensor::new(&[[2u32, 0], [2, 1]], &dev).unwrap();
+        let groups = tokens_per_expert(&ids, &w, 4).unwrap();
+        let seen: Vec<(usize, Vec<u32>, Vec<f32>)> = groups
+            .iter()
+            .map(|g| {
+                let weights = g.weights.flatten_all().unwrap().to_vec1().unwrap();
+                (g.expert, g.rows.to_vec1().unwrap(), weights)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (0, vec![0], vec![0.25]),
+                (1, vec![1], vec![1.0]),
+                (2, vec![0, 1], vec![0.5, 0.75]),
+            ]
+        );
+        // The largest id is bounded by the count, not allocated up to: u32::MAX is an error.
+        for (bad, id) in [(u32::MAX, "4294967295"), (4, "4")] {
+            let ids = Tensor::new(&[[2u32, 0], [bad, 1]], &dev).unwrap();
+            let e = tokens_per_expert(&ids, &w, 4).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "token 1 choice 0 is expert {id}, but there are 4 experts"
+                )),
+                "{e}"
+            );
+        }
+        let negative = Tensor::new(&[[2i64, -1], [0, 1]], &dev).unwrap();
+        let e = tokens_per_expert(&negative, &w, 4).unwrap_err().to_string();
+        assert!(e.contains("token 0 choice 1 is expert -1"), "{e}");
+        let x = Tensor::ones((2, 3), DType::F32, &dev).unwrap();
+        let e = per_expert(&x, &ids, &w, 2, |_, xs| Ok(xs.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is expert 2, but there are 2 experts"), "{e}");
     }
 }

@@ -96,12 +96,11 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-/// `max |a - b|` over all entries (float32), for the tests of both paths of each operation.
+/// `max |a - b|` over all entries (float32), for the tests of both paths of each operation:
+/// NaN when either has a NaN, infinite on a shape mismatch, so `max_diff(..) < tol` fails then.
 #[cfg(test)]
 pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
-        .unwrap_or(f32::INFINITY)
+    patchwork_testing::max_abs_diff(a, b).unwrap_or(f32::INFINITY)
 }
 
 #[cfg(test)]

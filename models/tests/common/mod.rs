@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+pub mod training;
+
 /// The repository's reference checkpoints folder.
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
@@ -67,63 +69,19 @@ pub fn fixtures() -> Vec<Fixture> {
 }
 
 /// Compares `ours` with `reference` (same shape) over the entries `keep` selects (by flat
-/// index; all when `None`): `max |ours - ref| <= 1e-4 * max(1, max |ref|)` over those entries,
-/// skipping entries where the reference is not finite. Returns the max difference, or an
-/// error describing the worst entry.
+/// index; all when `None`) with the fixtures' tolerance,
+/// `max |ours - ref| <= 1e-4 * max(1, max |ref|)` ([`patchwork_testing::LOGITS`]); a NaN or
+/// infinity at a compared entry of either fails it. Returns the max difference, or an error
+/// describing the worst entry.
 pub fn check_close(
     what: &str,
     ours: &Tensor,
     reference: &Tensor,
     keep: Option<&dyn Fn(usize) -> bool>,
 ) -> Result<f32, String> {
-    if ours.dims() != reference.dims() {
-        return Err(format!(
-            "{what}: shape {:?}, reference {:?}",
-            ours.dims(),
-            reference.dims()
-        ));
-    }
-    let a: Vec<f32> = ours
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let r: Vec<f32> = reference
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let selected = |i: usize| keep.is_none_or(|k| k(i)) && r[i].is_finite();
-    let max_ref = (0..r.len())
-        .filter(|&i| selected(i))
-        .map(|i| r[i].abs())
-        .fold(0f32, f32::max);
-    let tol = 1e-4 * max_ref.max(1.0);
-    let mut worst = (0f32, 0usize);
-    let mut compared = 0;
-    for i in (0..r.len()).filter(|&i| selected(i)) {
-        compared += 1;
-        // A NaN counts as an infinite difference.
-        let d = (a[i] - r[i]).abs();
-        let d = if d.is_nan() { f32::INFINITY } else { d };
-        if d > worst.0 {
-            worst = (d, i);
-        }
-    }
-    if compared == 0 {
-        return Err(format!("{what}: nothing compared"));
-    }
-    if worst.0 > tol {
-        return Err(format!(
-            "{what}: max |ours - ref| = {} at flat index {} (ours {}, ref {}), tolerance {tol}",
-            worst.0, worst.1, a[worst.1], r[worst.1]
-        ));
-    }
-    Ok(worst.0)
+    let report =
+        patchwork_testing::compare(what, ours, reference, patchwork_testing::LOGITS, keep)?;
+    Ok(report.max_abs_diff)
 }
 
 /// Integer tensor as i64 values.
