@@ -43,12 +43,22 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Which side padding fills (transformers' `padding_side`).
-    #[arg(long, alias = "padding-side", value_parser = ["left", "right"], default_value = "right")]
-    padding: String,
+    #[arg(long, alias = "padding-side", value_enum, default_value_t)]
+    padding: PaddingArg,
     /// The id padding holds (default: the config's pad_token_id, else its first eos token,
     /// else 0; padding is masked, so it never changes a result).
     #[arg(long, value_name = "N")]
     pad_token_id: Option<u32>,
+}
+
+/// `--padding`'s values.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+enum PaddingArg {
+    /// Padding first.
+    Left,
+    /// Padding last.
+    #[default]
+    Right,
 }
 
 /// Runs `rollouts`.
@@ -68,7 +78,10 @@ pub fn run(args: Args) -> CliResult {
         &read_json(&config_path)?,
         &config_path.display().to_string(),
     )?;
-    let padding: Padding = args.padding.parse()?;
+    let padding = match args.padding {
+        PaddingArg::Left => Padding::Left,
+        PaddingArg::Right => Padding::Right,
+    };
     let rollouts = read_rollouts(&args.inputs, &config)?;
     let batch = RolloutBatch::from_rollouts(&rollouts, &config, padding, args.pad_token_id)?;
     patch_checkpoint::write_safetensors(&args.out, &batch.to_tensors(), &protected)?;
@@ -88,7 +101,10 @@ pub fn run(args: Args) -> CliResult {
         batch.batch_size(),
         batch.batch_size(),
         batch.seq_len(),
-        args.padding,
+        match padding {
+            Padding::Left => "left",
+            Padding::Right => "right",
+        },
         batch.forced_experts.keys().collect::<Vec<_>>()
     );
     Ok(())

@@ -98,8 +98,12 @@ impl Rollout {
                         .get("routed_experts_dtype")
                         .or(obj.get("routed_experts_dtype"))
                         .and_then(Value::as_str);
-                    sglang_routed_experts(text, dtype, config)
-                        .map_err(|e| err(format!("routed_experts (SGLang's base64): {e}")))?
+                    sglang_routed_experts(text, dtype, config).map_err(|e| match e {
+                        Error::Input { name, message } => {
+                            err(format!("{name} (SGLang's base64): {message}"))
+                        }
+                        other => err(format!("routed_experts (SGLang's base64): {other}")),
+                    })?
                 }
                 Value::Array(rows) => nested_ids(rows, config).map_err(err)?,
                 other => {

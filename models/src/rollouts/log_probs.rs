@@ -137,7 +137,7 @@ mod tests {
         let dev = Device::Cpu;
         // One row of 3 positions, vocabulary 2.
         let free = Tensor::new(&[[[0f32, 0.0], [1.0, 0.0], [5.0, 5.0]]], &dev).unwrap();
-        let replayed = Tensor::new(&[[[0f32, 0.0], [0.0, 1.0], [0.0, 0.0]]], &dev).unwrap();
+        let replayed = Tensor::new(&[[[0f32, 0.0], [0.0, 0.0], [0.0, 0.0]]], &dev).unwrap();
         // Position 0 never counts; position 1's label 1 is predicted at column 0 (identical
         // distributions), position 2's label 0 at column 1.
         let out = label_log_probs(&free, &replayed, &[7, 1, 0]).unwrap();
@@ -146,14 +146,17 @@ mod tests {
         assert_eq!((out[0].row, out[0].position, out[0].token), (0, 1, 1));
         assert!((out[0].free - half).abs() < 1e-12 && (out[0].replayed - half).abs() < 1e-12);
         assert!(out[0].kl.abs() < 1e-15 && out[0].difference.abs() < 1e-15);
-        // Column 1: free p = (e/(e+1), 1/(e+1)), replayed the reverse.
+        // Column 1: free p = (e/(e+1), 1/(e+1)), replayed (1/2, 1/2); KL(replayed || free) is
+        // not KL(free || replayed).
         let (hi, lo) = (
             (1f64.exp() / (1f64.exp() + 1.0)).ln(),
             (1.0 / (1f64.exp() + 1.0)).ln(),
         );
-        assert!((out[1].free - hi).abs() < 1e-12 && (out[1].replayed - lo).abs() < 1e-12);
-        assert!((out[1].difference - (lo - hi)).abs() < 1e-12);
-        let kl = hi.exp() * (hi - lo) + lo.exp() * (lo - hi);
+        assert!((out[1].free - hi).abs() < 1e-12 && (out[1].replayed - half).abs() < 1e-12);
+        assert!((out[1].difference - (half - hi)).abs() < 1e-12);
+        let kl = 0.5 * (half - hi) + 0.5 * (half - lo);
+        let reverse = hi.exp() * (hi - half) + lo.exp() * (lo - half);
+        assert!((kl - reverse).abs() > 1e-3);
         assert!((out[1].kl - kl).abs() < 1e-12, "{} vs {kl}", out[1].kl);
         // -100 and the first column are skipped; a NaN in a used column is an error.
         assert!(

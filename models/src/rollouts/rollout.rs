@@ -101,8 +101,8 @@ impl Rollout {
             .find(|&(_, &id)| id as usize >= config.vocab_size)
         {
             return Err(Error::TokenOutOfRange {
-                input: name,
-                row: 0,
+                input: "rollouts".into(),
+                row: index,
                 col: t,
                 token: id as i64,
                 vocab_size: config.vocab_size,
