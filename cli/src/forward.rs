@@ -71,10 +71,7 @@ pub fn run(args: Args) -> CliResult {
     let name = args.inputs.display().to_string();
     // The inputs, and every file of the checkpoint, are never overwritten: refused before any
     // work, and again when the written file is renamed into place.
-    let folder = args.model.folder()?;
-    let checkpoint_files: Vec<PathBuf> = std::fs::read_dir(&folder)
-        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
+    let checkpoint_files: Vec<PathBuf> = args.model.files()?;
     let mut protected: Vec<&Path> = vec![&args.inputs];
     protected.extend(args.forced_experts.as_deref());
     protected.extend(checkpoint_files.iter().map(PathBuf::as_path));

@@ -62,8 +62,8 @@ pub struct Args {
 /// Runs `generate`.
 pub fn run(args: Args) -> CliResult {
     let start = Instant::now();
-    let folder = args.model.folder()?;
-    let tokenizer = TextTokenizer::try_from_dir(&folder)?;
+    let location = args.model.location()?;
+    let tokenizer = TextTokenizer::for_model(&location)?;
     let model = args.model.load(|o| o)?;
     let loaded = start.elapsed();
     let prompt_ids = match (&args.prompt, &args.prompt_ids, &tokenizer) {
@@ -80,7 +80,7 @@ pub fn run(args: Args) -> CliResult {
         (Some(_), None, None) => {
             return Err(format!(
                 "--prompt: {} has no tokenizer.json; give --prompt-ids instead",
-                folder.display()
+                location.display()
             )
             .into());
         }

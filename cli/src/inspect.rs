@@ -35,13 +35,22 @@ pub struct Args {
 
 /// Runs `inspect`.
 pub fn run(args: Args) -> CliResult {
-    let folder = args.model.folder()?;
+    let location = args.model.location()?;
     let model = args.model.load(|o| o)?;
-    let mut stored: Vec<String> = Checkpoint::open(&folder)?
-        .tensors()
-        .into_iter()
-        .map(|(_, dtype, _)| dtype.map_or_else(|| "unknown".to_string(), torch_name))
-        .collect();
+    let mut stored: Vec<String> = if location.is_file() {
+        // A GGUF file: its tensors' ggml types (`Q4K`, `F32`).
+        patchwork_gguf::GgufCheckpoint::open(&location)?
+            .tensors()
+            .into_iter()
+            .map(|(_, ggml, _)| ggml)
+            .collect()
+    } else {
+        Checkpoint::open(&location)?
+            .tensors()
+            .into_iter()
+            .map(|(_, dtype, _)| dtype.map_or_else(|| "unknown".to_string(), torch_name))
+            .collect()
+    };
     stored.sort();
     stored.dedup();
     let stored = stored.join(",");

@@ -16,11 +16,14 @@ use crate::dtype::DTypeArg;
 /// The model to run and how.
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
-    /// Checkpoint folder, or a Hugging Face Hub id (ORG/NAME) found in the Hub cache
-    /// (HF_HUB_CACHE, HF_HOME) and downloaded when missing unless HF_HUB_OFFLINE=1; a folder
-    /// that exists wins.
+    /// Checkpoint folder, a GGUF file, or a Hugging Face Hub id (ORG/NAME) found in the Hub
+    /// cache (HF_HUB_CACHE, HF_HOME) and downloaded when missing unless HF_HUB_OFFLINE=1; a
+    /// folder that exists wins. A folder without config.json loads its one .gguf file.
     #[arg(value_name = "MODEL")]
     pub model: PathBuf,
+    /// The GGUF file to load from the MODEL folder (transformers' gguf_file).
+    #[arg(long, value_name = "NAME")]
+    pub gguf_file: Option<String>,
     /// Branch, tag or commit hash of a Hub id.
     #[arg(long, default_value = "main")]
     pub revision: String,
@@ -47,6 +50,10 @@ pub struct ModelArgs {
     /// format, else --quantize's (float without it).
     #[arg(long = "quantize-rule", value_name = "REGEX=FORMAT")]
     pub quantize_rules: Vec<String>,
+    /// Dequantize a GGUF file's quantized tensors to --dtype at load, as transformers does,
+    /// instead of computing on their blocks as stored (the default, CPU).
+    #[arg(long)]
+    pub dequantize: bool,
 }
 
 /// The default format of `--quantize`: a format, or `None` (`none`: float unless a rule says).
@@ -64,9 +71,27 @@ impl ModelArgs {
         HubOptions::default().with_revision(&self.revision)
     }
 
-    /// The local folder of the model (the Hub id resolved, downloading if allowed).
-    pub fn folder(&self) -> Result<PathBuf, patchwork_hub::Error> {
-        patchwork_hub::resolve_model(&self.model, &self.hub())
+    /// Where the model is: its GGUF file, or its local folder (the Hub id resolved,
+    /// downloading if allowed).
+    pub fn location(&self) -> Result<PathBuf, patchwork_models::Error> {
+        let options = LoadOptions {
+            hub: self.hub(),
+            gguf_file: self.gguf_file.clone(),
+            ..LoadOptions::default()
+        };
+        patchwork_models::model_location(&self.model, &options)
+    }
+
+    /// The files of the model, which commands never overwrite: the GGUF file, or every file
+    /// of the folder.
+    pub fn files(&self) -> Result<Vec<PathBuf>, patchwork_models::Error> {
+        let location = self.location()?;
+        if location.is_file() {
+            return Ok(vec![location]);
+        }
+        Ok(std::fs::read_dir(&location)
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default())
     }
 
     /// The load options these arguments ask for, with a progress bar on a terminal.
@@ -77,6 +102,8 @@ impl ModelArgs {
             None => options.with_auto_dtype(),
         };
         options.hub = self.hub();
+        options.gguf_file = self.gguf_file.clone();
+        options = options.with_packed(!self.dequantize);
         if let Some(n) = self.max_positions {
             options = options.with_max_positions(n);
         }

@@ -1,19 +1,26 @@
 //! `patchwork resave SRC DST [--revision R] [--max-shard-size BYTES]`: load a checkpoint (a
 //! folder or a Hub id) with every conversion its model's registered mapping has, and save it
-//! back through the reverse ops.
+//! back through the reverse ops; or turn a GGUF file into a transformers folder (safetensors
+//! of the dequantized weights, config.json, tokenizer.json and tokenizer_config.json with the
+//! chat template).
 
 use std::path::PathBuf;
 
 use clap::Args;
 use patch_checkpoint::{SaveOptions, conversion_registry, resave};
 use patchwork_hub::HubOptions;
+use patchwork_models::{AutoModelForCausalLM, LoadOptions};
+use patchwork_text::TextTokenizer;
 
 /// Arguments of `patchwork resave`.
 #[derive(Debug, Args)]
 pub struct ResaveArgs {
-    /// The checkpoint to read: a folder (config.json and safetensors, single or sharded), or a
-    /// Hub id.
+    /// The checkpoint to read: a folder (config.json and safetensors, single or sharded), a
+    /// GGUF file (or a folder holding one and no config.json), or a Hub id.
     pub src: PathBuf,
+    /// The GGUF file to read from the SRC folder.
+    #[arg(long, value_name = "NAME")]
+    pub gguf_file: Option<String>,
     /// The folder to write (created if needed; its old weight files are replaced).
     pub dst: PathBuf,
     /// Branch, tag or commit hash of a Hub id.
@@ -26,15 +33,20 @@ pub struct ResaveArgs {
 
 /// Runs `patchwork resave` and prints what was done.
 pub fn run(args: &ResaveArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let src = patchwork_hub::resolve_model(
-        &args.src,
-        &HubOptions::default().with_revision(&args.revision),
-    )?;
+    let load = LoadOptions {
+        hub: HubOptions::default().with_revision(&args.revision),
+        gguf_file: args.gguf_file.clone(),
+        ..LoadOptions::default()
+    };
+    let src = patchwork_models::model_location(&args.src, &load)?;
     let options = SaveOptions {
         max_shard_size: args.max_shard_size,
         progress: crate::progress::bar(),
         ..SaveOptions::default()
     };
+    if src.is_file() {
+        return from_gguf(&src, &args.dst, &load, &options);
+    }
     let report = resave(&src, &args.dst, &conversion_registry(), &options)?;
     match &report.mapping {
         Some(key) => println!("conversion mapping: {key}"),
@@ -48,6 +60,32 @@ pub fn run(args: &ResaveArgs) -> Result<(), Box<dyn std::error::Error>> {
         args.dst.display()
     );
     for f in &report.save.files {
+        println!("  {}", f.display());
+    }
+    Ok(())
+}
+
+/// A GGUF file to a transformers folder: the model loaded (its quantized blocks packed), saved
+/// with every tensor dequantized in the checkpoint layout its family's transformers class reads,
+/// and the tokenizer its metadata describes.
+fn from_gguf(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    load: &LoadOptions,
+    options: &SaveOptions,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let model = AutoModelForCausalLM::from_pretrained(src, load)?;
+    let report = model.save_pretrained(dst, options)?;
+    let tokenizer = TextTokenizer::from_gguf(src)?;
+    tokenizer.save(dst)?;
+    println!("GGUF file: {}", src.display());
+    println!(
+        "wrote {} tensors ({:.1} MB), config.json, tokenizer.json and tokenizer_config.json to {}:",
+        report.tensors,
+        report.total_size as f64 / 1e6,
+        dst.display()
+    );
+    for f in &report.files {
         println!("  {}", f.display());
     }
     Ok(())

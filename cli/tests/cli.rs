@@ -741,7 +741,7 @@ fn every_command_quantizes_with_quantize() {
     let out = patchwork(&["inspect", d, "--quantize", "q3"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("unknown format \"q3\" (known: f16, q8_0"),
+        !out.status.success() && err.contains("unknown format \"q3\" (known: f16, bf16, q8_0"),
         "{err}"
     );
     let out = patchwork(&["inspect", d, "--quantize-rule", "lm_head"]);

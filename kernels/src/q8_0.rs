@@ -79,6 +79,41 @@ impl Q8_0Matrix {
         }
     }
 
+    /// The matrix whose rows are ggml `block_q8_0`s as GGUF files store them (`rows` rows of
+    /// `cols / 32` blocks, each a little-endian f16 scale then 32 signed bytes), taken as they
+    /// are: no value is rounded again. `None` when `bytes` is not exactly that many blocks or
+    /// `cols` is not a multiple of [`BLOCK`].
+    pub fn from_ggml_blocks(bytes: &[u8], rows: usize, cols: usize) -> Option<Q8_0Matrix> {
+        const BLOCK_BYTES: usize = 2 + BLOCK;
+        if cols == 0 || !cols.is_multiple_of(BLOCK) {
+            return None;
+        }
+        let blocks = cols / BLOCK;
+        if bytes.len() != rows.checked_mul(blocks)?.checked_mul(BLOCK_BYTES)? {
+            return None;
+        }
+        let padded = rows.div_ceil(ROWS).checked_mul(ROWS)?;
+        let mut quants = vec![0i8; padded.checked_mul(cols)?];
+        let mut scales = vec![0f32; padded.checked_mul(blocks)?];
+        for (i, block) in bytes.chunks_exact(BLOCK_BYTES).enumerate() {
+            let (r, b) = (i / blocks, i % blocks);
+            let at = Self::block_index(r, b, blocks);
+            scales[at] = f16::from_le_bytes([block[0], block[1]]).to_f32();
+            for (q, &byte) in quants[at * BLOCK..(at + 1) * BLOCK]
+                .iter_mut()
+                .zip(&block[2..])
+            {
+                *q = byte as i8;
+            }
+        }
+        Some(Q8_0Matrix {
+            rows,
+            cols,
+            quants,
+            scales,
+        })
+    }
+
     /// Where block `b` of row `r` is stored, in blocks (`blocks` per row).
     fn block_index(r: usize, b: usize, blocks: usize) -> usize {
         ((r / ROWS) * blocks + b) * ROWS + r % ROWS
@@ -391,6 +426,37 @@ mod simd {
 
 #[cfg(test)]
 mod tests {
+    /// Blocks as GGUF stores them come in unchanged: the same values as quantizing the
+    /// dequantized weights again (Q8_0 is idempotent on its own grid), and the exact scales.
+    #[test]
+    fn ggml_blocks_import_exactly() {
+        let (rows, cols) = (5, 64);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let ours = Q8_0Matrix::quantize(&w, rows, cols);
+        let deq = ours.dequantize();
+        // ggml's block layout from our dequantized values: scale = amax / 127 in f16.
+        let mut bytes = Vec::new();
+        for row in deq.chunks(cols) {
+            for block in row.chunks(BLOCK) {
+                let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = f16::from_f32(amax / 127.0);
+                bytes.extend_from_slice(&d.to_le_bytes());
+                let inv = if d.to_f32() == 0.0 {
+                    0.0
+                } else {
+                    1.0 / d.to_f32()
+                };
+                bytes.extend(block.iter().map(|v| (v * inv).round() as i8 as u8));
+            }
+        }
+        let imported = Q8_0Matrix::from_ggml_blocks(&bytes, rows, cols).unwrap();
+        assert_eq!(imported.dequantize(), deq);
+        assert!(Q8_0Matrix::from_ggml_blocks(&bytes[1..], rows, cols).is_none());
+        assert!(Q8_0Matrix::from_ggml_blocks(&bytes, rows, cols + 1).is_none());
+    }
+
     use super::*;
     use crate::tests_support::random;
 

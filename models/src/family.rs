@@ -48,7 +48,7 @@ impl ModelFamily {
 }
 
 /// A family's decoder body (transformers' `LlamaModel`): its sites, its config type and its
-/// registered [`ModelFamily`]. What the `...ForCausalLM` entry points ([`ForCausalLM`]) build.
+/// registered [`ModelFamily`]. What the `...ForCausalLM` entry points ([`ForCausalLM`](crate::ForCausalLM)) build.
 pub trait Family: DecoderSites {
     /// Its `config.json`.
     type Config: FamilyConfig;
@@ -98,6 +98,10 @@ impl std::fmt::Debug for ModelFamily {
             .finish()
     }
 }
+
+/// Formerly where the family entry points' type was declared.
+#[deprecated(since = "0.2.0", note = "moved: use `patchwork_models::ForCausalLM`")]
+pub type ForCausalLM<M> = crate::for_causal_lm::ForCausalLM<M>;
 
 /// A link-time registration of a [`ModelFamily`] (what [`register_family!`](crate::register_family) submits).
 pub struct RegisteredFamily(pub &'static ModelFamily);

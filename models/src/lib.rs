@@ -37,6 +37,7 @@ pub mod decoder;
 mod error;
 mod explain;
 pub mod family;
+mod for_causal_lm;
 mod generation;
 pub mod implementations;
 /// The CPU kernels the operations run on (the `patchwork-kernels` crate).
@@ -44,6 +45,7 @@ pub use patchwork_kernels as kernels;
 pub mod llama;
 mod load_checks;
 mod load_options;
+mod loading;
 pub mod loss;
 pub mod ops;
 pub mod qwen2;
@@ -54,21 +56,98 @@ pub mod replacements;
 pub mod rollouts;
 pub mod routing;
 
-pub use auto::{AutoModelForCausalLM, ForCausalLM};
+pub use auto::AutoModelForCausalLM;
 pub use causal_lm::{CausalLM, ForwardOptions, ForwardOutput, LogitsMode};
 pub use error::{Error, Result};
 pub use explain::ModelExplain;
 pub use family::{ModelFamily, RegisteredFamily};
+pub use for_causal_lm::ForCausalLM;
 pub use generation::{Generation, GenerationConfig, GenerationDefaults, Sampling};
 pub use load_options::LoadOptions;
+pub use loading::{PackedPatches, model_location};
 
 /// What writing a replacement for these models needs, in one import:
-/// `use patchwork_models::prelude::*;` (patch-core's prelude, the slots with their arguments
-/// and contexts, the building blocks, the entry points).
+/// `use patchwork_models::prelude::*;` (patch-core's prelude and `Result`, the slots with
+/// their arguments and contexts, the building blocks, the weight transforms a replacement
+/// carries, the entry points). A family's site types come from its module
+/// (`patchwork_models::qwen3::Qwen3Attention`).
+///
+/// The three kinds of replacement, with nothing else imported:
+///
+/// ```
+/// use patchwork_models::prelude::*;
+/// use patchwork_models::qwen3::Qwen3Attention;
+///
+/// // 1. One site, wrapped: `#[patch(Site)]` writes `Build` (the site's own constructor) and
+/// //    `Deref`; the site's children stay listed (`q_norm`, `k_norm`, the projections).
+/// #[patch(Qwen3Attention)]
+/// pub struct LoggedQwen3Attention(Qwen3Attention);
+/// impl Attention for LoggedQwen3Attention {
+///     fn forward(&self, x: &Tensor, ctx: &mut LayerContext<'_>) -> candle_core::Result<Tensor> {
+///         self.0.forward(x, ctx)
+///     }
+/// }
+///
+/// // 2. Every family's attention (a pattern), wrapping what each site would build without it.
+/// pub struct Scaled { inner: Box<dyn Attention> }
+/// impl Build for Scaled {
+///     type Slot = dyn Attention;
+///     fn build(b: &Builder, args: AttentionArgs<'_>) -> Result<Box<dyn Attention>> {
+///         Ok(Box::new(Self { inner: b.build_original(args)? }))
+///     }
+///     fn wraps(&self) -> Option<&dyn Module> { Some(&*self.inner) } // its children are listed
+/// }
+/// impl Attention for Scaled {
+///     fn forward(&self, x: &Tensor, ctx: &mut LayerContext<'_>) -> candle_core::Result<Tensor> {
+///         self.inner.forward(x, ctx)? * 1.0
+///     }
+/// }
+///
+/// // 3. A new structure with its own weight layout: one fused gate/up tensor, carried as a
+/// //    transform (the checkpoint's gate_proj and up_proj concatenated on load, split on save).
+/// pub struct FusedMlp { gate_up: Linear, down: Linear, act: HiddenAct }
+/// impl Build for FusedMlp {
+///     type Slot = dyn Mlp;
+///     fn build(b: &Builder, args: MlpArgs<'_>) -> Result<Box<dyn Mlp>> {
+///         let (h, i, std) = (args.config.hidden_size, args.intermediate_size, args.config.initializer_range);
+///         Ok(Box::new(Self {
+///             gate_up: linear(b, "gate_up_proj", h, 2 * i, false, std)?,
+///             down: linear(b, "down_proj", i, h, false, std)?,
+///             act: args.config.hidden_act,
+///         }))
+///     }
+///     fn transforms() -> Vec<Transform> {
+///         vec![WeightConverter::new(["gate_proj", "up_proj"], ["gate_up_proj"], [Op::Concatenate { dim: 0 }]).into()]
+///     }
+///     fn children<'a>(&'a self, visit: &mut dyn FnMut(&str, &'a dyn Module)) {
+///         visit("gate_up_proj", &self.gate_up);
+///         visit("down_proj", &self.down);
+///     }
+/// }
+/// impl Mlp for FusedMlp {
+///     fn forward(&self, x: &Tensor, _: &PassContext) -> candle_core::Result<Tensor> {
+///         let gu = self.gate_up.forward(x)?.chunk(2, candle_core::D::Minus1)?;
+///         self.down.forward(&(self.act.apply(&gu[0])? * &gu[1])?)
+///     }
+/// }
+///
+/// # fn main() -> patchwork_models::Result<()> {
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/qwen3-tiny");
+/// let set = PatchSet::from_mapping([
+///     (".*Attention$", Replacement::of::<Scaled>()),
+///     ("Qwen3MLP", Replacement::of::<FusedMlp>()),
+/// ])?;
+/// let model = AutoModelForCausalLM::from_pretrained(dir, &LoadOptions::default().with_patches(set))?;
+/// assert!(model.built_at("model.layers.0.self_attn")?.built::<Scaled>());
+/// assert!(model.get_submodule("model.layers.0.self_attn.q_norm").is_ok());
+/// assert!(model.get_submodule("model.layers.0.mlp.gate_up_proj").is_ok());
+/// # Ok(()) }
+/// ```
 pub mod prelude {
     pub use candle_core::Tensor;
     pub use patch_core::prelude::*;
 
+    pub use crate::decoder::HiddenAct;
     pub use crate::decoder::{
         Attention, AttentionArgs, Children, DecoderConfig, DecoderLayer, DecoderLayerArgs,
         Embedding, EmbeddingArgs, Experts, FeedForward, FusedProjections, GatedMlp, LayerContext,
@@ -77,10 +156,12 @@ pub mod prelude {
         RouterOutput, SelfAttention, SparseMoe, SparseMoeBlock, StackedExperts, TokenEmbedding,
         TopKRouter, attend, linear, projection,
     };
+    pub use crate::ops::tokens_per_expert;
     pub use crate::{
         AutoModelForCausalLM, CausalLM, ForwardOptions, ForwardOutput, GenerationConfig,
         LoadOptions,
     };
+    pub use patch_core::checkpoint::{Op, Transform, WeightConverter, WeightRenaming};
     pub use patch_core::{PatchKey, Result, named_modules};
 }
 

@@ -29,6 +29,14 @@ pub struct LoadOptions {
     /// when loading starts (transformers' behaviour: `from_pretrained` always applies the
     /// registered patches).
     pub patches: Option<PatchSet>,
+    /// The GGUF file to load from a folder holding several, or holding safetensors too
+    /// (transformers' `gguf_file`); `None` (the default) loads a folder's safetensors, or its
+    /// one `.gguf` file when it has no `config.json`. A path to a `.gguf` file needs none.
+    pub gguf_file: Option<String>,
+    /// Compute on a GGUF file's quantized blocks as stored (`true`, the default): the linked
+    /// crates' [`PackedPatches`](crate::PackedPatches) are added to the load. `false`
+    /// dequantizes every tensor to floats at load.
+    pub packed: bool,
     /// Patch sets added on top of [`LoadOptions::patches`] (or the global registry), in order:
     /// how replacements that ship as crates of their own come into a load (a quantization
     /// topology, adapters, a parallel plan). Empty by default.
@@ -40,7 +48,7 @@ pub struct LoadOptions {
     /// embedding are always converted.
     pub upcast_weights: bool,
     /// Build every parameter as a trainable candle `Var` (in the compute dtype) and return
-    /// them with the model ([`CausalLM::vars`]), for an optimiser. Default `false`: inference,
+    /// them with the model ([`CausalLM::vars`](crate::CausalLM::vars)), for an optimiser. Default `false`: inference,
     /// with memory-mapped checkpoints and bf16 weights kept.
     pub trainable: bool,
     /// The attention implementation (`"sdpa"`, `"eager"`, or a registered name; see
@@ -69,6 +77,8 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             seed: 0,
             patches: None,
+            gguf_file: None,
+            packed: true,
             added_patches: Vec::new(),
             upcast_weights: false,
             trainable: false,
@@ -161,6 +171,20 @@ impl LoadOptions {
         self
     }
 
+    /// These options loading the GGUF file `name` of a model folder (see
+    /// [`LoadOptions::gguf_file`]).
+    pub fn with_gguf_file(mut self, name: impl Into<String>) -> Self {
+        self.gguf_file = Some(name.into());
+        self
+    }
+
+    /// These options computing on a GGUF file's quantized blocks (`true`, the default) or
+    /// dequantizing them at load (`false`); see [`LoadOptions::packed`].
+    pub fn with_packed(mut self, packed: bool) -> Self {
+        self.packed = packed;
+        self
+    }
+
     /// These options adding `patches` to the set the load builds with (the registry, or
     /// [`LoadOptions::with_patches`]'s): the matching rules then decide between them and the
     /// rest as between any patches.
@@ -197,7 +221,7 @@ impl LoadOptions {
 
     /// These options building every parameter as a trainable variable (see
     /// [`LoadOptions::trainable`]): the forward passes then record the autograd graph, and
-    /// `loss.backward()` gives the gradients ([`CausalLM::gradients`]).
+    /// `loss.backward()` gives the gradients ([`CausalLM::gradients`](crate::CausalLM::gradients)).
     pub fn trainable(mut self) -> Self {
         self.trainable = true;
         self

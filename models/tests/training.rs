@@ -1,7 +1,7 @@
 //! Training parity with transformers: the loss (and MoE aux loss) of a labelled batch and the
 //! gradient of every checkpoint tensor, plain and under a replayed routing that differs from
 //! the router's own choice, against `training_reference.safetensors` of every fixture that has
-//! one (see `../shared/oracle/make_training_refs.py`).
+//! one (see `fixtures/oracle/make_training_refs.py`).
 //!
 //! Tolerances (fixtures README): losses `max |ours - ref| <= 1e-4 * max(1, |ref|)`; gradients,
 //! per tensor, `max |ours - ref| <= 2e-4 * max |ref| + 1e-7`.

@@ -19,7 +19,7 @@ use crate::{Error, Result};
 pub const MAX_JSON_BYTES: u64 = 256 << 20;
 
 /// An [`Error::Io`] for `path`.
-pub(crate) fn io_error(path: &Path, action: &'static str, source: std::io::Error) -> Error {
+pub fn io_error(path: &Path, action: &'static str, source: std::io::Error) -> Error {
     Error::Io {
         path: path.display().to_string(),
         action,
@@ -28,7 +28,7 @@ pub(crate) fn io_error(path: &Path, action: &'static str, source: std::io::Error
 }
 
 /// An [`Error::Malformed`] for `path`.
-pub(crate) fn malformed(path: &Path, message: impl Into<String>) -> Error {
+pub fn malformed(path: &Path, message: impl Into<String>) -> Error {
     Error::Malformed {
         path: path.display().to_string(),
         message: message.into(),
@@ -84,7 +84,7 @@ pub fn regular_file(path: &Path) -> Result<u64> {
 }
 
 /// Opens `path` for reading once [`regular_file`] says it is one; returns it with its length.
-pub(crate) fn open_regular(path: &Path) -> Result<(File, u64)> {
+pub fn open_regular(path: &Path) -> Result<(File, u64)> {
     let len = regular_file(path)?;
     let file = File::open(path).map_err(|e| io_error(path, "cannot open", e))?;
     Ok((file, len))

@@ -43,6 +43,7 @@ mod checkpoint;
 mod claim;
 mod compile;
 mod convert;
+mod deprecated;
 mod error;
 pub mod files;
 pub mod mappings;
@@ -68,6 +69,8 @@ mod weights;
 
 pub use accounting::{FiredTransform, LoadReport, Problem, SHOWN_PROBLEMS, format_problems};
 pub use checkpoint::Checkpoint;
+#[allow(deprecated)]
+pub use deprecated::MappingOrigin;
 pub use error::{Error, Result};
 pub use origin::Origin;
 pub use params::{Param, ParamStore};

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
@@ -61,6 +62,15 @@ pub trait WeightSource: Send + Sync + 'static {
     /// does): what saving needs to write it back exactly.
     fn origin(&self, _name: &str) -> Option<Origin> {
         None
+    }
+
+    /// The tensor `request` names as the source stores it, when it stores it in quantized
+    /// blocks (a GGUF file): what a quantized module computes on directly, without a float
+    /// copy. `Ok(None)` when the tensor is stored as floats, or the source has no blocks to
+    /// give (the default); [`WeightSource::get`] then serves it as floats. A tensor served
+    /// packed counts as used, as `get` would count it.
+    fn packed(&self, _request: &WeightRequest<'_>) -> Result<Option<Arc<QTensor>>> {
+        Ok(None)
     }
 
     /// The model uses `target` for `alias` too (tied embeddings) and will not ask for `alias`;
@@ -262,6 +272,53 @@ impl Weights {
         self.params
             .insert_deferred(&full, &tensor, &self.scopes, produce);
         Ok(tensor)
+    }
+
+    /// The tensor `name` under this path as the source stores it, when it stores it in
+    /// quantized blocks ([`WeightSource::packed`]): for a module that computes on them as they
+    /// are. Recorded like [`Weights::get_unkept`]: the state dict holds the request, and
+    /// saving asks for the tensor again as floats (dequantized). `Ok(None)` when the source
+    /// holds it as floats (then ask with [`Weights::get`]), and always for a trainable handle.
+    pub fn get_packed(&self, shape: impl Into<Shape>, name: &str) -> Result<Option<Arc<QTensor>>> {
+        if self.trainable {
+            return Ok(None);
+        }
+        let shape = shape.into();
+        let full = self.full_name(name);
+        let init = Init::Const(0.0);
+        let request = WeightRequest {
+            name: &full,
+            shape: &shape,
+            init,
+            dtype: self.dtype,
+            device: &self.device,
+            scopes: &self.scopes,
+        };
+        let Some(packed) = self.source.packed(&request)? else {
+            return Ok(None);
+        };
+        let (source, scopes, dtype, device) = (
+            self.source.clone(),
+            self.scopes.clone(),
+            self.dtype,
+            self.device.clone(),
+        );
+        let again = full.clone();
+        let placeholder_shape = shape.clone();
+        let produce = Arc::new(move || {
+            source.get(&WeightRequest {
+                name: &again,
+                shape: &placeholder_shape,
+                init,
+                dtype,
+                device: &device,
+                scopes: &scopes,
+            })
+        });
+        let stand_in = Tensor::zeros((), self.dtype, &self.device)?.broadcast_as(shape)?;
+        self.params
+            .insert_deferred(&full, &stand_in, &self.scopes, produce);
+        Ok(Some(packed))
     }
 
     /// Declares that the model uses `target` for `alias` too (both relative to this path), as

@@ -57,7 +57,20 @@ impl PatchSet {
     }
 
     /// Runs `f` with this set applied to models built by hand on this thread (the closure
-    /// form of [`PatchSet::enter`]).
+    /// form of [`PatchSet::enter`]). For the registered patches, the set is
+    /// [`PatchSet::global()`]:
+    ///
+    /// ```
+    /// use candle_core::{DType, Device};
+    /// use patch_core::checkpoint::{RandomInit, Weights};
+    /// use patch_core::{Builder, PatchSet};
+    ///
+    /// let weights = Weights::new(RandomInit::new(0, 0.02), DType::F32, &Device::Cpu);
+    /// // Inside, a model built by hand (`LlamaForCausalLM::build(&b, &config)`) gets the
+    /// // registered patches, as `from_pretrained` does.
+    /// let applied = PatchSet::global().run_with(|| Builder::new(weights).patches().records().len());
+    /// assert_eq!(applied, PatchSet::global().records().len());
+    /// ```
     pub fn run_with<R>(&self, f: impl FnOnce() -> R) -> R {
         let _guard = self.enter();
         f()

@@ -69,6 +69,7 @@
 
 mod applied;
 mod builder;
+mod deprecated;
 mod error;
 mod explain;
 mod mapping;
@@ -83,6 +84,8 @@ mod slot;
 
 pub use applied::{AppliedPatches, apply_patches};
 pub use builder::Builder;
+#[allow(deprecated)]
+pub use deprecated::{Origin, PatchScope, with_patches};
 pub use error::{Error, Result};
 pub use explain::{Explain, explain};
 pub use mapping::{PatchEntry, PatchKey, PatchMapping, PatchRecord, RegisteredAt};

@@ -9,11 +9,12 @@ use patchwork_models::decoder::{Experts, HiddenAct, MoeArgs, PassContext};
 use crate::weight::QuantizedWeight;
 use crate::{Format, Topology};
 
-/// Routed experts with each expert's `gate_up_proj` `[2I, H]` and `down_proj` `[H, I]` held
-/// quantized, computed one active expert at a time over the tokens routed to it.
+/// Routed experts with each expert's stacked gate and up projections (`[2I, H]`, gate rows
+/// first) and `down_proj` (`[H, I]`) held quantized, computed one active expert at a time over
+/// the tokens routed to it.
 #[derive(Clone, Debug)]
 pub struct QuantizedExperts {
-    /// Per expert: `gate_up_proj` and `down_proj`.
+    /// Per expert: its stacked gate and up projections, and `down_proj`.
     experts: Vec<(QuantizedWeight, QuantizedWeight)>,
     act: HiddenAct,
 }
@@ -75,7 +76,18 @@ impl QuantizedExperts {
         }))
     }
 
-    /// The experts' formats: `gate_up_proj`'s and `down_proj`'s.
+    /// Experts from each one's stacked gate/up (`[2I, H]`, gate rows first) and down weights,
+    /// in expert order (a GGUF file's banks, split per expert).
+    pub fn stacked(
+        gate_ups: Vec<QuantizedWeight>,
+        downs: Vec<QuantizedWeight>,
+        act: HiddenAct,
+    ) -> Self {
+        let experts = gate_ups.into_iter().zip(downs).collect();
+        Self { experts, act }
+    }
+
+    /// The experts' formats: the gate's (and up's) and `down_proj`'s.
     pub fn formats(&self) -> Option<(Format, Format)> {
         self.experts.first().map(|(g, d)| (g.format(), d.format()))
     }

@@ -31,12 +31,16 @@ pub enum Format {
     Q2K,
     /// Float16, for rows no block format fits (16 bits per weight).
     F16,
+    /// bfloat16, as some GGUF files store weights (16 bits per weight); computed with the
+    /// float kernels, which widen it as they read.
+    Bf16,
 }
 
 impl Format {
     /// Every format, most bits first.
-    pub const ALL: [Format; 11] = [
+    pub const ALL: [Format; 12] = [
         Format::F16,
+        Format::Bf16,
         Format::Q8_0,
         Format::Q6K,
         Format::Q5_1,
@@ -64,6 +68,7 @@ impl Format {
             Format::Q3K => "q3_k",
             Format::Q2K => "q2_k",
             Format::F16 => "f16",
+            Format::Bf16 => "bf16",
         }
     }
 
@@ -91,6 +96,7 @@ impl Format {
             Format::Q3K => GgmlDType::Q3K,
             Format::Q2K => GgmlDType::Q2K,
             Format::F16 => GgmlDType::F16,
+            Format::Bf16 => GgmlDType::BF16,
         }
     }
 
@@ -125,7 +131,7 @@ impl Format {
             Format::Q8_0 | Format::Q5_1 | Format::Q5_0 | Format::Q4_1 | Format::Q4_0 => {
                 Some(Format::F16)
             }
-            Format::F16 => None,
+            Format::F16 | Format::Bf16 => None,
         }
     }
 

@@ -28,12 +28,14 @@
 
 mod experts;
 mod format;
+mod gguf;
 mod linear;
 mod topology;
 mod weight;
 
 pub use experts::QuantizedExperts;
 pub use format::Format;
+pub use gguf::{GGUF_PRIORITY, GgufEmbedding, GgufExperts, GgufLinear, gguf_patches};
 pub use linear::QuantizedLinear;
 pub use topology::{Choice, Topology, parse_format};
 pub use weight::QuantizedWeight;

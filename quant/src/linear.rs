@@ -63,7 +63,12 @@ impl QuantizedLinear {
         }
         let shape = (args.out_features, args.in_features);
         let weight = match args.tied {
-            Some(tied) => tied.clone(),
+            Some(embedding) => embedding.table().ok_or_else(|| {
+                patch_core::Error::other(format!(
+                    "{format} at {:?}: the tied token embedding gives no float table to quantize",
+                    b.path()
+                ))
+            })?,
             None => {
                 let init = Init::Randn {
                     mean: 0.0,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file};
 use candle_core::{DType, Device, Tensor};
 use patchwork_kernels::q8_0::Q8_0Matrix;
 
@@ -51,9 +51,14 @@ impl QuantizedWeight {
             .to_vec1::<f32>()?;
         let stored = match format {
             Format::Q8_0 => Stored::Q8_0(Q8_0Matrix::quantize(&values, rows, cols)),
-            Format::F16 => Stored::F16(
-                Tensor::from_vec(values, (rows, cols), &Device::Cpu)?.to_dtype(DType::F16)?,
-            ),
+            Format::F16 | Format::Bf16 => {
+                let dtype = if format == Format::F16 {
+                    DType::F16
+                } else {
+                    DType::BF16
+                };
+                Stored::F16(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?.to_dtype(dtype)?)
+            }
             other => {
                 let t = Tensor::from_vec(values, (rows, cols), &Device::Cpu)?;
                 Stored::Ggml(QMatMul::from_qtensor(QTensor::quantize(&t, other.ggml())?)?)
@@ -65,6 +70,66 @@ impl QuantizedWeight {
             rows,
             cols,
         })
+    }
+
+    /// A weight from blocks as a file stores them (a GGUF tensor, `[rows, cols]`), taken as
+    /// they are: Q8_0 into this project's blocks without rounding again, the other block
+    /// formats into candle's `QMatMul`, float16 and bfloat16 as float tensors. An error names
+    /// a type no kernel computes on.
+    pub fn from_qtensor(q: Arc<QTensor>) -> candle_core::Result<Self> {
+        let (rows, cols) = q.shape().dims2()?;
+        let dtype = q.dtype();
+        let (format, stored) = match dtype {
+            GgmlDType::Q8_0 => {
+                let m = Q8_0Matrix::from_ggml_blocks(&q.data()?, rows, cols).ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "Q8_0 blocks of [{rows}, {cols}] do not line up"
+                    ))
+                })?;
+                (Format::Q8_0, Stored::Q8_0(m))
+            }
+            GgmlDType::F16 => (Format::F16, Stored::F16(q.dequantize_f16(&Device::Cpu)?)),
+            GgmlDType::BF16 => (
+                Format::Bf16,
+                Stored::F16(q.dequantize(&Device::Cpu)?.to_dtype(DType::BF16)?),
+            ),
+            other => {
+                let format = Format::ALL
+                    .into_iter()
+                    .find(|f| f.ggml() == other)
+                    .ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "ggml type {other:?} has no kernel here (computed: {})",
+                            Format::ALL.map(|f| f.name()).join(", ")
+                        ))
+                    })?;
+                (format, Stored::Ggml(QMatMul::from_arc(q)?))
+            }
+        };
+        Ok(Self {
+            stored: Arc::new(stored),
+            format,
+            rows,
+            cols,
+        })
+    }
+
+    /// Splits stacked blocks `[n, rows, cols]` (an expert bank as a file stores it) into `n`
+    /// weights of `[rows, cols]` ([`QuantizedWeight::from_qtensor`] each).
+    pub fn split_qtensor(q: &QTensor) -> candle_core::Result<Vec<Self>> {
+        let (n, rows, cols) = q.shape().dims3()?;
+        let dtype = q.dtype();
+        let data = q.data()?;
+        if n == 0 || !data.len().is_multiple_of(n) {
+            candle_core::bail!("{n} stacked matrices do not split {} bytes", data.len());
+        }
+        data.chunks_exact(data.len() / n)
+            .map(|bytes| {
+                let one =
+                    ggml_file::qtensor_from_ggml(dtype, bytes, vec![rows, cols], &Device::Cpu)?;
+                Self::from_qtensor(Arc::new(one))
+            })
+            .collect()
     }
 
     /// The format.
@@ -104,6 +169,11 @@ impl QuantizedWeight {
         match self.stored.as_ref() {
             Stored::Q8_0(q) => patchwork_models::ops::q8_0_linear(x, q, bias),
             Stored::Ggml(q) => patchwork_models::ops::quantized_linear(x, q, shape, bias),
+            // bfloat16 weights: the kernels widen them as they read, from float32 activations.
+            Stored::F16(w) if w.dtype() == DType::BF16 => {
+                patchwork_models::ops::linear(&x.to_dtype(DType::F32)?, w, bias)?
+                    .to_dtype(x.dtype())
+            }
             Stored::F16(w) => {
                 let y = patchwork_models::ops::linear(&x.to_dtype(DType::F16)?, w, None)?
                     .to_dtype(x.dtype())?;

@@ -51,6 +51,11 @@ impl ChatTemplate {
         Self { source, origin }
     }
 
+    /// The template's text.
+    pub(crate) fn source(&self) -> &str {
+        &self.source
+    }
+
     /// The template of a `tokenizer_config.json`: a string, or a list of named templates of
     /// which `default` is taken (the older layout).
     pub(crate) fn from_config(config: &Value, path: &Path) -> Result<Option<Self>> {

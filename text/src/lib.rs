@@ -20,6 +20,7 @@
 
 mod chat;
 mod generate;
+mod gguf;
 mod tokenizer;
 
 pub use chat::ChatMessage;

@@ -106,6 +106,71 @@ impl TextTokenizer {
         Ok(Some(tokenizer))
     }
 
+    /// A tokenizer from its parts (what the readers of each kind of file assemble).
+    pub(crate) fn assemble(
+        tokenizer: Tokenizer,
+        path: PathBuf,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+        chat_template: Option<ChatTemplate>,
+        _json: Option<String>,
+    ) -> Self {
+        Self {
+            tokenizer,
+            path,
+            bos_token,
+            eos_token,
+            chat_template,
+        }
+    }
+
+    /// The tokenizer of a model a CLI command or a user names: a GGUF file's (its metadata),
+    /// else the folder's `tokenizer.json`; `None` when there is none.
+    pub fn for_model(path: &Path) -> Result<Option<Self>> {
+        if path.is_file() {
+            return Self::from_gguf(path).map(Some);
+        }
+        Self::try_from_dir(path)
+    }
+
+    /// Writes `tokenizer.json` and `tokenizer_config.json` (the special tokens and the chat
+    /// template) into `dir`, as transformers reads them.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let io = |path: &Path, e: std::io::Error| Error::Tokenizer {
+            path: path.display().to_string(),
+            message: format!("cannot write: {e}"),
+        };
+        let json = self
+            .tokenizer
+            .to_string(true)
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.display().to_string(),
+                message: format!("cannot serialize: {e}"),
+            })?;
+        let path = dir.join("tokenizer.json");
+        std::fs::write(&path, json).map_err(|e| io(&path, e))?;
+        let mut config = serde_json::Map::new();
+        if let Some(t) = &self.bos_token {
+            config.insert("bos_token".into(), Value::String(t.clone()));
+        }
+        if let Some(t) = &self.eos_token {
+            config.insert("eos_token".into(), Value::String(t.clone()));
+        }
+        if let Some(t) = &self.chat_template {
+            config.insert(
+                "chat_template".into(),
+                Value::String(t.source().to_string()),
+            );
+        }
+        config.insert(
+            "tokenizer_class".into(),
+            Value::String("PreTrainedTokenizerFast".into()),
+        );
+        let path = dir.join("tokenizer_config.json");
+        let text = serde_json::to_string_pretty(&Value::Object(config)).unwrap_or_default();
+        std::fs::write(&path, text).map_err(|e| io(&path, e))
+    }
+
     /// The `tokenizers` tokenizer itself.
     pub fn inner(&self) -> &Tokenizer {
         &self.tokenizer

@@ -10,7 +10,7 @@ impl CausalLM {
     /// Where NaN or infinite values in a pass over `input_ids` (`[batch, seq]`) come from: the
     /// first weight holding one, else the first hidden state (by
     /// [`ForwardOptions::output_hidden_states`]'s index) holding one, else the output head.
-    /// What [`Error::NonFinite`] says; slow (it scans every weight and reruns the pass).
+    /// What [`Error::NonFinite`](crate::Error::NonFinite) says; slow (it scans every weight and reruns the pass).
     pub fn diagnose_non_finite(&self, input_ids: &Tensor) -> String {
         let first_bad = |t: &Tensor| -> Option<usize> {
             let values = t

@@ -71,22 +71,11 @@ impl CausalLM {
             .unwrap_or_default();
         let model = (family.build_model)(&b.pp("model"), &config)?;
         let mut head = ProjectionArgs::new(&config, config.hidden_size, config.vocab_size, false);
-        let table = if config.tie_word_embeddings {
+        if config.tie_word_embeddings {
             b.weights()
                 .tie("lm_head.weight", "model.embed_tokens.weight");
-            Some(model.embed_tokens.table().ok_or_else(|| {
-                Error::input(
-                    "tie_word_embeddings",
-                    format!(
-                        "the token embedding built ({}) gives no table for the tied output head",
-                        model.embed_tokens.type_name()
-                    ),
-                )
-            })?)
-        } else {
-            None
-        };
-        head.tied = table.as_ref();
+            head.tied = Some(&*model.embed_tokens);
+        }
         let lm_head = b.pp("lm_head").build::<Linear>(head)?;
         let weights = b.weights().clone();
         let vars = weights.is_trainable().then(|| {

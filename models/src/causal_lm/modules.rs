@@ -1,7 +1,7 @@
 //! The module tree: every built module with its dotted path (upstream's `named_modules`), and
 //! lookups by path.
 
-use patch_core::{Module, named_modules};
+use patch_core::{BuiltSite, Module, named_modules};
 
 use super::CausalLM;
 use crate::{Error, Result};
@@ -45,20 +45,44 @@ impl CausalLM {
         if let Some((_, m)) = modules.iter().find(|(p, _)| p == path) {
             return Ok(*m);
         }
-        let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
-        let near: Vec<&str> = modules
-            .iter()
-            .map(|(p, _)| p.as_str())
-            .filter(|p| parent.is_empty() || p.starts_with(parent))
-            .take(12)
-            .collect();
         Err(Error::input(
             "module path",
             format!(
                 "no module at {path:?} (modules near it: {})",
-                near.join(", ")
+                near(modules.iter().map(|(p, _)| p.as_str()), path)
             ),
         ))
+    }
+
+    /// What was built at `path` and why: the answer to "which patch won here?" in one call.
+    /// [`BuiltSite::winner`] is the patch that chose it (`None`: the site's own type),
+    /// [`BuiltSite::built`] whether a type was built there (or is wrapped there),
+    /// [`BuiltSite::wraps`] what it wraps, [`BuiltSite::resolution`] every candidate and why
+    /// each lost. An error names the path and the built paths near it.
+    ///
+    /// ```
+    /// # use patchwork_models::{AutoModelForCausalLM, LoadOptions};
+    /// use patchwork_models::llama::LlamaAttention;
+    /// # let config = serde_json::json!({"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+    /// #     "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2});
+    /// let model = AutoModelForCausalLM::from_config(&config, &LoadOptions::default())?;
+    /// let site = model.built_at("model.layers.0.self_attn")?;
+    /// assert!(site.built::<LlamaAttention>());
+    /// assert!(site.winner().is_none()); // no patch: the site's own type
+    /// assert!(model.built_at("model.layers.9.self_attn").is_err());
+    /// # Ok::<(), patchwork_models::Error>(())
+    /// ```
+    pub fn built_at(&self, path: &str) -> Result<&BuiltSite> {
+        let report = self.report();
+        report.at(path).ok_or_else(|| {
+            Error::input(
+                "module path",
+                format!(
+                    "nothing was built at {path:?} (built near it: {})",
+                    near(report.sites().iter().map(|s| s.path.as_str()), path)
+                ),
+            )
+        })
     }
 
     /// The module at `path` as a `T` (the concrete type built there); an error names the type
@@ -76,4 +100,15 @@ impl CausalLM {
             )
         })
     }
+}
+
+/// Up to 12 of `paths` under the parent of `path`, comma-separated (for errors).
+fn near<'a>(paths: impl Iterator<Item = &'a str>, path: &str) -> String {
+    let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
+    let mut near: Vec<&str> = paths
+        .filter(|p| parent.is_empty() || p.starts_with(parent))
+        .collect();
+    near.dedup();
+    near.truncate(12);
+    near.join(", ")
 }

@@ -55,8 +55,15 @@ impl Linear {
     /// uses the weight it is given. Random sources draw the weight from N(0,
     /// `initializer_range`) and zero the bias, as transformers' `_init_weights` does.
     pub fn load(b: &Builder, args: ProjectionArgs<'_>) -> Result<Self> {
-        if let Some(weight) = args.tied {
-            return Ok(Self::new(weight.clone(), None));
+        if let Some(embedding) = args.tied {
+            let table = embedding.table().ok_or_else(|| {
+                patch_core::Error::other(format!(
+                    "the output head at {:?} is tied to the token embedding, and the embedding built ({}) gives no float table",
+                    b.path(),
+                    embedding.type_name()
+                ))
+            })?;
+            return Ok(Self::new(table, None));
         }
         let c = args.config;
         let init = Init::Randn {

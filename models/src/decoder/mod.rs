@@ -7,8 +7,9 @@
 //!
 //! Files hold one concept each: a slot per file (`attention.rs`, `mlp.rs`, `norm.rs`,
 //! `rotary.rs`, `layer.rs`, `moe.rs`, `projection.rs`, `embedding.rs`), a block per file under `blocks/`, the config view
-//! (`config.rs`), its checks (`config_check.rs`) and the keys families share
-//! (`config_keys.rs`), rope parameters, frequencies and tables under `rope/`.
+//! (`config.rs`), its checks (`config_check.rs`), the keys families share
+//! (`config_keys.rs`), a family's config made of them (`family_config.rs`) and built by hand
+//! (`config_builder.rs`), rope parameters, frequencies and tables under `rope/`.
 
 mod activation;
 mod attention;
@@ -16,10 +17,12 @@ pub mod blocks;
 mod capture;
 mod children;
 mod config;
+mod config_builder;
 mod config_check;
 mod config_keys;
 mod context;
 mod embedding;
+mod family_config;
 mod fused;
 mod kv_cache;
 mod layer;
@@ -44,10 +47,13 @@ pub use blocks::{
 pub use capture::{PassContext, Record, Recorded, Recorders, Records, Selection};
 pub use children::Children;
 pub use config::{AttentionKind, DecoderConfig, FeedForwardKind, MoeConfig};
+pub(crate) use config_builder::family_setters;
+pub use config_builder::{ConfigBuilder, HasKeys};
 pub use config_check::{ConfigCheck, bounds};
-pub use config_keys::{DecoderKeys, FamilyConfig, MoeKeys, SlidingWindowKeys, key_group};
+pub use config_keys::{DecoderKeys, MoeKeys, SlidingWindowKeys};
 pub use context::LayerContext;
 pub use embedding::{Embedding, EmbeddingArgs, TokenEmbedding};
+pub use family_config::{FamilyConfig, key_group};
 pub use fused::FusedProjections;
 pub use kv_cache::{KvCache, LayerKvCache};
 pub use layer::{DecoderLayer, DecoderLayerArgs, FeedForward};

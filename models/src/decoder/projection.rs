@@ -7,6 +7,7 @@ use patch_core::{Module, Observed, ObservedSite, Slot};
 
 use crate::decoder::capture::PassContext;
 use crate::decoder::config::DecoderConfig;
+use crate::decoder::embedding::TokenEmbedding;
 use crate::decoder::linear::Linear;
 
 /// The projection slot: `[..., in_features] -> [..., out_features]`.
@@ -39,7 +40,7 @@ pub trait Projection: Module {
 }
 
 /// What every projection constructor receives.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct ProjectionArgs<'a> {
     /// The model's config view (weight dtype, initialisation).
     pub config: &'a DecoderConfig,
@@ -49,9 +50,10 @@ pub struct ProjectionArgs<'a> {
     pub out_features: usize,
     /// Whether it has a bias.
     pub bias: bool,
-    /// The weight it shares with another module (an output head tied to the token
-    /// embedding, `[out, in]`); `None` to load its own.
-    pub tied: Option<&'a Tensor>,
+    /// The token embedding an output head is tied to (`tie_word_embeddings`): the
+    /// projection computes with its table (`[vocab, hidden]`, `TokenEmbedding::table`) instead
+    /// of loading a weight of its own. `None` to load its own.
+    pub tied: Option<&'a dyn TokenEmbedding>,
 }
 
 impl<'a> ProjectionArgs<'a> {
@@ -70,6 +72,17 @@ impl<'a> ProjectionArgs<'a> {
             bias,
             tied: None,
         }
+    }
+}
+
+impl std::fmt::Debug for ProjectionArgs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionArgs")
+            .field("in_features", &self.in_features)
+            .field("out_features", &self.out_features)
+            .field("bias", &self.bias)
+            .field("tied", &self.tied.map(|e| e.type_name()))
+            .finish()
     }
 }
 

@@ -105,6 +105,20 @@ macro_rules! decoder_sites {
         #[derive(Clone, Copy, Debug)]
         $model_vis struct $model;
 
+        impl $model {
+            /// Formerly how a family's decoder body was built by hand.
+            #[deprecated(
+                since = "0.2.0",
+                note = "use `DecoderModel::load::<Self>(b, config)`, or `ForCausalLM::build(b, &family_config)` for a whole model"
+            )]
+            pub fn build(
+                b: &::patch_core::Builder,
+                config: &::std::sync::Arc<$crate::decoder::DecoderConfig>,
+            ) -> ::patch_core::Result<$crate::decoder::DecoderModel> {
+                $crate::decoder::DecoderModel::load::<Self>(b, config)
+            }
+        }
+
         $( $crate::decoder_sites!(@site $(#[$meta])* $site: $slot($block) = $load); )+
 
         $(#[$list_meta])*

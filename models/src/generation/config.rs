@@ -34,7 +34,7 @@ pub struct GenerationConfig {
     pub min_new_tokens: usize,
     /// How tokens are chosen.
     pub sampling: Sampling,
-    /// Tokens that end a row; `None` takes the model's ([`CausalLM::eos_token_ids`]:
+    /// Tokens that end a row; `None` takes the model's ([`CausalLM::eos_token_ids`](crate::CausalLM::eos_token_ids):
     /// `generation_config.json`'s, else `config.json`'s `eos_token_id`).
     pub eos_token_ids: Option<Vec<u32>>,
     /// Keep generating after an end-of-sequence token (it is still emitted).
@@ -148,7 +148,7 @@ impl GenerationConfig {
     }
 }
 
-/// What [`CausalLM::generate`] returns.
+/// What [`CausalLM::generate`](crate::CausalLM::generate) returns.
 #[derive(Clone, Debug)]
 pub struct Generation {
     /// Per row: its prompt, then the generated tokens (up to and including the end-of-sequence

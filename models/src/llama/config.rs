@@ -27,7 +27,7 @@ impl Default for LlamaConfig {
             common: DecoderKeys {
                 bos_token_id: Some(1.into()),
                 eos_token_id: Some(2.into()),
-                ..DecoderKeys::default()
+                ..DecoderKeys::base()
             },
             attention_bias: false,
             mlp_bias: false,
@@ -44,3 +44,10 @@ crate::family_config! {
         Ok(())
     }
 }
+
+crate::decoder::family_setters!(LlamaConfig {
+    /// Whether the attention projections (q, k, v and o) have biases.
+    attention_bias: bool;
+    /// Whether the MLP projections have biases.
+    mlp_bias: bool;
+});

@@ -2,8 +2,8 @@
 //! is a site filling a shared decoder slot; parents build their children through the
 //! [`Builder`](patch_core::Builder), so any of them can be replaced by a patch.
 
-use crate::auto::ForCausalLM;
 use crate::decoder::{GatedMlp, PreNormLayer, RmsNorm, RopeConfig, SelfAttention};
+use crate::for_causal_lm::ForCausalLM;
 use crate::llama::config::LlamaConfig;
 
 crate::decoder_sites! {

@@ -29,7 +29,7 @@ impl Default for Qwen2Config {
                 intermediate_size: 22016,
                 num_key_value_heads: Some(32),
                 max_position_embeddings: 32768,
-                ..DecoderKeys::default()
+                ..DecoderKeys::base()
             },
             sliding: SlidingWindowKeys::qwen(),
         }

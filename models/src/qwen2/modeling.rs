@@ -1,8 +1,8 @@
 //! Qwen2's modules, in forward order, named as transformers' `modeling_qwen2`: Llama's layer
 //! with q/k/v biases and Qwen's sliding-window layers.
 
-use crate::auto::ForCausalLM;
 use crate::decoder::{GatedMlp, PreNormLayer, RmsNorm, RopeConfig, SelfAttention};
+use crate::for_causal_lm::ForCausalLM;
 use crate::qwen2::config::Qwen2Config;
 
 crate::decoder_sites! {

@@ -38,9 +38,9 @@ impl Default for Qwen2MoeConfig {
                 num_attention_heads: 16,
                 num_key_value_heads: Some(16),
                 max_position_embeddings: 32768,
-                ..DecoderKeys::default()
+                ..DecoderKeys::base()
             },
-            moe: MoeKeys::default(),
+            moe: MoeKeys::base(),
             sliding: SlidingWindowKeys::qwen(),
             shared_expert_intermediate_size: 5632,
             qkv_bias: true,
@@ -58,3 +58,10 @@ crate::family_config! {
         self.moe.lower(check, c, self.shared_expert_intermediate_size)
     }
 }
+
+crate::decoder::family_setters!(Qwen2MoeConfig {
+    /// Intermediate size of the shared expert (0: none).
+    shared_expert_intermediate_size: usize;
+    /// Whether q/k/v projections have biases.
+    qkv_bias: bool;
+});

@@ -2,11 +2,11 @@
 //! layer type is a site filling a shared decoder slot, so a replacement written for Llama's
 //! attention (say) serves these too.
 
-use crate::auto::ForCausalLM;
 use crate::decoder::{
     GatedMlp, PreNormLayer, RmsNorm, RopeConfig, SelfAttention, SparseMoeBlock, StackedExperts,
     TopKRouter,
 };
+use crate::for_causal_lm::ForCausalLM;
 use crate::qwen2_moe::config::{QWEN2_MOE_MODEL_TYPE, Qwen2MoeConfig};
 
 crate::decoder_sites! {

@@ -32,7 +32,7 @@ impl Default for Qwen3Config {
                 num_key_value_heads: Some(32),
                 head_dim: Some(128),
                 max_position_embeddings: 32768,
-                ..DecoderKeys::default()
+                ..DecoderKeys::base()
             },
             sliding: SlidingWindowKeys::qwen(),
             attention_bias: false,
@@ -49,3 +49,8 @@ crate::family_config! {
         self.sliding.lower(check, c)
     }
 }
+
+crate::decoder::family_setters!(Qwen3Config {
+    /// Whether the attention projections (q, k, v and o) have biases.
+    attention_bias: bool;
+});

@@ -1,8 +1,8 @@
 //! Qwen3's modules, in forward order, named as transformers' `modeling_qwen3`: Llama's layer
 //! with per-head q/k RMS norms in the attention and Qwen's sliding-window layers.
 
-use crate::auto::ForCausalLM;
 use crate::decoder::{GatedMlp, PreNormLayer, RmsNorm, RopeConfig, SelfAttention};
+use crate::for_causal_lm::ForCausalLM;
 use crate::qwen3::config::Qwen3Config;
 
 crate::decoder_sites! {

@@ -39,13 +39,13 @@ impl Default for Qwen3MoeConfig {
                 num_hidden_layers: 24,
                 num_key_value_heads: Some(4),
                 max_position_embeddings: 32768,
-                ..DecoderKeys::default()
+                ..DecoderKeys::base()
             },
             moe: MoeKeys {
                 moe_intermediate_size: 768,
                 num_experts_per_tok: 8,
                 num_experts: 128,
-                ..MoeKeys::default()
+                ..MoeKeys::base()
             },
             sliding: SlidingWindowKeys::qwen(),
             attention_bias: false,
@@ -70,3 +70,8 @@ crate::family_config! {
         self.moe.lower(check, c, 0)
     }
 }
+
+crate::decoder::family_setters!(Qwen3MoeConfig {
+    /// Whether the attention projections (q, k, v and o) have biases.
+    attention_bias: bool;
+});

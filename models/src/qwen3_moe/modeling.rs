@@ -1,11 +1,11 @@
 //! Qwen3-MoE's modules, in forward order, named as transformers' `modeling_qwen3_moe`: Qwen3's
 //! attention with Qwen-MoE's sparse blocks (no shared expert).
 
-use crate::auto::ForCausalLM;
 use crate::decoder::{
     GatedMlp, PreNormLayer, RmsNorm, RopeConfig, SelfAttention, SparseMoeBlock, StackedExperts,
     TopKRouter,
 };
+use crate::for_causal_lm::ForCausalLM;
 use crate::qwen3_moe::config::{QWEN3_MOE_MODEL_TYPE, Qwen3MoeConfig};
 
 crate::decoder_sites! {

@@ -7,6 +7,16 @@ impl RopeConfig {
     /// The inverse frequencies (`dim / 2` of them) for a pass whose longest position is
     /// `seq_len - 1`, and the factor cos/sin are multiplied by. Float32, as transformers.
     pub fn inv_freq(&self, seq_len: usize) -> (Vec<f32>, f32) {
+        let (mut freqs, attention) = self.scaled_inv_freq(seq_len);
+        if let Some(factors) = &self.freq_factors {
+            // llama.cpp divides each frequency by its factor after the scaling.
+            freqs.iter_mut().zip(factors).for_each(|(f, d)| *f /= d);
+        }
+        (freqs, attention)
+    }
+
+    /// The inverse frequencies of the rope type, before any frequency factors.
+    fn scaled_inv_freq(&self, seq_len: usize) -> (Vec<f32>, f32) {
         let half = self.dim / 2;
         let base_freqs = |base: f64| -> Vec<f32> {
             (0..half)

@@ -62,6 +62,10 @@ pub struct RopeConfig {
     pub dim: usize,
     /// Scaling.
     pub scaling: RopeScaling,
+    /// Per-frequency divisors of the inverse frequencies (`dim / 2` of them), applied after
+    /// the scaling: llama.cpp's `rope_freqs` (how GGUF files carry Llama 3's frequency
+    /// scaling), read from the config's `rope_freq_factors`. `None` for none.
+    pub freq_factors: Option<Vec<f32>>,
 }
 
 /// The rope types [`RopeConfig::parse`] accepts.
@@ -110,6 +114,48 @@ impl RopeConfig {
         max_position_embeddings: usize,
         default_theta: f64,
     ) -> Result<Self> {
+        let mut rope = Self::parse_keys(check, json, dim, max_position_embeddings, default_theta)?;
+        rope.freq_factors = match json.get("rope_freq_factors") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(values)) => {
+                let factors = values
+                    .iter()
+                    .map(|v| {
+                        v.as_f64()
+                            .filter(|f| f.is_finite() && *f > 0.0)
+                            .map(|f| f as f32)
+                    })
+                    .collect::<Option<Vec<f32>>>()
+                    .ok_or_else(|| check.error("rope_freq_factors", "expected positive numbers"))?;
+                if factors.len() != dim / 2 {
+                    return Err(check.error(
+                        "rope_freq_factors",
+                        format!(
+                            "{} factors for a rotated width of {dim} (one per frequency: {})",
+                            factors.len(),
+                            dim / 2
+                        ),
+                    ));
+                }
+                Some(factors)
+            }
+            Some(v) => {
+                return Err(check.error(
+                    "rope_freq_factors",
+                    format!("expected a list of numbers, found {v}"),
+                ));
+            }
+        };
+        Ok(rope)
+    }
+
+    fn parse_keys(
+        check: &ConfigCheck<'_>,
+        json: &Value,
+        dim: usize,
+        max_position_embeddings: usize,
+        default_theta: f64,
+    ) -> Result<Self> {
         let top_theta = match json.get("rope_theta") {
             None | Some(Value::Null) => None,
             Some(v) => Some(v.as_f64().ok_or_else(|| {
@@ -125,6 +171,7 @@ impl RopeConfig {
                     theta,
                     dim,
                     scaling: RopeScaling::Default,
+                    freq_factors: None,
                 });
             }
         };
@@ -255,6 +302,7 @@ impl RopeConfig {
             theta,
             dim,
             scaling,
+            freq_factors: None,
         })
     }
 }
