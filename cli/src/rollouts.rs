@@ -6,8 +6,8 @@
 //! SGLang's `input_ids`), the completion's (`completion_ids`, or vLLM's `token_ids`, SGLang's
 //! `output_ids`) and optionally the routing: `routed_experts` as nested arrays `[tokens][layers]
 //! [top_k]` (vLLM) or SGLang's base64 string (top level, in `meta_info` or `sglext`, with
-//! `routed_experts_dtype`), and `routed_experts_start_len`. Only MODEL's `config.json` is read
-//! (the layer layout, top-k, the vocabulary).
+//! `routed_experts_dtype`), and `routed_experts_start_len`. Only MODEL's config is read (its
+//! `config.json`, or a GGUF file's metadata): the layer layout, top-k, the vocabulary.
 //!
 //! Writes one padded batch, the tensors `forward` and `routing-report` read (one file serves as
 //! both `--inputs` and `--forced-experts`), all i64: `input_ids` `[B, T]`, `attention_mask`
@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use patch_checkpoint::files::{check_output, read_json};
 use patchwork_hub::HubOptions;
+use patchwork_models::LoadOptions;
 use patchwork_models::family::decoder_config;
 use patchwork_models::rollouts::{Padding, RolloutBatch, read_rollouts};
 
@@ -29,13 +30,16 @@ use crate::CliResult;
 /// Arguments of `rollouts`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Checkpoint folder or Hub id whose config.json describes the model (nothing else is
+    /// Checkpoint folder, Hub id or GGUF file whose config describes the model (no weight is
     /// read).
     #[arg(value_name = "MODEL")]
     model: PathBuf,
     /// Branch, tag or commit hash of a Hub id.
     #[arg(long, default_value = "main")]
     revision: String,
+    /// The GGUF file to read in the MODEL folder (transformers' gguf_file).
+    #[arg(long, value_name = "NAME")]
+    gguf_file: Option<String>,
     /// Rollouts: JSON Lines or a JSON array.
     #[arg(long, value_name = "ROLLOUTS")]
     inputs: PathBuf,
@@ -63,21 +67,31 @@ enum PaddingArg {
 
 /// Runs `rollouts`.
 pub fn run(args: Args) -> CliResult {
-    let folder = patchwork_hub::resolve_model(
-        &args.model,
-        &HubOptions::default().with_revision(&args.revision),
-    )?;
-    let config_path = folder.join("config.json");
-    let mut protected: Vec<&Path> = vec![&args.inputs, &config_path];
-    let checkpoint_files: Vec<PathBuf> = std::fs::read_dir(&folder)
-        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
+    let options = LoadOptions {
+        hub: HubOptions::default().with_revision(&args.revision),
+        gguf_file: args.gguf_file.clone(),
+        ..LoadOptions::default()
+    };
+    let location = patchwork_models::model_location(&args.model, &options)?;
+    // Nothing of the checkpoint, nor the input, is ever overwritten.
+    let checkpoint_files: Vec<PathBuf> = if location.is_file() {
+        vec![location.clone()]
+    } else {
+        std::fs::read_dir(&location)
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    };
+    let mut protected: Vec<&Path> = vec![&args.inputs];
     protected.extend(checkpoint_files.iter().map(PathBuf::as_path));
     check_output(&args.out, &protected)?;
-    let config = decoder_config(
-        &read_json(&config_path)?,
-        &config_path.display().to_string(),
-    )?;
+    let (json, source) = if location.is_file() {
+        let gguf = patchwork_gguf::GgufCheckpoint::open(&location)?;
+        (gguf.config().clone(), location.display().to_string())
+    } else {
+        let path = location.join("config.json");
+        (read_json(&path)?, path.display().to_string())
+    };
+    let config = decoder_config(&json, &source)?;
     let padding = match args.padding {
         PaddingArg::Left => Padding::Left,
         PaddingArg::Right => Padding::Right,

@@ -39,10 +39,7 @@ pub struct Args {
 
 /// Runs `routing-report`.
 pub fn run(args: Args) -> CliResult {
-    let folder = args.model.folder()?;
-    let checkpoint_files: Vec<PathBuf> = std::fs::read_dir(&folder)
-        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
+    let checkpoint_files: Vec<PathBuf> = args.model.files()?;
     let mut protected: Vec<&Path> = vec![&args.inputs, &args.forced_experts];
     protected.extend(checkpoint_files.iter().map(PathBuf::as_path));
     check_output(&args.out, &protected)?;
