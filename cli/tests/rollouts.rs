@@ -266,3 +266,39 @@ fn rollouts_and_routing_report_refuse_what_does_not_line_up() {
     );
     assert!(!report.exists());
 }
+
+#[test]
+fn rollouts_read_the_config_of_a_gguf_file() {
+    let gguf = fixture("gguf").join("qwen3-moe-allmoe-Q8_0.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("r.jsonl");
+    std::fs::write(&inputs, r#"{"prompt_ids": [1, 2], "completion_ids": [3]}"#).unwrap();
+    let out = dir.path().join("batch.safetensors");
+    let text = ok(&patchwork(&[
+        "rollouts",
+        gguf.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(text.contains("1 rollouts -> [1, 3]"), "{text}");
+    let t = load(&out);
+    assert_eq!(rows(&t["labels"]), [[-100, -100, 3]]);
+    assert!(!t.keys().any(|k| k.starts_with("selected_experts.")));
+    // An id past the GGUF model's vocabulary is an error naming it.
+    std::fs::write(
+        &inputs,
+        r#"{"prompt_ids": [1, 999999], "completion_ids": [3]}"#,
+    )
+    .unwrap();
+    let err = failed(&patchwork(&[
+        "rollouts",
+        gguf.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(err.contains("token id 999999 at rollouts[0, 1]"), "{err}");
+}
