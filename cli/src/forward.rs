@@ -13,8 +13,10 @@
 //! - with `--grads` (needs labels): `grad.KEY` (f32, the checkpoint tensor's shape) for every
 //!   tensor `KEY` of the checkpoint, the gradients of `loss`.
 //!
-//! `--forced-experts FILE` replays a routing: `selected_experts.L` (`[B*T, K]`, any integer
-//! dtype, -1 = route freely) for MoE layer `L`, exactly what this command writes.
+//! `--forced-experts FILE` (also `--routed-experts`, vLLM's name) replays a routing:
+//! `selected_experts.L` (`[B*T, K]`, any integer dtype, -1 = route freely) for MoE layer `L`,
+//! exactly what this command and `rollouts` write; or vLLM's `routed_experts` (`[B*T, layers,
+//! K]` or `[B, T, layers, K]`, see `routing_file.rs`).
 //!
 //! `--output-hidden-states` adds `hidden_states.I` (f32 `[B, T, H]`, `I = 0..=L`: 0 the
 //! embedding output, `I` the output of layer `I - 1`, `L` the final norm's output);
@@ -34,6 +36,7 @@ use patchwork_models::decoder::Selection;
 
 use crate::CliResult;
 use crate::model_args::{ModelArgs, read_tensors};
+use crate::routing_file::RoutingFile;
 
 /// Arguments of `forward`.
 #[derive(Debug, clap::Args)]
@@ -51,8 +54,9 @@ pub struct Args {
     /// `labels` in the inputs).
     #[arg(long)]
     grads: bool,
-    /// Safetensors file of `selected_experts.L` to replay (what `forward` writes).
-    #[arg(long, value_name = "ROUTING")]
+    /// Safetensors file of `selected_experts.L` to replay (what `forward` and `rollouts`
+    /// write), or of vLLM's `routed_experts`.
+    #[arg(long, value_name = "ROUTING", alias = "routed-experts")]
     forced_experts: Option<PathBuf>,
     /// Also write `hidden_states.I` for every layer boundary.
     #[arg(long)]
@@ -83,13 +87,17 @@ pub fn run(args: Args) -> CliResult {
         )
         .into());
     }
-    let forced_experts = match &args.forced_experts {
-        Some(path) => read_forced_experts(path)?,
-        None => BTreeMap::new(),
+    let routing = match &args.forced_experts {
+        Some(path) => Some((path, RoutingFile::read(path)?)),
+        None => None,
     };
     let model = args
         .model
         .load(|o| if args.grads { o.trainable() } else { o })?;
+    let forced_experts = match routing {
+        Some((path, file)) => file.forced_experts(path, model.config())?,
+        None => BTreeMap::new(),
+    };
     let all = |on: bool| if on { Selection::All } else { Selection::None };
     let forward = ForwardOptions {
         output_router_logits: Some(true),
@@ -152,27 +160,4 @@ pub fn run(args: Args) -> CliResult {
     }
     patch_checkpoint::write_safetensors(&args.out, &tensors, &protected)?;
     Ok(())
-}
-
-/// `selected_experts.L` of a routing file, by layer `L`.
-fn read_forced_experts(path: &Path) -> Result<BTreeMap<usize, Tensor>, Box<dyn std::error::Error>> {
-    let name = path.display().to_string();
-    let tensors = read_tensors(path)?;
-    let mut forced = BTreeMap::new();
-    for (key, t) in tensors {
-        let Some(layer) = key.strip_prefix("selected_experts.") else {
-            continue;
-        };
-        let layer: usize = layer.parse().map_err(|_| {
-            format!("{name}: tensor {key:?}: expected selected_experts.L with L a layer index")
-        })?;
-        forced.insert(layer, t);
-    }
-    if forced.is_empty() {
-        return Err(format!(
-            "{name}: no selected_experts.L tensor (what `patchwork forward` writes for MoE layer L)"
-        )
-        .into());
-    }
-    Ok(forced)
 }

@@ -15,6 +15,9 @@ mod inspect;
 mod model_args;
 mod progress;
 mod resave;
+mod rollouts;
+mod routing_file;
+mod routing_report;
 
 /// Load, run, inspect, convert and save transformer checkpoints with patchwork.
 #[derive(Debug, Parser)]
@@ -66,6 +69,12 @@ enum Command {
     /// Run a patch set and the original on the same tokens with every site recorded: the
     /// largest difference per module path, and the first divergence (exit 1 when there is one).
     Compare(compare::Args),
+    /// Pad rollouts (JSON Lines or an array, as vLLM and SGLang return them) into one training
+    /// batch with their routing aligned: the safetensors `forward` reads.
+    Rollouts(rollouts::Args),
+    /// How far the trainer's own routing is from a rollout's: per layer, per token, and the
+    /// labels' log-probabilities free and replayed, written as JSON; a summary on stdout.
+    RoutingReport(routing_report::Args),
 }
 
 /// The error every subcommand returns.
@@ -83,6 +92,8 @@ fn main() -> ExitCode {
         Command::Resave(args) => resave::run(&args),
         Command::Bench(args) => bench::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Rollouts(args) => rollouts::run(args),
+        Command::RoutingReport(args) => routing_report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

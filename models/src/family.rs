@@ -202,3 +202,20 @@ pub fn family_of(config: &Value, source_name: &str) -> Result<&'static ModelFami
         )),
     }
 }
+
+/// The common config view of a config JSON, parsed and checked by the family its `model_type`
+/// names, without building anything (what tools that only need the layer layout read:
+/// [`crate::rollouts`]). `source_name` names the config in errors.
+///
+/// ```
+/// let json = serde_json::json!({
+///     "model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
+///     "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+/// });
+/// let config = patchwork_models::family::decoder_config(&json, "config.json")?;
+/// assert_eq!(config.num_hidden_layers, 2);
+/// # Ok::<(), patchwork_models::Error>(())
+/// ```
+pub fn decoder_config(config: &Value, source_name: &str) -> Result<DecoderConfig> {
+    (family_of(config, source_name)?.parse_config)(config, source_name)
+}

@@ -14,7 +14,9 @@
 //!   whichever linked family a config names; families register at link time ([`family`]).
 //! - [`CausalLM`]: forward with padding masks and a KV cache, [`generate`](CausalLM::generate),
 //!   [`explain`](CausalLM::explain).
-//! - [`routing`]: recorded MoE routing, ready to replay exactly in a later pass.
+//! - [`routing`]: recorded MoE routing, ready to replay exactly in a later pass; [`rollouts`]:
+//!   rollouts from vLLM and SGLang as one padded training batch, and the rollout-vs-trainer
+//!   routing report.
 //!
 //! ```
 //! use patchwork_models::{AutoModelForCausalLM, GenerationConfig, LoadOptions};
@@ -51,6 +53,7 @@ pub mod qwen2_moe;
 pub mod qwen3;
 pub mod qwen3_moe;
 pub mod replacements;
+pub mod rollouts;
 pub mod routing;
 
 pub use auto::AutoModelForCausalLM;

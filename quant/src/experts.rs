@@ -116,7 +116,7 @@ impl Experts for QuantizedExperts {
         weights: &Tensor,
         _pass: &PassContext,
     ) -> candle_core::Result<Tensor> {
-        patchwork_models::ops::per_expert(x, indices, weights, |e, xs| {
+        patchwork_models::ops::per_expert(x, indices, weights, self.experts.len(), |e, xs| {
             let Some((gate_up, down)) = self.experts.get(e) else {
                 candle_core::bail!(
                     "experts: a token chose expert {e}, but there are {}",

@@ -48,25 +48,8 @@ fn tensors(path: PathBuf) -> HashMap<String, Tensor> {
 
 /// `max |a - b|` and `max |b|`, failing on any non-finite value on either side.
 fn diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
-    let v = |t: &Tensor| -> Vec<f32> {
-        t.to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let (a, b) = (v(a), v(b));
-    assert_eq!(a.len(), b.len());
-    assert!(
-        a.iter().chain(&b).all(|x| x.is_finite()),
-        "non-finite values"
-    );
-    let d = a
-        .iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    let s = b.iter().fold(0f32, |m, y| m.max(y.abs()));
+    let d = patchwork_testing::max_abs_diff(a, b).unwrap_or_else(|e| panic!("{e}"));
+    let s = patchwork_testing::max_abs(b).unwrap_or_else(|e| panic!("{e}"));
     (d, s)
 }
 

@@ -36,19 +36,6 @@ fn quantized(topology: &Topology) -> LoadOptions {
     LoadOptions::default().with_added_patches(topology.patches().unwrap())
 }
 
-/// `max |x|`, failing on any NaN or infinity.
-fn max_abs(t: &Tensor) -> f32 {
-    let v: Vec<f32> = t
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    assert!(v.iter().all(|x| x.is_finite()), "non-finite values");
-    v.iter().fold(0f32, |m, x| m.max(x.abs()))
-}
-
 /// `max |q - f| / max |f|` of the logits, the quantized model run under the float model's
 /// routing (a quantized attention output that flips one token's top-k choice would otherwise
 /// dominate the comparison).
@@ -68,7 +55,9 @@ fn relative_logits(float: &CausalLM, quantized: &CausalLM, vocab: usize) -> f32 
         .forward_with(&ids(vocab), None, None, &replay)
         .unwrap();
     let (q, f) = (q.logits.unwrap(), f.logits.unwrap());
-    max_abs(&(q - &f).unwrap()) / max_abs(&f)
+    // Both fail on any NaN or infinity, on either side.
+    let d = patchwork_testing::max_abs_diff(&q, &f).unwrap_or_else(|e| panic!("{e}"));
+    d / patchwork_testing::max_abs(&f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Every projection site and every experts site of `model` built as the quantized
