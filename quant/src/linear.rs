@@ -4,7 +4,7 @@
 use candle_core::Tensor;
 use candle_nn::Init;
 use patch_core::{Build, Builder, Result};
-use patchwork_models::decoder::{PassContext, Projection, ProjectionArgs};
+use patchwork_models::decoder::{PassContext, Projection, ProjectionArgs, StackedProjections};
 
 use crate::RowQuantizer;
 use crate::weight::QuantizedWeight;
@@ -127,5 +127,46 @@ impl Projection for QuantizedLinear {
 
     fn out_features(&self) -> usize {
         self.weight.dims().0
+    }
+
+    /// Siblings that are all `QuantizedLinear`s of this format and width, with biases on all
+    /// or none, computed in one pass over their weights (shared, not copied).
+    fn stack_with(&self, rest: &[&dyn Projection]) -> Option<Box<dyn StackedProjections>> {
+        let mut parts = vec![self];
+        for p in rest {
+            parts.push(p.as_any().downcast_ref::<QuantizedLinear>()?);
+        }
+        let alike = |p: &&QuantizedLinear| {
+            p.weight.format() == self.weight.format()
+                && p.weight.dims().1 == self.weight.dims().1
+                && p.bias.is_some() == self.bias.is_some()
+        };
+        if !parts.iter().all(alike) {
+            return None;
+        }
+        let bias = match &self.bias {
+            Some(_) => {
+                let biases: Vec<&Tensor> = parts.iter().filter_map(|p| p.bias.as_ref()).collect();
+                Some(Tensor::cat(&biases, 0).ok()?)
+            }
+            None => None,
+        };
+        Some(Box::new(StackedQuantized {
+            weights: parts.iter().map(|p| p.weight.clone()).collect(),
+            bias,
+        }))
+    }
+}
+
+/// Sibling quantized projections computed together ([`QuantizedWeight::forward_many`]).
+struct StackedQuantized {
+    weights: Vec<QuantizedWeight>,
+    bias: Option<Tensor>,
+}
+
+impl StackedProjections for StackedQuantized {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let parts: Vec<&QuantizedWeight> = self.weights.iter().collect();
+        QuantizedWeight::forward_many(&parts, x, self.bias.as_ref())
     }
 }

@@ -136,6 +136,36 @@ impl QuantizedWeight {
         }
     }
 
+    /// The products of `x` with each of `parts` (weights of one format and width: sibling
+    /// projections of one input), side by side along the last dimension, plus `bias` (all the
+    /// parts' biases, stacked). Q8_0 computes them in one pass
+    /// ([`patchwork_models::ops::q8_0_linear_many`]); the other formats one product each.
+    pub fn forward_many(
+        parts: &[&QuantizedWeight],
+        x: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let q8: Option<Vec<&Q8_0Matrix>> = parts
+            .iter()
+            .map(|p| match p.stored.as_ref() {
+                Stored::Q8_0(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        if let Some(q8) = q8 {
+            return patchwork_models::ops::q8_0_linear_many(x, &q8, bias);
+        }
+        let outs = parts
+            .iter()
+            .map(|p| p.forward(x, None))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let y = Tensor::cat(&outs, candle_core::D::Minus1)?;
+        match bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+            None => Ok(y),
+        }
+    }
+
     /// `x W^T + bias` for `x` `[..., cols]`: the activations are quantized per block as the
     /// format's kernels need (Q8_0: 8 bits per 32; the ggml formats: candle's), F16 computes
     /// in float16. The result has `x`'s dtype.

@@ -271,7 +271,8 @@ fn a_topology_falls_back_per_tensor_and_says_why() {
     let attn = model
         .get_submodule_as::<patchwork_models::llama::LlamaAttention>("model.layers.1.self_attn")
         .unwrap();
-    assert!(attn.qkv.fused().is_none());
+    // Layer 1's q/k/v, q5_0 all three, are stacked by their type, not fused as floats.
+    assert!(attn.qkv.fused().is_none() && attn.qkv.is_fused());
     // The report folds nothing away: every path shows its format.
     let text = report.to_string();
     assert!(text.contains("f16 (default asked q4_k"), "{text}");
@@ -307,6 +308,11 @@ fn quantized_models_keep_no_float_weights_and_save_the_original_checkpoint() {
             "{name} cannot be read again"
         );
     }
+    // q/k/v, quantized alike, are computed in one pass over their own (shared) blocks.
+    let attn = model
+        .get_submodule_as::<patchwork_models::llama::LlamaAttention>("model.layers.0.self_attn")
+        .unwrap();
+    assert!(attn.qkv.is_fused() && attn.qkv.fused().is_none());
     let float = AutoModelForCausalLM::from_pretrained(&dir, &LoadOptions::default()).unwrap();
     assert_eq!(model.num_parameters(), float.num_parameters());
     let out = tempfile::tempdir().unwrap();

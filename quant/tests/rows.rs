@@ -129,3 +129,40 @@ fn a_quantized_table_looks_up_the_rows_of_its_dequantized_self() {
         );
     }
 }
+
+#[test]
+fn siblings_computed_in_one_pass_equal_each_alone() {
+    let parts = [matrix(24, 256), matrix(8, 256), matrix(12, 256)];
+    for format in [Format::Q8_0, Format::Q4_0, Format::Q6K] {
+        let weights: Vec<QuantizedWeight> = parts
+            .iter()
+            .map(|w| QuantizedWeight::quantize(w, format).unwrap())
+            .collect();
+        let refs: Vec<&QuantizedWeight> = weights.iter().collect();
+        let bias = Tensor::arange(0f32, 44.0, &Device::Cpu).unwrap();
+        // One token (integer dot products) and seven (the widened float path).
+        for m in [1, 7] {
+            let x = matrix(m, 256).reshape((1, m, 256)).unwrap();
+            let together = QuantizedWeight::forward_many(&refs, &x, Some(&bias)).unwrap();
+            let alone: Vec<Tensor> = weights
+                .iter()
+                .map(|w| w.forward(&x, None).unwrap())
+                .collect();
+            let alone = Tensor::cat(&alone, 2)
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap();
+            assert_eq!(together.dims(), [1, m, 44]);
+            let bits = |t: &Tensor| -> Vec<u32> {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .into_iter()
+                    .map(f32::to_bits)
+                    .collect()
+            };
+            assert!(bits(&together) == bits(&alone), "{format}, {m} tokens");
+        }
+    }
+}

@@ -1,22 +1,42 @@
 //! Sibling projections of one input computed together (q/k/v, gate/up): one product over
-//! their stacked rows when nothing replaced any of them, one product each otherwise.
+//! their stacked rows when nothing replaced any of them, one pass when their type stacks them
+//! ([`Projection::stack_with`]: quantized ones of one format), one product each otherwise.
 
 use candle_core::Tensor;
 use patch_core::{Builder, Module, Result};
 
 use crate::decoder::capture::{PassContext, Record};
 use crate::decoder::linear::Linear;
-use crate::decoder::projection::Projection;
+use crate::decoder::projection::{Projection, StackedProjections};
 
 /// Projections of one input, each a site at its own path (`q_proj`, `k_proj`, `v_proj`),
 /// computed as one product when every part is the plain [`Linear`] (nothing replaced it): the
 /// fused weight is then the only copy, each part's weight a view of its rows, and the
 /// parameter store records those views under the parts' own names, so saving writes the
-/// checkpoint's layout. When any part was replaced (quantized, given an adapter, sharded), each
-/// part computes on its own, so a rule on `q_proj` alone works.
+/// checkpoint's layout. When the parts were replaced by a type that stacks its own kind
+/// ([`Projection::stack_with`]: quantized projections of one format), they are computed in one
+/// pass over their shared weights. Otherwise (a rule on `q_proj` alone, an adapter, a mix of
+/// formats) each part computes on its own.
 pub struct FusedProjections {
     parts: Vec<Box<dyn Projection>>,
-    fused: Option<Linear>,
+    fused: Option<Fused>,
+}
+
+/// How the parts compute together.
+enum Fused {
+    /// One float layer over the stacked rows (the parts' weights are views of it).
+    Float(Linear),
+    /// What the parts' type stacked.
+    Stacked(Box<dyn StackedProjections>),
+}
+
+impl Fused {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Fused::Float(l) => l.forward(x),
+            Fused::Stacked(s) => s.forward(x),
+        }
+    }
 }
 
 impl FusedProjections {
@@ -26,12 +46,22 @@ impl FusedProjections {
     pub fn new(b: &Builder, names: &[&str], mut parts: Vec<Box<dyn Projection>>) -> Result<Self> {
         let linears: Option<Vec<&Linear>> = parts.iter().map(|p| p.linear()).collect();
         let Some(linears) = linears.filter(|l| fusable(l)) else {
-            return Ok(Self { parts, fused: None });
+            let stacked = match parts.split_first() {
+                Some((first, rest)) => {
+                    let rest: Vec<&dyn Projection> = rest.iter().map(|p| &**p).collect();
+                    first.stack_with(&rest).map(Fused::Stacked)
+                }
+                None => None,
+            };
+            return Ok(Self {
+                parts,
+                fused: stacked,
+            });
         };
         if b.weights().is_trainable() {
             let rows = linears.into_iter().cloned().collect();
             return Ok(Self {
-                fused: Some(Linear::from_rows(rows)),
+                fused: Some(Fused::Float(Linear::from_rows(rows))),
                 parts,
             });
         }
@@ -76,7 +106,7 @@ impl FusedProjections {
         }
         Ok(Self {
             parts,
-            fused: Some(Linear::new(weight, bias)),
+            fused: Some(Fused::Float(Linear::new(weight, bias))),
         })
     }
 
@@ -95,7 +125,7 @@ impl FusedProjections {
         }
         Ok(Self {
             parts,
-            fused: Some(fused),
+            fused: Some(Fused::Float(fused)),
         })
     }
 
@@ -104,9 +134,17 @@ impl FusedProjections {
         &self.parts
     }
 
-    /// The fused layer, when the parts are computed as one product.
+    /// The fused float layer, when the parts are plain float layers computed as one product.
     pub fn fused(&self) -> Option<&Linear> {
-        self.fused.as_ref()
+        match &self.fused {
+            Some(Fused::Float(l)) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Whether the parts are computed together (one float product, or stacked by their type).
+    pub fn is_fused(&self) -> bool {
+        self.fused.is_some()
     }
 
     /// Each part's output for `x`, in order; a part built as a site and recorded by the pass

@@ -64,7 +64,7 @@ pub use moe::{Experts, MoeArgs, Router, SparseMoe};
 pub use norm::{Norm, NormArgs};
 pub use outputs::{LayerOutput, MoeOutput, RouterOutput};
 pub use positions::Positions;
-pub use projection::{Projection, ProjectionArgs};
+pub use projection::{Projection, ProjectionArgs, StackedProjections};
 pub use rope::{RopeConfig, RopeScaling, RopeTables};
 pub use rotary::{RotaryArgs, RotaryEmbedding};
 pub use sites::{DecoderSites, MoeSites};

@@ -18,7 +18,7 @@ use crate::decoder::moe::{Experts, Router, SparseMoe};
 use crate::decoder::norm::Norm;
 use crate::decoder::outputs::{LayerOutput, MoeOutput, RouterOutput};
 use crate::decoder::positions::Positions;
-use crate::decoder::projection::Projection;
+use crate::decoder::projection::{Projection, StackedProjections};
 use crate::decoder::rope::RopeTables;
 use crate::decoder::rotary::RotaryEmbedding;
 
@@ -63,6 +63,10 @@ impl Projection for Observed<dyn Projection> {
 
     fn observed_site(&self) -> Option<&ObservedSite> {
         Some(self.site())
+    }
+
+    fn stack_with(&self, rest: &[&dyn Projection]) -> Option<Box<dyn StackedProjections>> {
+        self.inner().stack_with(rest)
     }
 }
 

@@ -37,6 +37,23 @@ pub trait Projection: Module {
     fn observed_site(&self) -> Option<&ObservedSite> {
         None
     }
+
+    /// This projection and `rest` (siblings reading the same input, in order: q/k/v,
+    /// gate/up) computed together, their outputs side by side, when this type can (the
+    /// quantized projections of one format do, sharing their weights rather than copying
+    /// them); `None`, the default, computes each on its own. Float [`Linear`]s are fused by
+    /// the parent itself ([`Projection::linear`]). A sibling of another type, or wrapped by a
+    /// replacement, is not this type's to stack: return `None`.
+    fn stack_with(&self, rest: &[&dyn Projection]) -> Option<Box<dyn StackedProjections>> {
+        let _ = rest;
+        None
+    }
+}
+
+/// Sibling projections of one input computed together ([`Projection::stack_with`]).
+pub trait StackedProjections: Send + Sync {
+    /// The projections' outputs for `x`, side by side along the last dimension, in order.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
 }
 
 /// What every projection constructor receives.

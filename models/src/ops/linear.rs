@@ -92,7 +92,25 @@ pub fn q8_0_linear(
     w: &Q8_0Matrix,
     bias: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    let (n, k) = w.shape();
+    q8_0_linear_many(x, &[w], bias)
+}
+
+/// `x [W_0; W_1; ...]^T + b` for sibling weights of one input held in Q8_0 blocks (q/k/v,
+/// gate/up): their outputs side by side along the last dimension, computed in one pass
+/// ([`Q8_0Matrix::matmul_t_many`]); `bias`, when given, spans all of them.
+pub fn q8_0_linear_many(
+    x: &Tensor,
+    parts: &[&Q8_0Matrix],
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let k = parts.first().map_or(0, |p| p.shape().1);
+    if let Some(p) = parts.iter().find(|p| p.shape().1 != k) {
+        candle_core::bail!(
+            "linear: stacked Q8_0 weights of {k} and {} inputs",
+            p.shape().1
+        );
+    }
+    let n: usize = parts.iter().map(|p| p.shape().0).sum();
     let mut dims = x.dims().to_vec();
     if dims.pop() != Some(k) {
         candle_core::bail!(
@@ -110,7 +128,7 @@ pub fn q8_0_linear(
     dims.push(n);
     let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let mut out = vec![0f32; m * n];
-    w.matmul_t(Isa::detect(), &xs, m, &mut out);
+    Q8_0Matrix::matmul_t_many(Isa::detect(), parts, &xs, m, &mut out);
     let y = cpu_tensor(out, (m, n))?;
     let y = match bias {
         Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,

@@ -89,7 +89,7 @@ impl Experts for ModuleListExperts {
         pass: &PassContext,
     ) -> candle_core::Result<Tensor> {
         let mut out = x.zeros_like()?;
-        for group in tokens_per_expert(ids, w)? {
+        for group in tokens_per_expert(ids, w, self.experts.len())? {
             let rows = x.index_select(&group.rows, 0)?;
             let y = self.experts[group.expert].forward_with(&rows, pass)?;
             out = out.index_add(&group.rows, &y.broadcast_mul(&group.weights)?, 0)?;
