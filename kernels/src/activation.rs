@@ -279,7 +279,7 @@ mod tests {
             -0.5,
         ]);
         // 1,010 values: a tail for the 8- and the 16-lane paths.
-        for isa in crate::kernels::tests_support::paths() {
+        for isa in crate::tests_support::paths() {
             let mut got = xs.clone();
             exp_in_place(isa, &mut got);
             for (x, g) in xs.iter().zip(&got) {
@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn swiglu_matches_silu_times_up() {
-        for isa in crate::kernels::tests_support::paths() {
+        for isa in crate::tests_support::paths() {
             for (rows, inter) in [(1, 1), (1, 13), (3, 8), (9, 37), (20, 64)] {
                 let gu: Vec<f32> = random(rows * 2 * inter, 3)
                     .iter()

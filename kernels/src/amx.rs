@@ -293,7 +293,7 @@ mod tests {
     fn amx_product_matches_a_float64_reference_of_the_rounded_operands() {
         if !available() {
             // Says so on the uncaptured stderr, once: `kernel paths not run on this CPU: amx`.
-            crate::kernels::tests_support::paths();
+            crate::tests_support::paths();
             return;
         }
         eprintln!("AMX-BF16 product tested on this CPU");

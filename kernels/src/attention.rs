@@ -303,7 +303,7 @@ mod tests {
 
     #[test]
     fn attention_matches_a_float64_reference_with_gqa_cache_and_mask() {
-        for isa in crate::kernels::tests_support::paths() {
+        for isa in crate::tests_support::paths() {
             for (batch, q_len, heads, kv_heads, d, kv_len, cap) in [
                 (1, 1, 4, 2, 8, 5, 9),
                 (2, 3, 6, 3, 12, 7, 7),

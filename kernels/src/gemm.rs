@@ -536,7 +536,7 @@ mod tests {
 
     #[test]
     fn matmul_matches_a_float64_reference_on_odd_shapes() {
-        for isa in crate::kernels::tests_support::paths() {
+        for isa in crate::tests_support::paths() {
             for (m, n, k) in [
                 (1, 5, 9),
                 (2, 13, 7),

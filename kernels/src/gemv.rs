@@ -417,7 +417,7 @@ mod tests {
 
     #[test]
     fn gemv_matches_a_float64_reference_on_odd_shapes() {
-        for isa in crate::kernels::tests_support::paths() {
+        for isa in crate::tests_support::paths() {
             for (rows, k) in [
                 (1, 1),
                 (3, 7),
@@ -447,7 +447,7 @@ mod tests {
 
     #[test]
     fn a_batch_runs_every_job() {
-        for isa in crate::kernels::tests_support::paths() {
+        for isa in crate::tests_support::paths() {
             let (w1, w2) = (random(300 * 40, 3), random(7 * 9, 4));
             let (x1, x2) = (random(40, 5), random(9, 6));
             let (mut y1, mut y2) = (vec![0f32; 300], vec![0f32; 7]);

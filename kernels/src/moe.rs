@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn routed_experts_match_a_float64_reference() {
-        for isa in crate::kernels::tests_support::paths() {
+        for isa in crate::tests_support::paths() {
             for (tokens, top_k) in [(1, 2), (5, 3), (9, 1)] {
                 let s = ExpertsShape {
                     tokens,

@@ -214,10 +214,10 @@ impl Acc {
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     if t.dtype() == DType::F32 {
         let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            if let Some(values) = cpu.as_slice::<f32>()?.get(start..end) {
-                return Ok(f(values));
-            }
+        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets())
+            && let Some(values) = cpu.as_slice::<f32>()?.get(start..end)
+        {
+            return Ok(f(values));
         }
     }
     let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use patch_core::{Build, Builder, Module, PatchKey, PatchSet, Replacement};
 use patchwork_models::decoder::{PassContext, Projection, ProjectionArgs};
 use patchwork_models::{AutoModelForCausalLM, CausalLM, ForwardOptions, LoadOptions, routing};

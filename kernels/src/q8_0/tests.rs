@@ -36,7 +36,7 @@ use crate::tests_support::random;
 
 #[test]
 fn q8_0_products_match_a_float64_reference_of_the_quantized_operands() {
-    for isa in crate::kernels::tests_support::paths() {
+    for isa in crate::tests_support::paths() {
         for (m, n, k) in [
             (1, 1, 32),
             (1, 9, 64),
