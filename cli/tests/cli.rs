@@ -662,9 +662,32 @@ fn every_command_quantizes_with_quantize() {
     let dir = fixture("qwen3-tiny");
     let d = dir.to_str().unwrap();
     let text = stdout(&patchwork(&["inspect", d, "--quantize", "q8_0"]));
-    // The topology's patch at the projection site, and each path's format, layers folded.
+    // The topology's patches at the projection and embedding sites, and each path's format,
+    // layers folded.
+    let site_row = |site: &str, builds: &str, rule: &str| {
+        text.lines().any(|l| {
+            let cols: Vec<&str> = l
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            cols.first() == Some(&site) && cols.contains(&builds) && cols.contains(&rule)
+        })
+    };
     assert!(
-        text.contains(r#"QuantizedLinear (q8_0)  exact "Linear""#),
+        site_row(
+            "Linear",
+            "QuantizedLinear (q8_0)",
+            r#"exact "Linear" (run time)"#
+        ),
+        "{text}"
+    );
+    assert!(
+        site_row(
+            "Embedding",
+            "QuantizedEmbedding (q8_0)",
+            r#"pattern "^Embedding$" (run time)"#
+        ),
         "{text}"
     );
     assert!(
