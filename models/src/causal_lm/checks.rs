@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor};
 
 use super::CausalLM;
-use super::forward::{ForwardOptions, LogitsMode};
+use super::options::{ForwardOptions, LogitsMode};
 use crate::decoder::FeedForwardKind;
 use crate::loss::integer_values;
 use crate::{Error, Result};

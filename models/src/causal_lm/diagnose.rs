@@ -3,7 +3,7 @@
 use candle_core::{DType, Tensor};
 
 use super::CausalLM;
-use super::forward::{ForwardOptions, LogitsMode};
+use super::options::{ForwardOptions, LogitsMode};
 use crate::decoder::Selection;
 
 impl CausalLM {

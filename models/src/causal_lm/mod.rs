@@ -8,6 +8,7 @@ mod diagnose;
 mod explain;
 mod forward;
 mod modules;
+mod options;
 mod training;
 
 use std::fmt;
@@ -25,7 +26,8 @@ use crate::generation::GenerationDefaults;
 use crate::implementations::{AttentionImplementation, ExpertsImplementation, Implementations};
 use crate::{Error, Result};
 
-pub use forward::{ForwardOptions, ForwardOutput, LogitsMode};
+pub use forward::ForwardOutput;
+pub use options::{ForwardOptions, LogitsMode};
 
 /// A causal language model: a [`DecoderModel`] body and an output head, plus what it was
 /// built from (config, weights record, build report, patches) for explain and saving.

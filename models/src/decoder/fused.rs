@@ -44,7 +44,11 @@ impl FusedProjections {
     /// weight dtype with biases on all or none. From trainable weights the fused layer reads
     /// the parts' variables at each call ([`Linear::from_rows`]).
     pub fn new(b: &Builder, names: &[&str], mut parts: Vec<Box<dyn Projection>>) -> Result<Self> {
-        let linears: Option<Vec<&Linear>> = parts.iter().map(|p| p.linear()).collect();
+        // The site's own float layer (an observing wrapper hands its inner module's `as_any`).
+        let linears: Option<Vec<&Linear>> = parts
+            .iter()
+            .map(|p| p.as_any().downcast_ref::<Linear>())
+            .collect();
         let Some(linears) = linears.filter(|l| fusable(l)) else {
             let stacked = match parts.split_first() {
                 Some((first, rest)) => {
@@ -99,7 +103,7 @@ impl FusedProjections {
                 }
                 None => None,
             };
-            if let Some(linear) = part.linear_mut() {
+            if let Some(linear) = part.as_any_mut().downcast_mut::<Linear>() {
                 linear.set(w, bv);
             }
             row += rows;

@@ -173,14 +173,6 @@ impl Projection for Linear {
     fn out_features(&self) -> usize {
         self.dims().0
     }
-
-    fn linear(&self) -> Option<&Linear> {
-        Some(self)
-    }
-
-    fn linear_mut(&mut self) -> Option<&mut Linear> {
-        Some(self)
-    }
 }
 
 impl candle_core::Module for Linear {

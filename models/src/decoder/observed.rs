@@ -12,7 +12,6 @@ use crate::decoder::capture::{PassContext, Record};
 use crate::decoder::context::LayerContext;
 use crate::decoder::embedding::TokenEmbedding;
 use crate::decoder::layer::DecoderLayer;
-use crate::decoder::linear::Linear;
 use crate::decoder::mlp::Mlp;
 use crate::decoder::moe::{Experts, Router, SparseMoe};
 use crate::decoder::norm::Norm;
@@ -51,14 +50,6 @@ impl Projection for Observed<dyn Projection> {
 
     fn out_features(&self) -> usize {
         self.inner().out_features()
-    }
-
-    fn linear(&self) -> Option<&Linear> {
-        self.inner().linear()
-    }
-
-    fn linear_mut(&mut self) -> Option<&mut Linear> {
-        self.inner_mut().linear_mut()
     }
 
     fn observed_site(&self) -> Option<&ObservedSite> {

@@ -8,7 +8,6 @@ use patch_core::{Module, Observed, ObservedSite, Slot};
 use crate::decoder::capture::PassContext;
 use crate::decoder::config::DecoderConfig;
 use crate::decoder::embedding::TokenEmbedding;
-use crate::decoder::linear::Linear;
 
 /// The projection slot: `[..., in_features] -> [..., out_features]`.
 pub trait Projection: Module {
@@ -21,17 +20,6 @@ pub trait Projection: Module {
     /// Width of the output.
     fn out_features(&self) -> usize;
 
-    /// The float layer this projection is, when it is exactly that (the site's own type, not
-    /// replaced): a parent fuses such siblings into one product (q/k/v, gate/up).
-    fn linear(&self) -> Option<&Linear> {
-        None
-    }
-
-    /// The float layer, mutably (what fusing rewrites into views of the fused weight).
-    fn linear_mut(&mut self) -> Option<&mut Linear> {
-        None
-    }
-
     /// Where the builder built it, when it was built as a site (a fused parent records a
     /// part's output under it).
     fn observed_site(&self) -> Option<&ObservedSite> {
@@ -41,9 +29,9 @@ pub trait Projection: Module {
     /// This projection and `rest` (siblings reading the same input, in order: q/k/v,
     /// gate/up) computed together, their outputs side by side, when this type can (the
     /// quantized projections of one format do, sharing their weights rather than copying
-    /// them); `None`, the default, computes each on its own. Float [`Linear`]s are fused by
-    /// the parent itself ([`Projection::linear`]). A sibling of another type, or wrapped by a
-    /// replacement, is not this type's to stack: return `None`.
+    /// them); `None`, the default, computes each on its own. Float `Linear`s (the site's own
+    /// type, found by `as_any`) are fused by the parent itself. A sibling of another type, or
+    /// wrapped by a replacement, is not this type's to stack: return `None`.
     fn stack_with(&self, rest: &[&dyn Projection]) -> Option<Box<dyn StackedProjections>> {
         let _ = rest;
         None
