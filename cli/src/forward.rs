@@ -11,7 +11,9 @@
 //!   `router_aux_loss_coef * aux_loss`, router outputs being always returned) and, for MoE
 //!   models, `aux_loss` (f32 `[]`);
 //! - with `--grads` (needs labels): `grad.KEY` (f32, the checkpoint tensor's shape) for every
-//!   tensor `KEY` of the checkpoint, the gradients of `loss`.
+//!   tensor `KEY` of the checkpoint, the gradients of `loss`; with `--adapter DIR` instead, for
+//!   every key of the active (last) adapter's `adapter_model.safetensors` (f32, that tensor's
+//!   shape), the base frozen.
 //!
 //! `--forced-experts FILE` (also `--routed-experts`, vLLM's name) replays a routing:
 //! `selected_experts.L` (`[B*T, K]`, any integer dtype, -1 = route freely) for MoE layer `L`,
@@ -37,6 +39,7 @@ use patchwork_models::decoder::Selection;
 use crate::CliResult;
 use crate::model_args::{ModelArgs, read_tensors};
 use crate::routing_file::RoutingFile;
+use patchwork_lora::LoraOptions;
 
 /// Arguments of `forward`.
 #[derive(Debug, clap::Args)]
@@ -91,9 +94,24 @@ pub fn run(args: Args) -> CliResult {
         Some(path) => Some((path, RoutingFile::read(path)?)),
         None => None,
     };
-    let model = args
-        .model
-        .load(|o| if args.grads { o.trainable() } else { o })?;
+    // With adapters, --grads differentiates the adapters (trainable, base frozen); without,
+    // the checkpoint's tensors.
+    let adapter_grads = args.grads && !args.model.adapters.is_empty();
+    let lora = if adapter_grads {
+        LoraOptions::default().trainable()
+    } else {
+        LoraOptions::default()
+    };
+    let (model, adapters) = args.model.load_with_adapters(
+        |o| {
+            if args.grads && !adapter_grads {
+                o.trainable()
+            } else {
+                o
+            }
+        },
+        &lora,
+    )?;
     let forced_experts = match routing {
         Some((path, file)) => file.forced_experts(path, model.config())?,
         None => BTreeMap::new(),
@@ -153,7 +171,14 @@ pub fn run(args: Args) -> CliResult {
         tensors.insert("loss".into(), loss.detach().to_dtype(DType::F32)?);
         if args.grads {
             let grads = loss.backward()?;
-            for (key, g) in model.gradients(&grads)? {
+            let gradients = match &adapters {
+                Some(adapters) if adapter_grads => {
+                    let active = adapters.active().ok_or("no adapter is active")?;
+                    adapters.gradients(&active, &grads)?
+                }
+                _ => model.gradients(&grads)?,
+            };
+            for (key, g) in gradients {
                 tensors.insert(format!("grad.{key}"), g);
             }
         }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use patchwork_hub::HubOptions;
+use patchwork_lora::{LoraAdapters, LoraOptions};
 use patchwork_models::{AutoModelForCausalLM, CausalLM, LoadOptions};
 use patchwork_quant::{Format, Topology};
 
@@ -54,6 +55,12 @@ pub struct ModelArgs {
     /// instead of computing on their blocks as stored (the default, CPU).
     #[arg(long)]
     pub dequantize: bool,
+    /// A LoRA adapter folder as PEFT saves it (adapter_config.json,
+    /// adapter_model.safetensors), repeatable: each is named by its folder (or NAME), and the
+    /// last one is active. It wraps the projections its config targets, over whatever they
+    /// are (float, or quantized by --quantize: QLoRA's setting).
+    #[arg(long = "adapter", value_name = "[NAME=]DIR")]
+    pub adapters: Vec<String>,
 }
 
 /// The default format of `--quantize`: a format, or `None` (`none`: float unless a rule says).
@@ -130,16 +137,54 @@ impl ModelArgs {
         Ok(Some(topology))
     }
 
-    /// Loads the model with [`ModelArgs::options`] adjusted by `adjust`.
+    /// Loads the model with [`ModelArgs::options`] adjusted by `adjust`, with the
+    /// `--adapter`s on it.
     pub fn load(
         &self,
         adjust: impl FnOnce(LoadOptions) -> LoadOptions,
     ) -> Result<CausalLM, Box<dyn std::error::Error>> {
-        let options = adjust(self.options()?);
-        Ok(AutoModelForCausalLM::from_pretrained(
-            &self.model,
-            &options,
-        )?)
+        Ok(self.load_with_adapters(adjust, &LoraOptions::default())?.0)
+    }
+
+    /// Loads the model as [`ModelArgs::load`] does, returning the `--adapter`s read with
+    /// `lora` (trainable, for gradients) when there are any.
+    pub fn load_with_adapters(
+        &self,
+        adjust: impl FnOnce(LoadOptions) -> LoadOptions,
+        lora: &LoraOptions,
+    ) -> Result<(CausalLM, Option<LoraAdapters>), Box<dyn std::error::Error>> {
+        let mut options = adjust(self.options()?);
+        let adapters = if self.adapters.is_empty() {
+            None
+        } else {
+            let lora = lora.clone().with_device(options.device.clone());
+            let named = self.adapters.iter().map(|a| adapter_arg(a));
+            let adapters = LoraAdapters::from_named(named, &lora)?;
+            options = options.with_added_patches(adapters.patches()?);
+            Some(adapters)
+        };
+        let model = AutoModelForCausalLM::from_pretrained(&self.model, &options)?;
+        if let Some(adapters) = &adapters {
+            adapters.verify()?;
+        }
+        Ok((model, adapters))
+    }
+}
+
+/// `--adapter [NAME=]DIR`: a folder that exists as given is a folder (named by its last
+/// component), else `NAME=DIR`.
+fn adapter_arg(arg: &str) -> (String, PathBuf) {
+    let folder_name = |dir: &Path| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "default".to_string())
+    };
+    let whole = PathBuf::from(arg);
+    match arg.split_once('=') {
+        Some((name, dir)) if !whole.exists() && !name.is_empty() => {
+            (name.to_string(), PathBuf::from(dir))
+        }
+        _ => (folder_name(&whole), whole),
     }
 }
 

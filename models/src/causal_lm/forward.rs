@@ -120,7 +120,8 @@ impl CausalLM {
             attentions,
             &self.implementations,
         )
-        .with_gradients(self.weights.is_trainable());
+        .with_gradients(self.weights.is_trainable())
+        .with_extensions(options.extensions.clone());
         let input = DecoderInput {
             input_ids: &ids,
             attention_mask: &mask,

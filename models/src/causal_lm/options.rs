@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
-use crate::decoder::{Recorders, Selection};
+use crate::decoder::{Extensions, Recorders, Selection};
 
 /// Which positions get logits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,4 +43,7 @@ pub struct ForwardOptions {
     pub output_attentions: Selection,
     /// Which sites' outputs to record ([`ForwardOutput::records`]), by site name or regex.
     pub recorders: Recorders,
+    /// Values for the modules that read them on this call (a LoRA projection's adapter choice,
+    /// say): handed to every module through [`PassContext::extension`](crate::decoder::PassContext::extension).
+    pub extensions: Extensions,
 }

@@ -13,6 +13,7 @@ use std::sync::{Mutex, PoisonError};
 use candle_core::Tensor;
 use patch_core::{BuildReport, ObservedSite, SiteMatcher};
 
+use crate::decoder::extensions::Extensions;
 use crate::decoder::outputs::RouterOutput;
 use crate::decoder::rope::RopeTables;
 use crate::implementations::{AttentionImplementation, ExpertsImplementation, Implementations};
@@ -245,6 +246,7 @@ pub struct PassContext {
     attentions: Vec<bool>,
     records: Mutex<Vec<Recorded>>,
     attention_weights: Mutex<BTreeMap<usize, Tensor>>,
+    extensions: Extensions,
 }
 
 impl PassContext {
@@ -280,6 +282,20 @@ impl PassContext {
     pub fn with_gradients(mut self, tracks_gradients: bool) -> Self {
         self.tracks_gradients = tracks_gradients;
         self
+    }
+
+    /// This pass carrying the caller's `extensions` (what [`ForwardOptions::extensions`]
+    /// holds), for the modules that read them ([`PassContext::extension`]).
+    ///
+    /// [`ForwardOptions::extensions`]: crate::ForwardOptions::extensions
+    pub fn with_extensions(mut self, extensions: Extensions) -> Self {
+        self.extensions = extensions;
+        self
+    }
+
+    /// The caller's value of type `T` for this pass, if one was given ([`Extensions`]).
+    pub fn extension<T: std::any::Any>(&self) -> Option<&T> {
+        self.extensions.get::<T>()
     }
 
     /// Whether this pass records the autograd graph (see [`PassContext::with_gradients`]).
