@@ -21,6 +21,7 @@ use crate::{Error, LoraConfig, LoraProjection, PRIORITY, Result};
 pub struct LoraOptions {
     trainable: bool,
     device: Device,
+    seed: u64,
 }
 
 impl Default for LoraOptions {
@@ -28,6 +29,7 @@ impl Default for LoraOptions {
         Self {
             trainable: false,
             device: Device::Cpu,
+            seed: 0,
         }
     }
 }
@@ -39,6 +41,13 @@ impl LoraOptions {
     /// them becomes a `Var`.
     pub fn trainable(mut self) -> Self {
         self.trainable = true;
+        self
+    }
+
+    /// The seed new adapters' `A` matrices are drawn from ([`LoraAdapters::new_adapters`]; 0
+    /// by default).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
         self
     }
 
@@ -122,20 +131,66 @@ impl LoraAdapters {
         N: Into<String>,
         P: AsRef<Path>,
     {
-        let mut adapters: Vec<Adapter> = Vec::new();
-        for (name, dir) in named {
-            let name = name.into();
-            if adapters.iter().any(|a| a.name == name) {
+        let adapters = named
+            .into_iter()
+            .map(|(name, dir)| {
+                Adapter::read(
+                    name.into(),
+                    dir.as_ref(),
+                    &options.device,
+                    options.trainable,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_adapters(adapters)
+    }
+
+    /// New adapters of `configs` (`(name, config)`; the last one active), made as PEFT makes
+    /// them: at each targeted projection `A` is drawn Kaiming-uniform (`U(-1/sqrt(in),
+    /// 1/sqrt(in))`, from [`LoraOptions::with_seed`]) and `B` is zero, so the model starts
+    /// as its base. Read them [trainable](LoraOptions::trainable) to train them, then
+    /// [save](LoraAdapters::save_pretrained) them in PEFT's format.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use patchwork_lora::{LoraAdapters, LoraConfig, LoraOptions};
+    ///
+    /// let config = LoraConfig::from_text(
+    ///     Path::new("adapter_config.json"),
+    ///     r#"{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}"#,
+    /// )?;
+    /// let adapters = LoraAdapters::new_adapters([("sql", config)], &LoraOptions::default().trainable())?;
+    /// assert_eq!(adapters.active().as_deref(), Some("sql"));
+    /// # Ok::<(), patchwork_lora::Error>(())
+    /// ```
+    pub fn new_adapters<I, N>(configs: I, options: &LoraOptions) -> Result<Self>
+    where
+        I: IntoIterator<Item = (N, LoraConfig)>,
+        N: Into<String>,
+    {
+        let adapters = configs
+            .into_iter()
+            .map(|(name, config)| {
+                Adapter::fresh(
+                    name.into(),
+                    config,
+                    &options.device,
+                    options.trainable,
+                    options.seed,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_adapters(adapters)
+    }
+
+    fn from_adapters(adapters: Vec<Adapter>) -> Result<Self> {
+        for (i, a) in adapters.iter().enumerate() {
+            if adapters[..i].iter().any(|b| b.name == a.name) {
                 return Err(Error::Invalid(format!(
-                    "two adapters named {name:?}: name them apart (NAME=DIR on the command line)"
+                    "two adapters named {:?}: name them apart (NAME=DIR on the command line)",
+                    a.name
                 )));
             }
-            adapters.push(Adapter::read(
-                name,
-                dir.as_ref(),
-                &options.device,
-                options.trainable,
-            )?);
         }
         let names: Vec<String> = adapters.iter().map(|a| a.name.clone()).collect();
         let active = names.len().checked_sub(1);
@@ -200,14 +255,22 @@ impl LoraAdapters {
     }
 
     /// The patch set that applies the adapters: a [`LoraProjection`] at every projection site
-    /// (key `"Linear"`) some adapter targets, wrapping what the site builds without it, with
+    /// (key `"Linear"`) some adapter targets (restricted to their paths,
+    /// [`LoraConfig::path_regex`]), wrapping what the site builds without it, with
     /// priority [`PRIORITY`] (above a quantization topology's). Add it to a load with
     /// `LoadOptions::with_added_patches`, then call [`LoraAdapters::verify`].
     pub fn patches(&self) -> Result<PatchSet> {
         let this = self.clone();
         let label = self.inner.shared.names.join(", ");
+        let paths = self
+            .inner
+            .adapters
+            .iter()
+            .map(|a| format!("(?:{})", a.config.path_regex()))
+            .collect::<Vec<_>>()
+            .join("|");
         Ok(PatchSet::from_mapping([(
-            PatchKey::new("Linear"),
+            PatchKey::new("Linear").with_path(paths),
             Replacement::configured::<LoraProjection>(
                 format!("adapters: {label}"),
                 move |b, args| this.build_at(b, args),
@@ -280,11 +343,7 @@ impl LoraAdapters {
     /// The module paths adapter `name` acts at.
     pub fn paths(&self, name: &str) -> Result<Vec<String>> {
         let adapter = self.adapter(name)?;
-        Ok(adapter
-            .paths
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone())
+        Ok(adapter.store().paths.clone())
     }
 
     /// Merges adapter `name` into the float base weights of the projections it wraps (each
@@ -295,7 +354,7 @@ impl LoraAdapters {
     /// (quantized) or the adapters are trainable.
     pub fn merge(&self, name: &str) -> Result<()> {
         let i = self.inner.shared.index(name)?;
-        if !self.inner.adapters[i].vars.is_empty() {
+        if self.inner.adapters[i].is_trainable() {
             return Err(Error::Invalid(format!(
                 "cannot merge {name:?}: its weights are trainable, and a merged copy would not follow training"
             )));
@@ -346,7 +405,7 @@ impl LoraAdapters {
     /// The trainable variables of adapter `name`, by PEFT's key (empty unless read
     /// [trainable](LoraOptions::trainable)): what an optimiser updates.
     pub fn vars(&self, name: &str) -> Result<BTreeMap<String, Var>> {
-        Ok(self.adapter(name)?.vars.clone())
+        Ok(self.adapter(name)?.store().vars.clone())
     }
 
     /// The gradient of every tensor of adapter `name` in `grads` (what `loss.backward()`
@@ -355,17 +414,18 @@ impl LoraAdapters {
     /// the file carries (frozen, as in PEFT).
     pub fn gradients(&self, name: &str, grads: &GradStore) -> Result<BTreeMap<String, Tensor>> {
         let adapter = self.adapter(name)?;
-        if adapter.vars.is_empty() {
+        if !adapter.is_trainable() {
             return Err(Error::Invalid(format!(
                 "adapter {name:?} is frozen: read it with LoraOptions::trainable() for gradients"
             )));
         }
         // Every tensor of the file: a frozen one (a base layer it carries) gets zeros.
-        adapter
+        let store = adapter.store();
+        store
             .tensors
             .iter()
             .map(|(key, tensor)| {
-                let g = match adapter.vars.get(key).and_then(|v| grads.get(v.as_tensor())) {
+                let g = match store.vars.get(key).and_then(|v| grads.get(v.as_tensor())) {
                     Some(g) => g.to_dtype(DType::F32)?,
                     None => tensor.zeros_like()?.to_dtype(DType::F32)?,
                 };
@@ -381,11 +441,14 @@ impl LoraAdapters {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let config_file = dir.join("adapter_config.json");
-        let text = serde_json::to_string_pretty(&adapter.config.json)
+        let mut json = adapter.config.json.clone();
+        json.entry("peft_type").or_insert_with(|| "LORA".into());
+        let text = serde_json::to_string_pretty(&json)
             .map_err(|e| Error::config(&config_file, "", e.to_string()))?;
         std::fs::write(&config_file, text).map_err(|e| Error::io(&config_file, e))?;
         let weights_file = dir.join("adapter_model.safetensors");
         let tensors = adapter
+            .store()
             .tensors
             .iter()
             .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?.contiguous()?)))

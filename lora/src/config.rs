@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::matching::{ModuleSet, Ordered, Pattern, patterns};
@@ -65,6 +66,8 @@ pub struct LoraConfig {
     pub layers_to_transform: Option<Vec<usize>>,
     /// The path component before the layer index (`"layers"`); `None`: any component.
     pub layers_pattern: Option<Vec<String>>,
+    /// `layers_pattern` as PEFT matches it (`re.match`), one regex per pattern.
+    layer_regexes: Vec<Regex>,
     /// Modules whose own weights the adapter replaces with full copies it carries (PEFT's
     /// `modules_to_save`), by the list rule.
     pub modules_to_save: Vec<String>,
@@ -249,6 +252,19 @@ impl LoraConfig {
                 ));
             }
         };
+        let layer_regexes = match &layers_pattern {
+            None => vec![r"^.*?\.[^.]*\.(\d+)\.".to_string()],
+            Some(names) => names
+                .iter()
+                .map(|p| format!(r"^(?:.*?\.)?(?:{p})\.(\d+)\."))
+                .collect(),
+        }
+        .iter()
+        .map(|r| {
+            Regex::new(r)
+                .map_err(|e| Error::config(file, "layers_pattern", format!("invalid regex: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
         let rank_pattern = patterns(file, "rank_pattern", ordered.rank_pattern, true)?;
         let alpha_pattern = patterns(file, "alpha_pattern", ordered.alpha_pattern, false)?;
         Ok(Self {
@@ -260,6 +276,7 @@ impl LoraConfig {
             exclude_modules,
             layers_to_transform,
             layers_pattern,
+            layer_regexes,
             modules_to_save,
             rank_pattern,
             alpha_pattern,
@@ -288,23 +305,74 @@ impl LoraConfig {
         }
     }
 
-    /// The layer index in `path` PEFT reads: the number after `.{layers_pattern}.`, or after
-    /// any component when no pattern is set (the last such number in the path).
+    /// The layer index in `path` PEFT reads (`check_target_module_exists`): the first number
+    /// after `.{layers_pattern}.` (or at the start), or, with no pattern, the first number
+    /// after any component but the first; it must be followed by another component.
     fn layer_of(&self, path: &str) -> Option<usize> {
-        let parts: Vec<&str> = path.split('.').collect();
-        // `re.match(r".*\.P\.(\d+)\.", path)`: greedy, so the last occurrence that is followed
-        // by another component; the first component never counts (a dot precedes P).
-        (1..parts.len().saturating_sub(1)).rev().find_map(|i| {
-            let named = match &self.layers_pattern {
-                None => true,
-                Some(names) => names.iter().any(|n| n == parts[i]),
-            };
-            if named && i + 2 <= parts.len() - 1 {
-                parts[i + 1].parse().ok()
-            } else {
-                None
+        let index = |regex: &Regex| {
+            regex
+                .captures(path)
+                .and_then(|c| c.get(1))
+                .and_then(|m| m.as_str().parse().ok())
+        };
+        self.layer_regexes.iter().find_map(index)
+    }
+
+    /// A regex every path this adapter acts at matches (the patch's path restriction, so
+    /// that the build report names the adapter's paths only): exact for targets and layer
+    /// filters, wider where `exclude_modules` or an unusual layer path takes a path out
+    /// (the build then keeps the base there).
+    pub fn path_regex(&self) -> String {
+        let escape = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| regex::escape(n))
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        let mut alternatives = Vec::new();
+        match &self.target_modules {
+            ModuleSet::Regex(regex) => alternatives.push(regex.as_str().to_string()),
+            ModuleSet::AllLinear => {
+                alternatives.push(format!(
+                    "^(?:.*\\.)?{}$",
+                    crate::matching::component_not_in(&["lm_head", "gate"])
+                ));
+                alternatives.push(format!(
+                    "^(?:(?:.*\\.)?{}\\.)?gate$",
+                    crate::matching::component_not_in(&["mlp"])
+                ));
             }
-        })
+            ModuleSet::Names(names) => {
+                let names = escape(names);
+                alternatives.push(format!("^(?:{names})$"));
+                let layers = self.layers_to_transform.as_ref().map(|layers| {
+                    layers
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join("|")
+                });
+                alternatives.push(match (layers, &self.layers_pattern) {
+                    (None, _) => format!("\\.(?:{names})$"),
+                    (Some(layers), None) => {
+                        format!("^.*?\\.[^.]*\\.(?:{layers})\\.(?:.*\\.)?(?:{names})$")
+                    }
+                    (Some(layers), Some(patterns)) => format!(
+                        "^(?:.*?\\.)?(?:{})\\.(?:{layers})\\.(?:.*\\.)?(?:{names})$",
+                        patterns.join("|")
+                    ),
+                });
+            }
+        }
+        if !self.modules_to_save.is_empty() {
+            alternatives.push(format!("(?:^|\\.)(?:{})$", escape(&self.modules_to_save)));
+        }
+        alternatives
+            .iter()
+            .map(|a| format!("(?:{a})"))
+            .collect::<Vec<_>>()
+            .join("|")
     }
 
     /// Whether `path` is one of `modules_to_save` (the list rule).

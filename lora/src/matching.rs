@@ -157,3 +157,38 @@ pub(crate) fn patterns(
         })
         .collect()
 }
+
+/// A regex matching one path component (`[^.]+`) that is none of `words`: how a path regex,
+/// which has no negative lookahead, leaves out `lm_head` and `mlp.gate` for `"all-linear"`.
+pub(crate) fn component_not_in(words: &[&str]) -> String {
+    fn node(words: &[&[u8]], depth: usize, root: bool) -> String {
+        let mut next: Vec<u8> = words.iter().filter_map(|w| w.get(depth).copied()).collect();
+        next.sort_unstable();
+        next.dedup();
+        let ends_here = words.iter().any(|w| w.len() == depth);
+        let mut alternatives = Vec::new();
+        if !root && !ends_here {
+            alternatives.push(String::new());
+        }
+        let escaped: String = next
+            .iter()
+            .map(|&c| regex::escape(&(c as char).to_string()))
+            .collect();
+        alternatives.push(format!("[^.{escaped}][^.]*"));
+        for c in next {
+            let rest: Vec<&[u8]> = words
+                .iter()
+                .copied()
+                .filter(|w| w.get(depth) == Some(&c))
+                .collect();
+            alternatives.push(format!(
+                "{}{}",
+                regex::escape(&(c as char).to_string()),
+                node(&rest, depth + 1, false)
+            ));
+        }
+        format!("(?:{})", alternatives.join("|"))
+    }
+    let words: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();
+    node(&words, 0, true)
+}

@@ -29,14 +29,25 @@ pub(crate) struct Adapter {
     pub config: LoraConfig,
     pub config_file: PathBuf,
     pub weights_file: PathBuf,
+    device: Device,
+    trainable: bool,
+    /// A new adapter (no file): its tensors are made at build, as PEFT initialises them,
+    /// from this seed.
+    fresh: Option<u64>,
+    store: Mutex<Store>,
+}
+
+/// What an adapter holds and what the model took.
+#[derive(Default)]
+pub(crate) struct Store {
     /// The current values, by PEFT's key (the variables' tensors when trainable).
     pub tensors: BTreeMap<String, Tensor>,
     /// The trainable variables, by key (empty when frozen).
     pub vars: BTreeMap<String, Var>,
     /// The keys a projection took.
-    used: Mutex<BTreeSet<String>>,
-    /// Paths the adapter wraps or saves.
-    pub paths: Mutex<Vec<String>>,
+    used: BTreeSet<String>,
+    /// Paths the adapter wraps or saves, in build order.
+    pub paths: Vec<String>,
 }
 
 /// What an adapter puts at one projection.
@@ -82,42 +93,118 @@ impl Adapter {
         }
         let read = candle_core::safetensors::load(&weights_file, device)
             .map_err(|e| Error::tensor(&weights_file, "(file)", e.to_string()))?;
-        let mut tensors = BTreeMap::new();
-        let mut vars = BTreeMap::new();
-        for (key, tensor) in read {
-            let tensor = tensor
-                .to_dtype(DType::F32)
-                .map_err(|e| Error::tensor(&weights_file, &key, e.to_string()))?;
-            // A base layer PEFT writes along (`lm_head.base_layer.weight` when the head is a
-            // target: `save_embedding_layers`) stays frozen, as in PEFT.
-            let tensor = if trainable && !key.contains(".base_layer.") {
-                let var = Var::from_tensor(&tensor)?;
-                let t = var.as_tensor().clone();
-                vars.insert(key.clone(), var);
-                t
-            } else {
-                tensor
-            };
-            tensors.insert(key, tensor);
-        }
-        Ok(Self {
+        let adapter = Self {
             name,
             config,
             config_file,
             weights_file,
-            tensors,
-            vars,
-            used: Mutex::new(BTreeSet::new()),
-            paths: Mutex::new(Vec::new()),
+            device: device.clone(),
+            trainable,
+            fresh: None,
+            store: Mutex::new(Store::default()),
+        };
+        for (key, tensor) in read {
+            let tensor = tensor
+                .to_dtype(DType::F32)
+                .map_err(|e| Error::tensor(&adapter.weights_file, &key, e.to_string()))?;
+            adapter.insert(key, tensor)?;
+        }
+        Ok(adapter)
+    }
+
+    /// A new adapter of `config`: at build, each targeted projection gets `A` drawn as PEFT
+    /// draws it (Kaiming-uniform, `U(-1/sqrt(in), 1/sqrt(in))`, seeded by `seed` and the key)
+    /// and `B` zero, so the adapter starts as a no-op.
+    pub fn fresh(
+        name: String,
+        config: LoraConfig,
+        device: &Device,
+        trainable: bool,
+        seed: u64,
+    ) -> Result<Self> {
+        let config_file = PathBuf::from(format!("<new adapter {name:?}>/adapter_config.json"));
+        if !config.modules_to_save.is_empty() {
+            return Err(Error::config(
+                &config_file,
+                "modules_to_save",
+                "a new adapter cannot save modules yet: leave it empty",
+            ));
+        }
+        Ok(Self {
+            weights_file: PathBuf::from(format!(
+                "<new adapter {name:?}>/adapter_model.safetensors"
+            )),
+            name,
+            config,
+            config_file,
+            device: device.clone(),
+            trainable,
+            fresh: Some(seed),
+            store: Mutex::new(Store::default()),
         })
+    }
+
+    /// Whether the adapter's matrices are variables.
+    pub fn is_trainable(&self) -> bool {
+        self.trainable
+    }
+
+    /// The store, locked.
+    pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a tensor, as a variable when trainable (a base layer PEFT writes along,
+    /// `lm_head.base_layer.weight` when the head is a target, stays frozen as in PEFT).
+    fn insert(&self, key: String, tensor: Tensor) -> Result<Tensor> {
+        let mut store = self.store();
+        let tensor = if self.trainable && !key.contains(".base_layer.") {
+            let var = Var::from_tensor(&tensor)?;
+            let t = var.as_tensor().clone();
+            store.vars.insert(key.clone(), var);
+            t
+        } else {
+            tensor
+        };
+        store.tensors.insert(key, tensor.clone());
+        Ok(tensor)
+    }
+
+    /// A new adapter's tensor at `key`, `[rows, cols]`: `lora_A` uniform, anything else zero.
+    fn initialise(&self, seed: u64, key: &str, dims: &[usize]) -> Result<Tensor> {
+        use rand::{Rng, SeedableRng};
+        let tensor = if key.ends_with(".lora_A.weight") {
+            let cols = dims.last().copied().unwrap_or(1).max(1);
+            let bound = 1.0 / (cols as f64).sqrt();
+            let key_hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ key_hash);
+            let n = dims.iter().product::<usize>();
+            let values: Vec<f32> = (0..n)
+                .map(|_| rng.random_range(-bound..bound) as f32)
+                .collect();
+            Tensor::from_vec(values, dims, &self.device)?
+        } else {
+            Tensor::zeros(dims, DType::F32, &self.device)?
+        };
+        self.insert(key.to_string(), tensor)
     }
 
     /// The tensor at `key` of shape `dims`, marked used.
     fn take(&self, key: &str, dims: &[usize], why: &str) -> Result<Tensor> {
-        let tensor = self
-            .tensors
-            .get(key)
-            .ok_or_else(|| Error::tensor(&self.weights_file, key, format!("missing ({why})")))?;
+        let existing = self.store().tensors.get(key).cloned();
+        let tensor = match (existing, self.fresh) {
+            (Some(t), _) => t,
+            (None, Some(seed)) => self.initialise(seed, key, dims)?,
+            (None, None) => {
+                return Err(Error::tensor(
+                    &self.weights_file,
+                    key,
+                    format!("missing ({why})"),
+                ));
+            }
+        };
         if tensor.dims() != dims {
             return Err(Error::tensor(
                 &self.weights_file,
@@ -125,11 +212,8 @@ impl Adapter {
                 format!("shape {:?}, expected {dims:?} ({why})", tensor.dims()),
             ));
         }
-        self.used
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.to_string());
-        Ok(tensor.clone())
+        self.store().used.insert(key.to_string());
+        Ok(tensor)
     }
 
     /// What this adapter puts at the projection at `path` (`[out, in]`, with a bias when
@@ -151,10 +235,11 @@ impl Adapter {
             let a = self.take(&lora_key(path, "A"), &[r, inp], &why)?;
             let b = self.take(&lora_key(path, "B"), &[out, r], &why)?;
             let base_key = saved_key(path, "base_layer.weight");
-            let base = if self.tensors.contains_key(&base_key) {
+            let has = |key: &str| self.store().tensors.contains_key(key);
+            let base = if has(&base_key) {
                 let weight = self.take(&base_key, &[out, inp], "the base layer it carries")?;
                 let bias_key = saved_key(path, "base_layer.bias");
-                let bias = if bias || self.tensors.contains_key(&bias_key) {
+                let bias = if bias || has(&bias_key) {
                     Some(self.take(&bias_key, &[out], "the base layer it carries")?)
                 } else {
                     None
@@ -174,25 +259,23 @@ impl Adapter {
             None
         };
         if found.is_some() {
-            self.paths
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(path.to_string());
+            self.store().paths.push(path.to_string());
         }
         Ok(found)
     }
 
     /// An error naming the tensors no projection took, or that the adapter wrapped nothing.
     pub fn check_used(&self) -> Result<()> {
-        let used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(key) = self.tensors.keys().find(|k| !used.contains(*k)) {
-            let unused = self.tensors.keys().filter(|k| !used.contains(*k)).count();
+        let store = self.store();
+        let used = &store.used;
+        if let Some(key) = store.tensors.keys().find(|k| !used.contains(*k)) {
+            let unused = store.tensors.keys().filter(|k| !used.contains(*k)).count();
             return Err(Error::tensor(
                 &self.weights_file,
                 key,
                 format!(
                     "not used ({unused} of {} tensors): no projection of this model is at its path, or the config does not target it",
-                    self.tensors.len()
+                    store.tensors.len()
                 ),
             ));
         }

@@ -93,3 +93,44 @@ fn rank_and_alpha_patterns_take_the_first_match_in_file_order() {
         config(r#"{"target_modules": ["q_proj"], "rank_pattern": {"z|q_proj": 3, "q_proj": 5}}"#);
     assert_eq!(c.rank_and_alpha("model.q_proj").0, 3);
 }
+
+#[test]
+fn the_patch_path_regex_selects_exactly_the_targeted_paths() {
+    let mut paths = vec!["lm_head".to_string(), "model.embed_tokens".to_string()];
+    for l in 0..12 {
+        for p in [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+            "mlp.gate",
+            "mlp.shared_expert.gate_proj",
+            "mlp.shared_expert.down_proj",
+            "mlp.shared_expert_gate",
+        ] {
+            paths.push(format!("model.layers.{l}.{p}"));
+        }
+    }
+    for json in [
+        r#"{"target_modules": ["q_proj", "v_proj"]}"#,
+        r#"{"target_modules": "all-linear"}"#,
+        r#"{"target_modules": ".*\\.layers\\.1\\.(self_attn\\.(k|o)_proj|mlp\\.down_proj)"}"#,
+        r#"{"target_modules": ["q_proj", "down_proj", "model.layers.0.self_attn.v_proj"], "layers_to_transform": [1, 10], "layers_pattern": "layers"}"#,
+        r#"{"target_modules": ["gate_proj", "gate"], "layers_to_transform": 3}"#,
+        r#"{"target_modules": ["q_proj"], "modules_to_save": ["lm_head"]}"#,
+    ] {
+        let c = config(json);
+        let regex = regex::Regex::new(&c.path_regex()).unwrap();
+        for path in &paths {
+            assert_eq!(
+                regex.is_match(path),
+                c.targets(path) || c.saves(path),
+                "{json} at {path}: /{}/",
+                regex.as_str()
+            );
+        }
+    }
+}
