@@ -8,7 +8,7 @@ use patchwork_lora::{ActiveAdapter, LoraAdapters, LoraOptions, LoraProjection};
 use patchwork_models::decoder::Extensions;
 use patchwork_models::{ForwardOptions, LoadOptions};
 use patchwork_quant::{Format, QuantizedLinear, Topology};
-use patchwork_testing::{LOGITS, Tolerance, assert_close, assert_differs};
+use patchwork_testing::{LOGITS, Tolerance, assert_close, assert_differs, values};
 
 /// The cases on llama-tiny, loaded together (the last active).
 fn llama_cases() -> (Vec<Case>, LoraAdapters) {
@@ -186,4 +186,88 @@ fn one_set_serves_one_model() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("already serves a model"), "{err}");
+}
+
+#[test]
+fn adapters_train_over_a_quantized_base() {
+    // QLoRA's setting: gradients reach every adapter through the quantized layers after it
+    // (the dequantized weights under gradients), close to the float base's gradients.
+    for name in ["llama-all-linear", "qwen2-moe"] {
+        let case = cases().into_iter().find(|c| c.name == name).unwrap();
+        let adapters = LoraAdapters::from_named(
+            [(case.name.clone(), case.adapter.clone())],
+            &LoraOptions::default().trainable(),
+        )
+        .unwrap();
+        let topology = Topology::new(Some(Format::Q8_0));
+        let options = LoadOptions::default().with_added_patches(topology.patches().unwrap());
+        let model = adapters.load_model(&case.base, &options).unwrap();
+        let (loss, grads) =
+            common::loss_and_gradients(&model, &adapters, &case, Default::default()).unwrap();
+        assert_close(
+            &loss,
+            case.get("loss").unwrap(),
+            Tolerance::of_max(0.01),
+            name,
+        );
+        // Q8_0 rounds every weight and activation by up to half a step: each gradient keeps
+        // the float base's direction (cosine) and size (norm ratio), which a gradient cut off
+        // by a non-differentiable layer (zeros) or a wrong one does not.
+        let (mut worst_cos, mut worst_norm) = (1f64, 0f64);
+        for (key, g) in &grads {
+            let reference = case.get(&format!("grad.{key}")).unwrap();
+            let (a, b) = (values(g).unwrap(), values(reference).unwrap());
+            let dot: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            let na = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            let nb = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            let cos = dot / (na * nb);
+            assert!(
+                cos > 0.99,
+                "{key}: cosine {cos} with the float base's gradient"
+            );
+            assert!(
+                (na / nb - 1.0).abs() < 0.05,
+                "{key}: norm {na} against {nb}"
+            );
+            worst_cos = worst_cos.min(cos);
+            worst_norm = worst_norm.max((na / nb - 1.0).abs());
+        }
+        println!(
+            "{name}: {} gradients over q8_0, cosine >= {worst_cos:.4}, norms within {:.2}%",
+            grads.len(),
+            100.0 * worst_norm
+        );
+    }
+}
+
+#[test]
+fn dropout_acts_in_training_mode_only() {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name == "llama-all-linear")
+        .unwrap();
+    let (model, adapters) = case.load(&LoraOptions::default()).unwrap();
+    assert_eq!(adapters.config(&case.name).unwrap().lora_dropout, 0.1);
+    let ids = case.get("input_ids").unwrap();
+    adapters.set_training(true);
+    let train = model.forward(ids, None).unwrap();
+    let moved = assert_differs(
+        &train,
+        case.get("logits").unwrap(),
+        1e-3,
+        "dropout in training",
+    );
+    adapters.set_training(false);
+    let eval = model.forward(ids, None).unwrap();
+    assert_close(
+        &eval,
+        case.get("logits").unwrap(),
+        LOGITS,
+        "no dropout in eval",
+    );
+    println!("dropout moved the logits by {moved:.3} in training mode");
 }

@@ -152,7 +152,9 @@ impl QuantizedWeight {
                 _ => None,
             })
             .collect();
-        if let Some(q8) = q8 {
+        if let Some(q8) = q8
+            && !x.track_op()
+        {
             return patchwork_models::ops::q8_0_linear_many(x, &q8, bias);
         }
         let outs = parts
@@ -168,8 +170,22 @@ impl QuantizedWeight {
 
     /// `x W^T + bias` for `x` `[..., cols]`: the activations are quantized per block as the
     /// format's kernels need (Q8_0: 8 bits per 32; the ggml formats: candle's), F16 computes
-    /// in float16. The result has `x`'s dtype.
+    /// in float16. The result has `x`'s dtype. When `x` carries gradients (it was computed
+    /// from trainable adapters), the dequantized weight multiplies it in candle's
+    /// differentiable ops instead.
     pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        if x.track_op() {
+            // Under gradients (adapters trained over a quantized base, QLoRA's setting): the
+            // dequantized weight in candle's ops, so the gradient reaches `x` and every
+            // adapter before this layer; the weight itself stays a constant. As bitsandbytes
+            // computes a 4-bit layer, the activations are not quantized.
+            let w = self.dequantize()?.to_dtype(x.dtype())?;
+            let y = x.broadcast_matmul(&w.t()?)?;
+            return match bias {
+                Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+                None => Ok(y),
+            };
+        }
         let shape = (self.rows, self.cols);
         match self.stored.as_ref() {
             Stored::Q8_0(q) => patchwork_models::ops::q8_0_linear(x, q, bias),
