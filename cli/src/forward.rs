@@ -1,5 +1,5 @@
 //! `patchwork forward DIR --inputs IN.safetensors --out OUT.safetensors [--dtype f32|bf16|f16]
-//! [--max-positions N] [--grads] [--forced-experts ROUTING.safetensors]`.
+//! [--max-positions N] [--grads] [--forced-experts ROUTING.safetensors] [--adapter [NAME=]DIR]`.
 //!
 //! Reads `input_ids` (`[B, T]`, any integer dtype), and if present `attention_mask` (`[B, T]`,
 //! 1 = token, 0 = padding) and `labels` (`[B, T]`, any integer dtype, -100 ignored). Writes:

@@ -1,104 +1,31 @@
 //! `LoraAdapters`: the adapters of one model, their patch, which one is active, merging,
 //! gradients and saving.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
 use patch_core::{PatchKey, PatchSet, Replacement};
 use patchwork_models::decoder::{Projection, ProjectionArgs};
 use patchwork_models::{AutoModelForCausalLM, CausalLM, LoadOptions};
 
+use crate::options::LoraOptions;
 use crate::site::{Shared, Site};
 use crate::weights::Adapter;
 use crate::{Error, LoraConfig, LoraProjection, PRIORITY, Result};
-
-/// How adapters are read.
-#[derive(Clone, Debug)]
-pub struct LoraOptions {
-    trainable: bool,
-    device: Device,
-    seed: u64,
-}
-
-impl Default for LoraOptions {
-    fn default() -> Self {
-        Self {
-            trainable: false,
-            device: Device::Cpu,
-            seed: 0,
-        }
-    }
-}
-
-impl LoraOptions {
-    /// The adapter matrices (and saved modules) as trainable `Var`s
-    /// ([`LoraAdapters::vars`], [`LoraAdapters::gradients`]). Load the base without
-    /// `LoadOptions::trainable` to keep it frozen: no gradient reaches its weights and none of
-    /// them becomes a `Var`.
-    pub fn trainable(mut self) -> Self {
-        self.trainable = true;
-        self
-    }
-
-    /// The seed new adapters' `A` matrices are drawn from ([`LoraAdapters::new_adapters`]; 0
-    /// by default).
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// The device the adapters' tensors live on (the model's; CPU by default).
-    pub fn with_device(mut self, device: Device) -> Self {
-        self.device = device;
-        self
-    }
-}
-
-/// The adapter one forward call applies, whatever the model's active one is: put it in
-/// `ForwardOptions::extensions` (`ActiveAdapter(None)`: the base alone).
-///
-/// ```
-/// use patchwork_lora::ActiveAdapter;
-/// use patchwork_models::ForwardOptions;
-/// use patchwork_models::decoder::Extensions;
-///
-/// let options = ForwardOptions {
-///     extensions: Extensions::new().with(ActiveAdapter::named("sql")),
-///     ..ForwardOptions::default()
-/// };
-/// # let _ = options;
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ActiveAdapter(pub Option<String>);
-
-impl ActiveAdapter {
-    /// The adapter named `name`.
-    pub fn named(name: impl Into<String>) -> Self {
-        Self(Some(name.into()))
-    }
-
-    /// No adapter: the base model.
-    pub fn none() -> Self {
-        Self(None)
-    }
-}
 
 /// The LoRA adapters of one model: read from PEFT's folders, applied by the patch set
 /// [`LoraAdapters::patches`] returns, switched, merged, trained and saved here. Cloning shares
 /// the same adapters (a handle). One set serves one model.
 #[derive(Clone)]
 pub struct LoraAdapters {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    adapters: Vec<Adapter>,
-    shared: Arc<Shared>,
-    sites: Mutex<Vec<Arc<Site>>>,
+pub(crate) struct Inner {
+    pub adapters: Vec<Adapter>,
+    pub shared: Arc<Shared>,
+    pub sites: Mutex<Vec<Arc<Site>>>,
 }
 
 impl LoraAdapters {
@@ -217,7 +144,7 @@ impl LoraAdapters {
         Ok(&self.adapter(name)?.config)
     }
 
-    fn adapter(&self, name: &str) -> Result<&Adapter> {
+    pub(crate) fn adapter(&self, name: &str) -> Result<&Adapter> {
         let i = self.inner.shared.index(name)?;
         Ok(&self.inner.adapters[i])
     }
@@ -344,118 +271,6 @@ impl LoraAdapters {
     pub fn paths(&self, name: &str) -> Result<Vec<String>> {
         let adapter = self.adapter(name)?;
         Ok(adapter.store().paths.clone())
-    }
-
-    /// Merges adapter `name` into the float base weights of the projections it wraps (each
-    /// becomes one product, `W + s·BA`), replacing any merged one: calls applying `name`
-    /// compute with the merged weights. The base weights are kept, so
-    /// [`LoraAdapters::unmerge`] is exact; the merged copy costs one weight per wrapped
-    /// projection. An error, changing nothing, when a base is not a float `Linear`
-    /// (quantized) or the adapters are trainable.
-    pub fn merge(&self, name: &str) -> Result<()> {
-        let i = self.inner.shared.index(name)?;
-        if self.inner.adapters[i].is_trainable() {
-            return Err(Error::Invalid(format!(
-                "cannot merge {name:?}: its weights are trainable, and a merged copy would not follow training"
-            )));
-        }
-        let sites = self
-            .inner
-            .sites
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let layers = sites
-            .iter()
-            .map(|s| s.merged_layer(i))
-            .collect::<Result<Vec<_>>>()?;
-        for (site, layer) in sites.iter().zip(layers) {
-            *site.merged.write().unwrap_or_else(PoisonError::into_inner) = layer.map(|l| (i, l));
-        }
-        Ok(())
-    }
-
-    /// Drops the merged weights: the base computes again, as before merging, bit for bit.
-    pub fn unmerge(&self) {
-        for site in self
-            .inner
-            .sites
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            *site.merged.write().unwrap_or_else(PoisonError::into_inner) = None;
-        }
-    }
-
-    /// The adapter merged, if one is.
-    pub fn merged(&self) -> Option<String> {
-        let sites = self
-            .inner
-            .sites
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        sites.iter().find_map(|s| {
-            let merged = s.merged.read().unwrap_or_else(PoisonError::into_inner);
-            merged
-                .as_ref()
-                .map(|(i, _)| self.inner.shared.names[*i].clone())
-        })
-    }
-
-    /// The trainable variables of adapter `name`, by PEFT's key (empty unless read
-    /// [trainable](LoraOptions::trainable)): what an optimiser updates.
-    pub fn vars(&self, name: &str) -> Result<BTreeMap<String, Var>> {
-        Ok(self.adapter(name)?.store().vars.clone())
-    }
-
-    /// The gradient of every tensor of adapter `name` in `grads` (what `loss.backward()`
-    /// returned), keyed by PEFT's names (`base_model.model.<path>.lora_A.weight`), float32 in
-    /// the tensor's shape; zeros for a tensor the loss does not depend on, and for a base layer
-    /// the file carries (frozen, as in PEFT).
-    pub fn gradients(&self, name: &str, grads: &GradStore) -> Result<BTreeMap<String, Tensor>> {
-        let adapter = self.adapter(name)?;
-        if !adapter.is_trainable() {
-            return Err(Error::Invalid(format!(
-                "adapter {name:?} is frozen: read it with LoraOptions::trainable() for gradients"
-            )));
-        }
-        // Every tensor of the file: a frozen one (a base layer it carries) gets zeros.
-        let store = adapter.store();
-        store
-            .tensors
-            .iter()
-            .map(|(key, tensor)| {
-                let g = match store.vars.get(key).and_then(|v| grads.get(v.as_tensor())) {
-                    Some(g) => g.to_dtype(DType::F32)?,
-                    None => tensor.zeros_like()?.to_dtype(DType::F32)?,
-                };
-                Ok((key.clone(), g))
-            })
-            .collect()
-    }
-
-    /// Writes adapter `name` to `dir` as PEFT saves it: `adapter_config.json` (the config
-    /// read) and `adapter_model.safetensors` (its current values, float32, PEFT's keys).
-    pub fn save_pretrained(&self, name: &str, dir: impl AsRef<Path>) -> Result<()> {
-        let adapter = self.adapter(name)?;
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let config_file = dir.join("adapter_config.json");
-        let mut json = adapter.config.json.clone();
-        json.entry("peft_type").or_insert_with(|| "LORA".into());
-        let text = serde_json::to_string_pretty(&json)
-            .map_err(|e| Error::config(&config_file, "", e.to_string()))?;
-        std::fs::write(&config_file, text).map_err(|e| Error::io(&config_file, e))?;
-        let weights_file = dir.join("adapter_model.safetensors");
-        let tensors = adapter
-            .store()
-            .tensors
-            .iter()
-            .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?.contiguous()?)))
-            .collect::<Result<std::collections::HashMap<_, _>>>()?;
-        candle_core::safetensors::save(&tensors, &weights_file)
-            .map_err(|e| Error::tensor(&weights_file, "(file)", e.to_string()))?;
-        Ok(())
     }
 }
 

@@ -36,14 +36,18 @@ mod adapters;
 mod config;
 mod error;
 mod matching;
+mod merge;
+mod options;
 mod projection;
 mod site;
+mod train;
 mod weights;
 
-pub use adapters::{ActiveAdapter, LoraAdapters, LoraOptions};
+pub use adapters::LoraAdapters;
 pub use config::LoraConfig;
 pub use error::{Error, Result};
 pub use matching::ModuleSet;
+pub use options::{ActiveAdapter, LoraOptions};
 pub use projection::LoraProjection;
 
 /// The priority of the adapters' patch: above a quantization topology's, so the adapter

@@ -8,7 +8,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use candle_core::Tensor;
 use patchwork_models::decoder::{Linear, PassContext, Projection};
 
-use crate::adapters::ActiveAdapter;
+use crate::options::ActiveAdapter;
 use crate::weights::AtSite;
 use crate::{Error, Result};
 
