@@ -1,11 +1,12 @@
-"""A GGUF file of a Llama-architecture safetensors checkpoint with no tokenizer (the bench
-checkpoints the harness writes), for measuring GGUF loading (`patchwork bench FILE.gguf`: peak
+"""A GGUF file of a Llama or Qwen3-MoE safetensors checkpoint with no tokenizer (the bench
+checkpoints the harness and `make_bench_checkpoint.py` write), for measuring GGUF loading (`patchwork bench FILE.gguf`: peak
 RSS against the file size) and for llama.cpp's `llama-bench` on the same weights.
 
     python bench/scripts/make_bench_gguf.py CHECKPOINT_DIR OUT.gguf
 
-Written with the `gguf` package's writer as llama.cpp's converter lays a Llama file out (q/k
-rows permuted for its rope, float32 tensors); the vocabulary is placeholder pieces (`<t123>`),
+Written with the `gguf` package's writer as llama.cpp's converter lays such a file out (Llama:
+q/k rows permuted for its rope; Qwen3-MoE: q/k norms, the experts stacked per layer as
+`ffn_{gate,up,down}_exps`; float32 tensors); the vocabulary is placeholder pieces (`<t123>`),
 since these checkpoints have none. Quantize the result with llama.cpp's `llama-quantize`
 (`llama-quantize OUT.gguf OUT-Q8_0.gguf Q8_0`). Not a reference: bench input only.
 """
@@ -26,11 +27,13 @@ def permute(w, heads):
 
 def main(src, out):
     cfg = json.load(open(os.path.join(src, "config.json")))
-    if cfg.get("model_type") != "llama":
-        sys.exit(f"{src}: model_type {cfg.get('model_type')!r}, this script writes llama files")
+    kind = cfg.get("model_type")
+    if kind not in ("llama", "qwen3_moe"):
+        sys.exit(f"{src}: model_type {kind!r}, this script writes llama and qwen3_moe files")
+    moe = kind == "qwen3_moe"
     t = load_file(os.path.join(src, "model.safetensors"))
     heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
-    w = gguf.GGUFWriter(out, "llama")
+    w = gguf.GGUFWriter(out, "qwen3moe" if moe else "llama")
     w.add_name(os.path.basename(os.path.normpath(src)))
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_context_length(cfg["max_position_embeddings"])
@@ -41,6 +44,12 @@ def main(src, out):
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if moe:
+        w.add_key_length(cfg["head_dim"])
+        w.add_value_length(cfg["head_dim"])
+        w.add_expert_count(cfg["num_experts"])
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
     vocab = cfg["vocab_size"]
     w.add_tokenizer_model("llama")
     w.add_token_list([f"<t{i}>" for i in range(vocab)])
@@ -64,16 +73,27 @@ def main(src, out):
         "mlp.up_proj.weight": "ffn_up.weight",
         "mlp.down_proj.weight": "ffn_down.weight",
     }
+    if moe:
+        per_layer.update({
+            "self_attn.q_norm.weight": "attn_q_norm.weight",
+            "self_attn.k_norm.weight": "attn_k_norm.weight",
+            "mlp.gate.weight": "ffn_gate_inp.weight",
+        })
     for l in range(cfg["num_hidden_layers"]):
         for hf, gg in per_layer.items():
             names[f"model.layers.{l}.{hf}"] = f"blk.{l}.{gg}"
+        if moe:
+            for part in ("gate", "up", "down"):
+                stacked = np.stack([t[f"model.layers.{l}.mlp.experts.{e}.{part}_proj.weight"]
+                                    for e in range(cfg["num_experts"])])
+                w.add_tensor(f"blk.{l}.ffn_{part}_exps.weight", np.ascontiguousarray(stacked))
     for hf, gg in names.items():
         if hf not in t:
             continue
         a = t[hf].astype(np.float32)
-        if gg.endswith("attn_q.weight"):
+        if gg.endswith("attn_q.weight") and not moe:
             a = permute(a, heads)
-        elif gg.endswith("attn_k.weight"):
+        elif gg.endswith("attn_k.weight") and not moe:
             a = permute(a, kv)
         w.add_tensor(gg, np.ascontiguousarray(a))
     w.write_header_to_file()
