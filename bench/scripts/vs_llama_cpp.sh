@@ -13,7 +13,7 @@
 # && cmake --build build --target llama-bench llama-quantize`). Without them the script says
 # so and exits 0: a note, never a failure.
 #
-# Ours: `patchwork bench FILE --prompt 64 --decode 32 --repeats 3` (its last line). Theirs:
+# Ours: `patchwork bench FILE --prompt-len 64 --decode 32 --repeats 3` (its last line). Theirs:
 # `llama-bench -m FILE -p 64 -n 32 -t 2 -r 3 -o json` (pp64 and tg32; llama-bench's tg starts
 # from an empty context where ours follows the 64-token prompt). Medians of the rounds.
 set -euo pipefail
@@ -59,7 +59,7 @@ for dir in "$@"; do
     fi
     : > "$work/pw.prefill"; : > "$work/pw.decode"; : > "$work/ll.prefill"; : > "$work/ll.decode"
     for ((i = 0; i < rounds; i++)); do
-      line=$("$pw" bench "$file" --prompt 64 --decode 32 --repeats 3 | tail -n 1)
+      line=$("$pw" bench "$file" --prompt-len 64 --decode 32 --repeats 3 | tail -n 1)
       sed -n 's/.*prefill_tok_s=\([0-9.]*\).*/\1/p' <<< "$line" >> "$work/pw.prefill"
       sed -n 's/.*decode_tok_s=\([0-9.]*\).*/\1/p' <<< "$line" >> "$work/pw.decode"
       json=$("$bench" -m "$file" -p 64 -n 32 -t 2 -r 3 -o json 2>/dev/null)

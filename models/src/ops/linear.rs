@@ -1,6 +1,6 @@
 //! `x W^T + b`: the projection every layer runs.
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Module as _, Tensor};
 
 use super::cpu::{CpuSlice, cpu_tensor};
@@ -76,7 +76,22 @@ pub fn quantized_linear(
     let m: usize = dims.iter().product();
     dims.push(n);
     let x2 = x.reshape((m, k))?.to_dtype(DType::F32)?.contiguous()?;
-    let y = w.forward(&x2)?;
+    let y = match w {
+        // Many tokens on the CPU, in the legacy 32-weight formats: the weight dequantized once
+        // for this call and multiplied by the float GEMM (2.1x candle's product on a 64-token
+        // Q4_0 prefill; the k-quants stay candle's, which is faster there: PERFORMANCE.md).
+        QMatMul::QTensor(q)
+            if m >= crate::kernels::q8_0::WIDEN_TOKENS
+                && x2.device().is_cpu()
+                && matches!(
+                    q.dtype(),
+                    GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+                ) =>
+        {
+            linear(&x2, &q.dequantize(x2.device())?, None)?
+        }
+        _ => w.forward(&x2)?,
+    };
     let y = match bias {
         Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
         None => y,
