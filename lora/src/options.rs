@@ -22,7 +22,7 @@ impl Default for LoraOptions {
 
 impl LoraOptions {
     /// The adapter matrices (and saved modules) as trainable `Var`s
-    /// ([`LoraAdapters::vars`], [`LoraAdapters::gradients`]). Load the base without
+    /// ([`LoraAdapters::vars`](crate::LoraAdapters::vars), [`LoraAdapters::gradients`](crate::LoraAdapters::gradients)). Load the base without
     /// `LoadOptions::trainable` to keep it frozen: no gradient reaches its weights and none of
     /// them becomes a `Var`.
     pub fn trainable(mut self) -> Self {
@@ -30,7 +30,7 @@ impl LoraOptions {
         self
     }
 
-    /// The seed new adapters' `A` matrices are drawn from ([`LoraAdapters::new_adapters`]; 0
+    /// The seed new adapters' `A` matrices are drawn from ([`LoraAdapters::new_adapters`](crate::LoraAdapters::new_adapters); 0
     /// by default).
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;

@@ -11,7 +11,7 @@ use crate::{Error, LoraAdapters, Result};
 
 impl LoraAdapters {
     /// The trainable variables of adapter `name`, by PEFT's key (empty unless read
-    /// [trainable](LoraOptions::trainable)): what an optimiser updates.
+    /// [trainable](crate::LoraOptions::trainable)): what an optimiser updates.
     pub fn vars(&self, name: &str) -> Result<BTreeMap<String, Var>> {
         Ok(self.adapter(name)?.store().vars.clone())
     }

@@ -19,7 +19,7 @@ pub enum LogitsMode {
     None,
 }
 
-/// Options of [`CausalLM::forward_with`].
+/// Options of [`CausalLM::forward_with`](crate::CausalLM::forward_with).
 #[derive(Clone, Debug, Default)]
 pub struct ForwardOptions {
     /// Which positions get logits.
@@ -33,15 +33,15 @@ pub struct ForwardOptions {
     /// to route normally.
     pub forced_experts: BTreeMap<usize, Tensor>,
     /// Labels `[batch, seq]` (any integer dtype; -100 ignores a position): the pass then
-    /// returns the causal-LM loss ([`ForwardOutput::loss`]). Needs [`LogitsMode::All`].
+    /// returns the causal-LM loss ([`ForwardOutput::loss`](crate::ForwardOutput::loss)). Needs [`LogitsMode::All`].
     pub labels: Option<Tensor>,
-    /// Which hidden states to return ([`ForwardOutput::hidden_states`]), by index
+    /// Which hidden states to return ([`ForwardOutput::hidden_states`](crate::ForwardOutput::hidden_states)), by index
     /// `0..=num_hidden_layers` (negatives count from the end).
     pub output_hidden_states: Selection,
-    /// Which layers' attention probabilities to return ([`ForwardOutput::attentions`]), by
+    /// Which layers' attention probabilities to return ([`ForwardOutput::attentions`](crate::ForwardOutput::attentions)), by
     /// layer index (negatives count from the end). Those layers attend on the eager path.
     pub output_attentions: Selection,
-    /// Which sites' outputs to record ([`ForwardOutput::records`]), by site name or regex.
+    /// Which sites' outputs to record ([`ForwardOutput::records`](crate::ForwardOutput::records)), by site name or regex.
     pub recorders: Recorders,
     /// Values for the modules that read them on this call (a LoRA projection's adapter choice,
     /// say): handed to every module through [`PassContext::extension`](crate::decoder::PassContext::extension).
