@@ -204,53 +204,13 @@ impl LoraConfig {
             Some(v) => Some(vec![layer_index(file, v)?]),
         };
         let layers_pattern = match get("layers_pattern") {
-            None => None,
-            Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) => Some(vec![s.clone()]),
-            Some(Value::Array(items)) if items.is_empty() => None,
-            Some(Value::Array(items)) => Some(
-                items
-                    .iter()
-                    .map(|v| {
-                        v.as_str().map(str::to_string).ok_or_else(|| {
-                            Error::config(
-                                file,
-                                "layers_pattern",
-                                format!("expected names, found {v}"),
-                            )
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-            ),
-            Some(v) => {
-                return Err(Error::config(
-                    file,
-                    "layers_pattern",
-                    format!("expected a name or a list of names, found {v}"),
-                ));
-            }
+            Some(Value::String(s)) if !s.is_empty() => Some(vec![s.clone()]),
+            Some(Value::String(_)) | None => None,
+            Some(v) => Some(names(file, "layers_pattern", v)?).filter(|n| !n.is_empty()),
         };
         let modules_to_save = match get("modules_to_save") {
+            Some(v) => names(file, "modules_to_save", v)?,
             None => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| {
-                    v.as_str().map(str::to_string).ok_or_else(|| {
-                        Error::config(
-                            file,
-                            "modules_to_save",
-                            format!("expected names, found {v}"),
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?,
-            Some(v) => {
-                return Err(Error::config(
-                    file,
-                    "modules_to_save",
-                    format!("expected a list of module names, found {v}"),
-                ));
-            }
         };
         let layer_regexes = match &layers_pattern {
             None => vec![r"^.*?\.[^.]*\.(\d+)\.".to_string()],
@@ -345,6 +305,25 @@ impl LoraConfig {
             alpha / r as f64
         }
     }
+}
+
+/// A list of names at `key`.
+fn names(file: &Path, key: &str, value: &Value) -> Result<Vec<String>> {
+    let Value::Array(items) = value else {
+        return Err(Error::config(
+            file,
+            key,
+            format!("expected a list of names, found {value}"),
+        ));
+    };
+    items
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::config(file, key, format!("expected names, found {v}")))
+        })
+        .collect()
 }
 
 pub(crate) fn positive_rank(file: &Path, key: &str, v: &Value) -> Result<usize> {
