@@ -173,7 +173,7 @@ impl ModelArgs {
 
 /// `--adapter [NAME=]DIR`: a folder that exists as given is a folder (named by its last
 /// component), else `NAME=DIR`.
-fn adapter_arg(arg: &str) -> (String, PathBuf) {
+pub fn adapter_arg(arg: &str) -> (String, PathBuf) {
     let folder_name = |dir: &Path| {
         dir.file_name()
             .map(|n| n.to_string_lossy().into_owned())

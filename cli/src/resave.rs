@@ -2,13 +2,16 @@
 //! folder or a Hub id) with every conversion its model's registered mapping has, and save it
 //! back through the reverse ops; or turn a GGUF file into a transformers folder (safetensors
 //! of the dequantized weights, config.json, tokenizer.json and tokenizer_config.json with the
-//! chat template).
+//! chat template). With `--adapter [NAME=]DIR` (repeatable), each LoRA adapter is read against
+//! the model (strictly: every tensor must land on a projection) and written back in PEFT's
+//! layout to `DST/NAME`.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use patch_checkpoint::{SaveOptions, conversion_registry, resave};
 use patchwork_hub::HubOptions;
+use patchwork_lora::{LoraAdapters, LoraOptions};
 use patchwork_models::{AutoModelForCausalLM, LoadOptions};
 use patchwork_text::TextTokenizer;
 
@@ -29,6 +32,10 @@ pub struct ResaveArgs {
     /// Largest shard in bytes; above it the weights are sharded with an index file.
     #[arg(long, default_value_t = SaveOptions::default().max_shard_size)]
     pub max_shard_size: u64,
+    /// A LoRA adapter folder (PEFT's layout) to read against the model and write back to
+    /// DST/NAME, repeatable (named by its folder, or NAME).
+    #[arg(long = "adapter", value_name = "[NAME=]DIR")]
+    pub adapters: Vec<String>,
 }
 
 /// Runs `patchwork resave` and prints what was done.
@@ -45,7 +52,8 @@ pub fn run(args: &ResaveArgs) -> Result<(), Box<dyn std::error::Error>> {
         ..SaveOptions::default()
     };
     if src.is_file() {
-        return from_gguf(&src, &args.dst, &load, &options);
+        from_gguf(&src, &args.dst, &load, &options)?;
+        return resave_adapters(args, &src, &load);
     }
     let report = resave(&src, &args.dst, &conversion_registry(), &options)?;
     match &report.mapping {
@@ -61,6 +69,33 @@ pub fn run(args: &ResaveArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     for f in &report.save.files {
         println!("  {}", f.display());
+    }
+    resave_adapters(args, &src, &load)
+}
+
+/// The `--adapter`s read against the model at `src` and written back to `DST/NAME`.
+fn resave_adapters(
+    args: &ResaveArgs,
+    src: &std::path::Path,
+    load: &LoadOptions,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if args.adapters.is_empty() {
+        return Ok(());
+    }
+    let named = args
+        .adapters
+        .iter()
+        .map(|a| crate::model_args::adapter_arg(a));
+    let adapters = LoraAdapters::from_named(named, &LoraOptions::default())?;
+    adapters.load_model(src, load)?;
+    for name in adapters.names() {
+        let out = args.dst.join(&name);
+        adapters.save_pretrained(&name, &out)?;
+        println!(
+            "adapter {name}: {} paths, written to {}",
+            adapters.paths(&name)?.len(),
+            out.display()
+        );
     }
     Ok(())
 }

@@ -162,3 +162,31 @@ fn a_bad_adapter_is_an_error_naming_the_file_and_key() {
         "{err}"
     );
 }
+
+#[test]
+fn resave_reads_adapters_against_the_model_and_writes_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let qv = fixtures().join("lora/llama-qv");
+    let model = fixtures().join("llama-tiny");
+    let dst = dir.path().join("out");
+    let text = patchwork(&[
+        "resave",
+        model.to_str().unwrap(),
+        dst.to_str().unwrap(),
+        "--adapter",
+        qv.to_str().unwrap(),
+    ]);
+    assert!(text.contains("adapter llama-qv: 4 paths"), "{text}");
+    let original = load(&qv.join("adapter_model.safetensors"));
+    let saved = load(&dst.join("llama-qv/adapter_model.safetensors"));
+    assert_eq!(original.len(), saved.len());
+    for (key, t) in &original {
+        assert_close(
+            &saved[key],
+            t,
+            patchwork_testing::Tolerance::absolute(0.0),
+            key,
+        );
+    }
+    assert!(dst.join("llama-qv/adapter_config.json").is_file());
+}

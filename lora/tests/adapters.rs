@@ -271,3 +271,28 @@ fn dropout_acts_in_training_mode_only() {
     );
     println!("dropout moved the logits by {moved:.3} in training mode");
 }
+
+#[test]
+fn an_adapter_over_a_bf16_model() {
+    // The base computing in bfloat16: the adapter's float32 matrices are cast to it, and the
+    // logits stay within bf16's rounding of PEFT's float32 ones.
+    let case = cases().into_iter().find(|c| c.name == "llama-qv").unwrap();
+    let adapters = LoraAdapters::from_pretrained([&case.adapter], &LoraOptions::default()).unwrap();
+    let options = LoadOptions::default().with_dtype(candle_core::DType::BF16);
+    let model = adapters.load_model(&case.base, &options).unwrap();
+    let ids = case.get("input_ids").unwrap();
+    let with = model.forward(ids, None).unwrap();
+    let report = assert_close(
+        &with,
+        case.get("logits").unwrap(),
+        Tolerance::of_max(0.03),
+        "bf16",
+    );
+    adapters.set_active(None).unwrap();
+    let without = model.forward(ids, None).unwrap();
+    let moved = assert_differs(&with, &without, 1.0, "the adapter over bf16");
+    println!(
+        "bf16: {:.3} from PEFT's float32 logits; the adapter moves them by {moved:.2}",
+        report.max_abs_diff
+    );
+}
