@@ -97,12 +97,15 @@ impl Site {
                 } else {
                     x.clone()
                 };
-                let a = a.to_dtype(x.dtype())?;
-                let b = b.to_dtype(x.dtype())?;
-                let delta = h
-                    .broadcast_matmul(&a.t()?)?
-                    .broadcast_matmul(&b.t()?)?
-                    .affine(*scale, 0.0)?;
+                // The models' own linear: the kernels for frozen float32 adapters, candle's
+                // differentiable ops for trainable ones (PERFORMANCE.md: LoRA).
+                let low = patchwork_models::ops::linear(&h, a, None)?;
+                let delta = patchwork_models::ops::linear(&low, b, None)?;
+                let delta = if *scale == 1.0 {
+                    delta
+                } else {
+                    delta.affine(*scale, 0.0)?
+                };
                 let delta = delta.to_dtype(y.dtype())?;
                 y + delta
             }

@@ -248,10 +248,16 @@ impl Adapter {
             } else {
                 None
             };
+            // Frozen, the scale is folded into B once (one product less per call); trainable,
+            // B must stay the variable the optimiser updates.
+            let (b, scale) = match (self.trainable, c.scale(path)) {
+                (false, s) if s != 1.0 => (b.affine(s, 0.0)?, 1.0),
+                (_, s) => (b, s),
+            };
             Some(AtSite::Lora {
                 a,
                 b,
-                scale: c.scale(path),
+                scale,
                 dropout: c.lora_dropout,
                 base,
             })
