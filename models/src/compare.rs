@@ -115,18 +115,29 @@ impl fmt::Display for Comparison {
     }
 }
 
-/// `(max |a - b|, max |b|)`, infinite for different shapes.
+/// `(max |a - b|, max |b|)`, infinite for different shapes and wherever either side holds a
+/// NaN (or an infinity meets a finite value).
 fn difference(a: &Tensor, b: &Tensor) -> Result<(f32, f32)> {
     let b32 = b.detach().to_dtype(DType::F32)?;
-    let scale = b32.abs()?.max_all()?.to_scalar::<f32>()?;
+    let scale = max_abs(&b32)?;
     if a.dims() != b.dims() {
         return Ok((f32::INFINITY, scale));
     }
-    let d = (a.detach().to_dtype(DType::F32)? - b32)?
-        .abs()?
-        .max_all()?
-        .to_scalar::<f32>()?;
-    Ok((if d.is_nan() { f32::INFINITY } else { d }, scale))
+    let d = max_abs(&(a.detach().to_dtype(DType::F32)? - b32)?)?;
+    Ok((d, scale))
+}
+
+/// `max |t_i|`, infinite when an entry is NaN or infinite (a reduction with `f32::max` would
+/// skip a NaN).
+fn max_abs(t: &Tensor) -> Result<f32> {
+    let values = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok(values.iter().fold(0f32, |m, &x| {
+        if x.is_finite() {
+            m.max(x.abs())
+        } else {
+            f32::INFINITY
+        }
+    }))
 }
 
 /// Runs `patched` and `original` on `input_ids` (and `attention_mask`) with every site
@@ -197,4 +208,25 @@ pub fn compare_models(
         logits_max_abs_diff,
         tolerance,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::difference;
+
+    #[test]
+    fn a_nan_anywhere_is_an_infinite_difference() {
+        let dev = Device::Cpu;
+        let ours = Tensor::new(&[1f32, f32::NAN, 3.0], &dev).unwrap();
+        let reference = Tensor::new(&[1f32, 2.0, 3.0], &dev).unwrap();
+        assert_eq!(difference(&ours, &reference).unwrap().0, f32::INFINITY);
+        assert_eq!(
+            difference(&reference, &ours).unwrap(),
+            (f32::INFINITY, f32::INFINITY)
+        );
+        let close = Tensor::new(&[1f32, 2.5, 3.0], &dev).unwrap();
+        assert_eq!(difference(&close, &reference).unwrap(), (0.5, 3.0));
+    }
 }
