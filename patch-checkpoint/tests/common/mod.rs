@@ -6,7 +6,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
+use patch_checkpoint::{
+    Checkpoint, CheckpointSource, Error, Op, Problem, Transform, WeightConverter, Weights,
+};
 
 /// A stored tensor: dtype name, shape, raw little-endian bytes.
 pub type Raw = (String, Vec<usize>, Vec<u8>);
@@ -101,4 +106,71 @@ pub fn fixture(name: &str) -> PathBuf {
         .join("..")
         .join("fixtures")
         .join(name)
+}
+
+/// The checkpoint at `dir` opened with `transforms`, and its weights as float32 on the CPU.
+pub fn load(dir: &std::path::Path, transforms: Vec<Transform>) -> (Arc<CheckpointSource>, Weights) {
+    let source = Arc::new(Checkpoint::open(dir).unwrap().source(transforms).unwrap());
+    let weights = Weights::from_arc(source.clone(), DType::F32, &Device::Cpu);
+    (source, weights)
+}
+
+pub fn problems(err: Error) -> Vec<Problem> {
+    match err {
+        Error::Accounting { problems, .. } => problems,
+        other => panic!("expected an accounting error, got {other}"),
+    }
+}
+
+pub fn bytemuck_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Builds llama-tiny as a model with a fused-QKV replacement would, optionally asking for one
+/// tensor the checkpoint does not have (per layer).
+pub fn build_fused_llama(bogus: bool) -> (Arc<CheckpointSource>, Weights) {
+    // llama-tiny has GQA: q [64, 64], k and v [32, 64]; the fused tensor is [128, 64].
+    let dir = fixture("llama-tiny");
+    let raw = read_all(&dir);
+    let (source, w) = load(&dir, Vec::new());
+    let fused = vec![Transform::from(WeightConverter::new(
+        ["q_proj", "k_proj", "v_proj"],
+        ["qkv_proj"],
+        [Op::Concatenate { dim: 0 }],
+    ))];
+    for layer in 0..2 {
+        let attn = w
+            .pp(format!("model.layers.{layer}.self_attn"))
+            .with_transforms("FusedQkv", fused.clone());
+        let qkv = attn.get((128, 64), "qkv_proj.weight").unwrap();
+        let mut expected = Vec::new();
+        for p in ["q_proj", "k_proj", "v_proj"] {
+            expected.extend(bytemuck_f32(
+                &raw[&format!("model.layers.{layer}.self_attn.{p}.weight")].2,
+            ));
+        }
+        assert_eq!(values(&qkv), expected);
+        attn.get((64, 64), "o_proj.weight").unwrap();
+        // Through candle-nn too.
+        let vb = w.pp(format!("model.layers.{layer}")).var_builder();
+        if bogus {
+            // A name the checkpoint does not have: a placeholder, reported by `finish`.
+            let l = candle_nn::linear_no_bias(64, 64, vb.pp("input_layernorm_as_linear")).unwrap();
+            assert_eq!(l.weight().dims(), &[64, 64]);
+        }
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            vb.pp(n).get(64, "weight").unwrap();
+        }
+        let mlp = vb.pp("mlp");
+        candle_nn::linear_no_bias(64, 160, mlp.pp("gate_proj")).unwrap();
+        candle_nn::linear_no_bias(64, 160, mlp.pp("up_proj")).unwrap();
+        candle_nn::linear_no_bias(160, 64, mlp.pp("down_proj")).unwrap();
+    }
+    w.get((256, 64), "model.embed_tokens.weight").unwrap();
+    w.get(64, "model.norm.weight").unwrap();
+    w.tie("lm_head.weight", "model.embed_tokens.weight");
+    (source, w)
 }
