@@ -4,10 +4,9 @@
 //! BPE ones (`gpt2`: the file's merges, the pre-tokenizer `tokenizer.ggml.pre` names); control
 //! tokens special, user-defined ones added; BOS/EOS and the chat template from the metadata.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Value as Meta;
 use patchwork_gguf::GgufFile;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
@@ -288,126 +287,11 @@ fn split_merges(merges: &[String], vocab: &Vocab<'_>) -> Result<Vec<Value>> {
         .collect()
 }
 
-/// The merges a SentencePiece vocabulary implies (transformers' `generate_merges` with the
-/// scores): every split of every token into two tokens of the vocabulary, each split ordered by
-/// its pieces' ids, then all by the token's score, longer left then right pieces first, stably.
-fn merges_from_scores(tokens: &[String], scores: &[f64]) -> Vec<Value> {
-    let mut ids: HashMap<&str, usize> = HashMap::new();
-    for (i, t) in tokens.iter().enumerate() {
-        ids.insert(t, i);
-    }
-    // A token listed twice is visited once, with its last score, at its first place.
-    let mut order: Vec<(&str, f64)> = Vec::new();
-    let mut at: HashMap<&str, usize> = HashMap::new();
-    for (t, &s) in tokens.iter().zip(scores) {
-        match at.get(t.as_str()) {
-            Some(&i) => order[i].1 = s,
-            None => {
-                at.insert(t, order.len());
-                order.push((t, s));
-            }
-        }
-    }
-    let mut merges: Vec<(&str, &str, f64)> = Vec::new();
-    for (token, score) in order {
-        let chars: Vec<(usize, char)> = token.char_indices().collect();
-        let mut local: Vec<(&str, &str, f64)> = Vec::new();
-        for &(cut, _) in chars.iter().skip(1) {
-            let (l, r) = token.split_at(cut);
-            if ids.contains_key(l) && ids.contains_key(r) {
-                local.push((l, r, score));
-            }
-        }
-        local.sort_by_key(|(l, r, _)| (ids[l], ids[r]));
-        merges.extend(local);
-    }
-    merges.sort_by(|a, b| {
-        let key = |m: &(&str, &str, f64)| (m.2, m.0.chars().count(), m.1.chars().count());
-        let (ka, kb) = (key(a), key(b));
-        kb.0.total_cmp(&ka.0)
-            .then(kb.1.cmp(&ka.1))
-            .then(kb.2.cmp(&ka.2))
-    });
-    merges.into_iter().map(|(l, r, _)| json!([l, r])).collect()
-}
+mod merges;
+mod meta;
 
-/// GPT-2's byte-to-character table (`bytes_to_unicode`).
-fn bytes_to_unicode() -> HashMap<u8, char> {
-    let mut bs: Vec<u32> = (u32::from(b'!')..=u32::from(b'~'))
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..=255u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    bs.into_iter()
-        .zip(cs)
-        .filter_map(|(b, c)| Some((u8::try_from(b).ok()?, char::from_u32(c)?)))
-        .collect()
-}
-
-fn integer(v: &Meta) -> Option<i64> {
-    match v {
-        Meta::I8(x) => Some(i64::from(*x)),
-        Meta::I16(x) => Some(i64::from(*x)),
-        Meta::I32(x) => Some(i64::from(*x)),
-        Meta::I64(x) => Some(*x),
-        Meta::U8(x) => Some(i64::from(*x)),
-        Meta::U16(x) => Some(i64::from(*x)),
-        Meta::U32(x) => Some(i64::from(*x)),
-        Meta::U64(x) => i64::try_from(*x).ok(),
-        _ => None,
-    }
-}
-
-/// Metadata `key` as a list of strings.
-fn strings(file: &GgufFile, key: &str) -> Result<Option<Vec<String>>> {
-    let Some(a) = file.array(key)? else {
-        return Ok(None);
-    };
-    a.iter()
-        .map(|v| match v {
-            Meta::String(s) => Ok(s.clone()),
-            other => Err(Error::Tokenizer {
-                path: file.path().display().to_string(),
-                message: format!(
-                    "metadata {key:?} holds {:?}, not a string",
-                    other.value_type()
-                ),
-            }),
-        })
-        .collect::<Result<Vec<String>>>()
-        .map(Some)
-}
-
-/// Metadata `key` as a list of numbers.
-fn floats(file: &GgufFile, key: &str) -> Result<Option<Vec<f64>>> {
-    let Some(a) = file.array(key)? else {
-        return Ok(None);
-    };
-    a.iter()
-        .map(|v| match v {
-            Meta::F32(x) => Ok(f64::from(*x)),
-            Meta::F64(x) => Ok(*x),
-            other => integer(other)
-                .map(|i| i as f64)
-                .ok_or_else(|| Error::Tokenizer {
-                    path: file.path().display().to_string(),
-                    message: format!(
-                        "metadata {key:?} holds {:?}, not a number",
-                        other.value_type()
-                    ),
-                }),
-        })
-        .collect::<Result<Vec<f64>>>()
-        .map(Some)
-}
+use merges::{bytes_to_unicode, merges_from_scores};
+use meta::{floats, integer, strings};
 
 #[cfg(test)]
 mod tests {
