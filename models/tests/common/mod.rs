@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+pub mod llama;
 pub mod training;
 
 /// The repository's reference checkpoints folder.
