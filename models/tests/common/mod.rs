@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 pub mod llama;
+pub mod qwen2_moe;
 pub mod training;
 
 /// The repository's reference checkpoints folder.
