@@ -7,7 +7,7 @@ use std::path::Path;
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use crate::matching::{ModuleSet, Ordered, Pattern, patterns};
+use crate::matching::{ModuleSet, Ordered, Pattern, patterns, positive_rank};
 use crate::{Error, Result};
 
 /// Keys that describe where an adapter came from or how it was initialised: read by nothing
@@ -324,19 +324,6 @@ fn names(file: &Path, key: &str, value: &Value) -> Result<Vec<String>> {
                 .ok_or_else(|| Error::config(file, key, format!("expected names, found {v}")))
         })
         .collect()
-}
-
-pub(crate) fn positive_rank(file: &Path, key: &str, v: &Value) -> Result<usize> {
-    v.as_u64()
-        .filter(|&r| r > 0)
-        .and_then(|r| usize::try_from(r).ok())
-        .ok_or_else(|| {
-            Error::config(
-                file,
-                key,
-                format!("expected a positive integer rank, found {v}"),
-            )
-        })
 }
 
 fn layer_index(file: &Path, v: &Value) -> Result<usize> {

@@ -38,6 +38,7 @@ mod error;
 mod matching;
 mod merge;
 mod options;
+mod paths;
 mod projection;
 mod site;
 mod train;
