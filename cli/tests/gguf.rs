@@ -55,15 +55,7 @@ fn forward(model: &Path, extra: &[&str], input_ids: &Tensor, dir: &Path) -> Tens
 
 /// `max |a - b| <= 1e-4 * max(1, max |b|)`, and no NaN on either side.
 fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
-    assert_eq!(a.dims(), b.dims(), "{what}");
-    let (a, b) = (values(a), values(b));
-    let tol = 1e-4 * b.iter().fold(1f32, |m, x| m.max(x.abs()));
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert!(
-            (x - y).abs() <= tol,
-            "{what}[{i}]: {x} vs {y} (tolerance {tol})"
-        );
-    }
+    patchwork_testing::assert_close(a, b, patchwork_testing::LOGITS, what);
 }
 
 #[test]
