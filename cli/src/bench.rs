@@ -59,13 +59,13 @@ pub fn run(args: Args) -> CliResult {
         })?;
     let load = start.elapsed().as_secs_f64();
     let vocab = model.config().vocab_size;
-    println!(
+    crate::parallel::say!(
         "model_type: {}, parameters: {}, weights: {:?}",
         model.family().model_type,
         model.num_parameters(),
         model.config().weight_dtype.unwrap_or(model.dtype())
     );
-    println!("load: {load:.2} s");
+    crate::parallel::say!("load: {load:.2} s");
     let prompt: Vec<u32> = (0..args.prompt_len)
         .map(|i| ((i * 7919 + 13) % vocab) as u32)
         .collect();
@@ -86,7 +86,7 @@ pub fn run(args: Args) -> CliResult {
         let first = first.ok_or("no token generated")?;
         let p = args.prompt_len as f64 / (first - start).as_secs_f64().max(1e-9);
         let d = args.decode as f64 / (last - first).as_secs_f64().max(1e-9);
-        println!(
+        crate::parallel::say!(
             "repeat {}: prefill {p:.1} tok/s, decode {d:.2} tok/s",
             rep + 1
         );
@@ -94,10 +94,10 @@ pub fn run(args: Args) -> CliResult {
         decode.push(d);
     }
     match peak_rss_bytes() {
-        Some(b) => println!("peak_rss: {:.1} MiB", b as f64 / (1 << 20) as f64),
-        None => println!("peak_rss: unknown on this platform"),
+        Some(b) => crate::parallel::say!("peak_rss: {:.1} MiB", b as f64 / (1 << 20) as f64),
+        None => crate::parallel::say!("peak_rss: unknown on this platform"),
     }
-    println!(
+    crate::parallel::say!(
         "prefill_tok_s={:.2} decode_tok_s={:.2}",
         median(prefill),
         median(decode)

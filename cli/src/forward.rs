@@ -183,6 +183,8 @@ pub fn run(args: Args) -> CliResult {
             }
         }
     }
-    patch_checkpoint::write_safetensors(&args.out, &tensors, &protected)?;
+    if crate::parallel::is_root() {
+        patch_checkpoint::write_safetensors(&args.out, &tensors, &protected)?;
+    }
     Ok(())
 }

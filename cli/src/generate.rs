@@ -104,7 +104,7 @@ pub fn run(args: Args) -> CliResult {
     let prompt_len = prompt_ids.len();
     let start = Instant::now();
     let sequence = match &tokenizer {
-        Some(tok) => {
+        Some(tok) if crate::parallel::is_root() => {
             let mut stdout = std::io::stdout().lock();
             let out = generate_text(&model, tok, &prompt_ids, &config, |piece| {
                 // A closed stdout ends the stream, not the generation's bookkeeping.
@@ -115,17 +115,23 @@ pub fn run(args: Args) -> CliResult {
             writeln!(stdout)?;
             out.generation.sequences[0].clone()
         }
+        Some(tok) => generate_text(&model, tok, &prompt_ids, &config, |_| {})?
+            .generation
+            .sequences[0]
+            .clone(),
         None => model.generate(&[prompt_ids], &config)?.sequences[0].clone(),
     };
     let elapsed = start.elapsed();
     let new = sequence.len().saturating_sub(prompt_len);
-    eprintln!(
-        "loaded in {:.2}s; {new} new tokens in {:.2}s ({:.1} tokens/s)",
-        loaded.as_secs_f64(),
-        elapsed.as_secs_f64(),
-        new as f64 / elapsed.as_secs_f64().max(1e-9)
-    );
+    if crate::parallel::is_root() {
+        eprintln!(
+            "loaded in {:.2}s; {new} new tokens in {:.2}s ({:.1} tokens/s)",
+            loaded.as_secs_f64(),
+            elapsed.as_secs_f64(),
+            new as f64 / elapsed.as_secs_f64().max(1e-9)
+        );
+    }
     let line: Vec<String> = sequence.iter().map(u32::to_string).collect();
-    println!("{}", line.join(","));
+    crate::parallel::say!("{}", line.join(","));
     Ok(())
 }

@@ -13,6 +13,7 @@ mod forward;
 mod generate;
 mod inspect;
 mod model_args;
+mod parallel;
 mod progress;
 mod resave;
 mod rollouts;
@@ -96,12 +97,19 @@ fn main() -> ExitCode {
         Command::RoutingReport(args) => routing_report::run(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            parallel::finish(None);
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             // Each cause once: one whose text its parent's message already contains (an
-            // error that displays its source) is not repeated.
+            // error that displays its source) is not repeated. Under --parallel every rank
+            // says which it is, and the job ends on every rank.
+            let rank = parallel::rank()
+                .map(|(rank, world)| format!("rank {rank} of {world}: "))
+                .unwrap_or_default();
             let mut shown = e.to_string();
-            eprintln!("error: {shown}");
+            eprintln!("error: {rank}{shown}");
             let mut source = e.source();
             while let Some(s) = source {
                 let text = s.to_string();
@@ -111,6 +119,7 @@ fn main() -> ExitCode {
                 shown = text;
                 source = s.source();
             }
+            parallel::finish(Some(1));
             ExitCode::FAILURE
         }
     }

@@ -61,6 +61,12 @@ pub struct ModelArgs {
     /// are (float, or quantized by --quantize: QLoRA's setting).
     #[arg(long = "adapter", value_name = "[NAME=]DIR")]
     pub adapters: Vec<String>,
+    /// Split the model across the processes an MPI launcher started (`mpirun -n N patchwork
+    /// ...`): `tp` (attention heads and MLP widths, q/k/v and gate/up by columns, o and down
+    /// by rows), `ep` (each MoE layer's experts, tokens exchanged by all-to-all), or `tp+ep`.
+    /// Rank 0 prints and writes; outputs are those of one process.
+    #[arg(long, value_name = "PLAN", value_parser = crate::parallel::parse_plan)]
+    pub parallel: Option<patchwork_parallel::ParallelPlan>,
 }
 
 /// The default format of `--quantize`: a format, or `None` (`none`: float unless a rule says).
@@ -117,7 +123,11 @@ impl ModelArgs {
         if let Some(topology) = self.topology()? {
             options = options.with_added_patches(topology.patches().map_err(|e| e.to_string())?);
         }
-        if let Some(bar) = crate::progress::bar() {
+        if let Some(plan) = &self.parallel {
+            let comm = crate::parallel::communicator()?;
+            options = options.with_added_patches(plan.patches(comm).map_err(|e| e.to_string())?);
+        }
+        if let Some(bar) = crate::progress::bar().filter(|_| crate::parallel::is_root()) {
             options = options.with_progress(bar);
         }
         Ok(options)

@@ -88,7 +88,9 @@ pub use save::{SaveOptions, SaveReport, save_pretrained, to_checkpoint_layout};
 pub use session::{CheckpointSource, PlannedTensor};
 pub use source::{RandomInit, TensorMap};
 pub use transform::{Op, Transform, WeightConverter, WeightRenaming};
-pub use weights::{TransformScope, WeightRequest, WeightSource, Weights};
+pub use weights::{
+    Gather, Replicas, Shard, ShardRange, TransformScope, WeightRequest, WeightSource, Weights,
+};
 
 /// Initialisation hints, as candle-nn defines them (used by random sources only).
 pub use candle_nn::Init;

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 
-use crate::TransformScope;
 #[cfg(doc)]
 use crate::Weights;
+use crate::{Replicas, Shard, TransformScope};
 
 /// One recorded parameter: the tensor and the transform scopes active when it was asked for.
 #[derive(Clone, Debug)]
@@ -28,10 +28,16 @@ pub struct Param {
 /// and scopes, and how to ask the source for it again. It counts as a parameter, saving writes
 /// it (asking for it again), and [`ParamStore::fetch`] returns it; nothing holds its values in
 /// between.
+///
+/// A tensor handed out by [`Weights::get_shard`] is this process's slice of a tensor split
+/// across processes: the slice is kept (and is the variable when trainable), while
+/// [`ParamStore::entries`] describes the full tensor and [`ParamStore::fetch`] rebuilds it
+/// (collectively: every process must ask, in the same order).
 #[derive(Default)]
 pub struct ParamStore {
     tensors: Mutex<BTreeMap<String, Param>>,
     deferred: Mutex<BTreeMap<String, Deferred>>,
+    shards: Mutex<BTreeMap<String, Shard>>,
     ties: Mutex<BTreeMap<String, String>>,
 }
 
@@ -122,6 +128,24 @@ impl ParamStore {
             );
     }
 
+    /// Records that `name` is this process's slice of a tensor split across processes.
+    pub(crate) fn insert_shard(&self, name: &str, shard: Shard) {
+        self.shards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), shard);
+    }
+
+    /// How `name` is split across processes, when it was handed out by
+    /// [`Weights::get_shard`].
+    pub fn shard(&self, name: &str) -> Option<Shard> {
+        self.shards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
     /// Whether `name` was handed out without being kept ([`Weights::get_unkept`]).
     pub fn is_deferred(&self, name: &str) -> bool {
         self.deferred
@@ -147,8 +171,8 @@ impl ParamStore {
         }
     }
 
-    /// The recorded parameters with their scopes, sorted by name; a deferred one's tensor is
-    /// a stand-in of its shape and dtype (its values: [`ParamStore::fetch`]).
+    /// The recorded parameters with their scopes, sorted by name; a deferred or sharded one's
+    /// tensor is a stand-in of its (full) shape and dtype (its values: [`ParamStore::fetch`]).
     pub fn entries(&self) -> Vec<(String, Param)> {
         let mut out: Vec<(String, Param)> = self
             .tensors
@@ -157,6 +181,18 @@ impl ParamStore {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let shards = self.shards.lock().unwrap_or_else(PoisonError::into_inner);
+        for (name, param) in out.iter_mut() {
+            if let Some(shard) = shards.get(name) {
+                let t = &param.tensor;
+                if let Ok(full) = Tensor::zeros((), t.dtype(), t.device())
+                    .and_then(|z| z.broadcast_as(shard.full_shape.clone()))
+                {
+                    param.tensor = full;
+                }
+            }
+        }
+        drop(shards);
         for (name, d) in self
             .deferred
             .lock()
@@ -218,11 +254,15 @@ impl ParamStore {
             .map(|p| p.tensor.clone())
     }
 
-    /// The tensor recorded under `name`, if any, kept or deferred: a deferred one is asked
-    /// for again (an error if the source cannot give it now).
+    /// The tensor recorded under `name`, if any, kept, deferred or sharded: a deferred one is
+    /// asked for again (an error if the source cannot give it now), a sharded one rebuilt
+    /// from every process's slice (collective).
     pub fn fetch(&self, name: &str) -> crate::Result<Option<Tensor>> {
         if let Some(t) = self.get(name) {
-            return Ok(Some(t));
+            return Ok(Some(match self.shard(name) {
+                Some(shard) => shard.gather(&t, Replicas::Identical)?,
+                None => t,
+            }));
         }
         let produce = self
             .deferred
@@ -251,16 +291,21 @@ impl ParamStore {
         self.len() == 0
     }
 
-    /// Total number of scalar parameters recorded, deferred ones included (tensors shared
-    /// under two names count once per name).
+    /// Total number of scalar parameters recorded, deferred ones included and sharded ones at
+    /// their full size (tensors shared under two names count once per name).
     pub fn num_parameters(&self) -> usize {
+        let shards = self.shards.lock().unwrap_or_else(PoisonError::into_inner);
         let kept: usize = self
             .tensors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .map(|p| p.tensor.elem_count())
+            .iter()
+            .map(|(name, p)| match shards.get(name) {
+                Some(shard) => shard.full_shape.elem_count(),
+                None => p.tensor.elem_count(),
+            })
             .sum();
+        drop(shards);
         let deferred: usize = self
             .deferred
             .lock()

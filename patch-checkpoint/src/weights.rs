@@ -9,7 +9,10 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::{Origin, ParamStore, Result, Transform};
 
+mod shard;
 mod unkept;
+
+pub use shard::{Gather, Replicas, Shard, ShardRange};
 
 /// Transforms carried by a replacement module, active for every request under `prefix`.
 ///

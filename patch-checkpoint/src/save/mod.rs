@@ -26,7 +26,7 @@ use candle_core::{DType, Tensor};
 use crate::files::{PendingFile, PendingFiles, check_output, io_error};
 use crate::pattern::natural_cmp;
 use crate::safetensors_write::{OutTensor, write_file};
-use crate::{Error, Result, Transform, Weights};
+use crate::{Error, Replicas, Result, Transform, Weights};
 
 use plan::plan_units;
 use unit::run_unit;
@@ -244,7 +244,10 @@ pub fn save_pretrained(
 /// split into three, renamings undone; tied aliases left out): `value(name, tensor)` gives the
 /// value for the parameter `name` recorded as `tensor`, with its shape.
 ///
-/// Gradients by checkpoint key are this map applied to each parameter's gradient.
+/// Gradients by checkpoint key are this map applied to each parameter's gradient. A parameter
+/// split across processes ([`Weights::get_shard`]) is given as this process's slice, and the
+/// values of every process's slices are gathered into the full tensor, the values of replicated
+/// slices added up as gradients are: then the call is collective (every process makes it).
 pub fn to_checkpoint_layout(
     weights: &Weights,
     transforms: &[Transform],
@@ -252,12 +255,14 @@ pub fn to_checkpoint_layout(
 ) -> Result<BTreeMap<String, Tensor>> {
     let units = plan_units(weights, transforms, &SaveOptions::default())?;
     let mut values: HashMap<String, Tensor> = HashMap::new();
-    for (name, tensor) in weights
-        .params()
-        .entries()
-        .into_iter()
-        .map(|(n, p)| (n, p.tensor))
-    {
+    let params = weights.params();
+    for (name, tensor) in params.entries().into_iter().map(|(n, p)| (n, p.tensor)) {
+        // A sharded parameter: the value of this process's slice, then the full tensor from
+        // every process's (gradients of a replicated slice add up).
+        let (tensor, shard) = match (params.shard(&name), params.get(&name)) {
+            (Some(shard), Some(local)) => (local, Some(shard)),
+            _ => (tensor, None),
+        };
         let v = value(&name, &tensor)?;
         if v.dims() != tensor.dims() {
             return Err(save_err(
@@ -269,6 +274,10 @@ pub fn to_checkpoint_layout(
                 ),
             ));
         }
+        let v = match shard {
+            Some(shard) => shard.gather(&v, Replicas::Summed)?,
+            None => v,
+        };
         values.insert(name, v);
     }
     let mut out = BTreeMap::new();

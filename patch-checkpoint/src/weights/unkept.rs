@@ -76,7 +76,12 @@ impl Weights {
         Ok(Some(packed))
     }
 
-    fn request<'a>(&'a self, name: &'a str, shape: &'a Shape, init: Init) -> WeightRequest<'a> {
+    pub(super) fn request<'a>(
+        &'a self,
+        name: &'a str,
+        shape: &'a Shape,
+        init: Init,
+    ) -> WeightRequest<'a> {
         WeightRequest {
             name,
             shape,

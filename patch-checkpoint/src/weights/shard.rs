@@ -1,0 +1,187 @@
+//! Weights split across processes: a module that holds one slice of a tensor (tensor- and
+//! expert-parallel plans) asks for that slice only, and records how the full tensor is rebuilt
+//! (an all-gather over the processes), so that gradients by checkpoint key and saving see the
+//! tensor in the checkpoint's layout whatever slice this process computes with.
+
+use std::sync::Arc;
+
+use candle_core::{Shape, Tensor};
+use candle_nn::Init;
+
+use super::Weights;
+use crate::{Error, Result};
+
+/// The slice of a tensor one process holds: `len` entries from `start` along dimension `dim`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardRange {
+    /// The dimension the tensor is split along.
+    pub dim: usize,
+    /// The first entry this process holds.
+    pub start: usize,
+    /// How many entries it holds.
+    pub len: usize,
+}
+
+/// How the slices of several processes that hold the same range combine when the full tensor
+/// is rebuilt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicas {
+    /// They hold the same values (weights): one of them is taken.
+    Identical,
+    /// Each holds a part of a sum (gradients of a replicated slice, each process's share of
+    /// the loss): they are added.
+    Summed,
+}
+
+/// Rebuilds a full tensor from every process's slice: the reverse of a sharding transform,
+/// collective (every process calls it, in the same order, for the same parameters).
+pub trait Gather: Send + Sync + 'static {
+    /// The full tensor, `full_len` entries along `range.dim`, from this process's `local`
+    /// slice (`range`) and the other processes' slices.
+    fn gather(
+        &self,
+        local: &Tensor,
+        range: ShardRange,
+        full_len: usize,
+        replicas: Replicas,
+    ) -> candle_core::Result<Tensor>;
+}
+
+/// A sharded parameter's record: its full shape, the slice held here, and how to rebuild it.
+#[derive(Clone)]
+pub struct Shard {
+    /// The full tensor's shape, as the checkpoint stores it.
+    pub full_shape: Shape,
+    /// The slice this process holds.
+    pub range: ShardRange,
+    /// How the full tensor is rebuilt.
+    pub gather: Arc<dyn Gather>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("full_shape", &self.full_shape)
+            .field("range", &self.range)
+            .finish()
+    }
+}
+
+impl Shard {
+    /// The full tensor rebuilt from `local` (this process's slice, or a value of its shape
+    /// such as its gradient).
+    pub fn gather(&self, local: &Tensor, replicas: Replicas) -> candle_core::Result<Tensor> {
+        let full_len = self.full_shape.dims()[self.range.dim];
+        self.gather.gather(local, self.range, full_len, replicas)
+    }
+}
+
+/// Rows of a chunked read kept at once: about 4 MiB of float32.
+const CHUNK_BYTES: usize = 4 << 20;
+
+impl Weights {
+    /// Declares the tensor already handed out as `name` (under this path) whole on this
+    /// process and on every other, each process's gradient being a part of the sum (a norm
+    /// applied to this process's attention heads only): gradients by checkpoint key add the
+    /// processes' gradients through `gather`, saving takes this process's values. An error
+    /// when nothing was handed out under `name`.
+    pub fn declare_replicated(&self, name: &str, gather: Arc<dyn Gather>) -> Result<()> {
+        let full_name = self.full_name(name);
+        let tensor = self.params.get(&full_name).ok_or_else(|| Error::Missing {
+            name: full_name.clone(),
+            shape: Vec::new(),
+            context: ": declared replicated, but never handed out".into(),
+        })?;
+        let len = tensor.dims().first().copied().unwrap_or(1);
+        self.params.insert_shard(
+            &full_name,
+            Shard {
+                full_shape: tensor.shape().clone(),
+                range: ShardRange {
+                    dim: 0,
+                    start: 0,
+                    len,
+                },
+                gather,
+            },
+        );
+        Ok(())
+    }
+
+    /// This process's slice `range` of the tensor `name` (full shape `full`), recorded as a
+    /// sharded parameter: the state dict holds the slice (a trainable handle makes it the
+    /// variable), gradients by checkpoint key and saving rebuild the full tensor through
+    /// `gather`. The tensor is read in chunks of rows and only the slice is kept, so no
+    /// process holds the whole tensor. An error names the tensor when `range` does not fit
+    /// `full`.
+    pub fn get_shard(
+        &self,
+        full: impl Into<Shape>,
+        name: &str,
+        init: Init,
+        range: ShardRange,
+        gather: Arc<dyn Gather>,
+    ) -> Result<Tensor> {
+        let full_shape = full.into();
+        let full_name = self.full_name(name);
+        let dims = full_shape.dims().to_vec();
+        let fits = dims.get(range.dim).is_some_and(|&n| {
+            range.len > 0
+                && range
+                    .start
+                    .checked_add(range.len)
+                    .is_some_and(|end| end <= n)
+        });
+        if !fits {
+            return Err(Error::Shape {
+                name: full_name,
+                expected: dims.clone(),
+                found: dims,
+                context: format!(": the slice {range:?} asked for does not fit this shape"),
+            });
+        }
+        let row_bytes = dims
+            .iter()
+            .skip(1)
+            .try_fold(4usize, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let rows = (CHUNK_BYTES / row_bytes).max(1);
+        let request = self.request(&full_name, &full_shape, init);
+        let mut kept = Vec::new();
+        let mut at = 0usize;
+        let end = range.start + range.len;
+        self.source.get_chunks(&request, rows, &mut |chunk| {
+            let n = chunk.dims().first().copied().unwrap_or(1);
+            let piece = if range.dim == 0 {
+                let (lo, hi) = (range.start.max(at), end.min(at + n));
+                (lo < hi)
+                    .then(|| chunk.narrow(0, lo - at, hi - lo))
+                    .transpose()?
+            } else {
+                Some(chunk.narrow(range.dim, range.start, range.len)?)
+            };
+            if let Some(piece) = piece {
+                kept.push(piece.contiguous()?);
+            }
+            at += n;
+            Ok(())
+        })?;
+        let local = match kept.len() {
+            1 => kept
+                .pop()
+                .ok_or_else(|| candle_core::Error::Msg("internal: empty shard".into()))?,
+            _ => Tensor::cat(&kept, 0)?,
+        };
+        let tensor = self.hand_out(&full_name, local)?;
+        self.params.insert_shard(
+            &full_name,
+            Shard {
+                full_shape,
+                range,
+                gather,
+            },
+        );
+        Ok(tensor)
+    }
+}
