@@ -13,6 +13,8 @@
 //! - Each rank reads only its slice of each tensor
 //!   (`patch_checkpoint::Weights::get_shard`); gradients by checkpoint key and saving gather
 //!   the full tensors back ([`AllGather`]), so every rank sees the checkpoint's layout.
+//! - Training: [`sync_gradients`] before each optimiser step adds up the gradients of what
+//!   several ranks hold (per-head norms, replicated key/value heads).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -43,6 +45,7 @@ pub mod ops;
 mod plan;
 mod projection;
 mod tensor_parallel;
+mod training;
 
 pub use comm::{Communicator, SingleProcess};
 pub use error::{Error, LAUNCHER_VARS, Result};
@@ -56,6 +59,7 @@ pub use nccl::NcclCommunicator;
 pub use plan::{PRIORITY, ParallelPlan, TP_PROJECTIONS};
 pub use projection::ParallelLinear;
 pub use tensor_parallel::{TensorParallelAttention, TensorParallelMlp};
+pub use training::sync_gradients;
 
 /// Whether this process was started by an MPI launcher (one of [`LAUNCHER_VARS`] is set).
 pub fn launched() -> bool {
