@@ -8,6 +8,7 @@
 //! memory, so peak RSS stays near the size of the model itself.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -62,7 +63,8 @@ impl SafetensorsFile {
     /// Loads one tensor as [`SafetensorsFile::load`] does, in chunks of at most `rows` entries
     /// of its first dimension handed to `each` in order, each chunk's mapped pages released
     /// before the next is read: a caller that converts the values (quantizes them) holds one
-    /// chunk of floats at a time. A chunk the file cannot give (a NaN, a range out of the
+    /// chunk of floats at a time. With `range`, only those entries are read (one process's
+    /// share of a tensor split across processes). A chunk the file cannot give (a NaN, a range out of the
     /// file) is [`ChunkError::Read`]; an error of `each` is [`ChunkError::Consumer`].
     pub fn load_chunks(
         &self,
@@ -70,11 +72,16 @@ impl SafetensorsFile {
         meta: &TensorMeta,
         (dtype, device): (DType, &Device),
         rows: usize,
+        range: Option<Range<usize>>,
         each: &mut dyn FnMut(Tensor) -> Result<()>,
     ) -> std::result::Result<(), ChunkError> {
         let total = meta.shape.first().copied().unwrap_or(1);
         let row_bytes = meta.len() / total.max(1);
-        let mut start = 0usize;
+        let range = range.unwrap_or(0..total);
+        let (mut start, total) = (range.start.min(total), range.end.min(total));
+        if start >= total {
+            return Ok(());
+        }
         loop {
             let end = total.min(start.saturating_add(rows.max(1)));
             let t = decode_rows(

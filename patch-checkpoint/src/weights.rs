@@ -70,6 +70,30 @@ pub trait WeightSource: Send + Sync + 'static {
         each(self.get(request)?)
     }
 
+    /// Entries `range` of the first dimension of the tensor `request` names (one process's
+    /// share of a tensor split across processes), handed to `each` in chunks as
+    /// [`WeightSource::get_chunks`] hands the whole tensor; the tensor counts as used. The
+    /// default reads every chunk and keeps the entries in `range`; a checkpoint reads only
+    /// those entries' bytes from the file.
+    fn get_row_range(
+        &self,
+        request: &WeightRequest<'_>,
+        range: std::ops::Range<usize>,
+        rows: usize,
+        each: &mut dyn FnMut(Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let mut at = 0usize;
+        self.get_chunks(request, rows, &mut |chunk| {
+            let n = chunk.dims().first().copied().unwrap_or(1);
+            let (lo, hi) = (range.start.max(at), range.end.min(at + n));
+            at += n;
+            if lo < hi {
+                each(chunk.narrow(0, lo - (at - n), hi - lo)?)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Whether `name` can be produced (used by optional weights such as biases or tied heads).
     fn contains(&self, name: &str, scopes: &[TransformScope]) -> bool;
 

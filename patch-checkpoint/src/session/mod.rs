@@ -8,6 +8,7 @@ mod request;
 mod serve;
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -224,10 +225,30 @@ impl WeightSource for CheckpointSource {
         let started = Instant::now();
         let action = self.lock().decide(r);
         match action {
-            Action::Read(read) => self.read_key_chunks(r, read, started, rows, each),
+            Action::Read(read) => self.read_key_chunks(r, read, started, rows, None, each),
             Action::Cached(cached) => each(self.serve_cached(r, cached, started)),
             Action::Fail(problem) => each(self.fail(r, problem, started)?),
             Action::Run(run) => each(self.run_unit(r, run, started)?),
+        }
+    }
+
+    fn get_row_range(
+        &self,
+        r: &WeightRequest<'_>,
+        range: Range<usize>,
+        rows: usize,
+        each: &mut dyn FnMut(Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let action = self.lock().decide(r);
+        let narrow = |t: Tensor| -> Result<Tensor> { Ok(t.narrow(0, range.start, range.len())?) };
+        match action {
+            Action::Read(read) => {
+                self.read_key_chunks(r, read, started, rows, Some(range.clone()), each)
+            }
+            Action::Cached(cached) => each(narrow(self.serve_cached(r, cached, started))?),
+            Action::Fail(problem) => each(narrow(self.fail(r, problem, started)?)?),
+            Action::Run(run) => each(narrow(self.run_unit(r, run, started)?)?),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Serving a decided request outside the lock (reading keys, running a unit), then recording
 //! under the lock what it read, produced and consumed, and where the tensor came from.
 
+use std::ops::Range;
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -126,6 +127,7 @@ impl CheckpointSource {
         read: KeyRead,
         started: Instant,
         rows: usize,
+        range: Option<Range<usize>>,
         each: &mut dyn FnMut(Tensor) -> Result<()>,
     ) -> Result<()> {
         let f = self
@@ -142,6 +144,7 @@ impl CheckpointSource {
             &read.stored.meta,
             (r.dtype, r.device),
             rows,
+            range.clone(),
             &mut counting,
         );
         let failed = match loaded {
@@ -154,7 +157,14 @@ impl CheckpointSource {
         let Some(e) = failed else {
             st.stats.served += 1;
             st.stats.tensors_read += 1;
-            st.stats.bytes_read += read.stored.meta.len() as u64;
+            st.stats.bytes_read += match &range {
+                // Only the rows read (rows of equal size: the file's bytes over its rows).
+                Some(range) => {
+                    let rows = read.stored.meta.shape.first().copied().unwrap_or(1).max(1);
+                    (read.stored.meta.len() / rows * range.len()) as u64
+                }
+                None => read.stored.meta.len() as u64,
+            };
             self.tell_progress(&st);
             st.plan.consume(read.key);
             if let Some(dtype) = candle_dtype(read.stored.meta.dtype) {
@@ -170,6 +180,9 @@ impl CheckpointSource {
         Self::record_failure(&mut st, r, Failure::Reading(e).problem(r.name));
         drop(st);
         let mut left = r.shape.dims().to_vec();
+        if let (Some(range), Some(first)) = (&range, left.first_mut()) {
+            *first = range.len();
+        }
         match left.first_mut() {
             Some(first) if *first > done => *first -= done,
             Some(_) => return Ok(()),

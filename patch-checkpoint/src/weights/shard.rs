@@ -111,7 +111,9 @@ impl Weights {
     /// This process's slice `range` of the tensor `name` (full shape `full`), recorded as a
     /// sharded parameter: the state dict holds the slice (a trainable handle makes it the
     /// variable), gradients by checkpoint key and saving rebuild the full tensor through
-    /// `gather`. The tensor is read in chunks of rows and only the slice is kept, so no
+    /// `gather`. A slice of the first dimension (output rows, experts) is read alone
+    /// ([`crate::WeightSource::get_row_range`]); a slice of another dimension (input columns)
+    /// is read in chunks of rows, each cut to the slice before the next is read, so no
     /// process holds the whole tensor. An error names the tensor when `range` does not fit
     /// `full`.
     pub fn get_shard(
@@ -149,24 +151,23 @@ impl Weights {
         let rows = (CHUNK_BYTES / row_bytes).max(1);
         let request = self.request(&full_name, &full_shape, init);
         let mut kept = Vec::new();
-        let mut at = 0usize;
-        let end = range.start + range.len;
-        self.source.get_chunks(&request, rows, &mut |chunk| {
-            let n = chunk.dims().first().copied().unwrap_or(1);
-            let piece = if range.dim == 0 {
-                let (lo, hi) = (range.start.max(at), end.min(at + n));
-                (lo < hi)
-                    .then(|| chunk.narrow(0, lo - at, hi - lo))
-                    .transpose()?
-            } else {
-                Some(chunk.narrow(range.dim, range.start, range.len)?)
-            };
-            if let Some(piece) = piece {
-                kept.push(piece.contiguous()?);
-            }
-            at += n;
-            Ok(())
-        })?;
+        if range.dim == 0 {
+            let rows_range = range.start..range.start + range.len;
+            self.source
+                .get_row_range(&request, rows_range, rows, &mut |chunk| {
+                    kept.push(chunk.contiguous()?);
+                    Ok(())
+                })?;
+        } else {
+            self.source.get_chunks(&request, rows, &mut |chunk| {
+                kept.push(
+                    chunk
+                        .narrow(range.dim, range.start, range.len)?
+                        .contiguous()?,
+                );
+                Ok(())
+            })?;
+        }
         let local = match kept.len() {
             1 => kept
                 .pop()
