@@ -54,16 +54,18 @@ pub fn run(args: Args) -> CliResult {
     stored.sort();
     stored.dedup();
     let stored = stored.join(",");
-    println!("model_type: {}", model.family().model_type);
-    println!("architecture: {}", model.family().architecture);
-    println!("parameters: {}", model.num_parameters());
-    println!("dtype: {stored}");
-    println!("compute_dtype: {}", torch_name(model.dtype()));
-    println!();
-    print!("{}", model.explain());
+    crate::parallel::say!("model_type: {}", model.family().model_type);
+    crate::parallel::say!("architecture: {}", model.family().architecture);
+    crate::parallel::say!("parameters: {}", model.num_parameters());
+    crate::parallel::say!("dtype: {stored}");
+    crate::parallel::say!("compute_dtype: {}", torch_name(model.dtype()));
+    crate::parallel::say!();
+    if crate::parallel::is_root() {
+        print!("{}", model.explain());
+    }
     if let Some(report) = model.load_report() {
-        println!();
-        println!("{report}");
+        crate::parallel::say!();
+        crate::parallel::say!("{report}");
     }
     Ok(())
 }

@@ -161,7 +161,14 @@ fn training_inputs(name: &str) -> HashMap<String, Tensor> {
 
 #[test]
 fn tensor_parallel_forward_and_gradients_equal_one_process() {
-    for name in ["llama-tiny", "qwen3-tiny", "qwen2-tiny", "qwen2-moe-tiny"] {
+    // On the MoE fixtures tp splits the routed experts too (transformers' `moe_tp_experts`).
+    for name in [
+        "llama-tiny",
+        "qwen3-tiny",
+        "qwen2-tiny",
+        "qwen2-moe-tiny",
+        "qwen3-moe-tiny",
+    ] {
         let (one, two) = forward_both(name, "tp", &training_inputs(name), &["--grads"]);
         assert!(two.keys().any(|k| k.starts_with("grad.")) && two.contains_key("loss"));
         assert_same(&format!("{name} tp"), &one, &two);
@@ -240,6 +247,41 @@ fn greedy_generation_equals_one_process() {
         assert_eq!(last(&two), last(&one), "{name} {plan}");
         // Rank 0 alone prints: one line of ids, not two.
         assert_eq!(two.lines().count(), one.lines().count(), "{two}");
+    }
+}
+
+#[test]
+fn inspect_shows_each_split_and_what_stays_whole() {
+    let model = fixture("qwen2-moe-tiny");
+    let args = ["inspect", model.to_str().unwrap(), "--parallel", "tp"];
+    let out = mpirun(2, bin(), &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.matches("parameters: ").count(),
+        1,
+        "rank 0 alone prints: {text}"
+    );
+    // The whole model's parameter count, not one rank's.
+    let one = stdout(&patchwork(&args[..2]));
+    let count = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("parameters: "))
+            .map(str::to_string)
+    };
+    assert_eq!(count(&text), count(&one));
+    for line in [
+        "query heads 0..2 of 4, key/value heads 0..2 of 4 (rank 0 of 2, mpi)",
+        "column-parallel: output rows 0..32 of 64",
+        "row-parallel: input columns 0..64 of 128",
+        "intermediate 0..16 of 32 in each of 8 experts",
+        "not split: base_model_tp_plan has no entry for its projections",
+    ] {
+        assert!(text.contains(line), "{line:?} not in\n{text}");
     }
 }
 

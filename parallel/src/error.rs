@@ -31,6 +31,9 @@ pub enum Error {
         /// What would work, starting with a separator.
         hint: String,
     },
+    /// A config's `base_model_tp_plan` asks for what this crate does not compute.
+    #[error("{0}")]
+    Plan(String),
     /// A plan's name is not one this crate knows (`--parallel`).
     #[error("unknown parallel plan {0:?}: expected tp, ep or tp+ep")]
     UnknownPlan(String),

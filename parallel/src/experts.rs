@@ -51,11 +51,7 @@ impl ExpertParallel {
             mean: 0.0,
             stdev: c.initializer_range,
         };
-        let range = ShardRange {
-            dim: 0,
-            start: first,
-            len: n,
-        };
+        let range = ShardRange::new(0, first, n);
         let gather = Arc::new(AllGather(layout.comm.clone()));
         let get = |shape: (usize, usize, usize), name: &str| {
             weights.get_shard(shape, name, init, range, gather.clone())

@@ -9,9 +9,36 @@ use patch_checkpoint::{Gather, Replicas, ShardRange};
 use crate::comm::Communicator;
 
 /// All-gathers the slices of a tensor split across the ranks of `comm`: disjoint slices are
-/// placed, slices several ranks hold (replicated key/value heads) taken once
+/// placed, slices several ranks hold (replicated key/value heads, per-head norms) taken once
 /// ([`Replicas::Identical`]) or added ([`Replicas::Summed`]).
 pub struct AllGather(pub Arc<dyn Communicator>);
+
+/// Every rank's slice (`start`, `len`, `parts`), in rank order.
+pub(crate) fn ranges(comm: &Arc<dyn Communicator>, range: ShardRange) -> Result<Vec<ShardRange>> {
+    let mine = [range.start, range.len, range.parts].map(|v| v as u32);
+    let all = comm.all_gather(&Tensor::new(&mine, &candle_core::Device::Cpu)?.reshape((1, 3))?)?;
+    Ok(all
+        .to_vec2::<u32>()?
+        .into_iter()
+        .map(|r| ShardRange::new(range.dim, r[0] as usize, r[1] as usize).packed(r[2] as usize))
+        .collect())
+}
+
+/// Where `range`'s entries sit in a dimension of `full_len`, as an index tensor.
+pub(crate) fn positions(
+    range: ShardRange,
+    full_len: usize,
+    device: &candle_core::Device,
+) -> Result<(Vec<usize>, Tensor)> {
+    let p = range.positions(full_len).ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "the slice {range:?} does not fit {full_len} entries"
+        ))
+    })?;
+    let index: Vec<u32> = p.iter().map(|&i| i as u32).collect();
+    let n = index.len();
+    Ok((p, Tensor::from_vec(index, n, device)?))
+}
 
 impl Gather for AllGather {
     fn gather(
@@ -23,10 +50,6 @@ impl Gather for AllGather {
     ) -> Result<Tensor> {
         let comm = &self.0;
         let device = local.device();
-        let ranges = Tensor::new(&[range.start as u32, range.len as u32], device)?;
-        let ranges = comm
-            .all_gather(&ranges.reshape((1, 2))?)?
-            .to_vec2::<u32>()?;
         // The split dimension first, so that every rank's slice is whole rows.
         let rows = local.transpose(0, range.dim)?.contiguous()?;
         let all = comm.all_gather(&rows)?;
@@ -36,25 +59,16 @@ impl Gather for AllGather {
         let mut full = Tensor::zeros(shape, DType::F32, device)?;
         let mut covered = vec![false; full_len];
         let mut at = 0usize;
-        for r in &ranges {
-            let (start, len) = (r[0] as usize, r[1] as usize);
-            let piece = all.narrow(0, at, len)?.to_dtype(DType::F32)?;
-            at += len;
-            let fresh = covered
-                .get(start..start + len)
-                .is_some_and(|c| c.iter().all(|&c| !c));
+        for r in ranges(comm, range)? {
+            let (places, index) = positions(r, full_len, device)?;
+            let piece = all.narrow(0, at, places.len())?.to_dtype(DType::F32)?;
+            at += places.len();
+            let fresh = places.iter().all(|&p| !covered[p]);
             if replicas == Replicas::Identical && !fresh {
                 continue;
             }
-            let index = Tensor::arange(start as u32, (start + len) as u32, device)?;
             full = full.index_add(&index, &piece, 0)?;
-            covered
-                .get_mut(start..start + len)
-                .ok_or_else(|| {
-                    candle_core::Error::Msg(format!("slice {start}+{len} past {full_len}"))
-                })?
-                .iter_mut()
-                .for_each(|c| *c = true);
+            places.iter().for_each(|&p| covered[p] = true);
         }
         if let Some(gap) = covered.iter().position(|c| !c) {
             candle_core::bail!(

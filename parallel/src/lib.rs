@@ -45,6 +45,8 @@ pub mod ops;
 mod plan;
 mod projection;
 mod tensor_parallel;
+mod tensor_parallel_experts;
+mod tp_plan;
 mod training;
 
 pub use comm::{Communicator, SingleProcess};
@@ -59,7 +61,9 @@ pub use nccl::NcclCommunicator;
 pub use plan::{PRIORITY, ParallelPlan, TP_PROJECTIONS};
 pub use projection::ParallelLinear;
 pub use tensor_parallel::{TensorParallelAttention, TensorParallelMlp};
-pub use training::sync_gradients;
+pub use tensor_parallel_experts::TensorParallelExperts;
+pub use tp_plan::DEFAULT_TP_PLAN;
+pub use training::{save_pretrained, sync_gradients};
 
 /// Whether this process was started by an MPI launcher (one of [`LAUNCHER_VARS`] is set).
 pub fn launched() -> bool {

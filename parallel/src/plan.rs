@@ -11,6 +11,7 @@ use crate::experts::ExpertParallel;
 use crate::layout::Layout;
 use crate::projection::ParallelLinear;
 use crate::tensor_parallel::{TensorParallelAttention, TensorParallelMlp};
+use crate::tensor_parallel_experts::TensorParallelExperts;
 
 /// The priority of a plan's patches: above the default (0), so that a plan's wrappers are the
 /// outermost replacement at their sites and build the site's original inside.
@@ -31,9 +32,11 @@ pub const TP_PROJECTIONS: &str = r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_p
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ParallelPlan {
-    /// Tensor parallel (`tp`): attention heads and MLP intermediate widths split, q/k/v and
-    /// gate/up column-parallel, o and down row-parallel then summed over ranks. Embeddings,
-    /// norms, routers and the head are replicated.
+    /// Tensor parallel (`tp`), as the config's `base_model_tp_plan` (else transformers' plan
+    /// for the family, [`crate::DEFAULT_TP_PLAN`]) says: attention heads and MLP intermediate
+    /// widths split, q/k/v and gate/up column-parallel, o and down row-parallel then summed
+    /// over ranks; routed experts' intermediate widths split (`moe_tp_experts`) unless `ep`
+    /// holds them. Embeddings, norms, routers, the shared expert and the head are replicated.
     pub tensor: bool,
     /// Expert parallel (`ep`): each MoE layer's routed experts split, tokens exchanged by
     /// all-to-all.
@@ -72,8 +75,10 @@ impl ParallelPlan {
     /// `LoadOptions::with_added_patches`, on every rank):
     ///
     /// - `tp`: [`TensorParallelAttention`] at every attention site (`Attention$`),
-    ///   [`TensorParallelMlp`] at every MLP site (`MLP$`, the shared expert's included) and
-    ///   [`ParallelLinear`] at their projections ([`TP_PROJECTIONS`]);
+    ///   [`TensorParallelMlp`] at every MLP site (`MLP$`) and [`ParallelLinear`] at their
+    ///   projections ([`TP_PROJECTIONS`]), [`TensorParallelExperts`] at every routed-experts
+    ///   site without `ep`; each splits its block where the tensor-parallel plan says so, and
+    ///   builds the site's original elsewhere;
     /// - `ep`: [`ExpertParallel`] at every routed-experts site (`Experts$`).
     ///
     /// Sizes that do not divide across the ranks fail the build with the key, the value and
@@ -110,6 +115,14 @@ impl ParallelPlan {
                 PatchKey::new("Experts$"),
                 Replacement::configured::<ExpertParallel>(label, move |b, args| {
                     ExpertParallel::build_with(&e, b, args)
+                }),
+            ));
+        } else if self.tensor {
+            let e = layout.clone();
+            mapping.push((
+                PatchKey::new("Experts$"),
+                Replacement::configured::<TensorParallelExperts>(label, move |b, args| {
+                    TensorParallelExperts::build_with(&e, b, args)
                 }),
             ));
         }

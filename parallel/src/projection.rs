@@ -120,11 +120,7 @@ impl ParallelLinear {
 }
 
 fn shard(dim: usize, slice: Slice) -> ShardRange {
-    ShardRange {
-        dim,
-        start: slice.start,
-        len: slice.len,
-    }
+    ShardRange::new(dim, slice.start, slice.len)
 }
 
 impl Build for ParallelLinear {

@@ -12,8 +12,25 @@ use patchwork_models::decoder::{
 
 use crate::gather::AllGather;
 use crate::layout::{Layout, Slice, Split};
+use crate::tp_plan::TpPlan;
 
-/// An attention site built with this rank's query and key/value heads: the family's own
+/// The plan entries that split an attention block.
+const ATTENTION: [(&str, &str); 4] = [
+    ("q_proj", "colwise"),
+    ("k_proj", "colwise"),
+    ("v_proj", "colwise"),
+    ("o_proj", "rowwise"),
+];
+
+/// The plan entries that split an MLP.
+const MLP: [(&str, &str); 3] = [
+    ("gate_proj", "colwise"),
+    ("up_proj", "colwise"),
+    ("down_proj", "rowwise"),
+];
+
+/// An attention site built with this rank's query and key/value heads (where the config's
+/// `base_model_tp_plan`, or transformers' plan for the family, splits its projections): the family's own
 /// attention (whatever the site would build) over a config with the local head counts, its
 /// q/k/v projections column-parallel and `o_proj` row-parallel
 /// ([`crate::ParallelLinear`]). Built by [`crate::ParallelPlan::patches`].
@@ -28,6 +45,13 @@ impl TensorParallelAttention {
         args: AttentionArgs<'_>,
     ) -> Result<Box<dyn Attention>> {
         let c = args.config;
+        if !TpPlan::of(c)
+            .and_then(|p| p.splits(b.path(), &ATTENTION))
+            .map_err(other)?
+        {
+            b.describe("not split: base_model_tp_plan has no entry for its projections");
+            return b.build_original(args);
+        }
         let d = c.head_dim;
         let (q0, nq) = layout
             .share("num_attention_heads", c.num_attention_heads)
@@ -100,7 +124,9 @@ impl Attention for TensorParallelAttention {
     }
 }
 
-/// An MLP site built with this rank's share of the intermediate width: the family's own MLP
+/// An MLP site built with this rank's share of the intermediate width (where the
+/// tensor-parallel plan splits its projections: the dense MLPs, not Qwen2-MoE's shared expert,
+/// in transformers' plan): the family's own MLP
 /// over `intermediate_size / world`, `gate_proj`/`up_proj` column-parallel and `down_proj`
 /// row-parallel. Built by [`crate::ParallelPlan::patches`].
 pub struct TensorParallelMlp {
@@ -113,6 +139,13 @@ impl TensorParallelMlp {
         b: &Builder,
         args: MlpArgs<'_>,
     ) -> Result<Box<dyn Mlp>> {
+        if !TpPlan::of(args.config)
+            .and_then(|p| p.splits(b.path(), &MLP))
+            .map_err(other)?
+        {
+            b.describe("not split: base_model_tp_plan has no entry for its projections");
+            return b.build_original(args);
+        }
         let i = args.intermediate_size;
         let (start, len) = layout.share("intermediate_size", i).map_err(other)?;
         let path = b.path();

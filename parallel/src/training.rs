@@ -8,6 +8,7 @@ use candle_core::{DType, Tensor};
 use patch_checkpoint::Weights;
 
 use crate::comm::Communicator;
+use crate::gather::{positions, ranges};
 
 /// Makes `grads` what one process would have computed for this rank's variables: for every
 /// parameter that other ranks hold too (a norm applied to this rank's heads only, key/value
@@ -29,13 +30,15 @@ pub fn sync_gradients(
         };
         let r = shard.range;
         let device = var.device();
-        let mine = Tensor::new(&[r.start as u32, r.len as u32], device)?.reshape((1, 2))?;
-        let ranges = comm.all_gather(&mine)?.to_vec2::<u32>()?;
-        let overlaps = ranges.iter().enumerate().any(|(other, o)| {
-            let (start, end) = (o[0] as usize, o[0] as usize + o[1] as usize);
-            other != comm.rank() && start < r.start + r.len && r.start < end
-        });
-        if !overlaps {
+        let full_len = shard.full_shape.dims()[r.dim];
+        let (mine, index) = positions(r, full_len, device)?;
+        let others = ranges(comm, r)?;
+        let mut shared = false;
+        for (rank, o) in others.iter().enumerate() {
+            let theirs = o.positions(full_len).unwrap_or_default();
+            shared |= rank != comm.rank() && theirs.iter().any(|p| mine.contains(p));
+        }
+        if !shared {
             continue;
         }
         let local = match grads.get(var.as_tensor()) {
@@ -43,14 +46,12 @@ pub fn sync_gradients(
             None => var.as_tensor().zeros_like()?.to_dtype(DType::F32)?,
         };
         // This rank's gradient at its place in the full tensor, summed over ranks, then its
-        // own slice again.
-        let full_len = shard.full_shape.dims()[r.dim];
+        // own entries again.
         let rows = local.transpose(0, r.dim)?.contiguous()?;
         let mut shape = rows.dims().to_vec();
         shape[0] = full_len;
-        let index = Tensor::arange(r.start as u32, (r.start + r.len) as u32, device)?;
         let placed = Tensor::zeros(shape, DType::F32, device)?.index_add(&index, &rows, 0)?;
-        let summed = comm.all_reduce(&placed)?.narrow(0, r.start, r.len)?;
+        let summed = comm.all_reduce(&placed)?.index_select(&index, 0)?;
         let summed = summed
             .transpose(0, r.dim)?
             .contiguous()?
@@ -58,4 +59,26 @@ pub fn sync_gradients(
         grads.insert(var.as_tensor(), summed);
     }
     Ok(())
+}
+
+/// Saves a split model as one process would (`CausalLM::save_pretrained`): every rank rebuilds
+/// the split parameters together, rank 0 writes `dir` and returns its report, the others
+/// return `None`. Collective: every rank calls it.
+pub fn save_pretrained(
+    model: &patchwork_models::CausalLM,
+    comm: &Arc<dyn Communicator>,
+    dir: impl AsRef<std::path::Path>,
+    options: &patch_checkpoint::SaveOptions,
+) -> patchwork_models::Result<Option<patch_checkpoint::SaveReport>> {
+    let params = model.weights().params();
+    let root = comm.rank() == 0;
+    params.gather_shards(root)?;
+    let saved = if root {
+        Some(model.save_pretrained(dir, options))
+    } else {
+        None
+    };
+    params.release_gathered();
+    comm.barrier()?;
+    saved.transpose()
 }

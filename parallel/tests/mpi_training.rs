@@ -1,8 +1,9 @@
 //! Training split across two processes equals training in one: under `mpirun -n 2`, each rank
-//! trains a split model (tp on llama-tiny and qwen3-tiny, tp+ep on qwen2-moe-tiny, ep on
-//! qwen3-moe-tiny) and, beside it, the whole model alone, for a few SGD steps; every step's
-//! loss and, at the end, every weight (gathered back to the checkpoint's shapes) agree within
-//! 1e-5 relative. `cargo test` starts this test's own binary under `mpirun`; the ranks run
+//! trains a split model (tp on llama-tiny, qwen3-tiny and qwen3-moe-tiny, tp+ep on
+//! qwen2-moe-tiny, ep on qwen3-moe-tiny) and, beside it, the whole model alone, for a few SGD
+//! steps; every step's loss and, at the end, every weight (gathered back to the checkpoint's
+//! shapes) agree within 1e-5 relative, and so does the checkpoint rank 0 saves from the
+//! gathered slices. `cargo test` starts this test's own binary under `mpirun`; the ranks run
 //! the `child` part.
 //!
 //! SGD, because its step is linear in the gradient, so gradients that agree within 1e-5 give
@@ -19,16 +20,19 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use candle_nn::{Optimizer, SGD};
 use patchwork_models::{AutoModelForCausalLM, CausalLM, ForwardOptions, LoadOptions};
-use patchwork_parallel::{Communicator, MpiCommunicator, ParallelPlan, sync_gradients};
+use patchwork_parallel::{
+    Communicator, MpiCommunicator, ParallelPlan, save_pretrained, sync_gradients,
+};
 use patchwork_testing::{Tolerance, assert_close};
 
 const CHILD: &str = "PATCHWORK_MPI_TRAINING_CHILD";
 const SAME: Tolerance = Tolerance::of_max(1e-5);
-const CASES: [(&str, &str); 4] = [
+const CASES: [(&str, &str); 5] = [
     ("llama-tiny", "tp"),
     ("qwen3-tiny", "tp"),
     ("qwen2-moe-tiny", "tp+ep"),
     ("qwen3-moe-tiny", "ep"),
+    ("qwen3-moe-tiny", "tp"),
 ];
 
 #[test]
@@ -137,6 +141,31 @@ fn child() {
             }
         }
         assert!(moved > 1e-3, "{name}: training moved the weights ({moved})");
+        // Saved by rank 0 from the gathered slices: the checkpoint one process writes.
+        let dir = std::env::temp_dir().join(format!("patchwork-mpi-save-{}", std::process::id()));
+        let options = patch_checkpoint::SaveOptions::default();
+        let report = save_pretrained(&split, &comm, dir.join("split"), &options).unwrap();
+        assert_eq!(report.is_some(), comm.rank() == 0);
+        if comm.rank() == 0 {
+            whole.save_pretrained(dir.join("whole"), &options).unwrap();
+            let read = |d: &str| {
+                candle_core::safetensors::load(dir.join(d).join("model.safetensors"), &Device::Cpu)
+                    .unwrap()
+            };
+            let (a, b) = (read("split"), read("whole"));
+            let mut keys: Vec<&String> = b.keys().collect();
+            keys.sort();
+            assert_eq!(a.len(), b.len(), "{name}: the same checkpoint keys");
+            for key in keys {
+                assert_close(
+                    &a[key],
+                    &b[key],
+                    SAME,
+                    &format!("{name} {plan}: saved {key}"),
+                );
+            }
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
         if comm.rank() == 0 {
             println!("{name} {plan}: trained alike ({} parameters)", names.len());
         }

@@ -38,6 +38,7 @@ pub struct ParamStore {
     tensors: Mutex<BTreeMap<String, Param>>,
     deferred: Mutex<BTreeMap<String, Deferred>>,
     shards: Mutex<BTreeMap<String, Shard>>,
+    gathered: Mutex<BTreeMap<String, Tensor>>,
     ties: Mutex<BTreeMap<String, String>>,
 }
 
@@ -144,6 +145,41 @@ impl ParamStore {
             .unwrap_or_else(PoisonError::into_inner)
             .get(name)
             .cloned()
+    }
+
+    /// Rebuilds every sharded parameter, in name order (collective: every process calls it at
+    /// the same point), and, when `keep`, keeps the full tensors for [`ParamStore::fetch`]
+    /// until [`ParamStore::release_gathered`]: what lets one process save a split model while
+    /// the others only take part in the gathers.
+    pub fn gather_shards(&self, keep: bool) -> crate::Result<()> {
+        let shards: Vec<(String, Shard)> = self
+            .shards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, shard) in shards {
+            let Some(local) = self.get(&name) else {
+                continue;
+            };
+            let full = shard.gather(&local, Replicas::Identical)?;
+            if keep {
+                self.gathered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(name, full);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the full tensors [`ParamStore::gather_shards`] kept.
+    pub fn release_gathered(&self) {
+        self.gathered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Whether `name` was handed out without being kept ([`Weights::get_unkept`]).
@@ -258,6 +294,11 @@ impl ParamStore {
     /// asked for again (an error if the source cannot give it now), a sharded one rebuilt
     /// from every process's slice (collective).
     pub fn fetch(&self, name: &str) -> crate::Result<Option<Tensor>> {
+        let gathered = self.gathered.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = gathered.get(name) {
+            return Ok(Some(t.clone()));
+        }
+        drop(gathered);
         if let Some(t) = self.get(name) {
             return Ok(Some(match self.shard(name) {
                 Some(shard) => shard.gather(&t, Replicas::Identical)?,

@@ -63,7 +63,7 @@ fn a_shard_is_its_slice_and_rows_are_read_alone() {
         })
     };
     let (ga, gb) = (gather(&rows), gather(&cols));
-    let range = |dim, start, len| ShardRange { dim, start, len };
+    let range = ShardRange::new;
     let a = w
         .get_shard(
             (8, 4),
@@ -125,21 +125,9 @@ fn a_slice_that_does_not_fit_is_an_error_naming_the_tensor() {
         asked: Mutex::new(Vec::new()),
     });
     for range in [
-        ShardRange {
-            dim: 0,
-            start: 6,
-            len: 3,
-        },
-        ShardRange {
-            dim: 2,
-            start: 0,
-            len: 1,
-        },
-        ShardRange {
-            dim: 1,
-            start: 0,
-            len: 0,
-        },
+        ShardRange::new(0, 6, 3),
+        ShardRange::new(2, 0, 1),
+        ShardRange::new(1, 0, 0),
     ] {
         let err = w
             .get_shard((8, 4), "a.weight", Init::Const(0.0), range, known.clone())

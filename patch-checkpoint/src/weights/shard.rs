@@ -11,15 +11,54 @@ use candle_nn::Init;
 use super::Weights;
 use crate::{Error, Result};
 
-/// The slice of a tensor one process holds: `len` entries from `start` along dimension `dim`.
+/// The slice of a tensor one process holds along dimension `dim`: `len` entries from `start`
+/// of each of `parts` equal blocks of that dimension (`parts` is 1 for a plain slice; 2 for
+/// a packed gate/up projection, whose gate rows and up rows are each split).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardRange {
     /// The dimension the tensor is split along.
     pub dim: usize,
-    /// The first entry this process holds.
+    /// The first entry this process holds, in each block.
     pub start: usize,
-    /// How many entries it holds.
+    /// How many entries it holds, in each block.
     pub len: usize,
+    /// How many equal blocks the dimension is made of, each split alike.
+    pub parts: usize,
+}
+
+impl ShardRange {
+    /// `len` entries from `start` of dimension `dim`.
+    pub fn new(dim: usize, start: usize, len: usize) -> Self {
+        Self {
+            dim,
+            start,
+            len,
+            parts: 1,
+        }
+    }
+
+    /// The same slice taken in each of `parts` equal blocks of the dimension.
+    pub fn packed(self, parts: usize) -> Self {
+        Self { parts, ..self }
+    }
+
+    /// Where this slice's entries sit in a dimension of `full_len`, in order; `None` when the
+    /// slice does not fit (an empty slice, blocks that do not divide `full_len`, or entries
+    /// past a block's end).
+    pub fn positions(&self, full_len: usize) -> Option<Vec<usize>> {
+        if self.len == 0 || self.parts == 0 || full_len % self.parts != 0 {
+            return None;
+        }
+        let block = full_len / self.parts;
+        if self.start.checked_add(self.len)? > block {
+            return None;
+        }
+        Some(
+            (0..self.parts)
+                .flat_map(|p| (self.start..self.start + self.len).map(move |i| p * block + i))
+                .collect(),
+        )
+    }
 }
 
 /// How the slices of several processes that hold the same range combine when the full tensor
@@ -97,11 +136,7 @@ impl Weights {
             &full_name,
             Shard {
                 full_shape: tensor.shape().clone(),
-                range: ShardRange {
-                    dim: 0,
-                    start: 0,
-                    len,
-                },
+                range: ShardRange::new(0, 0, len),
                 gather,
             },
         );
@@ -127,21 +162,15 @@ impl Weights {
         let full_shape = full.into();
         let full_name = self.full_name(name);
         let dims = full_shape.dims().to_vec();
-        let fits = dims.get(range.dim).is_some_and(|&n| {
-            range.len > 0
-                && range
-                    .start
-                    .checked_add(range.len)
-                    .is_some_and(|end| end <= n)
-        });
-        if !fits {
+        let positions = dims.get(range.dim).and_then(|&n| range.positions(n));
+        let Some(positions) = positions else {
             return Err(Error::Shape {
                 name: full_name,
                 expected: dims.clone(),
                 found: dims,
                 context: format!(": the slice {range:?} asked for does not fit this shape"),
             });
-        }
+        };
         let row_bytes = dims
             .iter()
             .skip(1)
@@ -150,21 +179,27 @@ impl Weights {
             .max(1);
         let rows = (CHUNK_BYTES / row_bytes).max(1);
         let request = self.request(&full_name, &full_shape, init);
+        let index = |device: &candle_core::Device| {
+            let v: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+            Tensor::from_vec(v, positions.len(), device)
+        };
         let mut kept = Vec::new();
-        if range.dim == 0 {
+        if range.dim == 0 && range.parts == 1 {
+            // Rows: read alone.
             let rows_range = range.start..range.start + range.len;
             self.source
                 .get_row_range(&request, rows_range, rows, &mut |chunk| {
                     kept.push(chunk.contiguous()?);
                     Ok(())
                 })?;
+        } else if range.dim == 0 {
+            let whole = self.source.get(&request)?;
+            kept.push(whole.index_select(&index(whole.device())?, 0)?);
         } else {
+            // Chunks of rows, each cut to the slice before the next is read.
             self.source.get_chunks(&request, rows, &mut |chunk| {
-                kept.push(
-                    chunk
-                        .narrow(range.dim, range.start, range.len)?
-                        .contiguous()?,
-                );
+                let cut = chunk.index_select(&index(chunk.device())?, range.dim)?;
+                kept.push(cut.contiguous()?);
                 Ok(())
             })?;
         }
