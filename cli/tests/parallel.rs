@@ -280,6 +280,7 @@ fn inspect_shows_each_split_and_what_stays_whole() {
         "row-parallel: input columns 0..64 of 128",
         "intermediate 0..16 of 32 in each of 8 experts",
         "not split: base_model_tp_plan has no entry for its projections",
+        "vocabulary-parallel: rows 0..128 of 256",
     ] {
         assert!(text.contains(line), "{line:?} not in\n{text}");
     }

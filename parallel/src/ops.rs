@@ -7,6 +7,7 @@
 //! | [`reduce_from_ranks`]: all-reduce | identity |
 //! | [`copy_to_ranks`]: identity | all-reduce |
 //! | [`gather_rows`]: all-gather | this rank's rows |
+//! | [`gather_last_dim`]: all-gather of the last dimension | this rank's columns |
 //! | [`split_rows`]: this rank's rows | all-gather |
 //! | [`exchange_rows`]: all-to-all | the reverse all-to-all |
 
@@ -51,6 +52,24 @@ pub fn gather_rows(comm: &Arc<dyn Communicator>, x: &Tensor, tracks: bool) -> Re
         comm: comm.clone(),
         kind: Kind::Gather(Mutex::new(None)),
     })
+}
+
+/// Every rank's `x` concatenated along the last dimension, in rank order (the ranks' shares of
+/// the vocabulary, gathered into whole logits); its gradient is this rank's columns of the
+/// output's.
+pub fn gather_last_dim(comm: &Arc<dyn Communicator>, x: &Tensor, tracks: bool) -> Result<Tensor> {
+    if comm.world() == 1 {
+        return Ok(x.clone());
+    }
+    let dims = x.dims().to_vec();
+    let last = dims.last().copied().unwrap_or(1);
+    let rows = x.reshape(((), last))?.t()?.contiguous()?;
+    let all = gather_rows(comm, &rows, tracks)?;
+    let mut out = dims;
+    if let Some(l) = out.last_mut() {
+        *l = all.dim(0)?;
+    }
+    all.t()?.contiguous()?.reshape(out)
 }
 
 /// Rows `start..start + len` of `x`, where the ranks' ranges, in rank order, cover `x`'s rows

@@ -18,8 +18,10 @@ use crate::tensor_parallel_experts::TensorParallelExperts;
 pub const PRIORITY: i32 = 100;
 
 /// The projections a tensor-parallel plan splits (transformers' `base_model_tp_plan` for these
-/// families: q/k/v and gate/up `colwise`, o and down `rowwise`).
-pub const TP_PROJECTIONS: &str = r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$";
+/// families: q/k/v and gate/up `colwise`, o and down `rowwise`; and its causal-LM plan's
+/// `lm_head: colwise_rep`, the vocabulary split and the logits gathered).
+pub const TP_PROJECTIONS: &str =
+    r"(\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|^lm_head)$";
 
 /// Which parts of the model are split across ranks.
 ///
@@ -36,7 +38,9 @@ pub struct ParallelPlan {
     /// for the family, [`crate::DEFAULT_TP_PLAN`]) says: attention heads and MLP intermediate
     /// widths split, q/k/v and gate/up column-parallel, o and down row-parallel then summed
     /// over ranks; routed experts' intermediate widths split (`moe_tp_experts`) unless `ep`
-    /// holds them. Embeddings, norms, routers, the shared expert and the head are replicated.
+    /// holds them; the untied output head split by vocabulary rows, its logits gathered
+    /// (transformers' `lm_head: colwise_rep`). Embeddings, norms, routers, the shared expert
+    /// and a tied head are whole on every rank.
     pub tensor: bool,
     /// Expert parallel (`ep`): each MoE layer's routed experts split, tokens exchanged by
     /// all-to-all.

@@ -12,7 +12,7 @@ use patchwork_models::decoder::{Linear, PassContext, Projection, ProjectionArgs}
 use crate::comm::Communicator;
 use crate::gather::AllGather;
 use crate::layout::{Layout, Slice, Split};
-use crate::ops::{copy_to_ranks, reduce_from_ranks};
+use crate::ops::{copy_to_ranks, gather_last_dim, reduce_from_ranks};
 use crate::tensor_parallel::alone;
 
 /// `x W^T + b` with `W` split across ranks ([`Slice`]): column-parallel (this rank's output
@@ -25,8 +25,14 @@ pub struct ParallelLinear {
     local: Linear,
     bias: Option<Tensor>,
     slice: Slice,
+    /// The output head (transformers' `colwise_rep`): this rank's vocabulary rows, the logits
+    /// gathered so every rank has them all.
+    gather_output: bool,
     comm: Arc<dyn Communicator>,
 }
+
+/// The output head's path.
+pub(crate) const HEAD: &str = "lm_head";
 
 impl std::fmt::Debug for ParallelLinear {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,16 +55,23 @@ impl ParallelLinear {
         &self.local
     }
 
-    /// Builds the projection at `b`'s path with the slice the enclosing wrapper decided, or
-    /// what the site builds without this replacement where none was decided (a projection
-    /// every rank holds whole: the head, a router).
+    /// Builds the projection at `b`'s path with the slice the enclosing wrapper decided, the
+    /// output head split by vocabulary rows (transformers' `lm_head: colwise_rep`: untied, and
+    /// a vocabulary that divides across the ranks), or what the site builds without this
+    /// replacement where nothing is split (a projection every rank holds whole: a router).
     pub(crate) fn build_with(
         layout: &Arc<Layout>,
         b: &Builder,
         args: ProjectionArgs<'_>,
     ) -> Result<Box<dyn Projection>> {
-        let Some(slice) = layout.get(b.path()) else {
-            return b.build_original(args);
+        let head = b.path() == HEAD;
+        let slice = match layout.get(b.path()) {
+            Some(slice) => slice,
+            None if head => match head_slice(layout, b, &args) {
+                Some(slice) => slice,
+                None => return b.build_original(args),
+            },
+            None => return b.build_original(args),
         };
         let c = args.config;
         let weights = match c.weight_dtype {
@@ -74,7 +87,7 @@ impl ParallelLinear {
             Split::Columns => out,
             Split::Rows => inp,
         };
-        if local_width != slice.len {
+        if local_width != slice.len && !head {
             return Err(patch_core::Error::other(format!(
                 "{}: the block built a projection {inp} -> {out}, the plan's slice is {} of {}",
                 b.path(),
@@ -100,6 +113,7 @@ impl ParallelLinear {
             (true, Split::Rows) => (None, Some(b.get_with_init(out, "bias", zero)?)),
         };
         let kind = match slice.split {
+            Split::Columns if head => "vocabulary-parallel: rows",
             Split::Columns => "column-parallel: output rows",
             Split::Rows => "row-parallel: input columns",
         };
@@ -114,8 +128,30 @@ impl ParallelLinear {
             local: Linear::new(weight, local_bias),
             bias,
             slice,
+            gather_output: head,
             comm: layout.comm.clone(),
         }))
+    }
+}
+
+/// The head's share of the vocabulary, or `None` (described) where it stays whole.
+fn head_slice(layout: &Layout, b: &Builder, args: &ProjectionArgs<'_>) -> Option<Slice> {
+    if args.tied.is_some() {
+        b.describe("not split: tied to the token embedding, which every rank holds");
+        return None;
+    }
+    let vocab = args.out_features;
+    match layout.share("vocab_size", vocab) {
+        Ok((start, len)) => Some(Slice {
+            split: Split::Columns,
+            full: vocab,
+            start,
+            len,
+        }),
+        Err(e) => {
+            b.describe(format!("not split: {e}"));
+            None
+        }
     }
 }
 
@@ -136,6 +172,10 @@ impl Projection for ParallelLinear {
     fn forward(&self, x: &Tensor, pass: &PassContext) -> candle_core::Result<Tensor> {
         let tracks = pass.tracks_gradients();
         match self.slice.split {
+            Split::Columns if self.gather_output => {
+                let local = self.local.forward(&copy_to_ranks(&self.comm, x, tracks)?)?;
+                gather_last_dim(&self.comm, &local, tracks)
+            }
             Split::Columns => self.local.forward(&copy_to_ranks(&self.comm, x, tracks)?),
             Split::Rows => {
                 let partial = self.local.forward(x)?;
@@ -153,8 +193,13 @@ impl Projection for ParallelLinear {
         self.local.dims().1
     }
 
-    /// This rank's output width (its rows of a column-parallel projection).
+    /// This rank's output width (its rows of a column-parallel projection; the whole
+    /// vocabulary for the head, whose logits are gathered).
     fn out_features(&self) -> usize {
-        self.local.dims().0
+        if self.gather_output {
+            self.slice.full
+        } else {
+            self.local.dims().0
+        }
     }
 }
