@@ -49,6 +49,11 @@ const CRATES: &[(&str, &str, &str)] = &[
         "models/macros/src/lib.rs",
     ),
     ("patchwork-quant", "patchwork_quant", "quant/src/lib.rs"),
+    (
+        "patchwork-parallel",
+        "patchwork_parallel",
+        "parallel/src/lib.rs",
+    ),
     ("patchwork-lora", "patchwork_lora", "lora/src/lib.rs"),
     ("patchwork-hub", "patchwork_hub", "hub/src/lib.rs"),
     ("patchwork-text", "patchwork_text", "text/src/lib.rs"),
