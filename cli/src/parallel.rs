@@ -2,7 +2,9 @@
 //! runs the same command; rank 0 alone prints and writes. A rank that fails ends the whole job
 //! (`MPI_Abort`), so no rank waits forever for it.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+#[cfg(feature = "mpi")]
+use std::sync::{Mutex, PoisonError};
 
 use patchwork_parallel::{Communicator, ParallelPlan};
 

@@ -94,6 +94,7 @@ pub(crate) fn check_counts(t: &Tensor, send: &[usize], world: usize) -> Result<(
 }
 
 /// Elements in one row (first-dimension entry) of `t`, whatever its number of rows.
+#[cfg(any(feature = "mpi", feature = "nccl"))]
 pub(crate) fn row_len(t: &Tensor) -> usize {
     t.dims().iter().skip(1).product()
 }

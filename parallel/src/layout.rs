@@ -64,7 +64,7 @@ impl Layout {
     /// `rank`'s equal share of `n` entries named `key`; an error when `n` does not divide.
     pub(crate) fn share(&self, key: &'static str, n: usize) -> Result<(usize, usize)> {
         let (rank, world) = (self.comm.rank(), self.comm.world());
-        if n % world != 0 {
+        if !n.is_multiple_of(world) {
             return Err(Error::Divide {
                 key,
                 value: n,
@@ -81,10 +81,10 @@ impl Layout {
     /// multiple of `kv`) the one head its query heads read, replicated on the ranks sharing it.
     pub(crate) fn kv_heads(&self, kv: usize) -> Result<(usize, usize)> {
         let (rank, world) = (self.comm.rank(), self.comm.world());
-        if kv % world == 0 {
+        if kv.is_multiple_of(world) {
             return Ok((rank * (kv / world), kv / world));
         }
-        if kv > 0 && world % kv == 0 {
+        if kv > 0 && world.is_multiple_of(kv) {
             return Ok((rank / (world / kv), 1));
         }
         Err(Error::Divide {

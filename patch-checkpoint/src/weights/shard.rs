@@ -46,7 +46,7 @@ impl ShardRange {
     /// slice does not fit (an empty slice, blocks that do not divide `full_len`, or entries
     /// past a block's end).
     pub fn positions(&self, full_len: usize) -> Option<Vec<usize>> {
-        if self.len == 0 || self.parts == 0 || full_len % self.parts != 0 {
+        if self.len == 0 || self.parts == 0 || !full_len.is_multiple_of(self.parts) {
             return None;
         }
         let block = full_len / self.parts;
