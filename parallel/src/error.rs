@@ -47,3 +47,16 @@ pub enum Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A plan's error as a build error (its message names the key, value and ranks).
+pub(crate) fn other(e: Error) -> patch_core::Error {
+    patch_core::Error::other(e.to_string())
+}
+
+/// The error of a plan's type registered alone.
+pub(crate) fn alone(what: &str, b: &patch_core::Builder) -> patch_core::Error {
+    patch_core::Error::other(format!(
+        "{what} at {:?} is built by ParallelPlan::patches(), which carries the communicator; it has no default",
+        b.path()
+    ))
+}

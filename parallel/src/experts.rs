@@ -10,10 +10,10 @@ use patch_core::{Build, Builder, Result};
 use patchwork_models::decoder::{Experts, MoeArgs, PassContext, StackedExperts};
 
 use crate::comm::Communicator;
+use crate::error::{alone, other};
 use crate::gather::AllGather;
 use crate::layout::Layout;
 use crate::ops::{exchange_rows, gather_rows, split_rows};
-use crate::tensor_parallel::{alone, other};
 
 /// A layer's routed experts split across ranks: this rank's `experts_per_rank` consecutive
 /// experts (a [`StackedExperts`] over its slice of `gate_up_proj` and `down_proj`, read alone

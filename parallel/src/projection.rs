@@ -10,10 +10,10 @@ use patch_core::{Build, Builder, Result};
 use patchwork_models::decoder::{Linear, PassContext, Projection, ProjectionArgs};
 
 use crate::comm::Communicator;
+use crate::error::alone;
 use crate::gather::AllGather;
 use crate::layout::{Layout, Slice, Split};
 use crate::ops::{copy_to_ranks, gather_last_dim, reduce_from_ranks};
-use crate::tensor_parallel::alone;
 
 /// `x W^T + b` with `W` split across ranks ([`Slice`]): column-parallel (this rank's output
 /// rows of `W` and `b`, from the replicated input) or row-parallel (this rank's input columns

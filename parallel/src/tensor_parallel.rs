@@ -10,6 +10,7 @@ use patchwork_models::decoder::{
     Attention, AttentionArgs, DecoderConfig, LayerContext, Mlp, MlpArgs, PassContext,
 };
 
+use crate::error::{alone, other};
 use crate::gather::AllGather;
 use crate::layout::{Layout, Slice, Split};
 use crate::tp_plan::TpPlan;
@@ -210,17 +211,4 @@ fn replicated_under(layout: &Arc<Layout>, b: &Builder) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A plan's error as a build error (its message names the key, value and ranks).
-pub(crate) fn other(e: crate::Error) -> patch_core::Error {
-    patch_core::Error::other(e.to_string())
-}
-
-/// The error of a plan's type registered alone.
-pub(crate) fn alone(what: &str, b: &Builder) -> patch_core::Error {
-    patch_core::Error::other(format!(
-        "{what} at {:?} is built by ParallelPlan::patches(), which carries the communicator; it has no default",
-        b.path()
-    ))
 }

@@ -12,10 +12,10 @@ use patch_core::{Build, Builder, Result};
 use patchwork_models::decoder::{Experts, MoeArgs, PassContext, StackedExperts};
 
 use crate::comm::Communicator;
+use crate::error::{alone, other};
 use crate::gather::AllGather;
 use crate::layout::Layout;
 use crate::ops::{copy_to_ranks, reduce_from_ranks};
-use crate::tensor_parallel::{alone, other};
 use crate::tp_plan::TpPlan;
 
 /// The entries of a tensor-parallel plan that split routed experts.
