@@ -286,31 +286,33 @@ fn inspect_shows_each_split_and_what_stays_whole() {
     }
 }
 
+/// `generate MODEL --prompt-ids 1,2 --max-new-tokens 1`, then `extra`.
+fn one_token(model: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["generate", model.to_str().unwrap()]
+        .iter()
+        .chain(&["--prompt-ids", "1,2", "--max-new-tokens", "1"])
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 #[test]
 fn sizes_that_do_not_divide_are_errors_naming_the_key() {
-    let model = fixture("llama-tiny");
-    let args = [
-        "generate",
-        model.to_str().unwrap(),
-        "--prompt-ids",
-        "1,2",
-        "--max-new-tokens",
-        "1",
-    ];
-    let mut tp = args.to_vec();
-    tp.extend(["--parallel", "tp"]);
-    let out = mpirun(3, bin(), &tp);
+    let tp = one_token(&fixture("llama-tiny"), &["--parallel", "tp"]);
+    let out = mpirun(3, bin(), &strs(&tp));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("num_attention_heads = 4 does not divide across 3 ranks"),
         "{err}"
     );
-    let moe = fixture("qwen3-moe-tiny");
-    let mut ep = args.to_vec();
-    ep[1] = moe.to_str().unwrap();
-    ep.extend(["--parallel", "ep"]);
-    let out = mpirun(3, bin(), &ep);
+    let ep = one_token(&fixture("qwen3-moe-tiny"), &["--parallel", "ep"]);
+    let out = mpirun(3, bin(), &strs(&ep));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("num_experts = 16 does not divide across 3 ranks"),
@@ -321,26 +323,15 @@ fn sizes_that_do_not_divide_are_errors_naming_the_key() {
 #[test]
 fn without_a_launcher_or_with_an_unknown_plan_the_error_says_so() {
     let model = fixture("llama-tiny");
-    let args = [
-        "generate",
-        model.to_str().unwrap(),
-        "--prompt-ids",
-        "1,2",
-        "--max-new-tokens",
-        "1",
-    ];
-    let mut tp = args.to_vec();
-    tp.extend(["--parallel", "tp"]);
-    let out = patchwork(&tp);
+    let out = patchwork(&strs(&one_token(&model, &["--parallel", "tp"])));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("not started by an MPI launcher") && err.contains("mpirun -n 2"),
         "{err}"
     );
-    let mut bad = args.to_vec();
-    bad.extend(["--parallel", "dp"]);
-    let err = String::from_utf8_lossy(&patchwork(&bad).stderr).to_string();
+    let bad = one_token(&model, &["--parallel", "dp"]);
+    let err = String::from_utf8_lossy(&patchwork(&strs(&bad)).stderr).to_string();
     assert!(err.contains("unknown parallel plan \"dp\""), "{err}");
 }
 

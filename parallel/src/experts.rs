@@ -41,26 +41,10 @@ impl ExpertParallel {
     ) -> Result<Box<dyn Experts>> {
         let c = args.config;
         let moe = c.moe()?;
-        let (e, i, h) = (moe.num_experts, moe.moe_intermediate_size, c.hidden_size);
+        let e = moe.num_experts;
         let (first, n) = layout.share("num_experts", e).map_err(other)?;
-        let weights = match c.weight_dtype {
-            Some(dtype) => b.weights().with_dtype(dtype),
-            None => b.weights().clone(),
-        };
-        let init = Init::Randn {
-            mean: 0.0,
-            stdev: c.initializer_range,
-        };
         let range = ShardRange::new(0, first, n);
-        let gather = Arc::new(AllGather(layout.comm.clone()));
-        let get = |shape: (usize, usize, usize), name: &str| {
-            weights.get_shard(shape, name, init, range, gather.clone())
-        };
-        let local = StackedExperts {
-            gate_up_proj: get((e, 2 * i, h), "gate_up_proj")?,
-            down_proj: get((e, h, i), "down_proj")?,
-            act: c.hidden_act,
-        };
+        let local = load_bank(layout, b, args, range, range)?;
         b.describe(format!(
             "experts {first}..{} of {e} ({})",
             first + n,
@@ -87,6 +71,41 @@ impl Build for ExpertParallel {
     fn build(b: &Builder, _: MoeArgs<'_>) -> Result<Box<dyn Experts>> {
         Err(alone("ExpertParallel", b))
     }
+}
+
+/// This rank's slices `gate_up` of `gate_up_proj` (`[E, 2I, H]`) and `down` of `down_proj`
+/// (`[E, H, I]`) as a [`StackedExperts`], each read alone, kept in the config's
+/// `weight_dtype`, gathered back for gradients and saving.
+pub(crate) fn load_bank(
+    layout: &Layout,
+    b: &Builder,
+    args: MoeArgs<'_>,
+    gate_up: ShardRange,
+    down: ShardRange,
+) -> Result<StackedExperts> {
+    let c = args.config;
+    let moe = c.moe()?;
+    let (e, i, h) = (moe.num_experts, moe.moe_intermediate_size, c.hidden_size);
+    let weights = match c.weight_dtype {
+        Some(dtype) => b.weights().with_dtype(dtype),
+        None => b.weights().clone(),
+    };
+    let init = Init::Randn {
+        mean: 0.0,
+        stdev: c.initializer_range,
+    };
+    let gather = Arc::new(AllGather(layout.comm.clone()));
+    Ok(StackedExperts {
+        gate_up_proj: weights.get_shard(
+            (e, 2 * i, h),
+            "gate_up_proj",
+            init,
+            gate_up,
+            gather.clone(),
+        )?,
+        down_proj: weights.get_shard((e, h, i), "down_proj", init, down, gather)?,
+        act: c.hidden_act,
+    })
 }
 
 /// Rank `rank`'s share of `n` tokens: consecutive, sizes differing by at most one.

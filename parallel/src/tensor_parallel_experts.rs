@@ -6,14 +6,13 @@
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use candle_nn::Init;
 use patch_checkpoint::ShardRange;
 use patch_core::{Build, Builder, Result};
 use patchwork_models::decoder::{Experts, MoeArgs, PassContext, StackedExperts};
 
 use crate::comm::Communicator;
 use crate::error::{alone, other};
-use crate::gather::AllGather;
+use crate::experts::load_bank;
 use crate::layout::Layout;
 use crate::ops::{copy_to_ranks, reduce_from_ranks};
 use crate::tp_plan::TpPlan;
@@ -49,30 +48,10 @@ impl TensorParallelExperts {
             return b.build_original(args);
         }
         let moe = c.moe()?;
-        let (e, i, h) = (moe.num_experts, moe.moe_intermediate_size, c.hidden_size);
+        let (e, i) = (moe.num_experts, moe.moe_intermediate_size);
         let (start, len) = layout.share("moe_intermediate_size", i).map_err(other)?;
-        let weights = match c.weight_dtype {
-            Some(dtype) => b.weights().with_dtype(dtype),
-            None => b.weights().clone(),
-        };
-        let init = Init::Randn {
-            mean: 0.0,
-            stdev: c.initializer_range,
-        };
-        let gather = Arc::new(AllGather(layout.comm.clone()));
         let gate_up = ShardRange::new(1, start, len).packed(2);
-        let down = ShardRange::new(2, start, len);
-        let local = StackedExperts {
-            gate_up_proj: weights.get_shard(
-                (e, 2 * i, h),
-                "gate_up_proj",
-                init,
-                gate_up,
-                gather.clone(),
-            )?,
-            down_proj: weights.get_shard((e, h, i), "down_proj", init, down, gather)?,
-            act: c.hidden_act,
-        };
+        let local = load_bank(layout, b, args, gate_up, ShardRange::new(2, start, len))?;
         b.describe(format!(
             "intermediate {start}..{} of {i} in each of {e} experts ({})",
             start + len,

@@ -4,8 +4,9 @@
 //! float32). `cargo test` starts this test's own binary under `mpirun`; the ranks run `child`.
 #![cfg(feature = "mpi")]
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use patchwork_parallel::{Communicator, MpiCommunicator};
@@ -17,30 +18,7 @@ fn collectives_under_mpirun() {
     if std::env::var_os(CHILD).is_some() {
         return child();
     }
-    let mut run = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-n", "2"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "collectives_under_mpirun", "--nocapture"])
-        .env(CHILD, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mpirun (Open MPI) must be installed: apt-get install openmpi-bin libopenmpi-dev");
-    let start = Instant::now();
-    while run.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(120) {
-            run.kill().unwrap();
-            panic!("the ranks still run after 120 s: one waits forever");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = run.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::under_mpirun("collectives_under_mpirun", CHILD, Duration::from_secs(120));
     assert_eq!(stdout.matches("collectives checked").count(), 2, "{stdout}");
 }
 

@@ -12,10 +12,11 @@
 //! of llama-tiny was 1.8e-5 apart (bound 9.6e-6), a property of Adam, not of the split.
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use candle_nn::{Optimizer, SGD};
@@ -40,35 +41,12 @@ fn training_under_mpirun_equals_one_process() {
     if std::env::var_os(CHILD).is_some() {
         return child();
     }
-    let exe = std::env::current_exe().unwrap();
-    let mut run = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-n", "2"])
-        .arg(exe)
-        .args([
-            "--exact",
-            "training_under_mpirun_equals_one_process",
-            "--nocapture",
-        ])
-        .env(CHILD, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mpirun (Open MPI) must be installed: apt-get install openmpi-bin libopenmpi-dev");
-    let start = Instant::now();
-    while run.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(600) {
-            run.kill().unwrap();
-            panic!("the ranks still run after 600 s: one waits forever");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = run.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+    let stdout = common::under_mpirun(
+        "training_under_mpirun_equals_one_process",
+        CHILD,
+        Duration::from_secs(600),
     );
     println!("{stdout}");
-    assert!(out.status.success(), "{stdout}\n{stderr}");
     for (name, plan) in CASES {
         assert!(
             stdout.contains(&format!("{name} {plan}: trained alike")),
