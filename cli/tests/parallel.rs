@@ -76,6 +76,17 @@ fn forward_both(
     inputs: &HashMap<String, Tensor>,
     extra: &[&str],
 ) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+    forward_both_on(2, name, plan, inputs, extra)
+}
+
+/// [`forward_both`] under `mpirun -n ranks`.
+fn forward_both_on(
+    ranks: usize,
+    name: &str,
+    plan: &str,
+    inputs: &HashMap<String, Tensor>,
+    extra: &[&str],
+) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
     let dir = tempfile::tempdir().unwrap();
     let inputs = save(dir.path(), "in.safetensors", inputs);
     let (one, two) = (
@@ -101,10 +112,14 @@ fn forward_both(
     ));
     let mut b = args(&two);
     b.extend(["--parallel".to_string(), plan.to_string()]);
-    let out = mpirun(2, bin(), &b.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = mpirun(
+        ranks,
+        bin(),
+        &b.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     assert!(
         out.status.success(),
-        "mpirun -n 2 patchwork forward --parallel {plan} on {name} failed: {}",
+        "mpirun -n {ranks} patchwork forward --parallel {plan} on {name} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     (load(&one), load(&two))
@@ -172,6 +187,16 @@ fn tensor_parallel_forward_and_gradients_equal_one_process() {
         let (one, two) = forward_both(name, "tp", &training_inputs(name), &["--grads"]);
         assert!(two.keys().any(|k| k.starts_with("grad.")) && two.contains_key("loss"));
         assert_same(&format!("{name} tp"), &one, &two);
+    }
+}
+
+#[test]
+fn key_value_heads_fewer_than_ranks_are_replicated() {
+    // 4 ranks, 4 query heads, 2 key/value heads: each pair of ranks shares one key/value
+    // head, whose gradient is the sum of the pair's.
+    for name in ["llama-tiny", "qwen3-tiny"] {
+        let (one, four) = forward_both_on(4, name, "tp", &training_inputs(name), &["--grads"]);
+        assert_same(&format!("{name} tp on 4 ranks"), &one, &four);
     }
 }
 
