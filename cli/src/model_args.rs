@@ -109,7 +109,11 @@ impl ModelArgs {
 
     /// The load options these arguments ask for, with a progress bar on a terminal.
     pub fn options(&self) -> Result<LoadOptions, String> {
-        let mut options = LoadOptions::default().with_device(parse_device(&self.device)?);
+        let device = match &self.parallel {
+            Some(_) => crate::parallel::rank_device(parse_device(&self.device)?)?,
+            None => parse_device(&self.device)?,
+        };
+        let mut options = LoadOptions::default().with_device(device.clone());
         options = match self.dtype.dtype() {
             Some(dtype) => options.with_dtype(dtype),
             None => options.with_auto_dtype(),
@@ -124,7 +128,7 @@ impl ModelArgs {
             options = options.with_added_patches(topology.patches().map_err(|e| e.to_string())?);
         }
         if let Some(plan) = &self.parallel {
-            let comm = crate::parallel::communicator()?;
+            let comm = crate::parallel::communicator(&device)?;
             options = options.with_added_patches(plan.patches(comm).map_err(|e| e.to_string())?);
         }
         if let Some(bar) = crate::progress::bar().filter(|_| crate::parallel::is_root()) {

@@ -21,10 +21,12 @@ pub mod activation;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod amx;
 pub mod attention;
+pub(crate) mod blocks;
 pub mod gemm;
 pub mod gemv;
 pub mod moe;
 pub(crate) mod pool;
+pub mod q4_0;
 pub mod q8_0;
 
 use std::cell::Cell;
@@ -54,6 +56,7 @@ pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+pub use blocks::BlockMatrix;
 pub use half::bf16;
 
 /// Which implementation of a kernel runs, from the narrowest to the widest (a wider one implies

@@ -208,7 +208,6 @@ impl Communicator for NcclCommunicator {
 
     fn all_to_all(&self, t: &Tensor, send: &[usize]) -> Result<(Tensor, Vec<usize>)> {
         check_counts(t, send, self.world)?;
-        let rows = t.dims().first().copied().unwrap_or(1);
         let per_row = row_len(t);
         let mine: Vec<f32> = send.iter().map(|&c| c as f32).collect();
         let matrix = self.run(

@@ -7,14 +7,8 @@ use half::f16;
 
 use super::Isa;
 
-/// Weights per block.
-pub const BLOCK: usize = 32;
-/// Weight rows one pass of the SIMD kernels computes (each token block is loaded once for them).
-const ROWS: usize = 4;
-/// Tokens from which a product dequantizes blocks of rows for the float product.
-pub const WIDEN_TOKENS: usize = 4;
-/// Rows one task of such a product dequantizes at a time.
-const WIDEN_ROWS: usize = 64;
+pub use crate::blocks::{BLOCK, WIDEN_TOKENS};
+use crate::blocks::{ROWS, block_index, quantize_block};
 
 /// A `[rows, cols]` matrix in Q8_0 blocks (`cols` a multiple of [`BLOCK`]), stored in groups of
 /// `ROWS` rows whose blocks interleave (group, block, row), so a product reads each group as
@@ -33,17 +27,6 @@ impl std::fmt::Debug for Q8_0Matrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Q8_0Matrix[{}, {}]", self.rows, self.cols)
     }
-}
-
-/// Quantizes one block as ggml does: `d = amax / 127`, `q = round(v / d)`; returns `d`.
-fn quantize_block(values: &[f32], quants: &mut [i8]) -> f32 {
-    let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let d = amax / 127.0;
-    let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
-    for (q, v) in quants.iter_mut().zip(values) {
-        *q = (v * inv).round() as i8;
-    }
-    d
 }
 
 impl Q8_0Matrix {
@@ -94,7 +77,7 @@ impl Q8_0Matrix {
         let blocks = cols / BLOCK;
         for (i, row) in w.chunks_exact(cols.max(1)).enumerate() {
             for (b, values) in row.chunks_exact(BLOCK).enumerate() {
-                let at = Self::block_index(first + i, b, blocks);
+                let at = block_index(first + i, b, blocks);
                 let d = quantize_block(values, &mut self.quants[at * BLOCK..(at + 1) * BLOCK]);
                 self.scales[at] = f16::from_f32(d).to_f32();
             }
@@ -119,7 +102,7 @@ impl Q8_0Matrix {
         let mut scales = vec![0f32; padded.checked_mul(blocks)?];
         for (i, block) in bytes.chunks_exact(BLOCK_BYTES).enumerate() {
             let (r, b) = (i / blocks, i % blocks);
-            let at = Self::block_index(r, b, blocks);
+            let at = block_index(r, b, blocks);
             scales[at] = f16::from_le_bytes([block[0], block[1]]).to_f32();
             for (q, &byte) in quants[at * BLOCK..(at + 1) * BLOCK]
                 .iter_mut()
@@ -134,11 +117,6 @@ impl Q8_0Matrix {
             quants,
             scales,
         })
-    }
-
-    /// Where block `b` of row `r` is stored, in blocks (`blocks` per row).
-    fn block_index(r: usize, b: usize, blocks: usize) -> usize {
-        ((r / ROWS) * blocks + b) * ROWS + r % ROWS
     }
 
     /// `[rows, cols]`.
@@ -160,7 +138,7 @@ impl Q8_0Matrix {
 
     /// Writes rows `first..first + out.len() / cols` of the weights the blocks stand for into
     /// `out`, row-major, vectorised for `isa`.
-    fn dequantize_rows(&self, isa: Isa, first: usize, out: &mut [f32]) {
+    pub(crate) fn dequantize_rows(&self, isa: Isa, first: usize, out: &mut [f32]) {
         match isa.capped(Isa::Avx512) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX-512F (`capped`).
@@ -198,7 +176,7 @@ impl Q8_0Matrix {
         let blocks = self.cols / BLOCK;
         for (i, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
             for (b, dst) in row.chunks_exact_mut(BLOCK).enumerate() {
-                let at = Self::block_index(first + i, b, blocks);
+                let at = block_index(first + i, b, blocks);
                 let d = self.scales[at];
                 let q = &self.quants[at * BLOCK..(at + 1) * BLOCK];
                 for (o, &q) in dst.iter_mut().zip(q) {

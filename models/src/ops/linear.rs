@@ -6,7 +6,7 @@ use candle_core::{DType, Module as _, Tensor};
 use super::cpu::{CpuSlice, cpu_tensor};
 use super::{cpu_f32, tracks_gradients};
 use crate::kernels::q8_0::Q8_0Matrix;
-use crate::kernels::{Isa, WeightElem, bf16, gemm};
+use crate::kernels::{BlockMatrix, Isa, WeightElem, bf16, gemm};
 
 /// `x W^T + bias` for `x` `[..., in]`, `w` `[out, in]` (as checkpoints store it) and `bias`
 /// `[out]`; returns `[..., out]`.
@@ -77,15 +77,16 @@ pub fn quantized_linear(
     dims.push(n);
     let x2 = x.reshape((m, k))?.to_dtype(DType::F32)?.contiguous()?;
     let y = match w {
-        // Many tokens on the CPU, in the legacy 32-weight formats: the weight dequantized once
-        // for this call and multiplied by the float GEMM (2.1x candle's product on a 64-token
-        // Q4_0 prefill; the k-quants stay candle's, which is faster there: PERFORMANCE.md).
+        // Many tokens on the CPU, in the legacy 32-weight formats candle computes (Q4_0 has
+        // kernels of its own): the weight dequantized once for this call and multiplied by the
+        // float GEMM (2.1x candle's product on a 64-token Q4_0 prefill; the k-quants stay
+        // candle's, which is faster there: PERFORMANCE.md).
         QMatMul::QTensor(q)
             if m >= crate::kernels::q8_0::WIDEN_TOKENS
                 && x2.device().is_cpu()
                 && matches!(
                     q.dtype(),
-                    GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+                    GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
                 ) =>
         {
             linear(&x2, &q.dequantize(x2.device())?, None)?
@@ -118,10 +119,23 @@ pub fn q8_0_linear_many(
     parts: &[&Q8_0Matrix],
     bias: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
+    block_linear_many(x, parts, bias)
+}
+
+/// `x [W_0; W_1; ...]^T + b` for sibling weights of one input held in one of the kernels'
+/// block formats (Q8_0, Q4_0: [`BlockMatrix`]), their outputs side by side along the last
+/// dimension, computed in one pass; `bias`, when given, spans all of them. `x` is read as
+/// f32 (converted when it is not), the result converted back to `x`'s dtype; CPU only.
+pub fn block_linear_many<M: BlockMatrix>(
+    x: &Tensor,
+    parts: &[&M],
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
     let k = parts.first().map_or(0, |p| p.shape().1);
     if let Some(p) = parts.iter().find(|p| p.shape().1 != k) {
         candle_core::bail!(
-            "linear: stacked Q8_0 weights of {k} and {} inputs",
+            "linear: stacked {} weights of {k} and {} inputs",
+            M::FORMAT,
             p.shape().1
         );
     }
@@ -135,7 +149,8 @@ pub fn q8_0_linear_many(
     }
     if !x.device().is_cpu() {
         candle_core::bail!(
-            "q8_0 layers run on the CPU; the input is on {:?}",
+            "{} layers run on the CPU; the input is on {:?}",
+            M::FORMAT,
             x.device()
         );
     }
@@ -143,7 +158,7 @@ pub fn q8_0_linear_many(
     dims.push(n);
     let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let mut out = vec![0f32; m * n];
-    Q8_0Matrix::matmul_t_many(Isa::detect(), parts, &xs, m, &mut out);
+    M::matmul_t_many(Isa::detect(), parts, &xs, m, &mut out);
     let y = cpu_tensor(out, (m, n))?;
     let y = match bias {
         Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,

@@ -25,7 +25,7 @@ pub use attention::{KeyValues, attention, eager_attention};
 pub use experts::{
     ExpertTokens, experts_per_expert_loop, per_expert, routed_experts, tokens_per_expert,
 };
-pub use linear::{linear, q8_0_linear, q8_0_linear_many, quantized_linear};
+pub use linear::{block_linear_many, linear, q8_0_linear, q8_0_linear_many, quantized_linear};
 pub use mask::AttentionMask;
 pub use norm::rms_norm;
 pub use rope::rope;

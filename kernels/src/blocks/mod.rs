@@ -1,0 +1,73 @@
+//! What the block formats' products share: matrices stored in groups of [`ROWS`] rows whose
+//! 32-weight blocks interleave (group, block, row), tokens quantized per block to 8 bits, and
+//! the product that shares the rows out to the kernel threads ([`matmul_t_many`]): integer
+//! dot products for a few tokens, dequantized rows and the float product for many.
+
+mod product;
+
+pub(crate) use product::matmul_t_many;
+
+use crate::Isa;
+
+/// Weights per block.
+pub const BLOCK: usize = 32;
+/// Weight rows one pass of the SIMD kernels computes (each token block is loaded once for them).
+pub(crate) const ROWS: usize = 4;
+/// Tokens from which a product dequantizes blocks of rows for the float product.
+pub const WIDEN_TOKENS: usize = 4;
+/// Rows one task of such a product dequantizes at a time.
+pub(crate) const WIDEN_ROWS: usize = 64;
+
+/// One token quantized per block as ggml's Q8_0 does: 8-bit quants, each block's step, and
+/// each block's sum of quants (what a format whose quants carry an offset subtracts).
+#[derive(Clone, Copy)]
+pub(crate) struct Token<'a> {
+    pub(crate) quants: &'a [i8],
+    pub(crate) scales: &'a [f32],
+    pub(crate) sums: &'a [i32],
+}
+
+/// A matrix in one block format, as the shared product reads it.
+pub(crate) trait Groups: Sync {
+    /// `[rows, cols]`.
+    fn dims(&self) -> (usize, usize);
+
+    /// Group `g`'s [`ROWS`] rows dotted with `token`, for `isa` (at most AVX-512, available).
+    fn dot_group(&self, isa: Isa, g: usize, token: Token<'_>) -> [f32; ROWS];
+
+    /// Rows `first..first + out.len() / cols` of the weights, row-major, into `out`.
+    fn dequantize_rows(&self, isa: Isa, first: usize, out: &mut [f32]);
+}
+
+/// A matrix held in one of the block formats computed here ([`crate::q8_0::Q8_0Matrix`],
+/// [`crate::q4_0::Q4_0Matrix`]): what a caller generic over the format needs.
+pub trait BlockMatrix: Send + Sync + Sized {
+    /// The format's name (`q8_0`, `q4_0`), for messages.
+    const FORMAT: &'static str;
+
+    /// `[rows, cols]`.
+    fn shape(&self) -> (usize, usize);
+
+    /// The products of `x` (`[m, cols]`) with each of `parts`, side by side in `out`
+    /// (`[m, Σ rows]`), in one pass.
+    ///
+    /// # Panics
+    /// If the parts' widths differ or the slice lengths do not agree with `m` and the shapes.
+    fn matmul_t_many(isa: Isa, parts: &[&Self], x: &[f32], m: usize, out: &mut [f32]);
+}
+
+/// Where block `b` of row `r` is stored, in blocks (`blocks` per row).
+pub(crate) fn block_index(r: usize, b: usize, blocks: usize) -> usize {
+    ((r / ROWS) * blocks + b) * ROWS + r % ROWS
+}
+
+/// Quantizes one block as ggml's Q8_0 does: `d = amax / 127`, `q = round(v / d)`; returns `d`.
+pub(crate) fn quantize_block(values: &[f32], quants: &mut [i8]) -> f32 {
+    let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+    for (q, v) in quants.iter_mut().zip(values) {
+        *q = (v * inv).round() as i8;
+    }
+    d
+}

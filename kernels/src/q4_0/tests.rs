@@ -1,0 +1,133 @@
+//! Q4_0 blocks and products against references.
+
+use half::f16;
+
+use super::*;
+use crate::blocks::{WIDEN_TOKENS, quantize_block as quantize_token_block};
+use crate::tests_support::random;
+
+/// ggml's `block_q4_0` bytes for `w`, as its reference quantizer writes them.
+fn ggml_bytes(w: &[f32]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for block in w.chunks(BLOCK) {
+        let mut packed = [0u8; PACKED];
+        let d = quantize_block(block, &mut packed);
+        bytes.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        bytes.extend_from_slice(&packed);
+    }
+    bytes
+}
+
+#[test]
+fn ggml_blocks_import_as_stored_and_dequantize_as_ggml_does() {
+    let (rows, cols) = (6, 96);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+        .collect();
+    let bytes = ggml_bytes(&w);
+    let m = Q4_0Matrix::from_ggml_blocks(&bytes, rows, cols).unwrap();
+    let ours = Q4_0Matrix::quantize(&w, rows, cols).unwrap();
+    assert_eq!(m.dequantize(), ours.dequantize());
+    // ggml's dequantization, written out: d * (nibble - 8), low nibbles first.
+    let deq = m.dequantize();
+    for (i, block) in bytes.chunks(2 + PACKED).enumerate() {
+        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+        for j in 0..PACKED {
+            let (lo, hi) = (block[2 + j] & 0x0F, block[2 + j] >> 4);
+            assert_eq!(deq[i * BLOCK + j], (lo as i32 - 8) as f32 * d);
+            assert_eq!(deq[i * BLOCK + j + PACKED], (hi as i32 - 8) as f32 * d);
+        }
+    }
+    // Within half a step of every weight, but for those past `+7` steps (the grid is -8..7
+    // steps, the largest magnitude at -8): clamped to 7, within one step; plus the f16
+    // rounding of the step.
+    for (block, dblock) in w.chunks(BLOCK).zip(deq.chunks(BLOCK)) {
+        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let step = amax / 8.0;
+        for (v, d) in block.iter().zip(dblock) {
+            let clamped = (v.abs() - 7.0 * step) > 0.0 && (v - d).abs() > 0.5 * step;
+            let bound = if clamped { step } else { 0.5 * step };
+            assert!((v - d).abs() <= bound + amax * 1e-3, "{v} -> {d}");
+        }
+    }
+    assert!(Q4_0Matrix::from_ggml_blocks(&bytes[1..], rows, cols).is_none());
+    assert!(Q4_0Matrix::from_ggml_blocks(&bytes, rows, cols + 1).is_none());
+    assert!(Q4_0Matrix::quantize(&w, rows, cols + 32).is_none());
+    assert_eq!(m.bytes(), bytes.len());
+}
+
+#[test]
+fn q4_0_products_match_a_float64_reference_of_the_quantized_operands() {
+    for isa in crate::tests_support::paths() {
+        for (m, n, k) in [
+            (1, 1, 32),
+            (1, 9, 64),
+            (3, 8, 96),
+            (2, 33, 1024),
+            (64, 7, 32),
+            (5, 13, 256),
+        ] {
+            let w = random(n * k, 17);
+            let x: Vec<f32> = random(m * k, 18).iter().map(|v| v * 3.0).collect();
+            let q = Q4_0Matrix::quantize(&w, n, k).unwrap();
+            let deq = q.dequantize();
+            let mut qx = vec![0i8; m * k];
+            let sx: Vec<f64> = x
+                .chunks(BLOCK)
+                .zip(qx.chunks_mut(BLOCK))
+                .map(|(v, q)| quantize_token_block(v, q) as f64)
+                .collect();
+            let mut out = vec![f32::NAN; m * n];
+            q.matmul_t(isa, &x, m, &mut out);
+            for t in 0..m {
+                for j in 0..n {
+                    // Few tokens are quantized; many multiply the dequantized weights.
+                    let xv = |i: usize| {
+                        if m < WIDEN_TOKENS {
+                            qx[t * k + i] as f64 * sx[(t * k + i) / BLOCK]
+                        } else {
+                            x[t * k + i] as f64
+                        }
+                    };
+                    let want: f64 = (0..k).map(|i| xv(i) * deq[j * k + i] as f64).sum();
+                    let scale = (0..k)
+                        .map(|i| (x[t * k + i] * deq[j * k + i]).abs())
+                        .sum::<f32>();
+                    let got = out[t * n + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + scale as f64),
+                        "{isa:?} {m}x{n}x{k} [{t},{j}]: got {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn sibling_q4_0_matrices_compute_side_by_side() {
+    let (m, k) = (2, 128);
+    let x = random(m * k, 3);
+    let parts: Vec<Q4_0Matrix> = [5, 8, 3]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Q4_0Matrix::quantize(&random(n * k, 40 + i as u64), n, k).unwrap())
+        .collect();
+    let refs: Vec<&Q4_0Matrix> = parts.iter().collect();
+    let isa = Isa::detect();
+    let mut many = vec![0f32; m * 16];
+    Q4_0Matrix::matmul_t_many(isa, &refs, &x, m, &mut many);
+    let mut col = 0;
+    for p in &parts {
+        let n = p.shape().0;
+        let mut one = vec![0f32; m * n];
+        p.matmul_t(isa, &x, m, &mut one);
+        for t in 0..m {
+            assert_eq!(
+                &many[t * 16 + col..t * 16 + col + n],
+                &one[t * n..(t + 1) * n]
+            );
+        }
+        col += n;
+    }
+}
