@@ -5,11 +5,12 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file};
 use candle_core::{DType, Device, Tensor};
 use patchwork_kernels::q4_0::Q4_0Matrix;
+use patchwork_kernels::q6_k::Q6KMatrix;
 use patchwork_kernels::q8_0::Q8_0Matrix;
 
 use crate::Format;
 
-/// A `[rows, cols]` weight in one [`Format`]: Q8_0 and Q4_0 in this project's blocks (integer
+/// A `[rows, cols]` weight in one [`Format`]: Q8_0, Q4_0 and Q6_K in this project's blocks (integer
 /// dot-product kernels), the other ggml block formats in candle's `QMatMul`, F16 as a float16
 /// tensor.
 #[derive(Clone, Debug)]
@@ -25,6 +26,7 @@ pub struct QuantizedWeight {
 pub(crate) enum Stored {
     Q8_0(Q8_0Matrix),
     Q4_0(Q4_0Matrix),
+    Q6K(Q6KMatrix),
     Ggml(QMatMul),
     F16(Tensor),
 }
@@ -50,7 +52,7 @@ impl QuantizedWeight {
     }
 
     /// A weight from blocks as a file stores them (a GGUF tensor, `[rows, cols]`), taken as
-    /// they are: Q8_0 and Q4_0 into this project's blocks without rounding again, the other block
+    /// they are: Q8_0, Q4_0 and Q6_K into this project's blocks without rounding again, the other block
     /// formats into candle's `QMatMul`, float16 and bfloat16 as float tensors. An error names
     /// a type no kernel computes on.
     pub fn from_qtensor(q: Arc<QTensor>) -> candle_core::Result<Self> {
@@ -72,6 +74,14 @@ impl QuantizedWeight {
                     ))
                 })?;
                 (Format::Q4_0, Stored::Q4_0(m))
+            }
+            GgmlDType::Q6K => {
+                let m = Q6KMatrix::from_ggml_blocks(&q.data()?, rows, cols).ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "Q6_K blocks of [{rows}, {cols}] do not line up"
+                    ))
+                })?;
+                (Format::Q6K, Stored::Q6K(m))
             }
             GgmlDType::F16 => (Format::F16, Stored::F16(q.dequantize_f16(&Device::Cpu)?)),
             GgmlDType::BF16 => (
@@ -143,6 +153,9 @@ impl QuantizedWeight {
             Stored::Q4_0(q) => {
                 Tensor::from_vec(q.dequantize(), (self.rows, self.cols), &Device::Cpu)
             }
+            Stored::Q6K(q) => {
+                Tensor::from_vec(q.dequantize(), (self.rows, self.cols), &Device::Cpu)
+            }
             Stored::F16(t) => t.to_dtype(DType::F32),
             Stored::Ggml(QMatMul::QTensor(q)) => q.dequantize(&Device::Cpu),
             Stored::Ggml(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.to_dtype(DType::F32),
@@ -151,7 +164,7 @@ impl QuantizedWeight {
 
     /// The products of `x` with each of `parts` (weights of one format and width: sibling
     /// projections of one input), side by side along the last dimension, plus `bias` (all the
-    /// parts' biases, stacked). Q8_0 and Q4_0 compute them in one pass
+    /// parts' biases, stacked). Q8_0, Q4_0 and Q6_K compute them in one pass
     /// ([`patchwork_models::ops::block_linear_many`]); the other formats one product each.
     pub fn forward_many(
         parts: &[&QuantizedWeight],
@@ -159,25 +172,23 @@ impl QuantizedWeight {
         bias: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         if !x.track_op() {
-            let q8: Option<Vec<&Q8_0Matrix>> = parts
-                .iter()
-                .map(|p| match p.stored.as_ref() {
-                    Stored::Q8_0(m) => Some(m),
-                    _ => None,
-                })
-                .collect();
-            if let Some(q8) = q8 {
+            if let Some(q8) = all(parts, |s| match s {
+                Stored::Q8_0(m) => Some(m),
+                _ => None,
+            }) {
                 return patchwork_models::ops::block_linear_many(x, &q8, bias);
             }
-            let q4: Option<Vec<&Q4_0Matrix>> = parts
-                .iter()
-                .map(|p| match p.stored.as_ref() {
-                    Stored::Q4_0(m) => Some(m),
-                    _ => None,
-                })
-                .collect();
-            if let Some(q4) = q4 {
+            if let Some(q4) = all(parts, |s| match s {
+                Stored::Q4_0(m) => Some(m),
+                _ => None,
+            }) {
                 return patchwork_models::ops::block_linear_many(x, &q4, bias);
+            }
+            if let Some(q6) = all(parts, |s| match s {
+                Stored::Q6K(m) => Some(m),
+                _ => None,
+            }) {
+                return patchwork_models::ops::block_linear_many(x, &q6, bias);
             }
         }
         let outs = parts
@@ -192,7 +203,7 @@ impl QuantizedWeight {
     }
 
     /// `x W^T + bias` for `x` `[..., cols]`: the activations are quantized per block as the
-    /// format's kernels need (Q8_0, Q4_0: 8 bits per 32; the ggml formats: candle's), F16 computes
+    /// format's kernels need (Q8_0, Q4_0, Q6_K: 8 bits per 32; the ggml formats: candle's), F16 computes
     /// in float16. The result has `x`'s dtype. When `x` carries gradients (it was computed
     /// from trainable adapters), the dequantized weight multiplies it in candle's
     /// differentiable ops instead.
@@ -213,6 +224,7 @@ impl QuantizedWeight {
         match self.stored.as_ref() {
             Stored::Q8_0(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Q4_0(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
+            Stored::Q6K(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Ggml(q) => patchwork_models::ops::quantized_linear(x, q, shape, bias),
             // bfloat16 weights: the kernels widen them as they read, from float32 activations.
             Stored::F16(w) if w.dtype() == DType::BF16 => {
@@ -229,4 +241,12 @@ impl QuantizedWeight {
             }
         }
     }
+}
+
+/// Every part's matrix when `pick` finds one in each (all in one block format), else `None`.
+fn all<'a, M>(
+    parts: &[&'a QuantizedWeight],
+    pick: impl Fn(&'a Stored) -> Option<&'a M>,
+) -> Option<Vec<&'a M>> {
+    parts.iter().map(|p| pick(p.stored.as_ref())).collect()
 }

@@ -25,6 +25,8 @@ pub(crate) struct Token<'a> {
     pub(crate) quants: &'a [i8],
     pub(crate) scales: &'a [f32],
     pub(crate) sums: &'a [i32],
+    /// Each half block's sum of quants (16 quants), for formats with 16-weight sub-scales.
+    pub(crate) half_sums: &'a [i32],
 }
 
 /// A matrix in one block format, as the shared product reads it.

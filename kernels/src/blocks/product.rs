@@ -43,14 +43,16 @@ pub(crate) fn matmul_t_many<M: Groups>(
         .zip(qx.chunks_exact_mut(BLOCK))
         .map(|(v, q)| quantize_block(v, q))
         .collect();
-    let sums: Vec<i32> = qx
-        .chunks_exact(BLOCK)
+    let half_sums: Vec<i32> = qx
+        .chunks_exact(BLOCK / 2)
         .map(|q| q.iter().map(|&v| v as i32).sum())
         .collect();
+    let sums: Vec<i32> = half_sums.chunks_exact(2).map(|h| h[0] + h[1]).collect();
     let tokens = Tokens {
         quants: &qx,
         scales: &sx,
         sums: &sums,
+        half_sums: &half_sums,
         m,
         blocks,
     };
@@ -166,6 +168,7 @@ struct Tokens<'a> {
     quants: &'a [i8],
     scales: &'a [f32],
     sums: &'a [i32],
+    half_sums: &'a [i32],
     m: usize,
     blocks: usize,
 }
@@ -178,6 +181,7 @@ impl Tokens<'_> {
             quants: &self.quants[t * k..(t + 1) * k],
             scales: &self.scales[t * b..(t + 1) * b],
             sums: &self.sums[t * b..(t + 1) * b],
+            half_sums: &self.half_sums[2 * t * b..2 * (t + 1) * b],
         }
     }
 }

@@ -1,0 +1,270 @@
+//! Q6_K matrices: ggml's 256-weight super-blocks of 6-bit weights, a signed 8-bit scale per 16
+//! weights and an f16 step per super-block (`weight = d * scale * (q - 32)`, `q` in 0..64),
+//! repacked at load into 32-weight chunks of the same 6 bits (16 bytes of low nibbles, 8 bytes
+//! of high bit pairs, in weight order) so a product unpacks each chunk with a few shifts, and
+//! multiplied by tokens quantized to 8 bits per 32 in integer dot products (AVX-512 VNNI, else
+//! AVX2), the offset 32 taken out with the token's half-block sums. A decoding step reads 6.56
+//! bits per weight, as the file stores them.
+
+use half::f16;
+
+use crate::Isa;
+use crate::blocks::{BLOCK, BlockMatrix, Groups, ROWS, Token, block_index, matmul_t_many};
+
+/// Weights per super-block.
+pub const SUPER: usize = 256;
+/// Bytes of one ggml `block_q6_K`: `ql[128]`, `qh[64]`, `scales[16]`, then `d` (f16).
+const GGML_BYTES: usize = 128 + 64 + 16 + 2;
+/// Bytes of one row's 32-weight chunk: 16 of low nibbles, 8 of high bit pairs.
+const CHUNK: usize = 24;
+
+/// A `[rows, cols]` matrix in Q6_K blocks (`cols` a multiple of [`SUPER`]), stored as the
+/// block formats here are: groups of 4 rows whose 32-weight chunks interleave (group, chunk,
+/// row), a last group short of rows padded with zeros.
+#[derive(Clone)]
+pub struct Q6KMatrix {
+    rows: usize,
+    cols: usize,
+    /// `[groups, chunks, ROWS, CHUNK]`: byte `j < 16` holds weight `j`'s low 4 bits and weight
+    /// `j + 16`'s in its high half; byte `16 + j` holds the high 2 bits of weights `j`,
+    /// `j + 8`, `j + 16`, `j + 24` at bits 0, 2, 4, 6.
+    quants: Vec<u8>,
+    /// `[groups, chunks, ROWS, 2]`: the scales of the chunk's two halves of 16 weights.
+    scales: Vec<i8>,
+    /// `[groups, chunks, ROWS]`: the super-block's step, as stored (f16), widened.
+    steps: Vec<f32>,
+}
+
+impl std::fmt::Debug for Q6KMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Q6KMatrix[{}, {}]", self.rows, self.cols)
+    }
+}
+
+/// The 256 6-bit values (0..64) and 16 scales of one ggml `block_q6_K`, in weight order, as
+/// ggml's `dequantize_row_q6_K` reads them.
+pub(crate) fn ggml_values(block: &[u8]) -> ([u8; SUPER], [i8; 16], f32) {
+    let (ql, rest) = block.split_at(128);
+    let (qh, rest) = rest.split_at(64);
+    let (sc, d) = rest.split_at(16);
+    let mut q = [0u8; SUPER];
+    for n in 0..2 {
+        let (ql, qh) = (&ql[64 * n..], &qh[32 * n..]);
+        let y = &mut q[128 * n..];
+        for l in 0..32 {
+            y[l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+            y[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+            y[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            y[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+        }
+    }
+    let scales = std::array::from_fn(|i| sc[i] as i8);
+    (q, scales, f16::from_le_bytes([d[0], d[1]]).to_f32())
+}
+
+/// One 32-weight chunk of values (0..64) in this matrix's packing.
+fn pack_chunk(values: &[u8], out: &mut [u8]) {
+    for j in 0..16 {
+        out[j] = (values[j] & 0xF) | ((values[j + 16] & 0xF) << 4);
+    }
+    for j in 0..8 {
+        out[16 + j] = (0..4).fold(0u8, |b, k| b | ((values[j + 8 * k] >> 4) << (2 * k)));
+    }
+}
+
+impl Q6KMatrix {
+    /// The matrix whose rows are ggml `block_q6_K`s as GGUF files store them (`rows` rows of
+    /// `cols / 256` blocks of 210 bytes), repacked (the same bits, no value changed). `None`
+    /// when `bytes` is not exactly that many blocks or `cols` is not a multiple of [`SUPER`].
+    pub fn from_ggml_blocks(bytes: &[u8], rows: usize, cols: usize) -> Option<Q6KMatrix> {
+        if cols == 0 || !cols.is_multiple_of(SUPER) {
+            return None;
+        }
+        let supers = cols / SUPER;
+        if bytes.len() != rows.checked_mul(supers)?.checked_mul(GGML_BYTES)? {
+            return None;
+        }
+        let chunks = cols / BLOCK;
+        let padded = rows.div_ceil(ROWS).checked_mul(ROWS)?;
+        let mut m = Q6KMatrix {
+            rows,
+            cols,
+            quants: vec![0; padded.checked_mul(chunks)?.checked_mul(CHUNK)?],
+            scales: vec![0; padded.checked_mul(chunks)?.checked_mul(2)?],
+            steps: vec![0.0; padded.checked_mul(chunks)?],
+        };
+        for (i, block) in bytes.chunks_exact(GGML_BYTES).enumerate() {
+            let (r, s) = (i / supers, i % supers);
+            let (values, scales, d) = ggml_values(block);
+            for c in 0..SUPER / BLOCK {
+                let at = block_index(r, s * (SUPER / BLOCK) + c, chunks);
+                pack_chunk(
+                    &values[c * BLOCK..(c + 1) * BLOCK],
+                    &mut m.quants[at * CHUNK..(at + 1) * CHUNK],
+                );
+                m.scales[2 * at] = scales[2 * c];
+                m.scales[2 * at + 1] = scales[2 * c + 1];
+                m.steps[at] = d;
+            }
+        }
+        Some(m)
+    }
+
+    /// `[rows, cols]`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Bytes the matrix reads per product, as the file stores it: 210 per 256 weights.
+    pub fn bytes(&self) -> usize {
+        self.rows * (self.cols / SUPER) * GGML_BYTES
+    }
+
+    /// The weights the blocks stand for, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        self.dequantize_rows_with(0, &mut out);
+        out
+    }
+
+    /// `out = x W^T` on the kernel threads (as [`crate::q8_0::Q8_0Matrix::matmul_t`]).
+    ///
+    /// # Panics
+    /// If the slice lengths do not agree with `m` and the matrix's shape.
+    pub fn matmul_t(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32]) {
+        matmul_t_many(isa, &[self], x, m, out)
+    }
+
+    /// The chunk at `at` (a block index) unpacked to its 32 values (0..64).
+    fn chunk_values(&self, at: usize) -> [u8; BLOCK] {
+        let c = &self.quants[at * CHUNK..(at + 1) * CHUNK];
+        std::array::from_fn(|i| {
+            let low = if i < 16 { c[i] & 0xF } else { c[i - 16] >> 4 };
+            let high = (c[16 + i % 8] >> (2 * (i / 8))) & 3;
+            low | (high << 4)
+        })
+    }
+
+    /// The dequantization loop (compiled per ISA by [`Groups::dequantize_rows`]).
+    #[inline(always)]
+    fn dequantize_rows_with(&self, first: usize, out: &mut [f32]) {
+        let chunks = self.cols / BLOCK;
+        for (i, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            for (c, dst) in row.chunks_exact_mut(BLOCK).enumerate() {
+                let at = block_index(first + i, c, chunks);
+                let q = &self.quants[at * CHUNK..(at + 1) * CHUNK];
+                let (nibbles, pairs) = q.split_at(16);
+                let mut values = [0u8; BLOCK];
+                for j in 0..16 {
+                    values[j] = nibbles[j] & 0xF;
+                    values[j + 16] = nibbles[j] >> 4;
+                }
+                for k in 0..4 {
+                    for j in 0..8 {
+                        values[8 * k + j] |= ((pairs[j] >> (2 * k)) & 3) << 4;
+                    }
+                }
+                let d = self.steps[at];
+                let steps = [
+                    d * self.scales[2 * at] as f32,
+                    d * self.scales[2 * at + 1] as f32,
+                ];
+                for (j, (o, &v)) in dst.iter_mut().zip(&values).enumerate() {
+                    *o = steps[j / 16] * (v as i32 - 32) as f32;
+                }
+            }
+        }
+    }
+
+    /// [`Q6KMatrix::dequantize_rows_with`] compiled for AVX-512.
+    ///
+    /// # Safety
+    /// AVX-512F available.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2")]
+    unsafe fn dequantize_rows_avx512(&self, first: usize, out: &mut [f32]) {
+        self.dequantize_rows_with(first, out)
+    }
+
+    /// [`Q6KMatrix::dequantize_rows_with`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// AVX2 available.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn dequantize_rows_avx2(&self, first: usize, out: &mut [f32]) {
+        self.dequantize_rows_with(first, out)
+    }
+}
+
+impl BlockMatrix for Q6KMatrix {
+    const FORMAT: &'static str = "q6_k";
+
+    fn shape(&self) -> (usize, usize) {
+        Q6KMatrix::shape(self)
+    }
+
+    fn matmul_t_many(isa: Isa, parts: &[&Self], x: &[f32], m: usize, out: &mut [f32]) {
+        matmul_t_many(isa, parts, x, m, out)
+    }
+}
+
+impl Groups for Q6KMatrix {
+    fn dims(&self) -> (usize, usize) {
+        self.shape()
+    }
+
+    fn dot_group(&self, isa: Isa, g: usize, token: Token<'_>) -> [f32; ROWS] {
+        let chunks = self.cols / BLOCK;
+        let n = chunks * ROWS;
+        let w = &self.quants[g * n * CHUNK..(g + 1) * n * CHUNK];
+        let sc = &self.scales[g * n * 2..(g + 1) * n * 2];
+        let d = &self.steps[g * n..(g + 1) * n];
+        match () {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the caller's `isa` is available (`Groups::dot_group`); the slices hold
+            // one group of `chunks` chunks, the token `chunks` blocks.
+            () if isa >= Isa::Avx2Fma => unsafe { simd::dot_rows(isa, w, sc, d, token, chunks) },
+            () => self.dot_group_portable(g, token),
+        }
+    }
+
+    fn dequantize_rows(&self, isa: Isa, first: usize, out: &mut [f32]) {
+        match isa.capped(Isa::Avx512) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512F (`capped`).
+            Isa::Avx512 => unsafe { self.dequantize_rows_avx512(first, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX2 (`capped`).
+            Isa::Avx2Fma => unsafe { self.dequantize_rows_avx2(first, out) },
+            _ => self.dequantize_rows_with(first, out),
+        }
+    }
+}
+
+impl Q6KMatrix {
+    /// Group `g`'s rows dotted with `x`, in plain Rust.
+    fn dot_group_portable(&self, g: usize, x: Token<'_>) -> [f32; ROWS] {
+        let chunks = self.cols / BLOCK;
+        let mut dots = [0f32; ROWS];
+        for (c, (xb, dx)) in x.quants.chunks_exact(BLOCK).zip(x.scales).enumerate() {
+            for (r, dot) in dots.iter_mut().enumerate() {
+                let at = block_index(g * ROWS + r, c, chunks);
+                let values = self.chunk_values(at);
+                let halves: [i32; 2] = std::array::from_fn(|h| {
+                    (0..16)
+                        .map(|i| (values[16 * h + i] as i32 - 32) * xb[16 * h + i] as i32)
+                        .sum::<i32>()
+                        * self.scales[2 * at + h] as i32
+                });
+                *dot += (halves[0] + halves[1]) as f32 * (self.steps[at] * dx);
+            }
+        }
+        dots
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd;
+#[cfg(test)]
+mod tests;

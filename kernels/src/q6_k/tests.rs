@@ -1,0 +1,86 @@
+//! Q6_K blocks and products against references written from ggml's own formulas.
+
+use half::f16;
+
+use super::*;
+use crate::blocks::{WIDEN_TOKENS, quantize_block};
+use crate::tests_support::random;
+
+/// `rows x cols / 256` ggml `block_q6_K`s of pseudo-random bits, scales and steps.
+fn ggml_bytes(rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    let noise = random(rows * cols / SUPER * GGML_BYTES, seed);
+    let mut bytes: Vec<u8> = noise.iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
+    for (i, block) in bytes.chunks_exact_mut(GGML_BYTES).enumerate() {
+        let d = f16::from_f32(0.001 + 0.0003 * (i % 7) as f32);
+        block[208..].copy_from_slice(&d.to_le_bytes());
+    }
+    bytes
+}
+
+/// ggml's `dequantize_row_q6_K`, written out.
+fn ggml_dequantize(bytes: &[u8]) -> Vec<f32> {
+    let mut out = Vec::new();
+    for block in bytes.chunks_exact(GGML_BYTES) {
+        let (q, scales, d) = ggml_values(block);
+        out.extend((0..SUPER).map(|i| d * scales[i / 16] as f32 * (q[i] as i32 - 32) as f32));
+    }
+    out
+}
+
+#[test]
+fn ggml_blocks_repack_to_the_same_weights() {
+    let (rows, cols) = (6, 512);
+    let bytes = ggml_bytes(rows, cols, 5);
+    let m = Q6KMatrix::from_ggml_blocks(&bytes, rows, cols).unwrap();
+    assert_eq!(m.dequantize(), ggml_dequantize(&bytes));
+    assert_eq!(m.bytes(), bytes.len());
+    assert!(Q6KMatrix::from_ggml_blocks(&bytes[1..], rows, cols).is_none());
+    assert!(Q6KMatrix::from_ggml_blocks(&bytes, rows, cols + 32).is_none());
+    assert!(Q6KMatrix::from_ggml_blocks(&bytes, rows * 4, cols / 4).is_none());
+}
+
+#[test]
+fn q6_k_products_match_a_float64_reference_of_the_quantized_operands() {
+    for isa in crate::tests_support::paths() {
+        for (m, n, k) in [
+            (1, 1, 256),
+            (1, 9, 512),
+            (3, 8, 256),
+            (2, 33, 1024),
+            (5, 6, 256),
+        ] {
+            let bytes = ggml_bytes(n, k, 11 + n as u64);
+            let q = Q6KMatrix::from_ggml_blocks(&bytes, n, k).unwrap();
+            let deq = ggml_dequantize(&bytes);
+            let x: Vec<f32> = random(m * k, 12).iter().map(|v| v * 3.0).collect();
+            let mut qx = vec![0i8; m * k];
+            let sx: Vec<f64> = x
+                .chunks(BLOCK)
+                .zip(qx.chunks_mut(BLOCK))
+                .map(|(v, q)| quantize_block(v, q) as f64)
+                .collect();
+            let mut out = vec![f32::NAN; m * n];
+            q.matmul_t(isa, &x, m, &mut out);
+            for t in 0..m {
+                for j in 0..n {
+                    let xv = |i: usize| {
+                        if m < WIDEN_TOKENS {
+                            qx[t * k + i] as f64 * sx[(t * k + i) / BLOCK]
+                        } else {
+                            x[t * k + i] as f64
+                        }
+                    };
+                    let want: f64 = (0..k).map(|i| xv(i) * deq[j * k + i] as f64).sum();
+                    let scale = (0..k)
+                        .map(|i| (x[t * k + i] * deq[j * k + i]).abs())
+                        .sum::<f32>();
+                    let got = out[t * n + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + scale as f64),
+                        "{isa:?} {m}x{n}x{k} [{t},{j}]: got {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
+}
