@@ -1,10 +1,9 @@
-//! The Q6_K dot products' SIMD bodies (AVX2, AVX-512 VNNI): each chunk's 16 bytes of low
-//! nibbles and 8 bytes of high bit pairs unpacked to 32 values (0..64), multiplied by the
-//! token's signed 8-bit quants per half of 16, scaled by the halves' scales; the offset 32
-//! taken out with the token's half sums.
+//! The Q6_K dot products' SIMD bodies (AVX2; compiled again for AVX-512): each chunk's 16
+//! bytes of low nibbles and 8 bytes of high bit pairs unpacked to 32 values (0..64),
+//! multiplied by the token's signed 8-bit quants in 16-bit pair sums, the halves' scales
+//! folded into the 32-bit multiply-add; the offset 32 taken out with the token's half sums.
 
 use std::arch::x86_64::*;
-use std::sync::OnceLock;
 
 use super::CHUNK;
 use crate::Isa;
@@ -13,15 +12,6 @@ use crate::simd::hsum;
 
 /// How many chunks ahead the kernels prefetch a group's quants.
 const PREFETCH: usize = 32;
-
-/// Whether AVX-512 VNNI (with VL, for its 256-bit form) is present, checked once.
-fn vnni() -> bool {
-    static VNNI: OnceLock<bool> = OnceLock::new();
-    *VNNI.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-    })
-}
 
 /// One group's `ROWS` rows (chunks `w`, half scales `sc`, steps `d`, interleaved by chunk)
 /// dotted with `x`.
@@ -41,8 +31,8 @@ pub(super) unsafe fn dot_rows(
     debug_assert!(d.len() == ROWS * chunks && x.half_sums.len() == 2 * chunks);
     // SAFETY: as the caller guarantees; VNNI checked here.
     unsafe {
-        if isa >= Isa::Avx512 && vnni() {
-            dot_rows_vnni(w, sc, d, x, chunks)
+        if isa >= Isa::Avx512 {
+            dot_rows_avx512(w, sc, d, x, chunks)
         } else {
             dot_rows_avx2(w, sc, d, x, chunks)
         }
@@ -71,12 +61,14 @@ unsafe fn unpack(p: *const u8) -> __m256i {
     }
 }
 
-/// The loop both kernels share: per chunk and row, the values times the token's quants
-/// summed by `$dot` into eight 32-bit lanes (lanes 0..4 the first half, 4..8 the second),
-/// multiplied by the halves' scales and the two steps; `32 * step * Σ scale * half sum`
-/// subtracted once per chunk.
+/// The loop both kernels share: per chunk and row, the values (0..64, unsigned) times the
+/// token's quants in 16-bit pair sums (at most 2 * 63 * 128), multiplied by the halves' scales
+/// in the 32-bit multiply-add (lanes 0..4 the first half, 4..8 the second), scaled by the two
+/// steps; `32 * step * Σ scale * half sum` is subtracted once per chunk.
 macro_rules! dot_rows_with {
-    ($w:ident, $sc:ident, $d:ident, $x:ident, $chunks:ident, $dot:expr) => {{
+    ($w:ident, $sc:ident, $d:ident, $x:ident, $chunks:ident) => {{
+        // Byte 0 of a 16-bit word to lanes 0..8, byte 1 to lanes 8..16.
+        let spread = _mm_set_epi8(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         let mut acc = [_mm256_setzero_ps(); ROWS];
         let mut offset = [0f32; ROWS];
         for c in 0..$chunks {
@@ -85,21 +77,23 @@ macro_rules! dot_rows_with {
             let xq = _mm256_loadu_si256($x.quants.as_ptr().add(c * BLOCK).cast());
             let dx = *$x.scales.get_unchecked(c);
             let (h0, h1) = (
-                *$x.half_sums.get_unchecked(2 * c) as f32,
-                *$x.half_sums.get_unchecked(2 * c + 1) as f32,
+                *$x.half_sums.get_unchecked(2 * c),
+                *$x.half_sums.get_unchecked(2 * c + 1),
             );
             for r in 0..ROWS {
                 let at = c * ROWS + r;
                 let values = unpack($w.as_ptr().add(at * CHUNK));
+                let pair = std::ptr::read_unaligned($sc.as_ptr().add(2 * at).cast::<u16>());
+                let scales =
+                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(_mm_cvtsi32_si128(pair as i32), spread));
+                let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(values, xq), scales);
+                let step = *$d.get_unchecked(at) * dx;
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(step), acc[r]);
                 let (s0, s1) = (
                     *$sc.get_unchecked(2 * at) as i32,
                     *$sc.get_unchecked(2 * at + 1) as i32,
                 );
-                let scales = _mm256_set_epi32(s1, s1, s1, s1, s0, s0, s0, s0);
-                let lanes = _mm256_mullo_epi32($dot(values, xq), scales);
-                let step = *$d.get_unchecked(at) * dx;
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(step), acc[r]);
-                offset[r] += step * (s0 as f32 * h0 + s1 as f32 * h1);
+                offset[r] += step * (s0 * h0 + s1 * h1) as f32;
             }
         }
         std::array::from_fn(|r| hsum(acc[r]) - 32.0 * offset[r])
@@ -117,32 +111,24 @@ unsafe fn dot_rows_avx2(
     chunks: usize,
 ) -> [f32; ROWS] {
     // SAFETY: every offset is within the slices (`dot_rows`' contract); a pair of products is
-    // at most 2 * 63 * 128, inside the 16-bit sums.
-    unsafe {
-        let ones = _mm256_set1_epi16(1);
-        dot_rows_with!(w, sc, d, x, chunks, |a, b| _mm256_madd_epi16(
-            _mm256_maddubs_epi16(a, b),
-            ones
-        ))
-    }
+    // at most 2 * 63 * 128, inside the 16-bit sums, and a scaled pair 127 times that, inside
+    // the 32-bit sums.
+    unsafe { dot_rows_with!(w, sc, d, x, chunks) }
 }
 
+/// The same loop compiled for AVX-512 (VL), whose wider register file and encodings the
+/// compiler may use; the products stay AVX2's, where the per-half scales fold in for free.
+///
 /// # Safety
-/// AVX-512 VNNI and VL, AVX2 and FMA; slices as [`dot_rows`] requires.
-#[target_feature(enable = "avx512vnni,avx512vl,avx2,fma")]
-unsafe fn dot_rows_vnni(
+/// AVX-512F and VL, AVX2 and FMA; slices as [`dot_rows`] requires.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn dot_rows_avx512(
     w: &[u8],
     sc: &[i8],
     d: &[f32],
     x: Token<'_>,
     chunks: usize,
 ) -> [f32; ROWS] {
-    // SAFETY: every offset is within the slices (`dot_rows`' contract).
-    unsafe {
-        dot_rows_with!(w, sc, d, x, chunks, |a, b| _mm256_dpbusd_epi32(
-            _mm256_setzero_si256(),
-            a,
-            b
-        ))
-    }
+    // SAFETY: as `dot_rows_avx2`.
+    unsafe { dot_rows_with!(w, sc, d, x, chunks) }
 }
