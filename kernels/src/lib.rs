@@ -218,6 +218,16 @@ mod sealed {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod simd {
     use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    /// Whether AVX-512 VNNI (with VL, for its 256-bit form) is present, checked once.
+    pub(crate) fn vnni() -> bool {
+        static VNNI: OnceLock<bool> = OnceLock::new();
+        *VNNI.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+        })
+    }
 
     /// Sum of the 8 lanes.
     ///

@@ -58,6 +58,38 @@ pub trait BlockMatrix: Send + Sync + Sized {
     fn matmul_t_many(isa: Isa, parts: &[&Self], x: &[f32], m: usize, out: &mut [f32]);
 }
 
+/// Runs `f` compiled for the widest of AVX-512 and AVX2 that `isa` allows (the CPU has it:
+/// `Isa::capped`), portable otherwise: the block formats' dequantization loops, written once
+/// in plain Rust, vectorised by the compiler for each.
+#[inline(always)]
+pub(crate) fn with_isa(isa: Isa, f: impl FnOnce()) {
+    match isa.capped(Isa::Avx512) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (`capped`).
+        Isa::Avx512 => unsafe { avx512(f) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 (`capped`).
+        Isa::Avx2Fma => unsafe { avx2(f) },
+        _ => f(),
+    }
+}
+
+/// # Safety
+/// AVX-512F available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn avx512(f: impl FnOnce()) {
+    f()
+}
+
+/// # Safety
+/// AVX2 available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2(f: impl FnOnce()) {
+    f()
+}
+
 /// Where block `b` of row `r` is stored, in blocks (`blocks` per row).
 pub(crate) fn block_index(r: usize, b: usize, blocks: usize) -> usize {
     ((r / ROWS) * blocks + b) * ROWS + r % ROWS
@@ -72,4 +104,42 @@ pub(crate) fn quantize_block(values: &[f32], quants: &mut [i8]) -> f32 {
         *q = (v * inv).round() as i8;
     }
     d
+}
+
+/// Checks a block product's `out` (`[m, n]`) against a float64 reference of its quantized
+/// operands: the dequantized weights `deq` (`[n, k]`) times the tokens `x` as the product
+/// used them (quantized per block below [`WIDEN_TOKENS`] tokens, float from there on), within
+/// `1e-5` of the sum of the products' magnitudes.
+#[cfg(test)]
+pub(crate) fn assert_product_matches(
+    what: &str,
+    (m, n, k): (usize, usize, usize),
+    x: &[f32],
+    deq: &[f32],
+    out: &[f32],
+) {
+    let mut qx = vec![0i8; m * k];
+    let sx: Vec<f64> = x
+        .chunks(BLOCK)
+        .zip(qx.chunks_mut(BLOCK))
+        .map(|(v, q)| quantize_block(v, q) as f64)
+        .collect();
+    for t in 0..m {
+        for j in 0..n {
+            let xv = |i: usize| {
+                if m < WIDEN_TOKENS {
+                    qx[t * k + i] as f64 * sx[(t * k + i) / BLOCK]
+                } else {
+                    x[t * k + i] as f64
+                }
+            };
+            let want: f64 = (0..k).map(|i| xv(i) * deq[j * k + i] as f64).sum();
+            let scale: f32 = (0..k).map(|i| (x[t * k + i] * deq[j * k + i]).abs()).sum();
+            let got = out[t * n + j] as f64;
+            assert!(
+                (got - want).abs() <= 1e-5 * (1.0 + scale as f64),
+                "{what} {m}x{n}x{k} [{t},{j}]: got {got}, want {want}"
+            );
+        }
+    }
 }

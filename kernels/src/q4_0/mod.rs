@@ -7,7 +7,9 @@
 use half::f16;
 
 use crate::Isa;
-use crate::blocks::{BLOCK, BlockMatrix, Groups, ROWS, Token, block_index, matmul_t_many};
+use crate::blocks::{
+    BLOCK, BlockMatrix, Groups, ROWS, Token, block_index, matmul_t_many, with_isa,
+};
 
 /// Bytes of one row's quants in a block: two 4-bit weights per byte.
 const PACKED: usize = BLOCK / 2;
@@ -161,26 +163,6 @@ impl Q4_0Matrix {
             }
         }
     }
-
-    /// [`Q4_0Matrix::dequantize_rows_with`] compiled for AVX-512.
-    ///
-    /// # Safety
-    /// AVX-512F available.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2")]
-    unsafe fn dequantize_rows_avx512(&self, first: usize, out: &mut [f32]) {
-        self.dequantize_rows_with(first, out)
-    }
-
-    /// [`Q4_0Matrix::dequantize_rows_with`] compiled for AVX2.
-    ///
-    /// # Safety
-    /// AVX2 available.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn dequantize_rows_avx2(&self, first: usize, out: &mut [f32]) {
-        self.dequantize_rows_with(first, out)
-    }
 }
 
 impl BlockMatrix for Q4_0Matrix {
@@ -214,15 +196,7 @@ impl Groups for Q4_0Matrix {
     }
 
     fn dequantize_rows(&self, isa: Isa, first: usize, out: &mut [f32]) {
-        match isa.capped(Isa::Avx512) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has AVX-512F (`capped`).
-            Isa::Avx512 => unsafe { self.dequantize_rows_avx512(first, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has AVX2 (`capped`).
-            Isa::Avx2Fma => unsafe { self.dequantize_rows_avx2(first, out) },
-            _ => self.dequantize_rows_with(first, out),
-        }
+        with_isa(isa, || self.dequantize_rows_with(first, out))
     }
 }
 

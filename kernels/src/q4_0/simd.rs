@@ -3,24 +3,14 @@
 //! offset 8 taken out per block through the token block's sum.
 
 use std::arch::x86_64::*;
-use std::sync::OnceLock;
 
 use super::PACKED;
 use crate::Isa;
 use crate::blocks::{BLOCK, ROWS, Token};
-use crate::simd::hsum;
+use crate::simd::{hsum, vnni};
 
 /// How many blocks ahead the kernels prefetch a group's quants.
 const PREFETCH: usize = 64;
-
-/// Whether AVX-512 VNNI (with VL, for its 256-bit form) is present, checked once.
-fn vnni() -> bool {
-    static VNNI: OnceLock<bool> = OnceLock::new();
-    *VNNI.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-    })
-}
 
 /// One group's `ROWS` rows (packed `w`, steps `s`, interleaved by block) dotted with `x`.
 ///

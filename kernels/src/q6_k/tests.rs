@@ -3,7 +3,7 @@
 use half::f16;
 
 use super::*;
-use crate::blocks::{WIDEN_TOKENS, quantize_block};
+use crate::blocks::assert_product_matches;
 use crate::tests_support::random;
 
 /// `rows x cols / 256` ggml `block_q6_K`s of pseudo-random bits, scales and steps.
@@ -53,34 +53,9 @@ fn q6_k_products_match_a_float64_reference_of_the_quantized_operands() {
             let q = Q6KMatrix::from_ggml_blocks(&bytes, n, k).unwrap();
             let deq = ggml_dequantize(&bytes);
             let x: Vec<f32> = random(m * k, 12).iter().map(|v| v * 3.0).collect();
-            let mut qx = vec![0i8; m * k];
-            let sx: Vec<f64> = x
-                .chunks(BLOCK)
-                .zip(qx.chunks_mut(BLOCK))
-                .map(|(v, q)| quantize_block(v, q) as f64)
-                .collect();
             let mut out = vec![f32::NAN; m * n];
             q.matmul_t(isa, &x, m, &mut out);
-            for t in 0..m {
-                for j in 0..n {
-                    let xv = |i: usize| {
-                        if m < WIDEN_TOKENS {
-                            qx[t * k + i] as f64 * sx[(t * k + i) / BLOCK]
-                        } else {
-                            x[t * k + i] as f64
-                        }
-                    };
-                    let want: f64 = (0..k).map(|i| xv(i) * deq[j * k + i] as f64).sum();
-                    let scale = (0..k)
-                        .map(|i| (x[t * k + i] * deq[j * k + i]).abs())
-                        .sum::<f32>();
-                    let got = out[t * n + j] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-5 * (1.0 + scale as f64),
-                        "{isa:?} {m}x{n}x{k} [{t},{j}]: got {got}, want {want}"
-                    );
-                }
-            }
+            assert_product_matches(&format!("{isa:?}"), (m, n, k), &x, &deq, &out);
         }
     }
 }

@@ -8,7 +8,7 @@ use half::f16;
 use super::Isa;
 
 pub use crate::blocks::{BLOCK, WIDEN_TOKENS};
-use crate::blocks::{ROWS, block_index, quantize_block};
+use crate::blocks::{ROWS, block_index, quantize_block, with_isa};
 
 /// A `[rows, cols]` matrix in Q8_0 blocks (`cols` a multiple of [`BLOCK`]), stored in groups of
 /// `ROWS` rows whose blocks interleave (group, block, row), so a product reads each group as
@@ -139,35 +139,7 @@ impl Q8_0Matrix {
     /// Writes rows `first..first + out.len() / cols` of the weights the blocks stand for into
     /// `out`, row-major, vectorised for `isa`.
     pub(crate) fn dequantize_rows(&self, isa: Isa, first: usize, out: &mut [f32]) {
-        match isa.capped(Isa::Avx512) {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has AVX-512F (`capped`).
-            Isa::Avx512 => unsafe { self.dequantize_rows_avx512(first, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has AVX2 (`capped`).
-            Isa::Avx2Fma => unsafe { self.dequantize_rows_avx2(first, out) },
-            _ => self.dequantize_rows_with(first, out),
-        }
-    }
-
-    /// [`Q8_0Matrix::dequantize_rows_with`] compiled for AVX2.
-    ///
-    /// # Safety
-    /// AVX2 available.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn dequantize_rows_avx2(&self, first: usize, out: &mut [f32]) {
-        self.dequantize_rows_with(first, out)
-    }
-
-    /// [`Q8_0Matrix::dequantize_rows_with`] compiled for AVX-512.
-    ///
-    /// # Safety
-    /// AVX-512F available.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2")]
-    unsafe fn dequantize_rows_avx512(&self, first: usize, out: &mut [f32]) {
-        self.dequantize_rows_with(first, out)
+        with_isa(isa, || self.dequantize_rows_with(first, out))
     }
 
     /// The dequantization loop (compiled per ISA by its callers' `target_feature`).

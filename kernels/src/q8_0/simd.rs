@@ -1,23 +1,13 @@
 //! The Q8_0 dot products' SIMD bodies (AVX2, AVX-512 VNNI).
 
 use std::arch::x86_64::*;
-use std::sync::OnceLock;
 
 use super::{BLOCK, ROWS};
 
 /// How many blocks ahead the kernels prefetch a group's quants.
 const PREFETCH: usize = 64;
 use crate::Isa;
-use crate::simd::hsum;
-
-/// Whether AVX-512 VNNI (with VL, for its 256-bit form) is present, checked once.
-fn vnni() -> bool {
-    static VNNI: OnceLock<bool> = OnceLock::new();
-    *VNNI.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-    })
-}
+use crate::simd::{hsum, vnni};
 
 /// One group's `ROWS` rows (`w` and their steps `s`, interleaved by block) dotted with one
 /// token `(qx, sx)`.

@@ -32,6 +32,7 @@ fn ggml_blocks_import_exactly() {
 }
 
 use super::*;
+use crate::blocks::assert_product_matches;
 use crate::tests_support::random;
 
 #[test]
@@ -56,35 +57,9 @@ fn q8_0_products_match_a_float64_reference_of_the_quantized_operands() {
                     assert!((v - d).abs() <= bound, "{v} -> {d}");
                 }
             }
-            let mut qx = vec![0i8; m * k];
-            let sx: Vec<f64> = x
-                .chunks(BLOCK)
-                .zip(qx.chunks_mut(BLOCK))
-                .map(|(v, q)| quantize_block(v, q) as f64)
-                .collect();
             let mut out = vec![f32::NAN; m * n];
             q.matmul_t(isa, &x, m, &mut out);
-            for t in 0..m {
-                for j in 0..n {
-                    // Few tokens are quantized; many multiply the dequantized weights.
-                    let xv = |i: usize| {
-                        if m < WIDEN_TOKENS {
-                            qx[t * k + i] as f64 * sx[(t * k + i) / BLOCK]
-                        } else {
-                            x[t * k + i] as f64
-                        }
-                    };
-                    let want: f64 = (0..k).map(|i| xv(i) * deq[j * k + i] as f64).sum();
-                    let scale = (0..k)
-                        .map(|i| (x[t * k + i] * deq[j * k + i]).abs())
-                        .sum::<f32>();
-                    let got = out[t * n + j] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-5 * (1.0 + scale as f64),
-                        "{isa:?} {m}x{n}x{k} [{t},{j}]: got {got}, want {want}"
-                    );
-                }
-            }
+            assert_product_matches(&format!("{isa:?}"), (m, n, k), &x, &deq, &out);
         }
     }
 }
