@@ -276,6 +276,38 @@ fn greedy_generation_equals_one_process() {
 }
 
 #[test]
+fn bench_runs_split_and_rank_0_alone_reports() {
+    let model = fixture("qwen3-moe-tiny");
+    let args = [
+        "bench",
+        model.to_str().unwrap(),
+        "--prompt-len",
+        "8",
+        "--decode",
+        "4",
+        "--repeats",
+        "1",
+        "--parallel",
+        "tp+ep",
+    ];
+    let out = mpirun(2, bin(), &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.matches("prefill_tok_s=").count(), 1, "{text}");
+    assert!(
+        text.lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("prefill_tok_s="),
+        "{text}"
+    );
+}
+
+#[test]
 fn inspect_shows_each_split_and_what_stays_whole() {
     let model = fixture("qwen2-moe-tiny");
     let args = ["inspect", model.to_str().unwrap(), "--parallel", "tp"];
