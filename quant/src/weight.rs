@@ -5,12 +5,13 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file};
 use candle_core::{DType, Device, Tensor};
 use patchwork_kernels::q4_0::Q4_0Matrix;
+use patchwork_kernels::q5_0::Q5_0Matrix;
 use patchwork_kernels::q6_k::Q6KMatrix;
 use patchwork_kernels::q8_0::Q8_0Matrix;
 
 use crate::Format;
 
-/// A `[rows, cols]` weight in one [`Format`]: Q8_0, Q4_0 and Q6_K in this project's blocks (integer
+/// A `[rows, cols]` weight in one [`Format`]: Q8_0, Q6_K, Q5_0 and Q4_0 in this project's blocks (integer
 /// dot-product kernels), the other ggml block formats in candle's `QMatMul`, F16 as a float16
 /// tensor.
 #[derive(Clone, Debug)]
@@ -26,6 +27,7 @@ pub struct QuantizedWeight {
 pub(crate) enum Stored {
     Q8_0(Q8_0Matrix),
     Q4_0(Q4_0Matrix),
+    Q5_0(Q5_0Matrix),
     Q6K(Q6KMatrix),
     Ggml(QMatMul),
     F16(Tensor),
@@ -52,7 +54,7 @@ impl QuantizedWeight {
     }
 
     /// A weight from blocks as a file stores them (a GGUF tensor, `[rows, cols]`), taken as
-    /// they are: Q8_0, Q4_0 and Q6_K into this project's blocks without rounding again, the other block
+    /// they are: Q8_0, Q6_K, Q5_0 and Q4_0 into this project's blocks without rounding again, the other block
     /// formats into candle's `QMatMul`, float16 and bfloat16 as float tensors. An error names
     /// a type no kernel computes on.
     pub fn from_qtensor(q: Arc<QTensor>) -> candle_core::Result<Self> {
@@ -74,6 +76,14 @@ impl QuantizedWeight {
                     ))
                 })?;
                 (Format::Q4_0, Stored::Q4_0(m))
+            }
+            GgmlDType::Q5_0 => {
+                let m = Q5_0Matrix::from_ggml_blocks(&q.data()?, rows, cols).ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "Q5_0 blocks of [{rows}, {cols}] do not line up"
+                    ))
+                })?;
+                (Format::Q5_0, Stored::Q5_0(m))
             }
             GgmlDType::Q6K => {
                 let m = Q6KMatrix::from_ggml_blocks(&q.data()?, rows, cols).ok_or_else(|| {
@@ -153,6 +163,9 @@ impl QuantizedWeight {
             Stored::Q4_0(q) => {
                 Tensor::from_vec(q.dequantize(), (self.rows, self.cols), &Device::Cpu)
             }
+            Stored::Q5_0(q) => {
+                Tensor::from_vec(q.dequantize(), (self.rows, self.cols), &Device::Cpu)
+            }
             Stored::Q6K(q) => {
                 Tensor::from_vec(q.dequantize(), (self.rows, self.cols), &Device::Cpu)
             }
@@ -164,7 +177,7 @@ impl QuantizedWeight {
 
     /// The products of `x` with each of `parts` (weights of one format and width: sibling
     /// projections of one input), side by side along the last dimension, plus `bias` (all the
-    /// parts' biases, stacked). Q8_0, Q4_0 and Q6_K compute them in one pass
+    /// parts' biases, stacked). The formats with kernels of ours compute them in one pass
     /// ([`patchwork_models::ops::block_linear_many`]); the other formats one product each.
     pub fn forward_many(
         parts: &[&QuantizedWeight],
@@ -183,6 +196,12 @@ impl QuantizedWeight {
                 _ => None,
             }) {
                 return patchwork_models::ops::block_linear_many(x, &q4, bias);
+            }
+            if let Some(q5) = all(parts, |s| match s {
+                Stored::Q5_0(m) => Some(m),
+                _ => None,
+            }) {
+                return patchwork_models::ops::block_linear_many(x, &q5, bias);
             }
             if let Some(q6) = all(parts, |s| match s {
                 Stored::Q6K(m) => Some(m),
@@ -203,7 +222,7 @@ impl QuantizedWeight {
     }
 
     /// `x W^T + bias` for `x` `[..., cols]`: the activations are quantized per block as the
-    /// format's kernels need (Q8_0, Q4_0, Q6_K: 8 bits per 32; the ggml formats: candle's), F16 computes
+    /// format's kernels need (ours: 8 bits per 32; the ggml formats: candle's), F16 computes
     /// in float16. The result has `x`'s dtype. When `x` carries gradients (it was computed
     /// from trainable adapters), the dequantized weight multiplies it in candle's
     /// differentiable ops instead.
@@ -224,6 +243,7 @@ impl QuantizedWeight {
         match self.stored.as_ref() {
             Stored::Q8_0(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Q4_0(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
+            Stored::Q5_0(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Q6K(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Ggml(q) => patchwork_models::ops::quantized_linear(x, q, shape, bias),
             // bfloat16 weights: the kernels widen them as they read, from float32 activations.

@@ -77,17 +77,14 @@ pub fn quantized_linear(
     dims.push(n);
     let x2 = x.reshape((m, k))?.to_dtype(DType::F32)?.contiguous()?;
     let y = match w {
-        // Many tokens on the CPU, in the legacy 32-weight formats candle computes (Q4_0 has
-        // kernels of its own): the weight dequantized once for this call and multiplied by the
+        // Many tokens on the CPU, in the legacy 32-weight formats candle computes (Q4_0 and
+        // Q5_0 have kernels of their own): the weight dequantized once for this call and multiplied by the
         // float GEMM (2.1x candle's product on a 64-token Q4_0 prefill; the k-quants stay
         // candle's, which is faster there: PERFORMANCE.md).
         QMatMul::QTensor(q)
             if m >= crate::kernels::q8_0::WIDEN_TOKENS
                 && x2.device().is_cpu()
-                && matches!(
-                    q.dtype(),
-                    GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
-                ) =>
+                && matches!(q.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_1) =>
         {
             linear(&x2, &q.dequantize(x2.device())?, None)?
         }
