@@ -4,6 +4,8 @@
 //! dot products for a few tokens, dequantized rows and the float product for many.
 
 mod product;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod simd;
 
 pub(crate) use product::matmul_t_many;
 
@@ -96,8 +98,15 @@ pub(crate) fn block_index(r: usize, b: usize, blocks: usize) -> usize {
 }
 
 /// Quantizes one block as ggml's Q8_0 does: `d = amax / 127`, `q = round(v / d)`; returns `d`.
+///
+/// A NaN value makes the step NaN (`f32::max` would skip it), so a NaN activation reaches
+/// the product's output instead of being quantized to zero.
 pub(crate) fn quantize_block(values: &[f32], quants: &mut [i8]) -> f32 {
-    let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let amax = if values.iter().any(|v| v.is_nan()) {
+        f32::NAN
+    } else {
+        values.iter().fold(0f32, |a, v| a.max(v.abs()))
+    };
     let d = amax / 127.0;
     let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
     for (q, v) in quants.iter_mut().zip(values) {

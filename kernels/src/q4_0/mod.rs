@@ -45,7 +45,12 @@ fn quantize_block(values: &[f32], packed: &mut [u8]) -> f32 {
             max = v;
         }
     }
-    let d = max / -8.0;
+    // A NaN weight makes the step NaN, as the comparisons above would skip it.
+    let d = if values.iter().any(|v| v.is_nan()) {
+        f32::NAN
+    } else {
+        max / -8.0
+    };
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
     let q = |v: f32| ((v * id + 8.5) as i32).clamp(0, 15) as u8;
     for (j, byte) in packed.iter_mut().enumerate() {

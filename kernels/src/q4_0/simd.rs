@@ -1,16 +1,14 @@
 //! The Q4_0 dot products' SIMD bodies (AVX2, AVX-512 VNNI): each row's 16 packed bytes
 //! unpacked to 32 unsigned nibbles, multiplied by the token's signed 8-bit quants, and the
-//! offset 8 taken out per block through the token block's sum.
+//! offset 8 taken out per block through the token block's sum ([`offset_dot_rows`]).
 
 use std::arch::x86_64::*;
 
 use super::PACKED;
 use crate::Isa;
-use crate::blocks::{BLOCK, ROWS, Token};
-use crate::simd::{hsum, vnni};
-
-/// How many blocks ahead the kernels prefetch a group's quants.
-const PREFETCH: usize = 64;
+use crate::blocks::simd::{dot_avx2, dot_vnni, offset_dot_rows};
+use crate::blocks::{ROWS, Token};
+use crate::simd::vnni;
 
 /// One group's `ROWS` rows (packed `w`, steps `s`, interleaved by block) dotted with `x`.
 ///
@@ -24,9 +22,6 @@ pub(super) unsafe fn dot_rows(
     x: Token<'_>,
     blocks: usize,
 ) -> [f32; ROWS] {
-    debug_assert!(w.len() == ROWS * blocks * PACKED && s.len() == ROWS * blocks);
-    debug_assert!(x.quants.len() == blocks * BLOCK && x.scales.len() == blocks);
-    debug_assert!(x.sums.len() == blocks);
     // SAFETY: as the caller guarantees; VNNI checked here.
     unsafe {
         if isa >= Isa::Avx512 && vnni() {
@@ -37,49 +32,31 @@ pub(super) unsafe fn dot_rows(
     }
 }
 
-/// The loop both kernels share: per block and row, the nibbles (0..16) times the token's
-/// quants summed by `$dot` into eight 32-bit lanes and scaled by the two steps; `8 * step *
-/// Σ token quants` is subtracted once per block.
-macro_rules! dot_rows_with {
-    ($w:ident, $s:ident, $x:ident, $blocks:ident, $dot:expr) => {{
+/// The 32 values (0..16) of the block at `p`: byte `j`'s low nibble is weight `j`, its high
+/// nibble weight `j + 16`.
+///
+/// # Safety
+/// AVX2; `p` addresses `PACKED` readable bytes.
+#[inline(always)]
+unsafe fn unpack(p: *const u8) -> __m256i {
+    // SAFETY: `p` addresses PACKED bytes (the caller's contract).
+    unsafe {
         let low = _mm_set1_epi8(0x0F);
-        let mut acc = [_mm256_setzero_ps(); ROWS];
-        let mut offset = [0f32; ROWS];
-        for b in 0..$blocks {
-            // One line of the group `PREFETCH` blocks ahead (past the end is harmless: a
-            // prefetch never faults).
-            let ahead = $w.as_ptr().wrapping_add((b + PREFETCH) * ROWS * PACKED);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-            let xq = _mm256_loadu_si256($x.quants.as_ptr().add(b * BLOCK).cast());
-            let dx = *$x.scales.get_unchecked(b);
-            let sum = *$x.sums.get_unchecked(b) as f32;
-            for r in 0..ROWS {
-                let packed = _mm_loadu_si128($w.as_ptr().add((b * ROWS + r) * PACKED).cast());
-                let lo = _mm_and_si128(packed, low);
-                let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-                let nibbles = _mm256_set_m128i(hi, lo);
-                let lanes = $dot(nibbles, xq);
-                let step = *$s.get_unchecked(b * ROWS + r) * dx;
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(step), acc[r]);
-                offset[r] += step * sum;
-            }
-        }
-        std::array::from_fn(|r| hsum(acc[r]) - 8.0 * offset[r])
-    }};
+        let packed = _mm_loadu_si128(p.cast());
+        let lo = _mm_and_si128(packed, low);
+        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+        _mm256_set_m128i(hi, lo)
+    }
 }
 
 /// # Safety
 /// AVX2 and FMA; slices as [`dot_rows`] requires.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_rows_avx2(w: &[u8], s: &[f32], x: Token<'_>, blocks: usize) -> [f32; ROWS] {
-    // SAFETY: every offset is within the slices (`dot_rows`' contract); a pair of products
-    // is at most 2 * 15 * 128, inside the 16-bit sums.
+    // SAFETY: `dot_rows`' contract; AVX2 and FMA enabled here.
     unsafe {
-        let ones = _mm256_set1_epi16(1);
-        dot_rows_with!(w, s, x, blocks, |a, b| _mm256_madd_epi16(
-            _mm256_maddubs_epi16(a, b),
-            ones
-        ))
+        let (unpack, dot) = (|p| unpack(p), |a, b| dot_avx2(a, b));
+        offset_dot_rows((w, PACKED), s, x, blocks, 8.0, unpack, dot)
     }
 }
 
@@ -87,12 +64,9 @@ unsafe fn dot_rows_avx2(w: &[u8], s: &[f32], x: Token<'_>, blocks: usize) -> [f3
 /// AVX-512 VNNI and VL, AVX2 and FMA; slices as [`dot_rows`] requires.
 #[target_feature(enable = "avx512vnni,avx512vl,avx2,fma")]
 unsafe fn dot_rows_vnni(w: &[u8], s: &[f32], x: Token<'_>, blocks: usize) -> [f32; ROWS] {
-    // SAFETY: every offset is within the slices (`dot_rows`' contract).
+    // SAFETY: `dot_rows`' contract; VNNI, AVX2 and FMA enabled here.
     unsafe {
-        dot_rows_with!(w, s, x, blocks, |a, b| _mm256_dpbusd_epi32(
-            _mm256_setzero_si256(),
-            a,
-            b
-        ))
+        let (unpack, dot) = (|p| unpack(p), |a, b| dot_vnni(a, b));
+        offset_dot_rows((w, PACKED), s, x, blocks, 8.0, unpack, dot)
     }
 }

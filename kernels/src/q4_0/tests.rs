@@ -105,3 +105,16 @@ fn sibling_q4_0_matrices_compute_side_by_side() {
         col += n;
     }
 }
+
+#[test]
+fn a_nan_activation_reaches_the_output() {
+    let (n, k) = (4, 64);
+    let q = Q4_0Matrix::quantize(&random(n * k, 9), n, k).unwrap();
+    let mut x = random(k, 10);
+    x[5] = f32::NAN;
+    for isa in crate::tests_support::paths() {
+        let mut out = vec![0f32; n];
+        q.matmul_t(isa, &x, 1, &mut out);
+        assert!(out.iter().all(|v| v.is_nan()), "{isa:?}: {out:?}");
+    }
+}

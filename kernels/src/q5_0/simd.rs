@@ -1,17 +1,15 @@
 //! The Q5_0 dot products' SIMD bodies (AVX2, AVX-512 VNNI): the low nibbles unpacked as
 //! Q4_0's, each fifth bit spread to its byte (a shuffle, an OR with every bit but one, a
 //! compare), the values (0..32) multiplied by the token's signed 8-bit quants, and the offset
-//! 16 taken out per block through the token block's sum.
+//! 16 taken out per block through the token block's sum ([`offset_dot_rows`]).
 
 use std::arch::x86_64::*;
 
 use super::PACKED;
 use crate::Isa;
-use crate::blocks::{BLOCK, ROWS, Token};
-use crate::simd::{hsum, vnni};
-
-/// How many blocks ahead the kernels prefetch a group's quants.
-const PREFETCH: usize = 64;
+use crate::blocks::simd::{dot_avx2, dot_vnni, offset_dot_rows};
+use crate::blocks::{ROWS, Token};
+use crate::simd::vnni;
 
 /// One group's `ROWS` rows (packed `w`, steps `s`, interleaved by block) dotted with `x`.
 ///
@@ -25,8 +23,6 @@ pub(super) unsafe fn dot_rows(
     x: Token<'_>,
     blocks: usize,
 ) -> [f32; ROWS] {
-    debug_assert!(w.len() == ROWS * blocks * PACKED && s.len() == ROWS * blocks);
-    debug_assert!(x.quants.len() == blocks * BLOCK && x.sums.len() == blocks);
     // SAFETY: as the caller guarantees; VNNI checked here.
     unsafe {
         if isa >= Isa::Avx512 && vnni() {
@@ -68,43 +64,14 @@ unsafe fn unpack(p: *const u8) -> __m256i {
     }
 }
 
-/// The loop both kernels share: per block and row, the values times the token's quants summed
-/// by `$dot` into eight 32-bit lanes and scaled by the two steps; `16 * step * Σ token quants`
-/// is subtracted once per block.
-macro_rules! dot_rows_with {
-    ($w:ident, $s:ident, $x:ident, $blocks:ident, $dot:expr) => {{
-        let mut acc = [_mm256_setzero_ps(); ROWS];
-        let mut offset = [0f32; ROWS];
-        for b in 0..$blocks {
-            let ahead = $w.as_ptr().wrapping_add((b + PREFETCH) * ROWS * PACKED);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-            let xq = _mm256_loadu_si256($x.quants.as_ptr().add(b * BLOCK).cast());
-            let dx = *$x.scales.get_unchecked(b);
-            let sum = *$x.sums.get_unchecked(b) as f32;
-            for r in 0..ROWS {
-                let values = unpack($w.as_ptr().add((b * ROWS + r) * PACKED));
-                let lanes = $dot(values, xq);
-                let step = *$s.get_unchecked(b * ROWS + r) * dx;
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(step), acc[r]);
-                offset[r] += step * sum;
-            }
-        }
-        std::array::from_fn(|r| hsum(acc[r]) - 16.0 * offset[r])
-    }};
-}
-
 /// # Safety
 /// AVX2 and FMA; slices as [`dot_rows`] requires.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_rows_avx2(w: &[u8], s: &[f32], x: Token<'_>, blocks: usize) -> [f32; ROWS] {
-    // SAFETY: every offset is within the slices (`dot_rows`' contract); a pair of products
-    // is at most 2 * 31 * 128, inside the 16-bit sums.
+    // SAFETY: `dot_rows`' contract; AVX2 and FMA enabled here.
     unsafe {
-        let ones = _mm256_set1_epi16(1);
-        dot_rows_with!(w, s, x, blocks, |a, b| _mm256_madd_epi16(
-            _mm256_maddubs_epi16(a, b),
-            ones
-        ))
+        let (unpack, dot) = (|p| unpack(p), |a, b| dot_avx2(a, b));
+        offset_dot_rows((w, PACKED), s, x, blocks, 16.0, unpack, dot)
     }
 }
 
@@ -112,12 +79,9 @@ unsafe fn dot_rows_avx2(w: &[u8], s: &[f32], x: Token<'_>, blocks: usize) -> [f3
 /// AVX-512 VNNI and VL, AVX2 and FMA; slices as [`dot_rows`] requires.
 #[target_feature(enable = "avx512vnni,avx512vl,avx2,fma")]
 unsafe fn dot_rows_vnni(w: &[u8], s: &[f32], x: Token<'_>, blocks: usize) -> [f32; ROWS] {
-    // SAFETY: every offset is within the slices (`dot_rows`' contract).
+    // SAFETY: `dot_rows`' contract; VNNI, AVX2 and FMA enabled here.
     unsafe {
-        dot_rows_with!(w, s, x, blocks, |a, b| _mm256_dpbusd_epi32(
-            _mm256_setzero_si256(),
-            a,
-            b
-        ))
+        let (unpack, dot) = (|p| unpack(p), |a, b| dot_vnni(a, b));
+        offset_dot_rows((w, PACKED), s, x, blocks, 16.0, unpack, dot)
     }
 }
