@@ -5,15 +5,16 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file};
 use candle_core::{DType, Device, Tensor};
 use patchwork_kernels::q4_0::Q4_0Matrix;
+use patchwork_kernels::q4_k::Q4KMatrix;
 use patchwork_kernels::q5_0::Q5_0Matrix;
 use patchwork_kernels::q6_k::Q6KMatrix;
 use patchwork_kernels::q8_0::Q8_0Matrix;
 
 use crate::Format;
 
-/// A `[rows, cols]` weight in one [`Format`]: Q8_0, Q6_K, Q5_0 and Q4_0 in this project's blocks (integer
-/// dot-product kernels), the other ggml block formats in candle's `QMatMul`, F16 as a float16
-/// tensor.
+/// A `[rows, cols]` weight in one [`Format`]: Q8_0, Q6_K, Q5_0, Q4_K and Q4_0 in this project's
+/// blocks (integer dot-product kernels), the other ggml block formats in candle's `QMatMul`, F16
+/// as a float16 tensor.
 #[derive(Clone, Debug)]
 pub struct QuantizedWeight {
     stored: Arc<Stored>,
@@ -28,6 +29,7 @@ pub(crate) enum Stored {
     Q8_0(Q8_0Matrix),
     Q4_0(Q4_0Matrix),
     Q5_0(Q5_0Matrix),
+    Q4K(Q4KMatrix),
     Q6K(Q6KMatrix),
     Ggml(QMatMul),
     F16(Tensor),
@@ -54,8 +56,9 @@ impl QuantizedWeight {
     }
 
     /// A weight from blocks as a file stores them (a GGUF tensor, `[rows, cols]`), taken as
-    /// they are: Q8_0, Q6_K, Q5_0 and Q4_0 into this project's blocks without rounding again, the other block
-    /// formats into candle's `QMatMul`, float16 and bfloat16 as float tensors. An error names
+    /// they are: Q8_0, Q6_K, Q5_0, Q4_K and Q4_0 into this project's blocks without rounding
+    /// again, the other block formats into candle's `QMatMul`, float16 and bfloat16 as float
+    /// tensors. An error names
     /// a type no kernel computes on.
     pub fn from_qtensor(q: Arc<QTensor>) -> candle_core::Result<Self> {
         let (rows, cols) = q.shape().dims2()?;
@@ -84,6 +87,14 @@ impl QuantizedWeight {
                     ))
                 })?;
                 (Format::Q5_0, Stored::Q5_0(m))
+            }
+            GgmlDType::Q4K => {
+                let m = Q4KMatrix::from_ggml_blocks(&q.data()?, rows, cols).ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "Q4_K blocks of [{rows}, {cols}] do not line up"
+                    ))
+                })?;
+                (Format::Q4K, Stored::Q4K(m))
             }
             GgmlDType::Q6K => {
                 let m = Q6KMatrix::from_ggml_blocks(&q.data()?, rows, cols).ok_or_else(|| {
@@ -166,6 +177,9 @@ impl QuantizedWeight {
             Stored::Q5_0(q) => {
                 Tensor::from_vec(q.dequantize(), (self.rows, self.cols), &Device::Cpu)
             }
+            Stored::Q4K(q) => {
+                Tensor::from_vec(q.dequantize(), (self.rows, self.cols), &Device::Cpu)
+            }
             Stored::Q6K(q) => {
                 Tensor::from_vec(q.dequantize(), (self.rows, self.cols), &Device::Cpu)
             }
@@ -202,6 +216,12 @@ impl QuantizedWeight {
                 _ => None,
             }) {
                 return patchwork_models::ops::block_linear_many(x, &q5, bias);
+            }
+            if let Some(q4k) = all(parts, |s| match s {
+                Stored::Q4K(m) => Some(m),
+                _ => None,
+            }) {
+                return patchwork_models::ops::block_linear_many(x, &q4k, bias);
             }
             if let Some(q6) = all(parts, |s| match s {
                 Stored::Q6K(m) => Some(m),
@@ -244,6 +264,7 @@ impl QuantizedWeight {
             Stored::Q8_0(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Q4_0(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Q5_0(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
+            Stored::Q4K(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Q6K(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Ggml(q) => patchwork_models::ops::quantized_linear(x, q, shape, bias),
             // bfloat16 weights: the kernels widen them as they read, from float32 activations.
