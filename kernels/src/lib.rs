@@ -231,6 +231,17 @@ pub(crate) mod simd {
         })
     }
 
+    /// Whether AVX-512 VNNI's 512-bit form is usable with byte shifts and masks (F, BW and
+    /// VNNI), checked once: what the integer tile kernels need.
+    pub(crate) fn vnni512() -> bool {
+        static VNNI512: OnceLock<bool> = OnceLock::new();
+        *VNNI512.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512f")
+        })
+    }
+
     /// Sum of the 8 lanes.
     ///
     /// # Safety

@@ -7,7 +7,7 @@ mod product;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod simd;
 
-pub(crate) use product::matmul_t_many;
+pub(crate) use product::{Tokens, matmul_t_many};
 
 use crate::Isa;
 
@@ -19,6 +19,8 @@ pub(crate) const ROWS: usize = 4;
 pub const WIDEN_TOKENS: usize = 4;
 /// Rows one task of such a product dequantizes at a time.
 pub(crate) const WIDEN_ROWS: usize = 64;
+/// Tokens one call of [`Groups::dot_tile`] multiplies at most.
+pub(crate) const TILE: usize = 6;
 
 /// One token quantized per block as ggml's Q8_0 does: 8-bit quants, each block's step, and
 /// each block's sum of quants (what a format whose quants carry an offset subtracts).
@@ -41,6 +43,40 @@ pub(crate) trait Groups: Sync {
 
     /// Rows `first..first + out.len() / cols` of the weights, row-major, into `out`.
     fn dequantize_rows(&self, isa: Isa, first: usize, out: &mut [f32]);
+
+    /// Whether many tokens are multiplied on `isa` in integer tiles ([`Groups::dot_tile`]),
+    /// where the weights are read once per [`TILE`] tokens, rather than by dequantizing rows
+    /// for the float product: formats with a tile kernel for `isa` say so.
+    fn tiles(&self, _isa: Isa) -> bool {
+        false
+    }
+
+    /// Group `g`'s [`ROWS`] rows dotted with tokens `first..first + out.len()` of `x`
+    /// (`out.len() <= TILE`), for `isa` (at most AVX-512, available): one token at a time
+    /// ([`Groups::dot_group`]) unless the format has a tile kernel.
+    fn dot_tile(&self, isa: Isa, g: usize, x: &Tokens<'_>, first: usize, out: &mut [[f32; ROWS]]) {
+        dot_tile_by_token(self, isa, g, x, first, out)
+    }
+}
+
+/// [`Groups::dot_tile`] one token at a time.
+pub(crate) fn dot_tile_by_token<M: Groups + ?Sized>(
+    p: &M,
+    isa: Isa,
+    g: usize,
+    x: &Tokens<'_>,
+    first: usize,
+    out: &mut [[f32; ROWS]],
+) {
+    for (i, dots) in out.iter_mut().enumerate() {
+        *dots = p.dot_group(isa, g, x.token(first + i));
+    }
+}
+
+/// Whether a product of `m` tokens with `p` on `isa` quantizes the tokens to 8 bits per block
+/// (integer dot products) rather than multiplying them as floats (dequantized rows).
+pub(crate) fn quantizes_tokens<M: Groups>(p: &M, isa: Isa, m: usize) -> bool {
+    m < WIDEN_TOKENS || p.tiles(isa.capped(Isa::Avx512))
 }
 
 /// A matrix held in one of the block formats computed here ([`crate::q8_0::Q8_0Matrix`],
@@ -117,11 +153,11 @@ pub(crate) fn quantize_block(values: &[f32], quants: &mut [i8]) -> f32 {
 
 /// Checks a block product's `out` (`[m, n]`) against a float64 reference of its quantized
 /// operands: the dequantized weights `deq` (`[n, k]`) times the tokens `x` as the product
-/// used them (quantized per block below [`WIDEN_TOKENS`] tokens, float from there on), within
-/// `1e-5` of the sum of the products' magnitudes.
+/// used them (quantized per block when `quantized`: [`quantizes_tokens`]), within `1e-5` of
+/// the sum of the products' magnitudes.
 #[cfg(test)]
 pub(crate) fn assert_product_matches(
-    what: &str,
+    (what, quantized): (&str, bool),
     (m, n, k): (usize, usize, usize),
     x: &[f32],
     deq: &[f32],
@@ -136,7 +172,7 @@ pub(crate) fn assert_product_matches(
     for t in 0..m {
         for j in 0..n {
             let xv = |i: usize| {
-                if m < WIDEN_TOKENS {
+                if quantized {
                     qx[t * k + i] as f64 * sx[(t * k + i) / BLOCK]
                 } else {
                     x[t * k + i] as f64

@@ -3,16 +3,17 @@
 
 use std::ops::Range;
 
-use super::{BLOCK, Groups, ROWS, Token, WIDEN_ROWS, WIDEN_TOKENS, quantize_block};
+use super::{BLOCK, Groups, ROWS, TILE, Token, WIDEN_ROWS, quantize_block, quantizes_tokens};
 use crate::{Isa, OutPtr, gemm, pool, split_rows};
 
 /// The products of `x` (`[m, cols]`) with each of `parts` (matrices of one width), side by
 /// side: `out` `[m, Σ rows]`, part `i`'s columns after part `i - 1`'s. Below
-/// [`WIDEN_TOKENS`] tokens each token is quantized per block to 8 bits and multiplied in
-/// integer dot products, which read the weights at memory speed; from there on, where the
-/// products are bound by arithmetic, blocks of rows are dequantized and multiplied by the float
-/// matrix product. The tokens are quantized (or packed) once and the parts' rows shared out to
-/// the kernel threads together.
+/// [`super::WIDEN_TOKENS`] tokens, or where the format has integer tiles for `isa`
+/// ([`Groups::tiles`]), each token is quantized per block to 8 bits and multiplied in integer
+/// dot products, which read the weights at memory speed; otherwise, where the products are
+/// bound by arithmetic, blocks of rows are dequantized and multiplied by the float matrix
+/// product. The tokens are quantized (or packed) once and the parts' rows shared out to the
+/// kernel threads together.
 ///
 /// # Panics
 /// If the parts' widths differ or the slice lengths do not agree with `m` and the shapes.
@@ -33,7 +34,7 @@ pub(crate) fn matmul_t_many<M: Groups>(
         out: OutPtr(out.as_mut_ptr()),
         stride: n,
     };
-    if m >= WIDEN_TOKENS {
+    if !parts.first().is_some_and(|p| quantizes_tokens(*p, isa, m)) {
         return widened(isa, parts, x, m, dest);
     }
     let blocks = k / BLOCK;
@@ -120,13 +121,18 @@ fn widened<M: Groups>(isa: Isa, parts: &[&M], x: &[f32], m: usize, dest: Columns
 /// thread writes these columns.
 unsafe fn rows_into<M: Groups>(p: &M, isa: Isa, x: &Tokens<'_>, rows: Range<usize>, out: Column) {
     let isa = isa.capped(Isa::Avx512);
+    let mut dots = [[0f32; ROWS]; TILE];
     for r in rows.clone().step_by(ROWS) {
         let count = ROWS.min(rows.end - r);
-        for t in 0..x.m {
-            let dots = p.dot_group(isa, r / ROWS, x.token(t));
-            for (j, d) in dots.iter().enumerate().take(count) {
-                // SAFETY: token t < m, column r + j < rows of p, owned by this task.
-                unsafe { *out.row(t, out.stride).add(r + j) = *d };
+        for first in (0..x.m).step_by(TILE) {
+            let n = TILE.min(x.m - first);
+            p.dot_tile(isa, r / ROWS, x, first, &mut dots[..n]);
+            for (i, row) in dots[..n].iter().enumerate() {
+                for (j, d) in row.iter().enumerate().take(count) {
+                    // SAFETY: token first + i < m, column r + j < rows of p, owned by this
+                    // task.
+                    unsafe { *out.row(first + i, out.stride).add(r + j) = *d };
+                }
             }
         }
     }
@@ -163,19 +169,19 @@ impl Column {
     }
 }
 
-/// The tokens of a product, quantized per block.
-struct Tokens<'a> {
-    quants: &'a [i8],
-    scales: &'a [f32],
-    sums: &'a [i32],
+/// The tokens of a product, quantized per block, one after another.
+pub(crate) struct Tokens<'a> {
+    pub(crate) quants: &'a [i8],
+    pub(crate) scales: &'a [f32],
+    pub(crate) sums: &'a [i32],
     half_sums: &'a [i32],
-    m: usize,
-    blocks: usize,
+    pub(crate) m: usize,
+    pub(crate) blocks: usize,
 }
 
 impl Tokens<'_> {
     /// Token `t`'s quants, block steps and block sums.
-    fn token(&self, t: usize) -> Token<'_> {
+    pub(crate) fn token(&self, t: usize) -> Token<'_> {
         let (k, b) = (self.blocks * BLOCK, self.blocks);
         Token {
             quants: &self.quants[t * k..(t + 1) * k],

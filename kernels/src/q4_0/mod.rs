@@ -8,7 +8,8 @@ use half::f16;
 
 use crate::Isa;
 use crate::blocks::{
-    BLOCK, BlockMatrix, Groups, ROWS, Token, block_index, matmul_t_many, with_isa,
+    BLOCK, BlockMatrix, Groups, ROWS, Token, Tokens, block_index, dot_tile_by_token, matmul_t_many,
+    with_isa,
 };
 
 /// Bytes of one row's quants in a block: two 4-bit weights per byte.
@@ -203,6 +204,28 @@ impl Groups for Q4_0Matrix {
     fn dequantize_rows(&self, isa: Isa, first: usize, out: &mut [f32]) {
         with_isa(isa, || self.dequantize_rows_with(first, out))
     }
+
+    fn tiles(&self, isa: Isa) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if isa >= Isa::Avx512 && crate::simd::vnni512() {
+            return true;
+        }
+        let _ = isa;
+        false
+    }
+
+    fn dot_tile(&self, isa: Isa, g: usize, x: &Tokens<'_>, first: usize, out: &mut [[f32; ROWS]]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.tiles(isa) {
+            let blocks = self.cols / BLOCK;
+            let w = &self.quants[g * blocks * ROWS * PACKED..(g + 1) * blocks * ROWS * PACKED];
+            let s = &self.scales[g * blocks * ROWS..(g + 1) * blocks * ROWS];
+            // SAFETY: AVX-512 F, BW and VNNI are present (`tiles`); the slices hold one group
+            // of `blocks` blocks, `x` tokens of `blocks` blocks, `out` at most `TILE` of them.
+            return unsafe { tile::dot_tile(w, s, x, first, out) };
+        }
+        dot_tile_by_token(self, isa, g, x, first, out)
+    }
 }
 
 /// One group's `ROWS` rows (`w`, steps `s`) dotted with one quantized token, in plain Rust.
@@ -230,3 +253,5 @@ fn dot_rows_portable(w: &[u8], s: &[f32], x: Token<'_>) -> [f32; ROWS] {
 mod simd;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod tile;

@@ -3,7 +3,7 @@
 use half::f16;
 
 use super::*;
-use crate::blocks::assert_product_matches;
+use crate::blocks::{assert_product_matches, quantizes_tokens};
 use crate::tests_support::random;
 
 /// ggml's `block_q4_0` bytes for `w`, as its reference quantizer writes them.
@@ -66,6 +66,8 @@ fn q4_0_products_match_a_float64_reference_of_the_quantized_operands() {
             (2, 33, 1024),
             (64, 7, 32),
             (5, 13, 256),
+            (8, 4, 64),
+            (19, 6, 512),
         ] {
             let w = random(n * k, 17);
             let x: Vec<f32> = random(m * k, 18).iter().map(|v| v * 3.0).collect();
@@ -73,7 +75,8 @@ fn q4_0_products_match_a_float64_reference_of_the_quantized_operands() {
             let deq = q.dequantize();
             let mut out = vec![f32::NAN; m * n];
             q.matmul_t(isa, &x, m, &mut out);
-            assert_product_matches(&format!("{isa:?}"), (m, n, k), &x, &deq, &out);
+            let quantized = quantizes_tokens(&q, isa, m);
+            assert_product_matches((&format!("{isa:?}"), quantized), (m, n, k), &x, &deq, &out);
         }
     }
 }

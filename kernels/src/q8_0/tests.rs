@@ -32,7 +32,7 @@ fn ggml_blocks_import_exactly() {
 }
 
 use super::*;
-use crate::blocks::assert_product_matches;
+use crate::blocks::{assert_product_matches, quantizes_tokens};
 use crate::tests_support::random;
 
 #[test]
@@ -59,7 +59,8 @@ fn q8_0_products_match_a_float64_reference_of_the_quantized_operands() {
             }
             let mut out = vec![f32::NAN; m * n];
             q.matmul_t(isa, &x, m, &mut out);
-            assert_product_matches(&format!("{isa:?}"), (m, n, k), &x, &deq, &out);
+            let quantized = quantizes_tokens(&q, isa, m);
+            assert_product_matches((&format!("{isa:?}"), quantized), (m, n, k), &x, &deq, &out);
         }
     }
 }
