@@ -79,7 +79,7 @@ unsafe fn tile<const N: usize>(
                 let qt = q.add(t * k + b * BLOCK);
                 let xlo = _mm512_broadcast_i32x4(_mm_loadu_si128(qt.cast()));
                 let xhi = _mm512_broadcast_i32x4(_mm_loadu_si128(qt.add(PACKED).cast()));
-                let start = _mm512_set1_epi32(-2 * *sums.add(t * blocks + b) + 1);
+                let start = _mm512_set1_epi32(-2 * *sums.add(t * blocks + b));
                 let sum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, lo, xlo), hi, xhi);
                 let step = _mm512_mul_ps(steps, _mm512_set1_ps(*dx.add(t * blocks + b)));
                 *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), step, *acc);
