@@ -6,6 +6,8 @@
 mod product;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod simd;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod tile;
 
 pub(crate) use product::{Tokens, matmul_t_many};
 

@@ -49,10 +49,12 @@ pub(crate) fn matmul_t_many<M: Groups>(
         .map(|q| q.iter().map(|&v| v as i32).sum())
         .collect();
     let sums: Vec<i32> = half_sums.chunks_exact(2).map(|h| h[0] + h[1]).collect();
+    let shares: Vec<f32> = sums.iter().zip(&sx).map(|(&s, &d)| d * s as f32).collect();
     let tokens = Tokens {
         quants: &qx,
         scales: &sx,
         sums: &sums,
+        shares: &shares,
         half_sums: &half_sums,
         m,
         blocks,
@@ -174,6 +176,8 @@ pub(crate) struct Tokens<'a> {
     pub(crate) quants: &'a [i8],
     pub(crate) scales: &'a [f32],
     pub(crate) sums: &'a [i32],
+    /// Each block's step times its sum of quants (what a min per block is multiplied by).
+    pub(crate) shares: &'a [f32],
     half_sums: &'a [i32],
     pub(crate) m: usize,
     pub(crate) blocks: usize,

@@ -32,6 +32,23 @@ pub(crate) unsafe fn dot_vnni(a: __m256i, b: __m256i) -> __m256i {
     unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b) }
 }
 
+/// The 32 values (0..16) of the block at `p`: byte `j`'s low nibble is weight `j`, its high
+/// nibble weight `j + 16`.
+///
+/// # Safety
+/// AVX2; `p` addresses 16 readable bytes.
+#[inline(always)]
+pub(crate) unsafe fn nibbles(p: *const u8) -> __m256i {
+    // SAFETY: `p` addresses 16 bytes (the caller's contract).
+    unsafe {
+        let low = _mm_set1_epi8(0x0F);
+        let packed = _mm_loadu_si128(p.cast());
+        let lo = _mm_and_si128(packed, low);
+        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+        _mm256_set_m128i(hi, lo)
+    }
+}
+
 /// One group's `ROWS` rows (`bytes` per row and block in `w`, steps `s`, interleaved by
 /// block) dotted with `x`: per block and row, the `unpack`ed values (unsigned) times the
 /// token's quants summed by `dot`, scaled by the two steps; `offset * step * Σ token quants` is

@@ -1,15 +1,18 @@
 //! Q4_K matrices: ggml's 256-weight super-blocks of 4-bit weights in eight sub-blocks of 32,
 //! each with a 6-bit scale and a 6-bit min, and two f16 steps per super-block (`weight =
-//! d * scale * q - dmin * min`, `q` in 0..16). The 4-bit quants are kept as the file stores them;
-//! the 12 bytes of packed scales and mins are unpacked at load to a byte each and the two steps
-//! widened, so a product reads 4.75 bits per weight (the file: 4.5). Tokens are quantized to 8
-//! bits per 32 and multiplied in integer dot products (AVX-512 VNNI, else AVX2); each
-//! sub-block's min is taken out with the token block's sum.
+//! d * scale * q - dmin * min`, `q` in 0..16). Repacked at load into the 32-weight blocks of the
+//! 4-bit formats here (Q4_0's nibble order, groups of 4 rows), the 12 bytes of packed scales
+//! and mins unpacked to a byte each and the two steps widened, so a product reads 4.75 bits per
+//! weight (the file: 4.5) and shares Q4_0's integer tile ([`crate::blocks::tile`]). Tokens are
+//! quantized to 8 bits per 32; each sub-block's min is taken out with the token block's sum.
 
 use half::f16;
 
 use crate::Isa;
-use crate::blocks::{BLOCK, BlockMatrix, Groups, ROWS, Token, matmul_t_many, with_isa};
+use crate::blocks::{
+    BLOCK, BlockMatrix, Groups, ROWS, Token, Tokens, block_index, dot_tile_by_token, matmul_t_many,
+    with_isa,
+};
 
 /// Weights per super-block.
 pub const SUPER: usize = 256;
@@ -17,24 +20,23 @@ pub const SUPER: usize = 256;
 const SUBS: usize = SUPER / BLOCK;
 /// Bytes of one ggml `block_q4_K`: `d`, `dmin` (f16), `scales[12]`, `qs[128]`.
 const GGML_BYTES: usize = 4 + 12 + 128;
-/// Bytes of one row's super-block here: `qs[128]` as ggml stores them, the eight scales, the
-/// eight mins, then `d` and `dmin` as little-endian f32.
-const RECORD: usize = 128 + 2 * SUBS + 8;
-/// Where a record's scales, mins and steps start.
-const SCALES: usize = 128;
-const MINS: usize = SCALES + SUBS;
-const STEPS: usize = MINS + SUBS;
+/// Bytes of one row's block: two 4-bit weights per byte.
+const PACKED: usize = BLOCK / 2;
 
 /// A `[rows, cols]` matrix in Q4_K blocks (`cols` a multiple of [`SUPER`]), stored in groups of
-/// 4 rows whose super-blocks interleave (group, super-block, row), so a product reads each group
-/// as one sequential stream; a last group short of rows is padded with zeros.
+/// 4 rows whose blocks interleave (group, block, row), as Q4_0's; a last group short of rows is
+/// padded with zeros.
 #[derive(Clone)]
 pub struct Q4KMatrix {
     rows: usize,
     cols: usize,
-    /// `[groups, supers, ROWS, RECORD]`. In `qs`, bytes `32 j..32 j + 32` hold sub-block
-    /// `2 j`'s weights in their low nibbles and sub-block `2 j + 1`'s in their high ones.
-    records: Vec<u8>,
+    /// `[groups, blocks, ROWS, PACKED]`: byte `j` holds weight `j` in its low nibble and weight
+    /// `j + 16` in its high one.
+    quants: Vec<u8>,
+    /// `[groups, blocks, 2, ROWS]`: each block's 6-bit scale for the 4 rows, then its min.
+    subs: Vec<u8>,
+    /// `[groups, supers, 2, ROWS]`: each super-block's `d` for the 4 rows, then its `dmin`.
+    steps: Vec<f32>,
 }
 
 impl std::fmt::Debug for Q4KMatrix {
@@ -57,22 +59,15 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Reads the little-endian f32 at `at`.
-#[inline(always)]
-fn f32_at(bytes: &[u8], at: usize) -> f32 {
-    f32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-}
-
 impl Q4KMatrix {
     /// The matrix whose rows are ggml `block_q4_K`s as GGUF files store them (`rows` rows of
-    /// `cols / 256` blocks of 144 bytes), the scales and mins unpacked (no value changed).
-    /// `None` when `bytes` is not exactly that many blocks or `cols` is not a multiple of
-    /// [`SUPER`].
+    /// `cols / 256` blocks of 144 bytes), repacked (no value changed). `None` when `bytes` is
+    /// not exactly that many blocks or `cols` is not a multiple of [`SUPER`].
     pub fn from_ggml_blocks(bytes: &[u8], rows: usize, cols: usize) -> Option<Q4KMatrix> {
         if cols == 0 || !cols.is_multiple_of(SUPER) {
             return None;
         }
-        let supers = cols / SUPER;
+        let (supers, blocks) = (cols / SUPER, cols / BLOCK);
         if bytes.len() != rows.checked_mul(supers)?.checked_mul(GGML_BYTES)? {
             return None;
         }
@@ -80,27 +75,31 @@ impl Q4KMatrix {
         let mut m = Q4KMatrix {
             rows,
             cols,
-            records: vec![0; padded.checked_mul(supers)?.checked_mul(RECORD)?],
+            quants: vec![0; padded.checked_mul(blocks)?.checked_mul(PACKED)?],
+            subs: vec![0; padded.checked_mul(blocks)?.checked_mul(2)?],
+            steps: vec![0.0; padded.checked_mul(supers)?.checked_mul(2)?],
         };
         for (i, block) in bytes.chunks_exact(GGML_BYTES).enumerate() {
             let (r, s) = (i / supers, i % supers);
-            let at = m.record(r, s);
-            let rec = &mut m.records[at..at + RECORD];
+            let (g, j) = (r / ROWS, r % ROWS);
             let step = |at: usize| f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
-            rec[..SCALES].copy_from_slice(&block[16..]);
-            for j in 0..SUBS {
-                (rec[SCALES + j], rec[MINS + j]) = scale_min(j, &block[4..16]);
+            let at = (g * supers + s) * 2 * ROWS + j;
+            (m.steps[at], m.steps[at + ROWS]) = (step(0), step(2));
+            for c in 0..SUBS {
+                let b = s * SUBS + c;
+                let at = (g * blocks + b) * 2 * ROWS + j;
+                (m.subs[at], m.subs[at + ROWS]) = scale_min(c, &block[4..16]);
+                // ggml: sub-block `2 p` in the low nibbles of `qs[32 p..32 p + 32]`, `2 p + 1`
+                // in the high ones.
+                let qs = &block[16 + 32 * (c / 2)..16 + 32 * (c / 2) + 32];
+                let value = |l: usize| (qs[l] >> (4 * (c % 2))) & 0xF;
+                let at = block_index(r, b, blocks) * PACKED;
+                for (l, byte) in m.quants[at..at + PACKED].iter_mut().enumerate() {
+                    *byte = value(l) | (value(l + PACKED) << 4);
+                }
             }
-            rec[STEPS..STEPS + 4].copy_from_slice(&step(0).to_le_bytes());
-            rec[STEPS + 4..].copy_from_slice(&step(2).to_le_bytes());
         }
         Some(m)
-    }
-
-    /// Where row `r`'s super-block `s` starts in `records`.
-    fn record(&self, r: usize, s: usize) -> usize {
-        let supers = self.cols / SUPER;
-        (((r / ROWS) * supers + s) * ROWS + r % ROWS) * RECORD
     }
 
     /// `[rows, cols]`.
@@ -128,27 +127,48 @@ impl Q4KMatrix {
         matmul_t_many(isa, &[self], x, m, out)
     }
 
+    /// Row `r`'s step and min of block `b`: `(d * scale, dmin * min)`, as ggml computes them.
+    #[inline(always)]
+    fn step_min(&self, r: usize, b: usize) -> (f32, f32) {
+        let (g, j) = (r / ROWS, r % ROWS);
+        let (supers, blocks) = (self.cols / SUPER, self.cols / BLOCK);
+        let steps = (g * supers + b / SUBS) * 2 * ROWS + j;
+        let subs = (g * blocks + b) * 2 * ROWS + j;
+        (
+            self.steps[steps] * self.subs[subs] as f32,
+            self.steps[steps + ROWS] * self.subs[subs + ROWS] as f32,
+        )
+    }
+
     /// The dequantization loop (compiled per ISA by [`Groups::dequantize_rows`]).
     #[inline(always)]
     fn dequantize_rows_with(&self, first: usize, out: &mut [f32]) {
+        let blocks = self.cols / BLOCK;
         for (i, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
-            for (s, dst) in row.chunks_exact_mut(SUPER).enumerate() {
-                let at = self.record(first + i, s);
-                let rec = &self.records[at..at + RECORD];
-                let (d, dmin) = (f32_at(rec, STEPS), f32_at(rec, STEPS + 4));
-                for (pair, dst) in dst.chunks_exact_mut(2 * BLOCK).enumerate() {
-                    let qs = &rec[32 * pair..32 * pair + 32];
-                    let (lo, hi) = dst.split_at_mut(BLOCK);
-                    let (j0, j1) = (SCALES + 2 * pair, SCALES + 2 * pair + 1);
-                    let (s0, s1) = (d * rec[j0] as f32, d * rec[j1] as f32);
-                    let (m0, m1) = (dmin * rec[j0 + SUBS] as f32, dmin * rec[j1 + SUBS] as f32);
-                    for ((l, h), &q) in lo.iter_mut().zip(hi).zip(qs) {
-                        *l = s0 * (q & 0xF) as f32 - m0;
-                        *h = s1 * (q >> 4) as f32 - m1;
-                    }
+            for (b, dst) in row.chunks_exact_mut(BLOCK).enumerate() {
+                let at = block_index(first + i, b, blocks);
+                let (step, min) = self.step_min(first + i, b);
+                let packed = &self.quants[at * PACKED..(at + 1) * PACKED];
+                let (lo, hi) = dst.split_at_mut(PACKED);
+                for ((l, h), &byte) in lo.iter_mut().zip(hi).zip(packed) {
+                    *l = step * (byte & 0x0F) as f32 - min;
+                    *h = step * (byte >> 4) as f32 - min;
                 }
             }
         }
+    }
+
+    /// Group `g`'s slices: quants, scales and mins, steps.
+    fn group(&self, g: usize) -> (&[u8], &[u8], &[f32]) {
+        let (supers, blocks) = (self.cols / SUPER, self.cols / BLOCK);
+        let q = blocks * ROWS * PACKED;
+        let s = blocks * 2 * ROWS;
+        let d = supers * 2 * ROWS;
+        (
+            &self.quants[g * q..(g + 1) * q],
+            &self.subs[g * s..(g + 1) * s],
+            &self.steps[g * d..(g + 1) * d],
+        )
     }
 }
 
@@ -170,49 +190,68 @@ impl Groups for Q4KMatrix {
     }
 
     fn dot_group(&self, isa: Isa, g: usize, token: Token<'_>) -> [f32; ROWS] {
-        let supers = self.cols / SUPER;
-        let n = supers * ROWS * RECORD;
-        let w = &self.records[g * n..(g + 1) * n];
         match () {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the caller's `isa` is available (`Groups::dot_group`); `w` holds one
-            // group of `supers` super-blocks, the token `supers * 8` blocks.
-            () if isa >= Isa::Avx2Fma => unsafe { simd::dot_rows(isa, w, token, supers) },
-            () => dot_rows_portable(w, token),
+            // SAFETY: the caller's `isa` is available (`Groups::dot_group`); the slices hold
+            // one group, the token `cols / 32` blocks.
+            () if isa >= Isa::Avx2Fma => unsafe { simd::dot_rows(isa, self.group(g), token) },
+            () => self.dot_group_portable(g, token),
         }
     }
 
     fn dequantize_rows(&self, isa: Isa, first: usize, out: &mut [f32]) {
         with_isa(isa, || self.dequantize_rows_with(first, out))
     }
+
+    fn tiles(&self, isa: Isa) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if isa >= Isa::Avx512 && crate::simd::vnni512() {
+            return true;
+        }
+        let _ = isa;
+        false
+    }
+
+    fn dot_tile(&self, isa: Isa, g: usize, x: &Tokens<'_>, first: usize, out: &mut [[f32; ROWS]]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.tiles(isa) {
+            // SAFETY: AVX-512 F, BW and VNNI are present (`tiles`); the slices hold one
+            // group, `x` tokens of `cols / 32` blocks, `out` at most `TILE` of them.
+            return unsafe { tile::dot_tile(self.group(g), x, first, out) };
+        }
+        dot_tile_by_token(self, isa, g, x, first, out)
+    }
 }
 
-/// One group's `ROWS` rows (records `w`, interleaved by super-block) dotted with one quantized
-/// token, in plain Rust.
-fn dot_rows_portable(w: &[u8], x: Token<'_>) -> [f32; ROWS] {
-    let mut dots = [0f32; ROWS];
-    for (i, rec) in w.chunks_exact(RECORD).enumerate() {
-        let (s, r) = (i / ROWS, i % ROWS);
-        let (d, dmin) = (f32_at(rec, STEPS), f32_at(rec, STEPS + 4));
-        for j in 0..SUBS {
-            let b = s * SUBS + j;
-            let xb = &x.quants[b * BLOCK..(b + 1) * BLOCK];
-            let qs = &rec[32 * (j / 2)..32 * (j / 2) + 32];
-            let shift = 4 * (j % 2);
-            let sum: i32 = qs
-                .iter()
-                .zip(xb)
-                .map(|(&q, &v)| ((q >> shift) & 0xF) as i32 * v as i32)
-                .sum();
-            let dx = x.scales[b];
-            dots[r] += d * rec[SCALES + j] as f32 * dx * sum as f32
-                - dmin * rec[MINS + j] as f32 * dx * x.sums[b] as f32;
+impl Q4KMatrix {
+    /// Group `g`'s rows dotted with `x`, in plain Rust.
+    fn dot_group_portable(&self, g: usize, x: Token<'_>) -> [f32; ROWS] {
+        let blocks = self.cols / BLOCK;
+        let mut dots = [0f32; ROWS];
+        for (b, (xb, dx)) in x.quants.chunks_exact(BLOCK).zip(x.scales).enumerate() {
+            for (j, dot) in dots.iter_mut().enumerate() {
+                let r = g * ROWS + j;
+                let at = block_index(r, b, blocks) * PACKED;
+                let packed = &self.quants[at..at + PACKED];
+                let sum: i32 = packed
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &byte)| {
+                        (byte & 0x0F) as i32 * xb[i] as i32
+                            + (byte >> 4) as i32 * xb[i + PACKED] as i32
+                    })
+                    .sum();
+                let (step, min) = self.step_min(r, b);
+                *dot += step * dx * sum as f32 - min * dx * x.sums[b] as f32;
+            }
         }
+        dots
     }
-    dots
 }
 
 #[cfg(target_arch = "x86_64")]
 mod simd;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod tile;
