@@ -135,22 +135,97 @@ pub(crate) fn block_index(r: usize, b: usize, blocks: usize) -> usize {
     ((r / ROWS) * blocks + b) * ROWS + r % ROWS
 }
 
-/// Quantizes one block as ggml's Q8_0 does: `d = amax / 127`, `q = round(v / d)`; returns `d`.
+/// Quantizes one block as ggml's Q8_0 does: `d = amax / 127`, `q = round(v / d)` (halves away
+/// from zero, as C's `roundf`); returns `d`.
 ///
 /// A NaN value makes the step NaN (`f32::max` would skip it), so a NaN activation reaches
-/// the product's output instead of being quantized to zero.
+/// the product's output instead of being quantized to zero. Inlined, so that under
+/// [`with_isa`] the loops vectorise (`f32::round` would call `roundf` per value).
+#[inline(always)]
 pub(crate) fn quantize_block(values: &[f32], quants: &mut [i8]) -> f32 {
-    let amax = if values.iter().any(|v| v.is_nan()) {
-        f32::NAN
-    } else {
-        values.iter().fold(0f32, |a, v| a.max(v.abs()))
-    };
-    let d = amax / 127.0;
+    let (mut amax, mut nan) = (0f32, false);
+    for v in values {
+        amax = amax.max(v.abs());
+        nan |= v.is_nan();
+    }
+    let d = if nan { f32::NAN } else { amax / 127.0 };
     let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
     for (q, v) in quants.iter_mut().zip(values) {
-        *q = (v * inv).round() as i8;
+        *q = round_half_away(v * inv) as i8;
     }
     d
+}
+
+/// `x.round()` (halves away from zero) by truncation, which compiles to one instruction where
+/// SSE4.1 or AVX is enabled: `x - trunc(x)` is exact for the magnitudes quantized here.
+#[inline(always)]
+fn round_half_away(x: f32) -> f32 {
+    let t = x.trunc();
+    if (x - t).abs() >= 0.5 {
+        t + 1f32.copysign(x)
+    } else {
+        t
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn rounding_by_truncation_is_rounds() {
+    for i in -2600..=2600 {
+        let x = i as f32 * 0.05;
+        for x in [
+            x,
+            x.next_up(),
+            x.next_down(),
+            i as f32 + 0.5,
+            -(i as f32) - 0.5,
+        ] {
+            assert_eq!(round_half_away(x), x.round(), "{x}");
+        }
+    }
+    assert!(round_half_away(f32::NAN).is_nan());
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+#[test]
+fn simd_token_quantization_is_the_scalar_one() {
+    if !Isa::available().contains(&Isa::Avx2Fma) {
+        return;
+    }
+    let noise = crate::tests_support::random(64 * BLOCK, 3);
+    for (i, block) in noise.chunks_exact(BLOCK).enumerate() {
+        let mut v: Vec<f32> = block.iter().map(|x| x * (1 + i) as f32).collect();
+        if i % 4 == 1 {
+            // Exact halves: the largest magnitude 127 steps of 1, the others on .5.
+            v = (0..BLOCK).map(|j| j as f32 - 15.5).collect();
+            v[0] = 127.0;
+        }
+        if i % 4 == 2 {
+            v[i % BLOCK] = f32::NAN;
+        }
+        if i == 3 {
+            v.fill(0.0);
+        }
+        let (mut want, mut got) = ([0i8; BLOCK], [0i8; BLOCK]);
+        let d = quantize_block(&v, &mut want);
+        // SAFETY: AVX2 is available (checked above); one block each.
+        let (dg, halves) = unsafe { simd_quantize(&v, &mut got) };
+        assert!(d.to_bits() == dg.to_bits(), "block {i}: step {dg} for {d}");
+        assert_eq!(got, want, "block {i}");
+        let sum = |q: &[i8]| q.iter().map(|&v| v as i32).sum::<i32>();
+        assert_eq!(halves, [sum(&want[..16]), sum(&want[16..])], "block {i}");
+    }
+}
+
+/// [`simd::quantize_block`] compiled with AVX2.
+///
+/// # Safety
+/// AVX2 available; one block each.
+#[cfg(all(test, target_arch = "x86_64"))]
+#[target_feature(enable = "avx2")]
+unsafe fn simd_quantize(v: &[f32], q: &mut [i8]) -> (f32, [i32; 2]) {
+    // SAFETY: the caller's contract.
+    unsafe { simd::quantize_block(v, q) }
 }
 
 /// Checks a block product's `out` (`[m, n]`) against a float64 reference of its quantized

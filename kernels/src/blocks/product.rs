@@ -3,6 +3,8 @@
 
 use std::ops::Range;
 
+#[cfg(target_arch = "x86_64")]
+use super::simd;
 use super::{BLOCK, Groups, ROWS, TILE, Token, WIDEN_ROWS, quantize_block, quantizes_tokens};
 use crate::{Isa, OutPtr, gemm, pool, split_rows};
 
@@ -38,18 +40,11 @@ pub(crate) fn matmul_t_many<M: Groups>(
         return widened(isa, parts, x, m, dest);
     }
     let blocks = k / BLOCK;
-    let mut qx = vec![0i8; m * k];
-    let sx: Vec<f32> = x
-        .chunks_exact(BLOCK)
-        .zip(qx.chunks_exact_mut(BLOCK))
-        .map(|(v, q)| quantize_block(v, q))
-        .collect();
-    let half_sums: Vec<i32> = qx
-        .chunks_exact(BLOCK / 2)
-        .map(|q| q.iter().map(|&v| v as i32).sum())
-        .collect();
-    let sums: Vec<i32> = half_sums.chunks_exact(2).map(|h| h[0] + h[1]).collect();
-    let shares: Vec<f32> = sums.iter().zip(&sx).map(|(&s, &d)| d * s as f32).collect();
+    let (mut qx, mut sx) = (vec![0i8; m * k], vec![0f32; m * blocks]);
+    let (mut half_sums, mut sums) = (vec![0i32; 2 * m * blocks], vec![0i32; m * blocks]);
+    let mut shares = vec![0f32; m * blocks];
+    let quantized = (&mut qx[..], &mut sx[..], &mut half_sums[..], &mut sums[..]);
+    quantize_tokens(isa, x, quantized, &mut shares);
     let tokens = Tokens {
         quants: &qx,
         scales: &sx,
@@ -78,6 +73,77 @@ pub(crate) fn matmul_t_many<M: Groups>(
         // SAFETY: each task writes the output columns of its own rows only.
         unsafe { rows_into(parts[i], isa, &tokens, rows.clone(), dest.at(col)) }
     });
+}
+
+/// Quantizes each 32-value block of `x` into `quants` with its step, its halves' and its sum of
+/// quants, and the step times the sum, compiled for the widest of AVX-512 and AVX2 that `isa`
+/// allows: the SIMD block quantizer where there is one (the compiler left the plain loop
+/// scalar, its rounding a call per value).
+fn quantize_tokens(
+    isa: Isa,
+    x: &[f32],
+    out: (&mut [i8], &mut [f32], &mut [i32], &mut [i32]),
+    shares: &mut [f32],
+) {
+    match isa.capped(Isa::Avx512) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (`capped`).
+        Isa::Avx512 => unsafe { quantize_tokens_avx512(x, out, shares) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 (`capped`).
+        Isa::Avx2Fma => unsafe { quantize_tokens_avx2(x, out, shares) },
+        _ => quantize_tokens_with(x, out, shares, |v, q| {
+            let d = quantize_block(v, q);
+            let (lo, hi) = q.split_at(BLOCK / 2);
+            let sum = |q: &[i8]| q.iter().map(|&v| v as i32).sum();
+            (d, [sum(lo), sum(hi)])
+        }),
+    }
+}
+
+/// # Safety
+/// AVX-512F available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn quantize_tokens_avx512(
+    x: &[f32],
+    out: (&mut [i8], &mut [f32], &mut [i32], &mut [i32]),
+    shares: &mut [f32],
+) {
+    // SAFETY: AVX2 enabled here.
+    quantize_tokens_with(x, out, shares, |v, q| unsafe { simd::quantize_block(v, q) })
+}
+
+/// # Safety
+/// AVX2 available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_tokens_avx2(
+    x: &[f32],
+    out: (&mut [i8], &mut [f32], &mut [i32], &mut [i32]),
+    shares: &mut [f32],
+) {
+    // SAFETY: AVX2 enabled here.
+    quantize_tokens_with(x, out, shares, |v, q| unsafe { simd::quantize_block(v, q) })
+}
+
+/// [`quantize_tokens`]' loop, `block` quantizing one block (its step and halves' sums).
+#[inline(always)]
+fn quantize_tokens_with(
+    x: &[f32],
+    (quants, steps, half_sums, sums): (&mut [i8], &mut [f32], &mut [i32], &mut [i32]),
+    shares: &mut [f32],
+    block: impl Fn(&[f32], &mut [i8]) -> (f32, [i32; 2]),
+) {
+    let blocks = x.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK));
+    let sums = steps.iter_mut().zip(sums.iter_mut().zip(shares));
+    for (((v, q), (d, (sum, share))), half) in blocks.zip(sums).zip(half_sums.chunks_exact_mut(2)) {
+        let halves;
+        (*d, halves) = block(v, q);
+        half.copy_from_slice(&halves);
+        *sum = halves[0] + halves[1];
+        *share = *d * *sum as f32;
+    }
 }
 
 /// [`matmul_t_many`] for many tokens: the tokens packed once, then each task dequantizes

@@ -91,3 +91,92 @@ pub(crate) unsafe fn offset_dot_rows(
         std::array::from_fn(|r| hsum(acc[r]) - offset * offsets[r])
     }
 }
+
+/// [`super::quantize_block`] in AVX2, with the sums of the two halves' quants: the same step
+/// and quants (halves rounded away from zero by truncation), in registers. Written without
+/// closures: a closure does not take the caller's target features, and its intrinsics would be
+/// calls.
+///
+/// # Safety
+/// AVX2 available; `values` and `quants` hold [`BLOCK`] values.
+#[inline(always)]
+pub(crate) unsafe fn quantize_block(values: &[f32], quants: &mut [i8]) -> (f32, [i32; 2]) {
+    debug_assert!(values.len() == BLOCK && quants.len() == BLOCK);
+    // SAFETY: 32 values are read and 32 quants written (the caller's contract).
+    unsafe {
+        let p = values.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let mut amax = _mm256_setzero_ps();
+        let mut unordered = _mm256_setzero_ps();
+        for v in v {
+            amax = _mm256_max_ps(amax, _mm256_and_ps(v, abs_mask));
+            unordered = _mm256_or_ps(unordered, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        }
+        if _mm256_movemask_ps(unordered) != 0 {
+            quants.fill(0);
+            return (f32::NAN, [0, 0]);
+        }
+        let d = hmax(amax) / 127.0;
+        let inv = _mm256_set1_ps(if d == 0.0 { 0.0 } else { 1.0 / d });
+        let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+        let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+        let mut q = [_mm256_setzero_si256(); 4];
+        for (q, v) in q.iter_mut().zip(v) {
+            let x = _mm256_mul_ps(v, inv);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+            let fraction = _mm256_and_ps(_mm256_sub_ps(x, t), abs_mask);
+            let away = _mm256_cmp_ps::<_CMP_GE_OQ>(fraction, half);
+            let step = _mm256_or_ps(_mm256_and_ps(x, sign_mask), one);
+            *q = _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_and_ps(away, step)));
+        }
+        // i32 -> i16 -> i8 packs interleave 128-bit lanes; the permute puts them back in order.
+        let packed = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let ordered = _mm256_permutevar8x32_epi32(packed, order);
+        _mm256_storeu_si256(quants.as_mut_ptr().cast(), ordered);
+        (
+            d,
+            [
+                hsum_i32(_mm256_add_epi32(q[0], q[1])),
+                hsum_i32(_mm256_add_epi32(q[2], q[3])),
+            ],
+        )
+    }
+}
+
+/// The sum of the 8 lanes.
+///
+/// # Safety
+/// AVX2 available.
+#[inline(always)]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    // SAFETY: register arithmetic only; AVX2 guaranteed by the caller.
+    unsafe {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s)))
+    }
+}
+
+/// The largest of the 8 lanes (none NaN).
+///
+/// # Safety
+/// AVX2 available.
+#[inline(always)]
+unsafe fn hmax(v: __m256) -> f32 {
+    // SAFETY: register arithmetic only; AVX2 guaranteed by the caller.
+    unsafe {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m)))
+    }
+}
