@@ -244,7 +244,7 @@ pub(crate) struct Tokens<'a> {
     pub(crate) sums: &'a [i32],
     /// Each block's step times its sum of quants (what a min per block is multiplied by).
     pub(crate) shares: &'a [f32],
-    half_sums: &'a [i32],
+    pub(crate) half_sums: &'a [i32],
     pub(crate) m: usize,
     pub(crate) blocks: usize,
 }

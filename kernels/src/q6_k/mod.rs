@@ -1,16 +1,16 @@
 //! Q6_K matrices: ggml's 256-weight super-blocks of 6-bit weights, a signed 8-bit scale per 16
 //! weights and an f16 step per super-block (`weight = d * scale * (q - 32)`, `q` in 0..64),
 //! repacked at load into 32-weight chunks of the same 6 bits (16 bytes of low nibbles, 8 bytes
-//! of high bit pairs, in weight order) so a product unpacks each chunk with a few shifts, and
-//! multiplied by tokens quantized to 8 bits per 32 in integer dot products (AVX-512 VNNI, else
-//! AVX2), the offset 32 taken out with the token's half-block sums. A decoding step reads 6.56
-//! bits per weight, as the file stores them.
+//! of high bit pairs, in weight order; a group's 4 rows of nibbles, then their pairs) so a
+//! product unpacks each chunk with a few shifts, and multiplied by tokens quantized to 8 bits per
+//! 32 in integer dot products (an AVX-512 VNNI tile, else AVX2), the offset 32 taken out with the
+//! token's half-block sums. A decoding step reads 6.625 bits per weight (the file: 6.5625).
 
 use half::f16;
 
 use crate::Isa;
 use crate::blocks::{
-    BLOCK, BlockMatrix, Groups, ROWS, Token, block_index, matmul_t_many, with_isa,
+    BLOCK, BlockMatrix, Groups, ROWS, Token, Tokens, dot_tile_by_token, matmul_t_many, with_isa,
 };
 
 /// Weights per super-block.
@@ -19,21 +19,26 @@ pub const SUPER: usize = 256;
 const GGML_BYTES: usize = 128 + 64 + 16 + 2;
 /// Bytes of one row's 32-weight chunk: 16 of low nibbles, 8 of high bit pairs.
 const CHUNK: usize = 24;
+/// Chunks (of [`BLOCK`] weights) per super-block.
+const CHUNKS: usize = SUPER / BLOCK;
+/// Where a group's chunk holds its rows' high bit pairs (after their nibbles).
+const PAIRS: usize = ROWS * 16;
 
 /// A `[rows, cols]` matrix in Q6_K blocks (`cols` a multiple of [`SUPER`]), stored as the
-/// block formats here are: groups of 4 rows whose 32-weight chunks interleave (group, chunk,
-/// row), a last group short of rows padded with zeros.
+/// block formats here are: groups of 4 rows whose 32-weight chunks interleave (group, chunk),
+/// a last group short of rows padded with zeros.
 #[derive(Clone)]
 pub struct Q6KMatrix {
     rows: usize,
     cols: usize,
-    /// `[groups, chunks, ROWS, CHUNK]`: byte `j < 16` holds weight `j`'s low 4 bits and weight
-    /// `j + 16`'s in its high half; byte `16 + j` holds the high 2 bits of weights `j`,
-    /// `j + 8`, `j + 16`, `j + 24` at bits 0, 2, 4, 6.
+    /// `[groups, chunks, (16 bytes per row: nibbles; 8 bytes per row: pairs)]`: nibble byte
+    /// `j` holds weight `j`'s low 4 bits and weight `j + 16`'s in its high half; pair byte `j`
+    /// holds the high 2 bits of weights `j`, `j + 8`, `j + 16`, `j + 24` at bits 0, 2, 4, 6.
     quants: Vec<u8>,
-    /// `[groups, chunks, ROWS, 2]`: the scales of the chunk's two halves of 16 weights.
+    /// `[groups, chunks, 2, ROWS]`: the scales of the chunk's first half of 16 weights for the
+    /// 4 rows, then of its second half.
     scales: Vec<i8>,
-    /// `[groups, chunks, ROWS]`: the super-block's step, as stored (f16), widened.
+    /// `[groups, supers, ROWS]`: the super-block's step, as stored (f16), widened.
     steps: Vec<f32>,
 }
 
@@ -64,13 +69,14 @@ pub(crate) fn ggml_values(block: &[u8]) -> ([u8; SUPER], [i8; 16], f32) {
     (q, scales, f16::from_le_bytes([d[0], d[1]]).to_f32())
 }
 
-/// One 32-weight chunk of values (0..64) in this matrix's packing.
-fn pack_chunk(values: &[u8], out: &mut [u8]) {
+/// One row's 32-weight chunk of values (0..64) in this matrix's packing: its nibbles and its
+/// pairs.
+fn pack_chunk(values: &[u8], nibbles: &mut [u8], pairs: &mut [u8]) {
     for j in 0..16 {
-        out[j] = (values[j] & 0xF) | ((values[j + 16] & 0xF) << 4);
+        nibbles[j] = (values[j] & 0xF) | ((values[j + 16] & 0xF) << 4);
     }
     for j in 0..8 {
-        out[16 + j] = (0..4).fold(0u8, |b, k| b | ((values[j + 8 * k] >> 4) << (2 * k)));
+        pairs[j] = (0..4).fold(0u8, |b, k| b | ((values[j + 8 * k] >> 4) << (2 * k)));
     }
 }
 
@@ -93,20 +99,24 @@ impl Q6KMatrix {
             cols,
             quants: vec![0; padded.checked_mul(chunks)?.checked_mul(CHUNK)?],
             scales: vec![0; padded.checked_mul(chunks)?.checked_mul(2)?],
-            steps: vec![0.0; padded.checked_mul(chunks)?],
+            steps: vec![0.0; padded.checked_mul(supers)?],
         };
         for (i, block) in bytes.chunks_exact(GGML_BYTES).enumerate() {
             let (r, s) = (i / supers, i % supers);
+            let (g, j) = (r / ROWS, r % ROWS);
             let (values, scales, d) = ggml_values(block);
-            for c in 0..SUPER / BLOCK {
-                let at = block_index(r, s * (SUPER / BLOCK) + c, chunks);
+            m.steps[(g * supers + s) * ROWS + j] = d;
+            for c in 0..CHUNKS {
+                let at = g * chunks + s * CHUNKS + c;
+                let chunk = &mut m.quants[at * ROWS * CHUNK..(at + 1) * ROWS * CHUNK];
+                let (nibbles, pairs) = chunk.split_at_mut(PAIRS);
                 pack_chunk(
                     &values[c * BLOCK..(c + 1) * BLOCK],
-                    &mut m.quants[at * CHUNK..(at + 1) * CHUNK],
+                    &mut nibbles[16 * j..16 * j + 16],
+                    &mut pairs[8 * j..8 * j + 8],
                 );
-                m.scales[2 * at] = scales[2 * c];
-                m.scales[2 * at + 1] = scales[2 * c + 1];
-                m.steps[at] = d;
+                m.scales[at * 2 * ROWS + j] = scales[2 * c];
+                m.scales[at * 2 * ROWS + ROWS + j] = scales[2 * c + 1];
             }
         }
         Some(m)
@@ -137,45 +147,55 @@ impl Q6KMatrix {
         matmul_t_many(isa, &[self], x, m, out)
     }
 
-    /// The chunk at `at` (a block index) unpacked to its 32 values (0..64).
-    fn chunk_values(&self, at: usize) -> [u8; BLOCK] {
-        let c = &self.quants[at * CHUNK..(at + 1) * CHUNK];
-        std::array::from_fn(|i| {
-            let low = if i < 16 { c[i] & 0xF } else { c[i - 16] >> 4 };
-            let high = (c[16 + i % 8] >> (2 * (i / 8))) & 3;
+    /// Row `r`'s chunk `c` unpacked to its 32 values (0..64), its halves' scales and its
+    /// step.
+    fn chunk(&self, r: usize, c: usize) -> ([u8; BLOCK], [i8; 2], f32) {
+        let (g, j) = (r / ROWS, r % ROWS);
+        let at = g * (self.cols / BLOCK) + c;
+        let chunk = &self.quants[at * ROWS * CHUNK..(at + 1) * ROWS * CHUNK];
+        let (nibbles, pairs) = (&chunk[16 * j..16 * j + 16], &chunk[PAIRS + 8 * j..]);
+        let values = std::array::from_fn(|i| {
+            let low = if i < 16 {
+                nibbles[i] & 0xF
+            } else {
+                nibbles[i - 16] >> 4
+            };
+            let high = (pairs[i % 8] >> (2 * (i / 8))) & 3;
             low | (high << 4)
-        })
+        });
+        let scales = [
+            self.scales[at * 2 * ROWS + j],
+            self.scales[at * 2 * ROWS + ROWS + j],
+        ];
+        let step = self.steps[(g * (self.cols / SUPER) + c / CHUNKS) * ROWS + j];
+        (values, scales, step)
     }
 
     /// The dequantization loop (compiled per ISA by [`Groups::dequantize_rows`]).
     #[inline(always)]
     fn dequantize_rows_with(&self, first: usize, out: &mut [f32]) {
-        let chunks = self.cols / BLOCK;
         for (i, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
             for (c, dst) in row.chunks_exact_mut(BLOCK).enumerate() {
-                let at = block_index(first + i, c, chunks);
-                let q = &self.quants[at * CHUNK..(at + 1) * CHUNK];
-                let (nibbles, pairs) = q.split_at(16);
-                let mut values = [0u8; BLOCK];
-                for j in 0..16 {
-                    values[j] = nibbles[j] & 0xF;
-                    values[j + 16] = nibbles[j] >> 4;
-                }
-                for k in 0..4 {
-                    for j in 0..8 {
-                        values[8 * k + j] |= ((pairs[j] >> (2 * k)) & 3) << 4;
-                    }
-                }
-                let d = self.steps[at];
-                let steps = [
-                    d * self.scales[2 * at] as f32,
-                    d * self.scales[2 * at + 1] as f32,
-                ];
+                let (values, scales, d) = self.chunk(first + i, c);
+                let steps = [d * scales[0] as f32, d * scales[1] as f32];
                 for (j, (o, &v)) in dst.iter_mut().zip(&values).enumerate() {
                     *o = steps[j / 16] * (v as i32 - 32) as f32;
                 }
             }
         }
+    }
+
+    /// Group `g`'s slices: quants, scales, steps.
+    fn group(&self, g: usize) -> (&[u8], &[i8], &[f32]) {
+        let chunks = self.cols / BLOCK;
+        let q = chunks * ROWS * CHUNK;
+        let s = chunks * 2 * ROWS;
+        let d = (self.cols / SUPER) * ROWS;
+        (
+            &self.quants[g * q..(g + 1) * q],
+            &self.scales[g * s..(g + 1) * s],
+            &self.steps[g * d..(g + 1) * d],
+        )
     }
 }
 
@@ -197,16 +217,11 @@ impl Groups for Q6KMatrix {
     }
 
     fn dot_group(&self, isa: Isa, g: usize, token: Token<'_>) -> [f32; ROWS] {
-        let chunks = self.cols / BLOCK;
-        let n = chunks * ROWS;
-        let w = &self.quants[g * n * CHUNK..(g + 1) * n * CHUNK];
-        let sc = &self.scales[g * n * 2..(g + 1) * n * 2];
-        let d = &self.steps[g * n..(g + 1) * n];
         match () {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller's `isa` is available (`Groups::dot_group`); the slices hold
-            // one group of `chunks` chunks, the token `chunks` blocks.
-            () if isa >= Isa::Avx2Fma => unsafe { simd::dot_rows(isa, w, sc, d, token, chunks) },
+            // one group, the token `cols / 32` blocks.
+            () if isa >= Isa::Avx2Fma => unsafe { simd::dot_rows(isa, self.group(g), token) },
             () => self.dot_group_portable(g, token),
         }
     }
@@ -214,24 +229,41 @@ impl Groups for Q6KMatrix {
     fn dequantize_rows(&self, isa: Isa, first: usize, out: &mut [f32]) {
         with_isa(isa, || self.dequantize_rows_with(first, out))
     }
+
+    fn tiles(&self, isa: Isa) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if isa >= Isa::Avx512 && crate::simd::vnni512() {
+            return true;
+        }
+        let _ = isa;
+        false
+    }
+
+    fn dot_tile(&self, isa: Isa, g: usize, x: &Tokens<'_>, first: usize, out: &mut [[f32; ROWS]]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.tiles(isa) {
+            // SAFETY: AVX-512 F, BW and VNNI are present (`tiles`); the slices hold one
+            // group, `x` tokens of `cols / 32` blocks, `out` at most `TILE` of them.
+            return unsafe { tile::dot_tile(self.group(g), x, first, out) };
+        }
+        dot_tile_by_token(self, isa, g, x, first, out)
+    }
 }
 
 impl Q6KMatrix {
     /// Group `g`'s rows dotted with `x`, in plain Rust.
     fn dot_group_portable(&self, g: usize, x: Token<'_>) -> [f32; ROWS] {
-        let chunks = self.cols / BLOCK;
         let mut dots = [0f32; ROWS];
         for (c, (xb, dx)) in x.quants.chunks_exact(BLOCK).zip(x.scales).enumerate() {
             for (r, dot) in dots.iter_mut().enumerate() {
-                let at = block_index(g * ROWS + r, c, chunks);
-                let values = self.chunk_values(at);
+                let (values, scales, d) = self.chunk(g * ROWS + r, c);
                 let halves: [i32; 2] = std::array::from_fn(|h| {
                     (0..16)
                         .map(|i| (values[16 * h + i] as i32 - 32) * xb[16 * h + i] as i32)
                         .sum::<i32>()
-                        * self.scales[2 * at + h] as i32
+                        * scales[h] as i32
                 });
-                *dot += (halves[0] + halves[1]) as f32 * (self.steps[at] * dx);
+                *dot += (halves[0] + halves[1]) as f32 * (d * dx);
             }
         }
         dots
@@ -242,3 +274,5 @@ impl Q6KMatrix {
 mod simd;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod tile;

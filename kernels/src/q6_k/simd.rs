@@ -1,11 +1,12 @@
-//! The Q6_K dot products' SIMD bodies (AVX2; compiled again for AVX-512): each chunk's 16
-//! bytes of low nibbles and 8 bytes of high bit pairs unpacked to 32 values (0..64),
+//! The Q6_K dot products' SIMD bodies (AVX2; compiled again for AVX-512 without VNNI, where VNNI
+//! runs the tile, `tile.rs`): each chunk's 16 bytes of low nibbles and 8 bytes of high bit pairs
+//! unpacked to 32 values (0..64),
 //! multiplied by the token's signed 8-bit quants in 16-bit pair sums, the halves' scales
 //! folded into the 32-bit multiply-add; the offset 32 taken out with the token's half sums.
 
 use std::arch::x86_64::*;
 
-use super::CHUNK;
+use super::{CHUNK, CHUNKS, PAIRS};
 use crate::Isa;
 use crate::blocks::{BLOCK, ROWS, Token};
 use crate::simd::hsum;
@@ -13,23 +14,20 @@ use crate::simd::hsum;
 /// How many chunks ahead the kernels prefetch a group's quants.
 const PREFETCH: usize = 32;
 
-/// One group's `ROWS` rows (chunks `w`, half scales `sc`, steps `d`, interleaved by chunk)
-/// dotted with `x`.
+/// One group's `ROWS` rows (quants, scales, steps: [`super::Q6KMatrix`]'s layout) dotted with
+/// `x`.
 ///
 /// # Safety
-/// `isa` at least AVX2 and available; `w` holds `ROWS * chunks * CHUNK` bytes, `sc`
-/// `2 * ROWS * chunks` scales, `d` `ROWS * chunks` steps, the token `chunks` blocks.
+/// `isa` at least AVX2 and available; the slices hold one group of `x.scales.len()` chunks.
 pub(super) unsafe fn dot_rows(
     isa: Isa,
-    w: &[u8],
-    sc: &[i8],
-    d: &[f32],
+    (w, sc, d): (&[u8], &[i8], &[f32]),
     x: Token<'_>,
-    chunks: usize,
 ) -> [f32; ROWS] {
+    let chunks = x.scales.len();
     debug_assert!(w.len() == ROWS * chunks * CHUNK && sc.len() == 2 * ROWS * chunks);
-    debug_assert!(d.len() == ROWS * chunks && x.half_sums.len() == 2 * chunks);
-    // SAFETY: as the caller guarantees; VNNI checked here.
+    debug_assert!(d.len() == ROWS * chunks / CHUNKS && x.half_sums.len() == 2 * chunks);
+    // SAFETY: as the caller guarantees.
     unsafe {
         if isa >= Isa::Avx512 {
             dot_rows_avx512(w, sc, d, x, chunks)
@@ -39,22 +37,23 @@ pub(super) unsafe fn dot_rows(
     }
 }
 
-/// The 32 values (0..64) of the chunk at `p`, in weight order.
+/// The 32 values (0..64) of a row's chunk: its 16 bytes of nibbles at `nibbles`, its 8 bytes
+/// of bit pairs at `pairs`.
 ///
 /// # Safety
-/// AVX2; `p` addresses `CHUNK` readable bytes.
+/// AVX2; `nibbles` addresses 16 readable bytes, `pairs` 8.
 #[inline(always)]
-unsafe fn unpack(p: *const u8) -> __m256i {
-    // SAFETY: `p` addresses CHUNK bytes (the caller's contract).
+unsafe fn unpack(nibbles: *const u8, pairs: *const u8) -> __m256i {
+    // SAFETY: the pointers address 16 and 8 bytes (the caller's contract).
     unsafe {
         let low4 = _mm_set1_epi8(0x0F);
-        let packed = _mm_loadu_si128(p.cast());
+        let packed = _mm_loadu_si128(nibbles.cast());
         let lo = _mm_and_si128(packed, low4);
         let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low4);
         let nibbles = _mm256_set_m128i(hi, lo);
         // The 8 bytes of bit pairs in each 64-bit lane, lane k shifted by 2k: byte j of lane k
         // then holds the pair of weight j + 8k in its bits 0 and 1.
-        let pairs = _mm256_set1_epi64x(std::ptr::read_unaligned(p.add(16).cast::<i64>()));
+        let pairs = _mm256_set1_epi64x(std::ptr::read_unaligned(pairs.cast::<i64>()));
         let pairs = _mm256_srlv_epi64(pairs, _mm256_set_epi64x(6, 4, 2, 0));
         let high = _mm256_and_si256(pairs, _mm256_set1_epi8(3));
         _mm256_or_si256(nibbles, _mm256_slli_epi16(high, 4))
@@ -67,13 +66,11 @@ unsafe fn unpack(p: *const u8) -> __m256i {
 /// steps; `32 * step * Σ scale * half sum` is subtracted once per chunk.
 macro_rules! dot_rows_with {
     ($w:ident, $sc:ident, $d:ident, $x:ident, $chunks:ident) => {{
-        // Byte 0 of a 16-bit word to lanes 0..8, byte 1 to lanes 8..16.
-        let spread = _mm_set_epi8(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         let mut acc = [_mm256_setzero_ps(); ROWS];
         let mut offset = [0f32; ROWS];
         for c in 0..$chunks {
-            let ahead = $w.as_ptr().wrapping_add((c + PREFETCH) * ROWS * CHUNK);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            let chunk = $w.as_ptr().add(c * ROWS * CHUNK);
+            _mm_prefetch::<_MM_HINT_T0>(chunk.wrapping_add(PREFETCH * ROWS * CHUNK).cast());
             let xq = _mm256_loadu_si256($x.quants.as_ptr().add(c * BLOCK).cast());
             let dx = *$x.scales.get_unchecked(c);
             let (h0, h1) = (
@@ -81,19 +78,17 @@ macro_rules! dot_rows_with {
                 *$x.half_sums.get_unchecked(2 * c + 1),
             );
             for r in 0..ROWS {
-                let at = c * ROWS + r;
-                let values = unpack($w.as_ptr().add(at * CHUNK));
-                let pair = std::ptr::read_unaligned($sc.as_ptr().add(2 * at).cast::<u16>());
-                let scales =
-                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(_mm_cvtsi32_si128(pair as i32), spread));
-                let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(values, xq), scales);
-                let step = *$d.get_unchecked(at) * dx;
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(step), acc[r]);
+                let values = unpack(chunk.add(16 * r), chunk.add(PAIRS + 8 * r));
                 let (s0, s1) = (
-                    *$sc.get_unchecked(2 * at) as i32,
-                    *$sc.get_unchecked(2 * at + 1) as i32,
+                    *$sc.get_unchecked(c * 2 * ROWS + r),
+                    *$sc.get_unchecked(c * 2 * ROWS + ROWS + r),
                 );
-                offset[r] += step * (s0 * h0 + s1 * h1) as f32;
+                let scales =
+                    _mm256_setr_m128i(_mm_set1_epi16(s0 as i16), _mm_set1_epi16(s1 as i16));
+                let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(values, xq), scales);
+                let step = *$d.get_unchecked((c / CHUNKS) * ROWS + r) * dx;
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(step), acc[r]);
+                offset[r] += step * (s0 as i32 * h0 + s1 as i32 * h1) as f32;
             }
         }
         std::array::from_fn(|r| hsum(acc[r]) - 32.0 * offset[r])
