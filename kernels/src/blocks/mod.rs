@@ -1,7 +1,9 @@
 //! What the block formats' products share: matrices stored in groups of [`ROWS`] rows whose
 //! 32-weight blocks interleave (group, block, row), tokens quantized per block to 8 bits, and
 //! the product that shares the rows out to the kernel threads ([`matmul_t_many`]): integer
-//! dot products for a few tokens, dequantized rows and the float product for many.
+//! dot products for a few tokens; for many, integer tiles of up to [`TILE`] tokens where the
+//! format has them for the CPU (Q4_0, Q4_K and Q6_K on AVX-512 VNNI: [`Groups::tiles`]), else
+//! dequantized rows and the float product.
 
 mod product;
 #[cfg(target_arch = "x86_64")]
@@ -17,11 +19,14 @@ use crate::Isa;
 pub const BLOCK: usize = 32;
 /// Weight rows one pass of the SIMD kernels computes (each token block is loaded once for them).
 pub(crate) const ROWS: usize = 4;
-/// Tokens from which a product dequantizes blocks of rows for the float product.
+/// Tokens from which a product without integer tiles dequantizes blocks of rows for the float
+/// product.
 pub const WIDEN_TOKENS: usize = 4;
 /// Rows one task of such a product dequantizes at a time.
 pub(crate) const WIDEN_ROWS: usize = 64;
-/// Tokens one call of [`Groups::dot_tile`] multiplies at most.
+/// Tokens one call of [`Groups::dot_tile`] multiplies at most: 6 accumulators and the
+/// unpacked weights fit the 32 AVX-512 registers (8 spilled: 64 against 139 GMAC/s for a
+/// 64-token Q4_0 product; 4: 133).
 pub(crate) const TILE: usize = 6;
 
 /// One token quantized per block as ggml's Q8_0 does: 8-bit quants, each block's step, and
