@@ -132,7 +132,9 @@ pub(super) trait TileJob {
 /// Runs `job` with the tile for `m` tokens on `isa` (AVX2 or AVX-512, available). AVX2:
 /// few tokens get one vector of 8 tokens by 12 weight rows (13 loads, 12 FMAs per step),
 /// more two vectors by 6 rows (8 loads, 12 FMAs). AVX-512: up to 8 tokens as AVX2, then
-/// one vector of 16 tokens by 24 rows up to 4 vectors by 6 rows as the tokens grow.
+/// one vector of 16 tokens by 24 rows, two by 12, three by 8 (to 48 tokens), and two by 12
+/// again from there (four by 6 measured faster where `k` is 1024 and slower where it is 2816:
+/// 0.97 of this on a 64-token llama prefill; PERFORMANCE.md).
 pub(super) fn with_tile<J: TileJob>(isa: Isa, m: usize, job: J) -> J::Out {
     if isa == Isa::Avx512 {
         if m <= 8 {
@@ -144,7 +146,7 @@ pub(super) fn with_tile<J: TileJob>(isa: Isa, m: usize, job: J) -> J::Out {
         } else if m <= 48 {
             job.run::<Avx512<3, 8>>()
         } else {
-            job.run::<Avx512<4, 6>>()
+            job.run::<Avx512<2, 12>>()
         }
     } else if m <= 8 {
         job.run::<Avx2<1, 12>>()
