@@ -1,6 +1,7 @@
-//! The SIMD loop of the block formats whose values are unsigned with one offset per block
-//! (Q4_0: `q - 8`, Q5_0: `q - 16`): each format gives its unpacking, the loop and the two
-//! integer dot products (AVX2, AVX-512 VNNI) are written once.
+//! What the block formats' AVX2 bodies share: the row loop of the formats whose values are
+//! unsigned with one offset per block (Q4_0: `q - 8`, Q5_0: `q - 16`; each format gives its
+//! unpacking), the byte dot product, the nibble unpacking, and the tokens' quantization. On
+//! AVX-512 VNNI these formats run the integer tiles ([`super::tile`]) instead.
 
 use std::arch::x86_64::*;
 
@@ -22,16 +23,6 @@ pub(crate) unsafe fn dot_avx2(a: __m256i, b: __m256i) -> __m256i {
     unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)) }
 }
 
-/// [`dot_avx2`] in one VNNI instruction.
-///
-/// # Safety
-/// AVX-512 VNNI and VL available.
-#[inline(always)]
-pub(crate) unsafe fn dot_vnni(a: __m256i, b: __m256i) -> __m256i {
-    // SAFETY: register arithmetic; VNNI guaranteed by the caller.
-    unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b) }
-}
-
 /// The 32 values (0..16) of the block at `p`: byte `j`'s low nibble is weight `j`, its high
 /// nibble weight `j + 16`.
 ///
@@ -49,14 +40,15 @@ pub(crate) unsafe fn nibbles(p: *const u8) -> __m256i {
     }
 }
 
-/// One group's `ROWS` rows (`bytes` per row and block in `w`, steps `s`, interleaved by
-/// block) dotted with `x`: per block and row, the `unpack`ed values (unsigned) times the
-/// token's quants summed by `dot`, scaled by the two steps; `offset * step * Σ token quants` is
-/// subtracted once per block.
+/// One group's `ROWS` rows (`bytes` per row and block in `w`, the group's rows of a block
+/// together, steps `s` interleaved by block) dotted with `x`: per block and row, the values
+/// (unsigned) that `unpack(block, row)` reads times the token's quants summed by `dot`, scaled
+/// by the two steps; `offset * step * Σ token quants` is subtracted once per block.
 ///
 /// # Safety
 /// AVX2 and FMA (and what `dot` needs) available; `w` holds `ROWS * blocks * bytes` bytes,
-/// `s` `ROWS * blocks` steps, the token `blocks` blocks; `unpack` reads at most `bytes`.
+/// `s` `ROWS * blocks` steps, the token `blocks` blocks; `unpack` reads within the
+/// `ROWS * bytes` bytes of the block it is given.
 #[inline(always)]
 pub(crate) unsafe fn offset_dot_rows(
     (w, bytes): (&[u8], usize),
@@ -64,7 +56,7 @@ pub(crate) unsafe fn offset_dot_rows(
     x: Token<'_>,
     blocks: usize,
     offset: f32,
-    unpack: impl Fn(*const u8) -> __m256i,
+    unpack: impl Fn(*const u8, usize) -> __m256i,
     dot: impl Fn(__m256i, __m256i) -> __m256i,
 ) -> [f32; ROWS] {
     debug_assert!(w.len() == ROWS * blocks * bytes && s.len() == ROWS * blocks);
@@ -80,8 +72,9 @@ pub(crate) unsafe fn offset_dot_rows(
             let xq = _mm256_loadu_si256(x.quants.as_ptr().add(b * BLOCK).cast());
             let dx = *x.scales.get_unchecked(b);
             let sum = *x.sums.get_unchecked(b) as f32;
+            let block = w.as_ptr().add(b * ROWS * bytes);
             for r in 0..ROWS {
-                let values = unpack(w.as_ptr().add((b * ROWS + r) * bytes));
+                let values = unpack(block, r);
                 let lanes = dot(values, xq);
                 let step = *s.get_unchecked(b * ROWS + r) * dx;
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(step), acc[r]);

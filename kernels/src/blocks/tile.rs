@@ -1,27 +1,28 @@
-//! The integer tile of the 4-bit formats whose blocks hold 16 bytes per row, weight `j` in the
-//! low nibble of byte `j` and weight `j + 16` in its high one (Q4_0, Q4_K as stored here), on
-//! AVX-512 VNNI: one group's 4 rows times up to [`super::TILE`] tokens, each block's 64 bytes of
+//! The integer tile of the formats whose blocks hold 16 bytes of nibbles per row, weight `j` in
+//! the low nibble of byte `j` and weight `j + 16` in its high one (Q4_0, Q4_K as stored here;
+//! Q5_0 with a fifth bit per weight besides), on AVX-512 VNNI: one group's 4 rows times up to [`super::TILE`] tokens, each block's 64 bytes of
 //! weights loaded and unpacked once for all the tokens. A 512-bit register holds the 4 rows'
 //! 16 bytes side by side (one 128-bit lane per row) and each token's block half is broadcast
 //! to the 4 lanes, so two `vpdpbusd` give every row's sum for one token; one multiply-add per
 //! token and block applies the row's and the token's steps. The weights' offset is taken out
-//! with the token block's sum: a constant 8 (Q4_0) starts the integer sums at `-8 * sum`, a
-//! min per row and block (Q4_K) is subtracted in floats.
+//! with the token block's sum: a constant (8 for Q4_0, 16 for Q5_0) starts the integer sums at
+//! `-offset * sum`, a min per row and block (Q4_K) is subtracted in floats.
 
 use std::arch::x86_64::*;
 
 use super::{BLOCK, ROWS, Tokens};
 
-/// Bytes of one row's block.
-const PACKED: usize = BLOCK / 2;
+/// No fifth bits (the 4-bit formats), as `nibble_tile`'s `fifths`.
+pub(crate) const NO_FIFTHS: Option<fn(*const u8) -> (__m512i, __m512i)> = None;
+
 /// How many blocks ahead the tile prefetches a group's quants.
 const PREFETCH: usize = 16;
 
 /// What a block's values are offset by.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Offset {
-    /// `step * (q - 8)` (Q4_0).
-    Eight,
+    /// `step * (q - c)` (Q4_0: 8, Q5_0: 16), `c` a multiple of 4.
+    Constant(i32),
     /// `step * q - min` (Q4_K).
     Mins,
 }
@@ -56,23 +57,26 @@ pub(crate) unsafe fn spread(rows: __m128) -> __m512 {
     }
 }
 
-/// Group rows `w` (`x.blocks` blocks of `ROWS * 16` bytes) dotted with tokens
-/// `first..first + N` of `x`, into `out`; `scales(b)` gives block `b`'s steps and mins (for
-/// [`Offset::Mins`]), each [`spread`].
+/// Group rows `w` (`x.blocks` blocks of `stride >= ROWS * 16` bytes, the rows' nibbles first)
+/// dotted with tokens `first..first + N` of `x`, into `out`; `scales(b)` gives block `b`'s
+/// steps and mins (for [`Offset::Mins`]), each [`spread`]; `fifths(block)`, where the format has
+/// fifth bits, gives them for the low and the high nibbles (`0x10` where set).
 ///
 /// # Safety
-/// AVX-512 F, BW and VNNI available; `w` holds `ROWS * x.blocks * 16` bytes; `first + N <= x.m`
-/// and `out.len() == N`.
+/// AVX-512 F, BW and VNNI available; `w` holds `x.blocks * stride` bytes; `first + N <= x.m`
+/// and `out.len() == N`; `fifths` reads within the block it is given.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) unsafe fn nibble_tile<const N: usize>(
-    w: &[u8],
+    (w, stride): (&[u8], usize),
     x: &Tokens<'_>,
     first: usize,
     out: &mut [[f32; ROWS]],
     offset: Offset,
     scales: impl Fn(usize) -> (__m512, __m512),
+    fifths: Option<impl Fn(*const u8) -> (__m512i, __m512i)>,
 ) {
-    debug_assert!(w.len() == ROWS * x.blocks * PACKED && first + N <= x.m && out.len() == N);
+    debug_assert!(w.len() == x.blocks * stride && first + N <= x.m && out.len() == N);
     let (blocks, k) = (x.blocks, x.blocks * BLOCK);
     // SAFETY: every offset is within the slices (the caller's contract): token `first + t`'s
     // block `b` quants at `(first + t) * k + b * BLOCK`, its step and sum at
@@ -85,21 +89,26 @@ pub(crate) unsafe fn nibble_tile<const N: usize>(
         let low4 = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); N];
         for b in 0..blocks {
-            let wb = w.as_ptr().add(b * ROWS * PACKED);
-            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH * ROWS * PACKED).cast());
+            let wb = w.as_ptr().add(b * stride);
+            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH * stride).cast());
             let packed = _mm512_loadu_si512(wb.cast());
-            let lo = _mm512_and_si512(packed, low4);
-            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low4);
+            let mut lo = _mm512_and_si512(packed, low4);
+            let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low4);
+            if let Some(fifths) = &fifths {
+                let (lo5, hi5) = fifths(wb);
+                lo = _mm512_or_si512(lo, lo5);
+                hi = _mm512_or_si512(hi, hi5);
+            }
             let (steps, mins) = scales(b);
             // A quarter of the min's share in each of a row's 4 lanes.
             let mins = _mm512_mul_ps(mins, _mm512_set1_ps(0.25));
             for (t, acc) in acc.iter_mut().enumerate() {
                 let qt = q.add(t * k + b * BLOCK);
                 let xlo = _mm512_broadcast_i32x4(_mm_loadu_si128(qt.cast()));
-                let xhi = _mm512_broadcast_i32x4(_mm_loadu_si128(qt.add(PACKED).cast()));
+                let xhi = _mm512_broadcast_i32x4(_mm_loadu_si128(qt.add(BLOCK / 2).cast()));
                 let start = match offset {
-                    // A quarter of `-8 * sum` in each of a row's 4 lanes.
-                    Offset::Eight => _mm512_set1_epi32(-2 * *sums.add(t * blocks + b)),
+                    // A quarter of `-c * sum` in each of a row's 4 lanes.
+                    Offset::Constant(c) => _mm512_set1_epi32(-(c / 4) * *sums.add(t * blocks + b)),
                     Offset::Mins => _mm512_setzero_si512(),
                 };
                 let dots = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, lo, xlo), hi, xhi);

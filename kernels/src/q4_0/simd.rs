@@ -31,7 +31,10 @@ pub(super) unsafe fn dot_rows(
 unsafe fn dot_rows_avx2(w: &[u8], s: &[f32], x: Token<'_>, blocks: usize) -> [f32; ROWS] {
     // SAFETY: `dot_rows`' contract; AVX2 and FMA enabled here.
     unsafe {
-        let (unpack, dot) = (|p| nibbles(p), |a, b| dot_avx2(a, b));
+        let (unpack, dot) = (
+            |p: *const u8, r| nibbles(p.add(r * PACKED)),
+            |a, b| dot_avx2(a, b),
+        );
         offset_dot_rows((w, PACKED), s, x, blocks, 8.0, unpack, dot)
     }
 }

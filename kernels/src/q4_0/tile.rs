@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::PACKED;
-use crate::blocks::tile::{Offset, by_count, nibble_tile, spread};
+use crate::blocks::tile::{NO_FIFTHS, Offset, by_count, nibble_tile, spread};
 use crate::blocks::{ROWS, Tokens};
 
 /// Group rows `w` (steps `s`) dotted with tokens `first..first + out.len()` of `x`.
@@ -45,6 +45,7 @@ unsafe fn tile<const N: usize>(
             let steps = spread(_mm_loadu_ps(s.as_ptr().add(b * ROWS)));
             (steps, steps)
         };
-        nibble_tile::<N>(w, x, first, out, Offset::Eight, steps)
+        let w = (w, ROWS * PACKED);
+        nibble_tile::<N>(w, x, first, out, Offset::Constant(8), steps, NO_FIFTHS)
     }
 }

@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::{PACKED, SUBS};
-use crate::blocks::tile::{Offset, by_count, nibble_tile, spread};
+use crate::blocks::tile::{NO_FIFTHS, Offset, by_count, nibble_tile, spread};
 use crate::blocks::{ROWS, Tokens};
 
 /// Group rows (quants, scales and mins, steps: [`super::Q4KMatrix`]'s layout) dotted with
@@ -64,6 +64,14 @@ unsafe fn tile<const N: usize>(
             let mins = bytes_to_f32(subs.as_ptr().add(b * 2 * ROWS + ROWS));
             (spread(_mm_mul_ps(d, sc)), spread(_mm_mul_ps(dmin, mins)))
         };
-        nibble_tile::<N>(w, x, first, out, Offset::Mins, scales)
+        nibble_tile::<N>(
+            (w, ROWS * PACKED),
+            x,
+            first,
+            out,
+            Offset::Mins,
+            scales,
+            NO_FIFTHS,
+        )
     }
 }

@@ -9,11 +9,14 @@ use half::f16;
 
 use crate::Isa;
 use crate::blocks::{
-    BLOCK, BlockMatrix, Groups, ROWS, Token, block_index, matmul_t_many, with_isa,
+    BLOCK, BlockMatrix, Groups, ROWS, Token, Tokens, block_index, dot_tile_by_token, matmul_t_many,
+    with_isa,
 };
 
-/// Bytes of one row's block: 16 of low nibbles, then the 32 fifth bits (little-endian).
+/// Bytes of one row's block: 16 of low nibbles and the 32 fifth bits (little-endian).
 const PACKED: usize = BLOCK / 2 + 4;
+/// Where a group's block holds its rows' fifth bits (after their nibbles).
+const FIFTHS: usize = ROWS * BLOCK / 2;
 
 /// A `[rows, cols]` matrix in Q5_0 blocks (`cols` a multiple of [`BLOCK`]), stored as the
 /// block formats here are: groups of 4 rows whose blocks interleave (group, block, row), a last
@@ -22,8 +25,9 @@ const PACKED: usize = BLOCK / 2 + 4;
 pub struct Q5_0Matrix {
     rows: usize,
     cols: usize,
-    /// `[groups, blocks, ROWS, PACKED]`: byte `j < 16` holds weight `j`'s low 4 bits and weight
-    /// `j + 16`'s in its high half; bytes 16..20 hold weight `i`'s fifth bit at bit `i`.
+    /// `[groups, blocks, (16 bytes per row: nibbles; 4 bytes per row: fifth bits)]`: nibble
+    /// byte `j` holds weight `j`'s low 4 bits and weight `j + 16`'s in its high half; a row's
+    /// fifth-bit word holds weight `i`'s fifth bit at bit `i`.
     quants: Vec<u8>,
     /// `[groups, blocks, ROWS]`: each block's step, as stored (f16), widened.
     scales: Vec<f32>,
@@ -59,9 +63,9 @@ impl Q5_0Matrix {
         for (i, block) in bytes.chunks_exact(BLOCK_BYTES).enumerate() {
             let at = block_index(i / blocks, i % blocks, blocks);
             m.scales[at] = f16::from_le_bytes([block[0], block[1]]).to_f32();
-            let dst = &mut m.quants[at * PACKED..(at + 1) * PACKED];
-            dst[..16].copy_from_slice(&block[6..]);
-            dst[16..].copy_from_slice(&block[2..6]);
+            let (nibbles, fifths) = m.places(at);
+            m.quants[nibbles..nibbles + 16].copy_from_slice(&block[6..]);
+            m.quants[fifths..fifths + 4].copy_from_slice(&block[2..6]);
         }
         Some(m)
     }
@@ -91,11 +95,20 @@ impl Q5_0Matrix {
         matmul_t_many(isa, &[self], x, m, out)
     }
 
+    /// Where block `at` (a [`block_index`]) keeps its nibbles and its fifth bits in `quants`.
+    #[inline(always)]
+    fn places(&self, at: usize) -> (usize, usize) {
+        let (base, row) = ((at / ROWS) * ROWS * PACKED, at % ROWS);
+        (base + 16 * row, base + FIFTHS + 4 * row)
+    }
+
     /// Block `at`'s 32 values (0..32).
     #[inline(always)]
     fn values(&self, at: usize) -> [u8; BLOCK] {
-        let q = &self.quants[at * PACKED..(at + 1) * PACKED];
-        let high = u32::from_le_bytes([q[16], q[17], q[18], q[19]]);
+        let (nibbles, fifths) = self.places(at);
+        let q = &self.quants[nibbles..nibbles + 16];
+        let f = &self.quants[fifths..fifths + 4];
+        let high = u32::from_le_bytes([f[0], f[1], f[2], f[3]]);
         std::array::from_fn(|i| {
             let low = if i < 16 { q[i] & 0xF } else { q[i - 16] >> 4 };
             low | ((((high >> i) & 1) as u8) << 4)
@@ -151,6 +164,28 @@ impl Groups for Q5_0Matrix {
     fn dequantize_rows(&self, isa: Isa, first: usize, out: &mut [f32]) {
         with_isa(isa, || self.dequantize_rows_with(first, out))
     }
+
+    fn tiles(&self, isa: Isa) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if isa >= Isa::Avx512 && crate::simd::vnni512() {
+            return true;
+        }
+        let _ = isa;
+        false
+    }
+
+    fn dot_tile(&self, isa: Isa, g: usize, x: &Tokens<'_>, first: usize, out: &mut [[f32; ROWS]]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.tiles(isa) {
+            let blocks = self.cols / BLOCK;
+            let w = &self.quants[g * blocks * ROWS * PACKED..(g + 1) * blocks * ROWS * PACKED];
+            let s = &self.scales[g * blocks * ROWS..(g + 1) * blocks * ROWS];
+            // SAFETY: AVX-512 F, BW and VNNI are present (`tiles`); the slices hold one group
+            // of `blocks` blocks, `x` tokens of `blocks` blocks, `out` at most `TILE` of them.
+            return unsafe { tile::dot_tile(w, s, x, first, out) };
+        }
+        dot_tile_by_token(self, isa, g, x, first, out)
+    }
 }
 
 impl Q5_0Matrix {
@@ -178,3 +213,5 @@ impl Q5_0Matrix {
 mod simd;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod tile;

@@ -1,15 +1,15 @@
-//! The Q5_0 dot products' SIMD bodies (AVX2, AVX-512 VNNI): the low nibbles unpacked as
-//! Q4_0's, each fifth bit spread to its byte (a shuffle, an OR with every bit but one, a
-//! compare), the values (0..32) multiplied by the token's signed 8-bit quants, and the offset
-//! 16 taken out per block through the token block's sum ([`offset_dot_rows`]).
+//! The Q5_0 dot products' SIMD body (AVX2; AVX-512 VNNI runs the integer tile, `tile.rs`, for
+//! any number of tokens): the low nibbles unpacked as Q4_0's, each fifth bit spread to its
+//! byte (a shuffle, an OR with every bit but one, a compare), the values (0..32) multiplied by
+//! the token's signed 8-bit quants, and the offset 16 taken out per block through the token
+//! block's sum ([`offset_dot_rows`]).
 
 use std::arch::x86_64::*;
 
-use super::PACKED;
+use super::{FIFTHS, PACKED};
 use crate::Isa;
-use crate::blocks::simd::{dot_avx2, dot_vnni, offset_dot_rows};
+use crate::blocks::simd::{dot_avx2, nibbles, offset_dot_rows};
 use crate::blocks::{ROWS, Token};
-use crate::simd::vnni;
 
 /// One group's `ROWS` rows (packed `w`, steps `s`, interleaved by block) dotted with `x`.
 ///
@@ -23,32 +23,23 @@ pub(super) unsafe fn dot_rows(
     x: Token<'_>,
     blocks: usize,
 ) -> [f32; ROWS] {
-    // SAFETY: as the caller guarantees; VNNI checked here.
-    unsafe {
-        if isa >= Isa::Avx512 && vnni() {
-            dot_rows_vnni(w, s, x, blocks)
-        } else {
-            dot_rows_avx2(w, s, x, blocks)
-        }
-    }
+    debug_assert!(isa >= Isa::Avx2Fma);
+    // SAFETY: as the caller guarantees.
+    unsafe { dot_rows_avx2(w, s, x, blocks) }
 }
 
-/// The 32 values (0..32) of the block at `p`.
+/// The 32 values (0..32) of row `r` of the group's block at `p`.
 ///
 /// # Safety
-/// AVX2; `p` addresses `PACKED` readable bytes.
+/// AVX2; `p` addresses `ROWS * PACKED` readable bytes, `r < ROWS`.
 #[inline(always)]
-unsafe fn unpack(p: *const u8) -> __m256i {
-    // SAFETY: `p` addresses PACKED bytes (the caller's contract).
+unsafe fn unpack(p: *const u8, r: usize) -> __m256i {
+    // SAFETY: the nibbles and the word are within the block (the caller's contract).
     unsafe {
-        let low4 = _mm_set1_epi8(0x0F);
-        let packed = _mm_loadu_si128(p.cast());
-        let lo = _mm_and_si128(packed, low4);
-        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low4);
-        let nibbles = _mm256_set_m128i(hi, lo);
+        let nibbles = nibbles(p.add(16 * r));
         // Byte i of the word to bytes 8i..8i+8; each byte ORed with all bits but bit (i % 8):
         // all ones exactly where that bit is set.
-        let word = std::ptr::read_unaligned(p.add(16).cast::<i32>());
+        let word = std::ptr::read_unaligned(p.add(FIFTHS + 4 * r).cast::<i32>());
         let spread = _mm256_shuffle_epi8(
             _mm256_set1_epi32(word),
             _mm256_set_epi64x(
@@ -70,18 +61,7 @@ unsafe fn unpack(p: *const u8) -> __m256i {
 unsafe fn dot_rows_avx2(w: &[u8], s: &[f32], x: Token<'_>, blocks: usize) -> [f32; ROWS] {
     // SAFETY: `dot_rows`' contract; AVX2 and FMA enabled here.
     unsafe {
-        let (unpack, dot) = (|p| unpack(p), |a, b| dot_avx2(a, b));
-        offset_dot_rows((w, PACKED), s, x, blocks, 16.0, unpack, dot)
-    }
-}
-
-/// # Safety
-/// AVX-512 VNNI and VL, AVX2 and FMA; slices as [`dot_rows`] requires.
-#[target_feature(enable = "avx512vnni,avx512vl,avx2,fma")]
-unsafe fn dot_rows_vnni(w: &[u8], s: &[f32], x: Token<'_>, blocks: usize) -> [f32; ROWS] {
-    // SAFETY: `dot_rows`' contract; VNNI, AVX2 and FMA enabled here.
-    unsafe {
-        let (unpack, dot) = (|p| unpack(p), |a, b| dot_vnni(a, b));
+        let (unpack, dot) = (|p, r| unpack(p, r), |a, b| dot_avx2(a, b));
         offset_dot_rows((w, PACKED), s, x, blocks, 16.0, unpack, dot)
     }
 }

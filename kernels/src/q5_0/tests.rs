@@ -59,6 +59,7 @@ fn q5_0_products_match_a_float64_reference_of_the_quantized_operands() {
             (3, 8, 96),
             (2, 33, 896),
             (64, 7, 32),
+            (11, 6, 256),
         ] {
             let bytes = ggml_bytes(n, k, 21 + n as u64);
             let q = Q5_0Matrix::from_ggml_blocks(&bytes, n, k).unwrap();

@@ -1,0 +1,68 @@
+//! The Q5_0 integer tile (AVX-512 VNNI): the shared nibble tile ([`nibble_tile`]) with each
+//! block's four f32 steps, the offset 16, and the fifth bits: the 4 rows' 32-bit words
+//! shuffled into two 64-bit masks (bits 0..16 of each row's word for the low nibbles, 16..32
+//! for the high ones, a row per 16 bits as the register holds a row per 16 bytes), each mask
+//! turned into `0x10` bytes where set.
+
+use std::arch::x86_64::*;
+
+use super::{FIFTHS, PACKED};
+use crate::blocks::tile::{Offset, by_count, nibble_tile, spread};
+use crate::blocks::{ROWS, Tokens};
+
+/// Group rows `w` (steps `s`) dotted with tokens `first..first + out.len()` of `x`.
+///
+/// # Safety
+/// AVX-512 F, BW and VNNI available; `w` holds `ROWS * x.blocks * PACKED` bytes, `s`
+/// `ROWS * x.blocks` steps; `first + out.len() <= x.m`.
+///
+/// # Panics
+/// If `out` holds no token or more than [`crate::blocks::TILE`].
+pub(super) unsafe fn dot_tile(
+    w: &[u8],
+    s: &[f32],
+    x: &Tokens<'_>,
+    first: usize,
+    out: &mut [[f32; ROWS]],
+) {
+    debug_assert!(w.len() == ROWS * x.blocks * PACKED && s.len() == ROWS * x.blocks);
+    // SAFETY: the caller's contract, with `N` the number of tokens.
+    unsafe { by_count!(tile, out, (w, s, x, first, out)) }
+}
+
+/// [`dot_tile`] for `N` tokens.
+///
+/// # Safety
+/// As [`dot_tile`], with `out.len() == N`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile<const N: usize>(
+    w: &[u8],
+    s: &[f32],
+    x: &Tokens<'_>,
+    first: usize,
+    out: &mut [[f32; ROWS]],
+) {
+    // SAFETY: the caller's contract; block `b`'s steps at `s[b * ROWS..]`, its rows' words at
+    // `FIFTHS..FIFTHS + 16` of the block.
+    unsafe {
+        let steps = |b: usize| {
+            let steps = spread(_mm_loadu_ps(s.as_ptr().add(b * ROWS)));
+            (steps, steps)
+        };
+        // The low 16-bit halves of the 4 words, then the high ones.
+        let halves = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+        let fifth = _mm512_set1_epi8(0x10);
+        let fifths = |block: *const u8| {
+            let words = _mm_loadu_si128(block.add(FIFTHS).cast());
+            let masks = _mm_shuffle_epi8(words, halves);
+            let lo = _mm_cvtsi128_si64(masks) as u64;
+            let hi = _mm_extract_epi64::<1>(masks) as u64;
+            (
+                _mm512_maskz_mov_epi8(lo, fifth),
+                _mm512_maskz_mov_epi8(hi, fifth),
+            )
+        };
+        let w = (w, ROWS * PACKED);
+        nibble_tile::<N>(w, x, first, out, Offset::Constant(16), steps, Some(fifths))
+    }
+}
