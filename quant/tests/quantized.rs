@@ -129,10 +129,11 @@ fn q8_0_models_stay_close_to_the_float_ones_on_every_fixture() {
             "{name}: q8_0 logits within {:.2}% of max |f32 logits|",
             r * 100.0
         );
-        // What these random 64-wide models measure (2-3.5% with the weights dequantized,
-        // the activations' 8-bit rounding adds up to 0.7 points); a wrong block or scale moves
-        // logits by tens of percent.
-        assert!(r < 0.05, "{name}: {r}");
+        // What these random 64-wide models measure: 1.5-4.1% with the prompt's activations
+        // as floats (AVX2: many tokens multiply dequantized rows), 2.0-5.2% with every
+        // activation rounded to 8 bits per block as llama.cpp does (AVX-512 VNNI: integer
+        // tiles); a wrong block or scale moves logits by tens of percent.
+        assert!(r < 0.06, "{name}: {r}");
         assert!(r > 0.0, "{name}: the weights were not quantized");
     }
 }
