@@ -3,9 +3,8 @@
 
 use std::ops::Range;
 
-#[cfg(target_arch = "x86_64")]
-use super::simd;
-use super::{BLOCK, Groups, ROWS, TILE, Token, WIDEN_ROWS, quantize_block, quantizes_tokens};
+use super::tokens::{Tiled, Tokens, quantize_tokens};
+use super::{BLOCK, Groups, ROWS, TILE, WIDEN_ROWS, quantizes_tokens};
 use crate::{Isa, OutPtr, gemm, pool, split_rows};
 
 /// The products of `x` (`[m, cols]`) with each of `parts` (matrices of one width), side by
@@ -54,6 +53,10 @@ pub(crate) fn matmul_t_many<M: Groups>(
         m,
         blocks,
     };
+    let tiles = parts
+        .first()
+        .is_some_and(|p| p.tiles(isa.capped(Isa::Avx512)));
+    let tiled = tiles.then(|| Tiled::new(&tokens));
     // Each part's rows in about its share of the tasks, in whole groups.
     let tasks_wanted = rayon::current_num_threads() * 4;
     let mut tasks = Vec::new();
@@ -71,79 +74,16 @@ pub(crate) fn matmul_t_many<M: Groups>(
     pool::parallel_for(tasks.len(), |t| {
         let (i, col, ref rows) = tasks[t];
         // SAFETY: each task writes the output columns of its own rows only.
-        unsafe { rows_into(parts[i], isa, &tokens, rows.clone(), dest.at(col)) }
+        unsafe {
+            rows_into(
+                parts[i],
+                isa,
+                (&tokens, tiled.as_ref()),
+                rows.clone(),
+                dest.at(col),
+            )
+        }
     });
-}
-
-/// Quantizes each 32-value block of `x` into `quants` with its step, its halves' and its sum of
-/// quants, and the step times the sum, compiled for the widest of AVX-512 and AVX2 that `isa`
-/// allows: the SIMD block quantizer where there is one (the compiler left the plain loop
-/// scalar, its rounding a call per value).
-fn quantize_tokens(
-    isa: Isa,
-    x: &[f32],
-    out: (&mut [i8], &mut [f32], &mut [i32], &mut [i32]),
-    shares: &mut [f32],
-) {
-    match isa.capped(Isa::Avx512) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512F (`capped`).
-        Isa::Avx512 => unsafe { quantize_tokens_avx512(x, out, shares) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX2 (`capped`).
-        Isa::Avx2Fma => unsafe { quantize_tokens_avx2(x, out, shares) },
-        _ => quantize_tokens_with(x, out, shares, |v, q| {
-            let d = quantize_block(v, q);
-            let (lo, hi) = q.split_at(BLOCK / 2);
-            let sum = |q: &[i8]| q.iter().map(|&v| v as i32).sum();
-            (d, [sum(lo), sum(hi)])
-        }),
-    }
-}
-
-/// # Safety
-/// AVX-512F available.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2")]
-unsafe fn quantize_tokens_avx512(
-    x: &[f32],
-    out: (&mut [i8], &mut [f32], &mut [i32], &mut [i32]),
-    shares: &mut [f32],
-) {
-    // SAFETY: AVX2 enabled here.
-    quantize_tokens_with(x, out, shares, |v, q| unsafe { simd::quantize_block(v, q) })
-}
-
-/// # Safety
-/// AVX2 available.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn quantize_tokens_avx2(
-    x: &[f32],
-    out: (&mut [i8], &mut [f32], &mut [i32], &mut [i32]),
-    shares: &mut [f32],
-) {
-    // SAFETY: AVX2 enabled here.
-    quantize_tokens_with(x, out, shares, |v, q| unsafe { simd::quantize_block(v, q) })
-}
-
-/// [`quantize_tokens`]' loop, `block` quantizing one block (its step and halves' sums).
-#[inline(always)]
-fn quantize_tokens_with(
-    x: &[f32],
-    (quants, steps, half_sums, sums): (&mut [i8], &mut [f32], &mut [i32], &mut [i32]),
-    shares: &mut [f32],
-    block: impl Fn(&[f32], &mut [i8]) -> (f32, [i32; 2]),
-) {
-    let blocks = x.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK));
-    let sums = steps.iter_mut().zip(sums.iter_mut().zip(shares));
-    for (((v, q), (d, (sum, share))), half) in blocks.zip(sums).zip(half_sums.chunks_exact_mut(2)) {
-        let halves;
-        (*d, halves) = block(v, q);
-        half.copy_from_slice(&halves);
-        *sum = halves[0] + halves[1];
-        *share = *d * *sum as f32;
-    }
 }
 
 /// [`matmul_t_many`] for many tokens: the tokens packed once, then each task dequantizes
@@ -182,19 +122,33 @@ fn widened<M: Groups>(isa: Isa, parts: &[&M], x: &[f32], m: usize, dest: Columns
 }
 
 /// Computes `p`'s output columns `rows` (whole groups, but for the last) for every token, into
-/// `out` (`p`'s first column of token 0, rows `stride` apart).
+/// `out` (`p`'s first column of token 0, rows `stride` apart): by tiles of up to [`TILE`]
+/// tokens where `tiled` holds them ([`Groups::tiles`]), else token by token.
 ///
 /// # Safety
 /// `out` addresses `m` rows of `stride >= rows of p` columns from `p`'s first one, and no other
 /// thread writes these columns.
-unsafe fn rows_into<M: Groups>(p: &M, isa: Isa, x: &Tokens<'_>, rows: Range<usize>, out: Column) {
+unsafe fn rows_into<M: Groups>(
+    p: &M,
+    isa: Isa,
+    (x, tiled): (&Tokens<'_>, Option<&Tiled>),
+    rows: Range<usize>,
+    out: Column,
+) {
     let isa = isa.capped(Isa::Avx512);
     let mut dots = [[0f32; ROWS]; TILE];
     for r in rows.clone().step_by(ROWS) {
         let count = ROWS.min(rows.end - r);
         for first in (0..x.m).step_by(TILE) {
             let n = TILE.min(x.m - first);
-            p.dot_tile(isa, r / ROWS, x, first, &mut dots[..n]);
+            match tiled {
+                Some(tiled) => p.dot_tile(isa, r / ROWS, &tiled.tile(first, n), &mut dots[..n]),
+                None => {
+                    for (i, dots) in dots[..n].iter_mut().enumerate() {
+                        *dots = p.dot_group(isa, r / ROWS, x.token(first + i));
+                    }
+                }
+            }
             for (i, row) in dots[..n].iter().enumerate() {
                 for (j, d) in row.iter().enumerate().take(count) {
                     // SAFETY: token first + i < m, column r + j < rows of p, owned by this
@@ -234,30 +188,5 @@ impl Column {
     /// Token `t`'s first column of this part (`stride` as given, for the caller's clarity).
     fn row(self, t: usize, stride: usize) -> *mut f32 {
         self.first.get().wrapping_add(t * stride)
-    }
-}
-
-/// The tokens of a product, quantized per block, one after another.
-pub(crate) struct Tokens<'a> {
-    pub(crate) quants: &'a [i8],
-    pub(crate) scales: &'a [f32],
-    pub(crate) sums: &'a [i32],
-    /// Each block's step times its sum of quants (what a min per block is multiplied by).
-    pub(crate) shares: &'a [f32],
-    pub(crate) half_sums: &'a [i32],
-    pub(crate) m: usize,
-    pub(crate) blocks: usize,
-}
-
-impl Tokens<'_> {
-    /// Token `t`'s quants, block steps and block sums.
-    pub(crate) fn token(&self, t: usize) -> Token<'_> {
-        let (k, b) = (self.blocks * BLOCK, self.blocks);
-        Token {
-            quants: &self.quants[t * k..(t + 1) * k],
-            scales: &self.scales[t * b..(t + 1) * b],
-            sums: &self.sums[t * b..(t + 1) * b],
-            half_sums: &self.half_sums[2 * t * b..2 * (t + 1) * b],
-        }
     }
 }

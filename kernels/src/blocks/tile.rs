@@ -10,10 +10,13 @@
 
 use std::arch::x86_64::*;
 
-use super::{BLOCK, ROWS, Tokens};
+use super::{BLOCK, ROWS, TileTokens};
+
+/// A block's fifth bits for its low and high nibbles (`0x10` where set), from the block.
+pub(crate) type Fifths = fn(*const u8) -> (__m512i, __m512i);
 
 /// No fifth bits (the 4-bit formats), as `nibble_tile`'s `fifths`.
-pub(crate) const NO_FIFTHS: Option<fn(*const u8) -> (__m512i, __m512i)> = None;
+pub(crate) const NO_FIFTHS: Option<Fifths> = None;
 
 /// How many blocks ahead the tile prefetches a group's quants.
 const PREFETCH: usize = 16;
@@ -58,37 +61,32 @@ pub(crate) unsafe fn spread(rows: __m128) -> __m512 {
 }
 
 /// Group rows `w` (`x.blocks` blocks of `stride >= ROWS * 16` bytes, the rows' nibbles first)
-/// dotted with tokens `first..first + N` of `x`, into `out`; `scales(b)` gives block `b`'s
+/// dotted with the `N` tokens of `x`, into `out`; `scales(b)` gives block `b`'s
 /// steps and mins (for [`Offset::Mins`]), each [`spread`]; `fifths(block)`, where the format has
 /// fifth bits, gives them for the low and the high nibbles (`0x10` where set).
 ///
 /// # Safety
-/// AVX-512 F, BW and VNNI available; `w` holds `x.blocks * stride` bytes; `first + N <= x.m`
-/// and `out.len() == N`; `fifths` reads within the block it is given.
+/// AVX-512 F, BW and VNNI available; `w` holds `x.blocks * stride` bytes; `x.n == N` and
+/// `out.len() == N`; `fifths` reads within the block it is given.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) unsafe fn nibble_tile<const N: usize>(
     (w, stride): (&[u8], usize),
-    x: &Tokens<'_>,
-    first: usize,
+    x: &TileTokens<'_>,
     out: &mut [[f32; ROWS]],
     offset: Offset,
     scales: impl Fn(usize) -> (__m512, __m512),
     fifths: Option<impl Fn(*const u8) -> (__m512i, __m512i)>,
 ) {
-    debug_assert!(w.len() == x.blocks * stride && first + N <= x.m && out.len() == N);
-    let (blocks, k) = (x.blocks, x.blocks * BLOCK);
-    // SAFETY: every offset is within the slices (the caller's contract): token `first + t`'s
-    // block `b` quants at `(first + t) * k + b * BLOCK`, its step and sum at
-    // `(first + t) * blocks + b`; a prefetch past the end is harmless (it never faults).
+    debug_assert!(w.len() == x.blocks * stride && x.n == N && out.len() == N);
+    // SAFETY: every offset is within the slices (the caller's contract): token `t`'s block `b`
+    // at `b * N + t` ([`TileTokens`]); a prefetch past the end is harmless (it never faults).
     unsafe {
-        let q = x.quants.as_ptr().add(first * k);
-        let dx = x.scales.as_ptr().add(first * blocks);
-        let sums = x.sums.as_ptr().add(first * blocks);
-        let shares = x.shares.as_ptr().add(first * blocks);
+        let (q, dx) = (x.quants.as_ptr(), x.scales.as_ptr());
+        let (sums, shares) = (x.sums.as_ptr(), x.shares.as_ptr());
         let low4 = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); N];
-        for b in 0..blocks {
+        for b in 0..x.blocks {
             let wb = w.as_ptr().add(b * stride);
             _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH * stride).cast());
             let packed = _mm512_loadu_si512(wb.cast());
@@ -102,21 +100,22 @@ pub(crate) unsafe fn nibble_tile<const N: usize>(
             let (steps, mins) = scales(b);
             // A quarter of the min's share in each of a row's 4 lanes.
             let mins = _mm512_mul_ps(mins, _mm512_set1_ps(0.25));
+            let (qb, at) = (q.add(b * N * BLOCK), b * N);
             for (t, acc) in acc.iter_mut().enumerate() {
-                let qt = q.add(t * k + b * BLOCK);
+                let qt = qb.add(t * BLOCK);
                 let xlo = _mm512_broadcast_i32x4(_mm_loadu_si128(qt.cast()));
                 let xhi = _mm512_broadcast_i32x4(_mm_loadu_si128(qt.add(BLOCK / 2).cast()));
                 let start = match offset {
                     // A quarter of `-c * sum` in each of a row's 4 lanes.
-                    Offset::Constant(c) => _mm512_set1_epi32(-(c / 4) * *sums.add(t * blocks + b)),
+                    Offset::Constant(c) => _mm512_set1_epi32(-(c / 4) * *sums.add(at + t)),
                     Offset::Mins => _mm512_setzero_si512(),
                 };
                 let dots = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, lo, xlo), hi, xhi);
-                let d = *dx.add(t * blocks + b);
+                let d = *dx.add(at + t);
                 let step = _mm512_mul_ps(steps, _mm512_set1_ps(d));
                 *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), step, *acc);
                 if offset == Offset::Mins {
-                    let share = _mm512_set1_ps(*shares.add(t * blocks + b));
+                    let share = _mm512_set1_ps(*shares.add(at + t));
                     *acc = _mm512_fnmadd_ps(mins, share, *acc);
                 }
             }

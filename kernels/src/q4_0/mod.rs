@@ -8,8 +8,8 @@ use half::f16;
 
 use crate::Isa;
 use crate::blocks::{
-    BLOCK, BlockMatrix, Groups, ROWS, Token, Tokens, block_index, dot_tile_by_token, matmul_t_many,
-    with_isa,
+    BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, block_index, dot_tile_by_token,
+    matmul_t_many, with_isa,
 };
 
 /// Bytes of one row's quants in a block: two 4-bit weights per byte.
@@ -214,17 +214,17 @@ impl Groups for Q4_0Matrix {
         false
     }
 
-    fn dot_tile(&self, isa: Isa, g: usize, x: &Tokens<'_>, first: usize, out: &mut [[f32; ROWS]]) {
+    fn dot_tile(&self, isa: Isa, g: usize, x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {
         #[cfg(target_arch = "x86_64")]
         if self.tiles(isa) {
             let blocks = self.cols / BLOCK;
             let w = &self.quants[g * blocks * ROWS * PACKED..(g + 1) * blocks * ROWS * PACKED];
             let s = &self.scales[g * blocks * ROWS..(g + 1) * blocks * ROWS];
             // SAFETY: AVX-512 F, BW and VNNI are present (`tiles`); the slices hold one group
-            // of `blocks` blocks, `x` tokens of `blocks` blocks, `out` at most `TILE` of them.
-            return unsafe { tile::dot_tile(w, s, x, first, out) };
+            // of `blocks` blocks, `x` tokens of `blocks` blocks, `out` one per token.
+            return unsafe { tile::dot_tile(w, s, x, out) };
         }
-        dot_tile_by_token(self, isa, g, x, first, out)
+        dot_tile_by_token(self, isa, g, x, out)
     }
 }
 

@@ -10,8 +10,8 @@ use half::f16;
 
 use crate::Isa;
 use crate::blocks::{
-    BLOCK, BlockMatrix, Groups, ROWS, Token, Tokens, block_index, dot_tile_by_token, matmul_t_many,
-    with_isa,
+    BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, block_index, dot_tile_by_token,
+    matmul_t_many, with_isa,
 };
 
 /// Weights per super-block.
@@ -212,14 +212,14 @@ impl Groups for Q4KMatrix {
         false
     }
 
-    fn dot_tile(&self, isa: Isa, g: usize, x: &Tokens<'_>, first: usize, out: &mut [[f32; ROWS]]) {
+    fn dot_tile(&self, isa: Isa, g: usize, x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {
         #[cfg(target_arch = "x86_64")]
         if self.tiles(isa) {
             // SAFETY: AVX-512 F, BW and VNNI are present (`tiles`); the slices hold one
-            // group, `x` tokens of `cols / 32` blocks, `out` at most `TILE` of them.
-            return unsafe { tile::dot_tile(self.group(g), x, first, out) };
+            // group, `x` tokens of `cols / 32` blocks, `out` one per token.
+            return unsafe { tile::dot_tile(self.group(g), x, out) };
         }
-        dot_tile_by_token(self, isa, g, x, first, out)
+        dot_tile_by_token(self, isa, g, x, out)
     }
 }
 

@@ -5,28 +5,27 @@ use std::arch::x86_64::*;
 
 use super::{PACKED, SUBS};
 use crate::blocks::tile::{NO_FIFTHS, Offset, by_count, nibble_tile, spread};
-use crate::blocks::{ROWS, Tokens};
+use crate::blocks::{ROWS, TileTokens};
 
 /// Group rows (quants, scales and mins, steps: [`super::Q4KMatrix`]'s layout) dotted with
-/// tokens `first..first + out.len()` of `x`.
+/// each token of `x`.
 ///
 /// # Safety
 /// AVX-512 F, BW and VNNI available; the slices hold one group of `x.blocks` blocks;
-/// `first + out.len() <= x.m`.
+/// `out.len() == x.n`.
 ///
 /// # Panics
 /// If `out` holds no token or more than [`crate::blocks::TILE`].
 pub(super) unsafe fn dot_tile(
     group: (&[u8], &[u8], &[f32]),
-    x: &Tokens<'_>,
-    first: usize,
+    x: &TileTokens<'_>,
     out: &mut [[f32; ROWS]],
 ) {
     debug_assert!(group.0.len() == ROWS * x.blocks * PACKED);
     debug_assert!(group.1.len() == 2 * ROWS * x.blocks);
     debug_assert!(group.2.len() == 2 * ROWS * (x.blocks / SUBS));
     // SAFETY: the caller's contract, with `N` the number of tokens.
-    unsafe { by_count!(tile, out, (group, x, first, out)) }
+    unsafe { by_count!(tile, out, (group, x, out)) }
 }
 
 /// Four bytes at `p` widened to floats.
@@ -49,8 +48,7 @@ unsafe fn bytes_to_f32(p: *const u8) -> __m128 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile<const N: usize>(
     (w, subs, steps): (&[u8], &[u8], &[f32]),
-    x: &Tokens<'_>,
-    first: usize,
+    x: &TileTokens<'_>,
     out: &mut [[f32; ROWS]],
 ) {
     // SAFETY: the caller's contract; block `b`'s scales and mins at `subs[b * 8..]`, its
@@ -64,14 +62,6 @@ unsafe fn tile<const N: usize>(
             let mins = bytes_to_f32(subs.as_ptr().add(b * 2 * ROWS + ROWS));
             (spread(_mm_mul_ps(d, sc)), spread(_mm_mul_ps(dmin, mins)))
         };
-        nibble_tile::<N>(
-            (w, ROWS * PACKED),
-            x,
-            first,
-            out,
-            Offset::Mins,
-            scales,
-            NO_FIFTHS,
-        )
+        nibble_tile::<N>((w, ROWS * PACKED), x, out, Offset::Mins, scales, NO_FIFTHS)
     }
 }

@@ -8,26 +8,20 @@ use std::arch::x86_64::*;
 
 use super::{FIFTHS, PACKED};
 use crate::blocks::tile::{Offset, by_count, nibble_tile, spread};
-use crate::blocks::{ROWS, Tokens};
+use crate::blocks::{ROWS, TileTokens};
 
-/// Group rows `w` (steps `s`) dotted with tokens `first..first + out.len()` of `x`.
+/// Group rows `w` (steps `s`) dotted with each token of `x`.
 ///
 /// # Safety
 /// AVX-512 F, BW and VNNI available; `w` holds `ROWS * x.blocks * PACKED` bytes, `s`
-/// `ROWS * x.blocks` steps; `first + out.len() <= x.m`.
+/// `ROWS * x.blocks` steps; `out.len() == x.n`.
 ///
 /// # Panics
 /// If `out` holds no token or more than [`crate::blocks::TILE`].
-pub(super) unsafe fn dot_tile(
-    w: &[u8],
-    s: &[f32],
-    x: &Tokens<'_>,
-    first: usize,
-    out: &mut [[f32; ROWS]],
-) {
+pub(super) unsafe fn dot_tile(w: &[u8], s: &[f32], x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {
     debug_assert!(w.len() == ROWS * x.blocks * PACKED && s.len() == ROWS * x.blocks);
     // SAFETY: the caller's contract, with `N` the number of tokens.
-    unsafe { by_count!(tile, out, (w, s, x, first, out)) }
+    unsafe { by_count!(tile, out, (w, s, x, out)) }
 }
 
 /// [`dot_tile`] for `N` tokens.
@@ -35,13 +29,7 @@ pub(super) unsafe fn dot_tile(
 /// # Safety
 /// As [`dot_tile`], with `out.len() == N`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile<const N: usize>(
-    w: &[u8],
-    s: &[f32],
-    x: &Tokens<'_>,
-    first: usize,
-    out: &mut [[f32; ROWS]],
-) {
+unsafe fn tile<const N: usize>(w: &[u8], s: &[f32], x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {
     // SAFETY: the caller's contract; block `b`'s steps at `s[b * ROWS..]`, its rows' words at
     // `FIFTHS..FIFTHS + 16` of the block.
     unsafe {
@@ -63,6 +51,6 @@ unsafe fn tile<const N: usize>(
             )
         };
         let w = (w, ROWS * PACKED);
-        nibble_tile::<N>(w, x, first, out, Offset::Constant(16), steps, Some(fifths))
+        nibble_tile::<N>(w, x, out, Offset::Constant(16), steps, Some(fifths))
     }
 }

@@ -10,31 +10,30 @@ use std::arch::x86_64::*;
 
 use super::{CHUNK, CHUNKS, PAIRS};
 use crate::blocks::tile::{by_count, spread};
-use crate::blocks::{BLOCK, ROWS, Tokens};
+use crate::blocks::{BLOCK, ROWS, TileTokens};
 
 /// How many chunks ahead the tile prefetches a group's quants.
 const PREFETCH: usize = 8;
 
-/// Group rows (quants, scales, steps: [`super::Q6KMatrix`]'s layout) dotted with tokens
-/// `first..first + out.len()` of `x`.
+/// Group rows (quants, scales, steps: [`super::Q6KMatrix`]'s layout) dotted with each token of
+/// `x`.
 ///
 /// # Safety
 /// AVX-512 F, BW and VNNI available; the slices hold one group of `x.blocks` chunks;
-/// `first + out.len() <= x.m`.
+/// `out.len() == x.n`.
 ///
 /// # Panics
 /// If `out` holds no token or more than [`crate::blocks::TILE`].
 pub(super) unsafe fn dot_tile(
     group: (&[u8], &[i8], &[f32]),
-    x: &Tokens<'_>,
-    first: usize,
+    x: &TileTokens<'_>,
     out: &mut [[f32; ROWS]],
 ) {
     debug_assert!(group.0.len() == ROWS * x.blocks * CHUNK);
     debug_assert!(group.1.len() == 2 * ROWS * x.blocks);
     debug_assert!(group.2.len() == ROWS * (x.blocks / CHUNKS));
     // SAFETY: the caller's contract, with `N` the number of tokens.
-    unsafe { by_count!(tile, out, (group, x, first, out)) }
+    unsafe { by_count!(tile, out, (group, x, out)) }
 }
 
 /// Four signed bytes at `p` widened to floats.
@@ -57,18 +56,13 @@ unsafe fn bytes_to_f32(p: *const i8) -> __m128 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile<const N: usize>(
     (w, sc, d): (&[u8], &[i8], &[f32]),
-    x: &Tokens<'_>,
-    first: usize,
+    x: &TileTokens<'_>,
     out: &mut [[f32; ROWS]],
 ) {
-    let (blocks, k) = (x.blocks, x.blocks * BLOCK);
-    // SAFETY: every offset is within the slices (the caller's contract): token `first + t`'s
-    // block `c` quants at `(first + t) * k + c * BLOCK`, its step at `(first + t) * blocks + c`,
-    // its half sums at twice that; a prefetch past the end is harmless (it never faults).
+    // SAFETY: every offset is within the slices (the caller's contract): token `t`'s chunk `c`
+    // at `c * N + t` ([`TileTokens`]); a prefetch past the end is harmless (it never faults).
     unsafe {
-        let q = x.quants.as_ptr().add(first * k);
-        let dx = x.scales.as_ptr().add(first * blocks);
-        let halves = x.half_sums.as_ptr().add(2 * first * blocks);
+        let (q, dx, halves) = (x.quants.as_ptr(), x.scales.as_ptr(), x.half_sums.as_ptr());
         let low4 = _mm512_set1_epi8(0x0F);
         let bits45 = _mm512_set1_epi8(0x30);
         // Row `r`'s 8 pair bytes into both 64-bit halves of lane `r`.
@@ -78,7 +72,7 @@ unsafe fn tile<const N: usize>(
         let up = _mm512_set_epi64(2, 4, 2, 4, 2, 4, 2, 4);
         let down = _mm512_set_epi64(2, 0, 2, 0, 2, 0, 2, 0);
         let mut acc = [_mm512_setzero_ps(); N];
-        for c in 0..blocks {
+        for c in 0..x.blocks {
             let chunk = w.as_ptr().add(c * ROWS * CHUNK);
             _mm_prefetch::<_MM_HINT_T0>(chunk.wrapping_add(PREFETCH * ROWS * CHUNK).cast());
             _mm_prefetch::<_MM_HINT_T0>(chunk.wrapping_add(PREFETCH * ROWS * CHUNK + 64).cast());
@@ -97,11 +91,12 @@ unsafe fn tile<const N: usize>(
             let s = sc.as_ptr().add(c * 2 * ROWS);
             let s0 = spread(_mm_mul_ps(step, bytes_to_f32(s)));
             let s1 = spread(_mm_mul_ps(step, bytes_to_f32(s.add(ROWS))));
+            let (qc, at) = (q.add(c * N * BLOCK), c * N);
             for (t, acc) in acc.iter_mut().enumerate() {
-                let qt = q.add(t * k + c * BLOCK);
+                let qt = qc.add(t * BLOCK);
                 let xlo = _mm512_broadcast_i32x4(_mm_loadu_si128(qt.cast()));
                 let xhi = _mm512_broadcast_i32x4(_mm_loadu_si128(qt.add(16).cast()));
-                let h = halves.add(2 * (t * blocks + c));
+                let h = halves.add(2 * (at + t));
                 // A quarter of `-32 * half sum` in each of a row's 4 lanes.
                 let sum0 = _mm512_dpbusd_epi32(_mm512_set1_epi32(-8 * *h), lo, xlo);
                 let sum1 = _mm512_dpbusd_epi32(_mm512_set1_epi32(-8 * *h.add(1)), hi, xhi);
@@ -110,7 +105,7 @@ unsafe fn tile<const N: usize>(
                     s1,
                     _mm512_mul_ps(_mm512_cvtepi32_ps(sum0), s0),
                 );
-                *acc = _mm512_fmadd_ps(both, _mm512_set1_ps(*dx.add(t * blocks + c)), *acc);
+                *acc = _mm512_fmadd_ps(both, _mm512_set1_ps(*dx.add(at + t)), *acc);
             }
         }
         for (dots, acc) in out.iter_mut().zip(acc) {

@@ -3,7 +3,7 @@
 
 use super::{BLOCK, Q8_0Matrix, ROWS};
 use crate::Isa;
-use crate::blocks::{BlockMatrix, Groups, Token, Tokens, dot_tile_by_token, matmul_t_many};
+use crate::blocks::{BlockMatrix, Groups, TileTokens, Token, dot_tile_by_token, matmul_t_many};
 
 impl Q8_0Matrix {
     /// `out = x W^T`: `x` `[m, cols]`, `out` `[m, rows]`, on the kernel threads. Below
@@ -75,7 +75,7 @@ impl Groups for Q8_0Matrix {
         false
     }
 
-    fn dot_tile(&self, isa: Isa, g: usize, x: &Tokens<'_>, first: usize, out: &mut [[f32; ROWS]]) {
+    fn dot_tile(&self, isa: Isa, g: usize, x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {
         // One token reads the weights at memory speed either way; the per-block start of the
         // tile pays off from two.
         #[cfg(target_arch = "x86_64")]
@@ -84,10 +84,10 @@ impl Groups for Q8_0Matrix {
             let w = &self.quants[g * blocks * ROWS * BLOCK..(g + 1) * blocks * ROWS * BLOCK];
             let s = &self.scales[g * blocks * ROWS..(g + 1) * blocks * ROWS];
             // SAFETY: AVX-512 F, BW and VNNI are present (`tiles`); the slices hold one group
-            // of `blocks` blocks, `x` tokens of `blocks` blocks, `out` 2 to `TILE` of them.
-            return unsafe { super::tile::dot_tile(w, s, x, first, out) };
+            // of `blocks` blocks, `x` tokens of `blocks` blocks, `out` one per token.
+            return unsafe { super::tile::dot_tile(w, s, x, out) };
         }
-        dot_tile_by_token(self, isa, g, x, first, out)
+        dot_tile_by_token(self, isa, g, x, out)
     }
 }
 

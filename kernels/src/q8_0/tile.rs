@@ -8,29 +8,23 @@
 use std::arch::x86_64::*;
 
 use crate::blocks::tile::by_count;
-use crate::blocks::{BLOCK, ROWS, Tokens};
+use crate::blocks::{BLOCK, ROWS, TileTokens};
 
 /// How many blocks ahead the tile prefetches a group's quants.
 const PREFETCH: usize = 8;
 
-/// Group rows `w` (steps `s`) dotted with tokens `first..first + out.len()` of `x`.
+/// Group rows `w` (steps `s`) dotted with each token of `x`.
 ///
 /// # Safety
 /// AVX-512 F, BW and VNNI available; `w` holds `ROWS * x.blocks * BLOCK` quants, `s`
-/// `ROWS * x.blocks` steps; `first + out.len() <= x.m`.
+/// `ROWS * x.blocks` steps; `out.len() == x.n`.
 ///
 /// # Panics
 /// If `out` holds no token or more than [`crate::blocks::TILE`].
-pub(super) unsafe fn dot_tile(
-    w: &[i8],
-    s: &[f32],
-    x: &Tokens<'_>,
-    first: usize,
-    out: &mut [[f32; ROWS]],
-) {
+pub(super) unsafe fn dot_tile(w: &[i8], s: &[f32], x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {
     debug_assert!(w.len() == ROWS * x.blocks * BLOCK && s.len() == ROWS * x.blocks);
     // SAFETY: the caller's contract, with `N` the number of tokens.
-    unsafe { by_count!(tile, out, (w, s, x, first, out)) }
+    unsafe { by_count!(tile, out, (w, s, x, out)) }
 }
 
 /// [`dot_tile`] for `N` tokens.
@@ -38,25 +32,16 @@ pub(super) unsafe fn dot_tile(
 /// # Safety
 /// As [`dot_tile`], with `out.len() == N`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile<const N: usize>(
-    w: &[i8],
-    s: &[f32],
-    x: &Tokens<'_>,
-    first: usize,
-    out: &mut [[f32; ROWS]],
-) {
-    let (blocks, k) = (x.blocks, x.blocks * BLOCK);
-    // SAFETY: every offset is within the slices (the caller's contract): token `first + t`'s
-    // block `b` quants at `(first + t) * k + b * BLOCK`, its step at `(first + t) * blocks + b`;
-    // a prefetch past the end is harmless (it never faults).
+unsafe fn tile<const N: usize>(w: &[i8], s: &[f32], x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {
+    // SAFETY: every offset is within the slices (the caller's contract): token `t`'s block `b`
+    // at `b * N + t` ([`TileTokens`]); a prefetch past the end is harmless (it never faults).
     unsafe {
-        let q = x.quants.as_ptr().add(first * k);
-        let dx = x.scales.as_ptr().add(first * blocks);
+        let (q, dx) = (x.quants.as_ptr(), x.scales.as_ptr());
         let offset = _mm512_set1_epi8(-128);
         // Rows 0 and 1 (2 and 3) each in eight lanes.
         let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         let mut acc = [[_mm512_setzero_ps(); 2]; N];
-        for b in 0..blocks {
+        for b in 0..x.blocks {
             let wb = w.as_ptr().add(b * ROWS * BLOCK);
             _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH * ROWS * BLOCK).cast());
             _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH * ROWS * BLOCK + 64).cast());
@@ -76,10 +61,11 @@ unsafe fn tile<const N: usize>(
                 _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(steps)),
                 _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_movehl_ps(steps, steps))),
             ];
+            let (qb, at) = (q.add(b * N * BLOCK), b * N);
             for (t, acc) in acc.iter_mut().enumerate() {
-                let xq = _mm256_loadu_si256(q.add(t * k + b * BLOCK).cast());
+                let xq = _mm256_loadu_si256(qb.add(t * BLOCK).cast());
                 let xu = _mm512_xor_si512(_mm512_broadcast_i64x4(xq), offset);
-                let d = _mm512_set1_ps(*dx.add(t * blocks + b));
+                let d = _mm512_set1_ps(*dx.add(at + t));
                 for h in 0..2 {
                     let sums = _mm512_dpbusd_epi32(starts[h], xu, rows[h]);
                     let step = _mm512_mul_ps(steps[h], d);
