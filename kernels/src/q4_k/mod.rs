@@ -3,7 +3,7 @@
 //! d * scale * q - dmin * min`, `q` in 0..16). Repacked at load into the 32-weight blocks of the
 //! 4-bit formats here (Q4_0's nibble order, groups of 4 rows), the 12 bytes of packed scales
 //! and mins unpacked to a byte each and the two steps widened, so a product reads 4.75 bits per
-//! weight (the file: 4.5) and shares Q4_0's integer tile ([`crate::blocks::tile`]). Tokens are
+//! weight (the file: 4.5) and shares Q4_0's integer tile on AVX-512 VNNI. Tokens are
 //! quantized to 8 bits per 32; each sub-block's min is taken out with the token block's sum.
 
 use half::f16;
