@@ -72,6 +72,18 @@ pub(crate) trait Groups: Sync {
     }
 }
 
+/// Whether `isa` runs the integer tiles written here: AVX-512 with VNNI's 512-bit form (and
+/// BW), which the formats with tiles (Q4_0, Q4_K, Q5_0, Q6_K, Q8_0) say as their
+/// [`Groups::tiles`].
+pub(crate) fn vnni_tiles(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512 && crate::simd::vnni512() {
+        return true;
+    }
+    let _ = isa;
+    false
+}
+
 /// [`Groups::dot_tile`] one token at a time.
 pub(crate) fn dot_tile_by_token<M: Groups + ?Sized>(
     p: &M,

@@ -9,7 +9,7 @@ use half::f16;
 use crate::Isa;
 use crate::blocks::{
     BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, block_index, dot_tile_by_token,
-    matmul_t_many, with_isa,
+    matmul_t_many, vnni_tiles, with_isa,
 };
 
 /// Bytes of one row's quants in a block: two 4-bit weights per byte.
@@ -206,12 +206,7 @@ impl Groups for Q4_0Matrix {
     }
 
     fn tiles(&self, isa: Isa) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if isa >= Isa::Avx512 && crate::simd::vnni512() {
-            return true;
-        }
-        let _ = isa;
-        false
+        vnni_tiles(isa)
     }
 
     fn dot_tile(&self, isa: Isa, g: usize, x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {

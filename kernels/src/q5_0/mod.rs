@@ -10,7 +10,7 @@ use half::f16;
 use crate::Isa;
 use crate::blocks::{
     BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, block_index, dot_tile_by_token,
-    matmul_t_many, with_isa,
+    matmul_t_many, vnni_tiles, with_isa,
 };
 
 /// Bytes of one row's block: 16 of low nibbles and the 32 fifth bits (little-endian).
@@ -166,12 +166,7 @@ impl Groups for Q5_0Matrix {
     }
 
     fn tiles(&self, isa: Isa) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if isa >= Isa::Avx512 && crate::simd::vnni512() {
-            return true;
-        }
-        let _ = isa;
-        false
+        vnni_tiles(isa)
     }
 
     fn dot_tile(&self, isa: Isa, g: usize, x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {

@@ -10,7 +10,8 @@ use half::f16;
 
 use crate::Isa;
 use crate::blocks::{
-    BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, dot_tile_by_token, matmul_t_many, with_isa,
+    BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, dot_tile_by_token, matmul_t_many,
+    vnni_tiles, with_isa,
 };
 
 /// Weights per super-block.
@@ -231,12 +232,7 @@ impl Groups for Q6KMatrix {
     }
 
     fn tiles(&self, isa: Isa) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if isa >= Isa::Avx512 && crate::simd::vnni512() {
-            return true;
-        }
-        let _ = isa;
-        false
+        vnni_tiles(isa)
     }
 
     fn dot_tile(&self, isa: Isa, g: usize, x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {

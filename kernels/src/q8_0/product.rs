@@ -3,7 +3,9 @@
 
 use super::{BLOCK, Q8_0Matrix, ROWS};
 use crate::Isa;
-use crate::blocks::{BlockMatrix, Groups, TileTokens, Token, dot_tile_by_token, matmul_t_many};
+use crate::blocks::{
+    BlockMatrix, Groups, TileTokens, Token, dot_tile_by_token, matmul_t_many, vnni_tiles,
+};
 
 impl Q8_0Matrix {
     /// `out = x W^T`: `x` `[m, cols]`, `out` `[m, rows]`, on the kernel threads. Below
@@ -67,12 +69,7 @@ impl Groups for Q8_0Matrix {
     }
 
     fn tiles(&self, isa: Isa) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if isa >= Isa::Avx512 && crate::simd::vnni512() {
-            return true;
-        }
-        let _ = isa;
-        false
+        vnni_tiles(isa)
     }
 
     fn dot_tile(&self, isa: Isa, g: usize, x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {
