@@ -85,7 +85,7 @@ impl PackedTokens {
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2Fma | Isa::Avx512 => {
-                let width = simd::with_tile(isa, m, simd::PanelWidth);
+                let width = simd::with_tile(isa, (m, k), simd::PanelWidth);
                 PackedTokens {
                     isa,
                     m,
@@ -116,7 +116,7 @@ pub fn matmul_t_packed<E: WeightElem>(x: &PackedTokens, w: &[E], n: usize, out: 
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma | Isa::Avx512 => simd::with_tile(
             x.isa,
-            m,
+            (m, k),
             simd::Product {
                 xp: &x.data,
                 m,

@@ -129,13 +129,14 @@ pub(super) trait TileJob {
     fn run<T: Tile>(self) -> Self::Out;
 }
 
-/// Runs `job` with the tile for `m` tokens on `isa` (AVX2 or AVX-512, available). AVX2:
-/// few tokens get one vector of 8 tokens by 12 weight rows (13 loads, 12 FMAs per step),
-/// more two vectors by 6 rows (8 loads, 12 FMAs). AVX-512: up to 8 tokens as AVX2, then
-/// one vector of 16 tokens by 24 rows, two by 12, three by 8 (to 48 tokens), and two by 12
-/// again from there (four by 6 measured faster where `k` is 1024 and slower where it is 2816:
-/// 0.97 of this on a 64-token llama prefill; PERFORMANCE.md).
-pub(super) fn with_tile<J: TileJob>(isa: Isa, m: usize, job: J) -> J::Out {
+/// Runs `job` with the tile for `m` tokens of `k` inputs on `isa` (AVX2 or AVX-512,
+/// available). AVX2: few tokens get one vector of 8 tokens by 12 weight rows (13 loads, 12 FMAs
+/// per step), more two vectors by 6 rows (8 loads, 12 FMAs). AVX-512: up to 8 tokens as AVX2,
+/// then one vector of 16 tokens by 24 rows, two by 12, three by 8 (to 48 tokens); from there
+/// four by 6 while a 64-token panel (`64 x k` floats) stays within 512 KiB of L2, two by 12
+/// beyond (measured on 64 tokens: four by 6 142-170 GMAC/s where `k` is 1024 against 124-130,
+/// two by 12 112-117 where it is 2816 against 88-101; PERFORMANCE.md).
+pub(super) fn with_tile<J: TileJob>(isa: Isa, (m, k): (usize, usize), job: J) -> J::Out {
     if isa == Isa::Avx512 {
         if m <= 8 {
             job.run::<Avx2<1, 12>>()
@@ -145,6 +146,8 @@ pub(super) fn with_tile<J: TileJob>(isa: Isa, m: usize, job: J) -> J::Out {
             job.run::<Avx512<2, 12>>()
         } else if m <= 48 {
             job.run::<Avx512<3, 8>>()
+        } else if k <= PANEL_K {
+            job.run::<Avx512<4, 6>>()
         } else {
             job.run::<Avx512<2, 12>>()
         }
@@ -154,6 +157,9 @@ pub(super) fn with_tile<J: TileJob>(isa: Isa, m: usize, job: J) -> J::Out {
         job.run::<Avx2<2, 6>>()
     }
 }
+
+/// The widest `k` for which a 64-token panel (`64 x k` floats) fits 512 KiB.
+const PANEL_K: usize = 2048;
 
 /// The tokens per packed panel of the chosen tile.
 pub(super) struct PanelWidth;

@@ -36,6 +36,7 @@ fn matmul_matches_a_float64_reference_on_odd_shapes() {
             (33, 97, 31),
             (24, 40, 64),
             (70, 33, 96),
+            (53, 14, 2200),
         ] {
             let x = random(m * k, 1);
             let w = random(n * k, 2);
