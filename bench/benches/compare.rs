@@ -9,9 +9,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use patch_checkpoint::SaveOptions;
+use patchwork_bench::bandwidth;
 use patchwork_models::kernels::{Isa, bf16, gemm, gemv, q8_0};
 use patchwork_models::{AutoModelForCausalLM, CausalLM, GenerationConfig, LoadOptions};
-use patchwork_bench::bandwidth;
+use rayon::prelude::*;
 
 /// `n` passes of [`bandwidth`] (one pass each), in GB/s.
 fn bandwidth_passes(buf: &[f32], n: usize) -> Vec<f64> {

@@ -54,4 +54,3 @@ pub fn bandwidth(buf: &[f32], reps: usize) -> f64 {
     }
     best
 }
-
