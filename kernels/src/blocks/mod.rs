@@ -2,8 +2,8 @@
 //! 32-weight blocks interleave (group, block, row), tokens quantized per block to 8 bits, and
 //! the product that shares the rows out to the kernel threads ([`matmul_t_many`]): integer
 //! dot products for a few tokens; for many, integer tiles of up to [`TILE`] tokens where the
-//! format has them for the CPU (Q4_0, Q4_K and Q6_K on AVX-512 VNNI: [`Groups::tiles`]), else
-//! dequantized rows and the float product.
+//! format has them for the CPU (Q4_0, Q4_K, Q5_0, Q6_K and Q8_0 on AVX-512 VNNI:
+//! [`Groups::tiles`]), else dequantized rows and the float product.
 
 mod product;
 #[cfg(target_arch = "x86_64")]
@@ -84,6 +84,25 @@ pub(crate) fn vnni_tiles(isa: Isa) -> bool {
     false
 }
 
+/// Asserts that a tile of tokens fits a matrix of `cols` inputs and `out` holds one row of
+/// dots per token: what [`Groups::dot_tile`]'s kernels index by (a cheap check per group and
+/// tile, so that a wrong caller fails here rather than reading out of bounds).
+pub(crate) fn check_tile(x: &TileTokens<'_>, cols: usize, out: &[[f32; ROWS]]) {
+    assert!(
+        out.len() == x.n
+            && (1..=TILE).contains(&x.n)
+            && x.blocks * BLOCK == cols
+            && x.quants.len() == x.n * cols
+            && x.scales.len() == x.n * x.blocks
+            && x.sums.len() == x.n * x.blocks
+            && x.shares.len() == x.n * x.blocks
+            && x.half_sums.len() == 2 * x.n * x.blocks,
+        "dot_tile: a tile of {} tokens does not fit {cols} inputs or {} outputs",
+        x.n,
+        out.len()
+    );
+}
+
 /// [`Groups::dot_tile`] one token at a time.
 pub(crate) fn dot_tile_by_token<M: Groups + ?Sized>(
     p: &M,
@@ -161,8 +180,8 @@ pub(crate) fn block_index(r: usize, b: usize, blocks: usize) -> usize {
 /// Quantizes one block as ggml's Q8_0 does: `d = amax / 127`, `q = round(v / d)` (halves away
 /// from zero, as C's `roundf`); returns `d`.
 ///
-/// A NaN value makes the step NaN (`f32::max` would skip it), so a NaN activation reaches
-/// the product's output instead of being quantized to zero. Inlined, so that under
+/// A NaN or infinite value makes the step NaN and the quants zero ([`block_step`]), so it
+/// reaches the product's output instead of being quantized away. Inlined, so that under
 /// [`with_isa`] the loops vectorise (`f32::round` would call `roundf` per value).
 #[inline(always)]
 pub(crate) fn quantize_block(values: &[f32], quants: &mut [i8]) -> f32 {
@@ -171,12 +190,28 @@ pub(crate) fn quantize_block(values: &[f32], quants: &mut [i8]) -> f32 {
         amax = amax.max(v.abs());
         nan |= v.is_nan();
     }
-    let d = if nan { f32::NAN } else { amax / 127.0 };
-    let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+    let Some((d, inv)) = block_step(amax, !nan) else {
+        quants.fill(0);
+        return f32::NAN;
+    };
     for (q, v) in quants.iter_mut().zip(values) {
         *q = round_half_away(v * inv) as i8;
     }
     d
+}
+
+/// A block's step (`amax / 127`) and the inverse its values are multiplied by, shared by the
+/// scalar and SIMD quantizers so they agree on every input: `None` where a value is NaN
+/// (`!finite`) or infinite; the inverse 0 for an all-zero block, and for a step so small that
+/// its inverse overflows (below about 1e-37: ggml's would quantize infinities there).
+#[inline(always)]
+pub(crate) fn block_step(amax: f32, finite: bool) -> Option<(f32, f32)> {
+    if !finite || !amax.is_finite() {
+        return None;
+    }
+    let d = amax / 127.0;
+    let inv = 1.0 / d;
+    Some((d, if inv.is_finite() { inv } else { 0.0 }))
 }
 
 /// `x.round()` (halves away from zero) by truncation, which compiles to one instruction where
@@ -228,6 +263,19 @@ fn simd_token_quantization_is_the_scalar_one() {
         }
         if i == 3 {
             v.fill(0.0);
+        }
+        if i == 5 {
+            v[7] = f32::INFINITY;
+        }
+        if i == 6 {
+            v[9] = f32::NEG_INFINITY;
+        }
+        if i == 7 || i == 9 {
+            // A largest magnitude whose step's inverse overflows, and one whose does not.
+            let amax = if i == 7 { 1e-38 } else { 1e-30 };
+            v = (0..BLOCK)
+                .map(|j| amax * (j as f32 - 15.0) / 16.0)
+                .collect();
         }
         let (mut want, mut got) = ([0i8; BLOCK], [0i8; BLOCK]);
         let d = quantize_block(&v, &mut want);

@@ -86,9 +86,10 @@ pub(crate) unsafe fn offset_dot_rows(
 }
 
 /// [`super::quantize_block`] in AVX2, with the sums of the two halves' quants: the same step
-/// and quants (halves rounded away from zero by truncation), in registers. Written without
-/// closures: a closure does not take the caller's target features, and its intrinsics would be
-/// calls.
+/// and quants (halves rounded away from zero by truncation, the step from
+/// [`super::block_step`]), in registers. A plain function without closures: inlined into its
+/// `target_feature` callers, its intrinsics become instructions (a closure written in it
+/// would take no target features and stay a call).
 ///
 /// # Safety
 /// AVX2 available; `values` and `quants` hold [`BLOCK`] values.
@@ -115,8 +116,11 @@ pub(crate) unsafe fn quantize_block(values: &[f32], quants: &mut [i8]) -> (f32, 
             quants.fill(0);
             return (f32::NAN, [0, 0]);
         }
-        let d = hmax(amax) / 127.0;
-        let inv = _mm256_set1_ps(if d == 0.0 { 0.0 } else { 1.0 / d });
+        let Some((d, inv)) = super::block_step(hmax(amax), true) else {
+            quants.fill(0);
+            return (f32::NAN, [0, 0]);
+        };
+        let inv = _mm256_set1_ps(inv);
         let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
         let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
         let mut q = [_mm256_setzero_si256(); 4];

@@ -37,3 +37,15 @@ fn the_token_by_token_tile_reads_each_token_of_the_tile() {
         }
     }
 }
+
+#[test]
+fn the_tiles_run_where_the_cpu_has_avx512_vnni() {
+    #[cfg(target_arch = "x86_64")]
+    let has = std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has = false;
+    assert_eq!(vnni_tiles(Isa::Avx512), has);
+    assert!(!vnni_tiles(Isa::Avx2Fma) && !vnni_tiles(Isa::Portable));
+}

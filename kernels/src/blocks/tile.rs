@@ -79,6 +79,7 @@ pub(crate) unsafe fn nibble_tile<const N: usize>(
     fifths: Option<impl Fn(*const u8) -> (__m512i, __m512i)>,
 ) {
     debug_assert!(w.len() == x.blocks * stride && x.n == N && out.len() == N);
+    debug_assert!(!matches!(offset, Offset::Constant(c) if c % 4 != 0));
     // SAFETY: every offset is within the slices (the caller's contract): token `t`'s block `b`
     // at `b * N + t` ([`TileTokens`]); a prefetch past the end is harmless (it never faults).
     unsafe {

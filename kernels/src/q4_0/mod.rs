@@ -1,15 +1,15 @@
 //! Q4_0 matrices: weights in 4-bit blocks of 32 with one f16 step each (ggml's Q4_0: the
 //! weight is `step * (q - 8)`, `q` in 0..16), multiplied by tokens quantized to 8 bits per
 //! block in 32-bit integer dot products (AVX-512 VNNI, else AVX2's multiply-adds), the offset
-//! 8 taken out once per block with the token block's sum. A decoding step reads 18 bytes per
-//! 32 weights.
+//! 8 taken out once per block with the token block's sum. A decoding step reads 20 bytes per
+//! 32 weights (the file: 18; the step is kept widened to f32).
 
 use half::f16;
 
 use crate::Isa;
 use crate::blocks::{
-    BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, block_index, dot_tile_by_token,
-    matmul_t_many, vnni_tiles, with_isa,
+    BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, block_index, check_tile,
+    dot_tile_by_token, matmul_t_many, vnni_tiles, with_isa,
 };
 
 /// Bytes of one row's quants in a block: two 4-bit weights per byte.
@@ -121,7 +121,7 @@ impl Q4_0Matrix {
         (self.rows, self.cols)
     }
 
-    /// Bytes the matrix reads per product: half a byte per weight and an f16 step per block.
+    /// Bytes the matrix takes in the file: half a byte per weight and an f16 step per block.
     pub fn bytes(&self) -> usize {
         self.rows * self.cols / 2 + 2 * self.rows * (self.cols / BLOCK)
     }
@@ -133,9 +133,9 @@ impl Q4_0Matrix {
         out
     }
 
-    /// `out = x W^T`: `x` `[m, cols]`, `out` `[m, rows]`, on the kernel threads: integer dot
-    /// products for a few tokens, dequantized rows and the float product for many (as
-    /// [`crate::q8_0::Q8_0Matrix::matmul_t`]).
+    /// `out = x W^T`: `x` `[m, cols]`, `out` `[m, rows]`, on the kernel threads, in integer
+    /// dot products (as [`crate::q8_0::Q8_0Matrix::matmul_t`]: tiles of tokens on AVX-512
+    /// VNNI, else dequantized rows and the float product for many tokens).
     ///
     /// # Panics
     /// If the slice lengths do not agree with `m` and the matrix's shape.
@@ -210,6 +210,7 @@ impl Groups for Q4_0Matrix {
     }
 
     fn dot_tile(&self, isa: Isa, g: usize, x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {
+        check_tile(x, self.cols, out);
         #[cfg(target_arch = "x86_64")]
         if self.tiles(isa) {
             let blocks = self.cols / BLOCK;

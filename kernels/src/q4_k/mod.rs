@@ -10,8 +10,8 @@ use half::f16;
 
 use crate::Isa;
 use crate::blocks::{
-    BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, block_index, dot_tile_by_token,
-    matmul_t_many, vnni_tiles, with_isa,
+    BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, block_index, check_tile,
+    dot_tile_by_token, matmul_t_many, vnni_tiles, with_isa,
 };
 
 /// Weights per super-block.
@@ -190,6 +190,13 @@ impl Groups for Q4KMatrix {
     }
 
     fn dot_group(&self, isa: Isa, g: usize, token: Token<'_>) -> [f32; ROWS] {
+        let blocks = self.cols / BLOCK;
+        assert!(
+            token.quants.len() == self.cols && token.scales.len() == blocks,
+            "dot_group: a token of {} values for {} inputs",
+            token.quants.len(),
+            self.cols
+        );
         match () {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller's `isa` is available (`Groups::dot_group`); the slices hold
@@ -208,6 +215,7 @@ impl Groups for Q4KMatrix {
     }
 
     fn dot_tile(&self, isa: Isa, g: usize, x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {
+        check_tile(x, self.cols, out);
         #[cfg(target_arch = "x86_64")]
         if self.tiles(isa) {
             // SAFETY: AVX-512 F, BW and VNNI are present (`tiles`); the slices hold one

@@ -99,8 +99,9 @@ unsafe fn dot_rows_avx2(w: &[u8], subs: &[u8], steps: &[f32], x: Token<'_>) -> [
 }
 
 /// # Safety
-/// AVX-512F and VL, AVX2 and FMA; slices as [`dot_rows`] requires.
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+/// AVX-512F, AVX2 and FMA (`Isa::Avx512` promises no more: no VL); slices as [`dot_rows`]
+/// requires.
+#[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn dot_rows_avx512(w: &[u8], subs: &[u8], steps: &[f32], x: Token<'_>) -> [f32; ROWS] {
     // SAFETY: `dot_rows`' contract; AVX-512F, AVX2 and FMA enabled here.
     unsafe { dot_rows_with(w, subs, steps, x) }

@@ -9,8 +9,8 @@ use half::f16;
 
 use crate::Isa;
 use crate::blocks::{
-    BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, block_index, dot_tile_by_token,
-    matmul_t_many, vnni_tiles, with_isa,
+    BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, block_index, check_tile,
+    dot_tile_by_token, matmul_t_many, vnni_tiles, with_isa,
 };
 
 /// Bytes of one row's block: 16 of low nibbles and the 32 fifth bits (little-endian).
@@ -75,7 +75,8 @@ impl Q5_0Matrix {
         (self.rows, self.cols)
     }
 
-    /// Bytes the matrix reads per product: 22 per 32 weights, as the file stores them.
+    /// Bytes the matrix takes in the file: 22 per 32 weights (a product reads 24: the step
+    /// is kept widened to f32).
     pub fn bytes(&self) -> usize {
         self.rows * (self.cols / BLOCK) * 22
     }
@@ -170,6 +171,7 @@ impl Groups for Q5_0Matrix {
     }
 
     fn dot_tile(&self, isa: Isa, g: usize, x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {
+        check_tile(x, self.cols, out);
         #[cfg(target_arch = "x86_64")]
         if self.tiles(isa) {
             let blocks = self.cols / BLOCK;

@@ -10,8 +10,8 @@ use half::f16;
 
 use crate::Isa;
 use crate::blocks::{
-    BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, dot_tile_by_token, matmul_t_many,
-    vnni_tiles, with_isa,
+    BLOCK, BlockMatrix, Groups, ROWS, TileTokens, Token, check_tile, dot_tile_by_token,
+    matmul_t_many, vnni_tiles, with_isa,
 };
 
 /// Weights per super-block.
@@ -128,7 +128,7 @@ impl Q6KMatrix {
         (self.rows, self.cols)
     }
 
-    /// Bytes the matrix reads per product, as the file stores it: 210 per 256 weights.
+    /// Bytes the matrix takes in the file: 210 per 256 weights (a product reads 212).
     pub fn bytes(&self) -> usize {
         self.rows * (self.cols / SUPER) * GGML_BYTES
     }
@@ -218,6 +218,13 @@ impl Groups for Q6KMatrix {
     }
 
     fn dot_group(&self, isa: Isa, g: usize, token: Token<'_>) -> [f32; ROWS] {
+        let blocks = self.cols / BLOCK;
+        assert!(
+            token.quants.len() == self.cols && token.scales.len() == blocks,
+            "dot_group: a token of {} values for {} inputs",
+            token.quants.len(),
+            self.cols
+        );
         match () {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller's `isa` is available (`Groups::dot_group`); the slices hold
@@ -236,6 +243,7 @@ impl Groups for Q6KMatrix {
     }
 
     fn dot_tile(&self, isa: Isa, g: usize, x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {
+        check_tile(x, self.cols, out);
         #[cfg(target_arch = "x86_64")]
         if self.tiles(isa) {
             // SAFETY: AVX-512 F, BW and VNNI are present (`tiles`); the slices hold one

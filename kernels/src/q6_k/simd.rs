@@ -111,12 +111,13 @@ unsafe fn dot_rows_avx2(
     unsafe { dot_rows_with!(w, sc, d, x, chunks) }
 }
 
-/// The same loop compiled for AVX-512 (VL), whose wider register file and encodings the
+/// The same loop compiled for AVX-512, whose wider register file and encodings the
 /// compiler may use; the products stay AVX2's, where the per-half scales fold in for free.
 ///
 /// # Safety
-/// AVX-512F and VL, AVX2 and FMA; slices as [`dot_rows`] requires.
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+/// AVX-512F, AVX2 and FMA (`Isa::Avx512` promises no more: no VL); slices as [`dot_rows`]
+/// requires.
+#[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn dot_rows_avx512(
     w: &[u8],
     sc: &[i8],

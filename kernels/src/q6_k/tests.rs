@@ -49,6 +49,7 @@ fn q6_k_products_match_a_float64_reference_of_the_quantized_operands() {
             (2, 33, 1024),
             (5, 6, 256),
             (13, 7, 512),
+            (4, 5, 256),
         ] {
             let bytes = ggml_bytes(n, k, 11 + n as u64);
             let q = Q6KMatrix::from_ggml_blocks(&bytes, n, k).unwrap();

@@ -1,7 +1,8 @@
 //! Q8_0 matrices: weights in 8-bit blocks of 32 with one scale each (ggml's Q8_0: the scale is
 //! the block's `amax / 127` rounded to f16), multiplied by tokens quantized the same way per
 //! block, in 32-bit integer dot products: AVX-512 VNNI where present, AVX2's 8-bit
-//! multiply-adds otherwise. A decoding step reads 34 bytes per 32 weights, instead of 128.
+//! multiply-adds otherwise. A decoding step reads 36 bytes per 32 weights (the file: 34; the
+//! step is kept as f32), instead of 128.
 
 use half::f16;
 

@@ -4,15 +4,17 @@
 use super::{BLOCK, Q8_0Matrix, ROWS};
 use crate::Isa;
 use crate::blocks::{
-    BlockMatrix, Groups, TileTokens, Token, dot_tile_by_token, matmul_t_many, vnni_tiles,
+    BlockMatrix, Groups, TileTokens, Token, check_tile, dot_tile_by_token, matmul_t_many,
+    vnni_tiles,
 };
 
 impl Q8_0Matrix {
-    /// `out = x W^T`: `x` `[m, cols]`, `out` `[m, rows]`, on the kernel threads. Below
-    /// [`super::WIDEN_TOKENS`] tokens each token is quantized per block to 8 bits (its step
-    /// kept in f32) and multiplied in integer dot products, which read the weights at memory
-    /// speed; from there on, where the products are bound by arithmetic, blocks of rows are
-    /// dequantized and multiplied by the float matrix product.
+    /// `out = x W^T`: `x` `[m, cols]`, `out` `[m, rows]`, on the kernel threads. Each token is
+    /// quantized per block to 8 bits (its step kept in f32) and multiplied in integer dot
+    /// products, which read the weights at memory speed: from two tokens on, in tiles that
+    /// read each block once for several tokens on AVX-512 VNNI. Without VNNI, from
+    /// [`super::WIDEN_TOKENS`] tokens on, where the products are bound by arithmetic, blocks of
+    /// rows are dequantized and multiplied by the float matrix product instead.
     ///
     /// # Panics
     /// If the slice lengths do not agree with `m` and the matrix's shape.
@@ -73,6 +75,7 @@ impl Groups for Q8_0Matrix {
     }
 
     fn dot_tile(&self, isa: Isa, g: usize, x: &TileTokens<'_>, out: &mut [[f32; ROWS]]) {
+        check_tile(x, self.cols, out);
         // One token reads the weights at memory speed either way; the per-block start of the
         // tile pays off from two.
         #[cfg(target_arch = "x86_64")]

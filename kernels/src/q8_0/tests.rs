@@ -45,6 +45,7 @@ fn q8_0_products_match_a_float64_reference_of_the_quantized_operands() {
             (5, 33, 1024),
             (64, 7, 32),
             (9, 6, 256),
+            (2, 5, 64),
         ] {
             let w = random(n * k, 7);
             let x: Vec<f32> = random(m * k, 8).iter().map(|v| v * 3.0).collect();
