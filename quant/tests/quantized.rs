@@ -187,8 +187,9 @@ fn q4_k_models_stay_close_to_the_float_ones() {
             "{model_type}: q4_k logits within {:.2}% of max |f32 logits|",
             r * 100.0
         );
-        // Random Gaussian weights at 4.5 bits measure 13-16% here; a wrong super-block scale
-        // or offset gives well over 50%.
+        // Random Gaussian weights at 4.5 bits measure 17.8-19.3% here with our Q4_K kernels
+        // (18.5-19.6% through candle's Q4_K product, the same weights); a wrong super-block
+        // scale or offset gives well over 50%.
         assert!(r < 0.25 && r > 0.0, "{model_type}: {r}");
     }
 }
