@@ -27,8 +27,10 @@ pub mod gemv;
 pub mod moe;
 pub(crate) mod pool;
 pub mod q4_0;
+pub mod q4_1;
 pub mod q4_k;
 pub mod q5_0;
+pub mod q5_1;
 pub mod q6_k;
 pub mod q8_0;
 

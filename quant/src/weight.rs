@@ -5,16 +5,18 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file};
 use candle_core::{DType, Device, Tensor};
 use patchwork_kernels::q4_0::Q4_0Matrix;
+use patchwork_kernels::q4_1::Q4_1Matrix;
 use patchwork_kernels::q4_k::Q4KMatrix;
 use patchwork_kernels::q5_0::Q5_0Matrix;
+use patchwork_kernels::q5_1::Q5_1Matrix;
 use patchwork_kernels::q6_k::Q6KMatrix;
 use patchwork_kernels::q8_0::Q8_0Matrix;
 
 use crate::Format;
 
-/// A `[rows, cols]` weight in one [`Format`]: Q8_0, Q6_K, Q5_0, Q4_K and Q4_0 in this project's
-/// blocks (integer dot-product kernels), the other ggml block formats in candle's `QMatMul`, F16
-/// as a float16 tensor.
+/// A `[rows, cols]` weight in one [`Format`]: Q8_0, Q6_K, Q5_0, Q5_1, Q4_K, Q4_0 and Q4_1 in
+/// this project's blocks (integer dot-product kernels), the other ggml block formats (Q5_K,
+/// Q3_K, Q2_K) in candle's `QMatMul`, F16 as a float16 tensor.
 #[derive(Clone, Debug)]
 pub struct QuantizedWeight {
     stored: Arc<Stored>,
@@ -28,7 +30,9 @@ pub struct QuantizedWeight {
 pub(crate) enum Stored {
     Q8_0(Q8_0Matrix),
     Q4_0(Q4_0Matrix),
+    Q4_1(Q4_1Matrix),
     Q5_0(Q5_0Matrix),
+    Q5_1(Q5_1Matrix),
     Q4K(Q4KMatrix),
     Q6K(Q6KMatrix),
     Ggml(QMatMul),
@@ -56,53 +60,47 @@ impl QuantizedWeight {
     }
 
     /// A weight from blocks as a file stores them (a GGUF tensor, `[rows, cols]`), taken as
-    /// they are: Q8_0, Q6_K, Q5_0, Q4_K and Q4_0 into this project's blocks without rounding
-    /// again, the other block formats into candle's `QMatMul`, float16 and bfloat16 as float
-    /// tensors. An error names
-    /// a type no kernel computes on.
+    /// they are: Q8_0, Q6_K, Q5_0, Q5_1, Q4_K, Q4_0 and Q4_1 into this project's blocks without
+    /// rounding again, the other block formats into candle's `QMatMul`, float16 and bfloat16 as
+    /// float tensors. An error names a type no kernel computes on.
     pub fn from_qtensor(q: Arc<QTensor>) -> candle_core::Result<Self> {
         let (rows, cols) = q.shape().dims2()?;
         let dtype = q.dtype();
+        // This project's blocks from the file's, or an error naming the type and the shape.
+        let lined_up = |name: &str, m: Option<Stored>| {
+            m.ok_or_else(|| {
+                candle_core::Error::Msg(format!("{name} blocks of [{rows}, {cols}] do not line up"))
+            })
+        };
+        let bytes = || q.data();
         let (format, stored) = match dtype {
             GgmlDType::Q8_0 => {
-                let m = Q8_0Matrix::from_ggml_blocks(&q.data()?, rows, cols).ok_or_else(|| {
-                    candle_core::Error::Msg(format!(
-                        "Q8_0 blocks of [{rows}, {cols}] do not line up"
-                    ))
-                })?;
-                (Format::Q8_0, Stored::Q8_0(m))
+                let m = Q8_0Matrix::from_ggml_blocks(&bytes()?, rows, cols).map(Stored::Q8_0);
+                (Format::Q8_0, lined_up("Q8_0", m)?)
             }
             GgmlDType::Q4_0 => {
-                let m = Q4_0Matrix::from_ggml_blocks(&q.data()?, rows, cols).ok_or_else(|| {
-                    candle_core::Error::Msg(format!(
-                        "Q4_0 blocks of [{rows}, {cols}] do not line up"
-                    ))
-                })?;
-                (Format::Q4_0, Stored::Q4_0(m))
+                let m = Q4_0Matrix::from_ggml_blocks(&bytes()?, rows, cols).map(Stored::Q4_0);
+                (Format::Q4_0, lined_up("Q4_0", m)?)
+            }
+            GgmlDType::Q4_1 => {
+                let m = Q4_1Matrix::from_ggml_blocks(&bytes()?, rows, cols).map(Stored::Q4_1);
+                (Format::Q4_1, lined_up("Q4_1", m)?)
             }
             GgmlDType::Q5_0 => {
-                let m = Q5_0Matrix::from_ggml_blocks(&q.data()?, rows, cols).ok_or_else(|| {
-                    candle_core::Error::Msg(format!(
-                        "Q5_0 blocks of [{rows}, {cols}] do not line up"
-                    ))
-                })?;
-                (Format::Q5_0, Stored::Q5_0(m))
+                let m = Q5_0Matrix::from_ggml_blocks(&bytes()?, rows, cols).map(Stored::Q5_0);
+                (Format::Q5_0, lined_up("Q5_0", m)?)
+            }
+            GgmlDType::Q5_1 => {
+                let m = Q5_1Matrix::from_ggml_blocks(&bytes()?, rows, cols).map(Stored::Q5_1);
+                (Format::Q5_1, lined_up("Q5_1", m)?)
             }
             GgmlDType::Q4K => {
-                let m = Q4KMatrix::from_ggml_blocks(&q.data()?, rows, cols).ok_or_else(|| {
-                    candle_core::Error::Msg(format!(
-                        "Q4_K blocks of [{rows}, {cols}] do not line up"
-                    ))
-                })?;
-                (Format::Q4K, Stored::Q4K(m))
+                let m = Q4KMatrix::from_ggml_blocks(&bytes()?, rows, cols).map(Stored::Q4K);
+                (Format::Q4K, lined_up("Q4_K", m)?)
             }
             GgmlDType::Q6K => {
-                let m = Q6KMatrix::from_ggml_blocks(&q.data()?, rows, cols).ok_or_else(|| {
-                    candle_core::Error::Msg(format!(
-                        "Q6_K blocks of [{rows}, {cols}] do not line up"
-                    ))
-                })?;
-                (Format::Q6K, Stored::Q6K(m))
+                let m = Q6KMatrix::from_ggml_blocks(&bytes()?, rows, cols).map(Stored::Q6K);
+                (Format::Q6K, lined_up("Q6_K", m)?)
             }
             GgmlDType::F16 => (Format::F16, Stored::F16(q.dequantize_f16(&Device::Cpu)?)),
             GgmlDType::BF16 => (
@@ -177,6 +175,12 @@ impl QuantizedWeight {
             Stored::Q5_0(q) => {
                 Tensor::from_vec(q.dequantize(), (self.rows, self.cols), &Device::Cpu)
             }
+            Stored::Q4_1(q) => {
+                Tensor::from_vec(q.dequantize(), (self.rows, self.cols), &Device::Cpu)
+            }
+            Stored::Q5_1(q) => {
+                Tensor::from_vec(q.dequantize(), (self.rows, self.cols), &Device::Cpu)
+            }
             Stored::Q4K(q) => {
                 Tensor::from_vec(q.dequantize(), (self.rows, self.cols), &Device::Cpu)
             }
@@ -199,36 +203,18 @@ impl QuantizedWeight {
         bias: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         if !x.track_op() {
-            if let Some(q8) = all(parts, |s| match s {
-                Stored::Q8_0(m) => Some(m),
-                _ => None,
-            }) {
-                return patchwork_models::ops::block_linear_many(x, &q8, bias);
+            // One pass over sibling parts held in one of the kernels' block formats.
+            macro_rules! in_one_pass {
+                ($($variant:ident),*) => {$(
+                    if let Some(ms) = all(parts, |s| match s {
+                        Stored::$variant(m) => Some(m),
+                        _ => None,
+                    }) {
+                        return patchwork_models::ops::block_linear_many(x, &ms, bias);
+                    }
+                )*};
             }
-            if let Some(q4) = all(parts, |s| match s {
-                Stored::Q4_0(m) => Some(m),
-                _ => None,
-            }) {
-                return patchwork_models::ops::block_linear_many(x, &q4, bias);
-            }
-            if let Some(q5) = all(parts, |s| match s {
-                Stored::Q5_0(m) => Some(m),
-                _ => None,
-            }) {
-                return patchwork_models::ops::block_linear_many(x, &q5, bias);
-            }
-            if let Some(q4k) = all(parts, |s| match s {
-                Stored::Q4K(m) => Some(m),
-                _ => None,
-            }) {
-                return patchwork_models::ops::block_linear_many(x, &q4k, bias);
-            }
-            if let Some(q6) = all(parts, |s| match s {
-                Stored::Q6K(m) => Some(m),
-                _ => None,
-            }) {
-                return patchwork_models::ops::block_linear_many(x, &q6, bias);
-            }
+            in_one_pass!(Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4K, Q6K);
         }
         let outs = parts
             .iter()
@@ -264,6 +250,8 @@ impl QuantizedWeight {
             Stored::Q8_0(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Q4_0(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Q5_0(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
+            Stored::Q4_1(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
+            Stored::Q5_1(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Q4K(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Q6K(q) => patchwork_models::ops::block_linear_many(x, &[q], bias),
             Stored::Ggml(q) => patchwork_models::ops::quantized_linear(x, q, shape, bias),

@@ -2,8 +2,8 @@
 //! 32-weight blocks interleave (group, block, row), tokens quantized per block to 8 bits, and
 //! the product that shares the rows out to the kernel threads ([`matmul_t_many`]): integer
 //! dot products for a few tokens; for many, integer tiles of up to [`TILE`] tokens where the
-//! format has them for the CPU (Q4_0, Q4_K, Q5_0, Q6_K and Q8_0 on AVX-512 VNNI:
-//! [`Groups::tiles`]), else dequantized rows and the float product.
+//! format has them for the CPU (every block format here, on AVX-512 VNNI: [`Groups::tiles`]),
+//! else dequantized rows and the float product.
 
 mod product;
 #[cfg(target_arch = "x86_64")]
@@ -73,7 +73,7 @@ pub(crate) trait Groups: Sync {
 }
 
 /// Whether `isa` runs the integer tiles written here: AVX-512 with VNNI's 512-bit form (and
-/// BW), which the formats with tiles (Q4_0, Q4_K, Q5_0, Q6_K, Q8_0) say as their
+/// BW), which every block format here (Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0) says as its
 /// [`Groups::tiles`].
 pub(crate) fn vnni_tiles(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -43,7 +43,9 @@ pub(crate) unsafe fn nibbles(p: *const u8) -> __m256i {
 /// One group's `ROWS` rows (`bytes` per row and block in `w`, the group's rows of a block
 /// together, steps `s` interleaved by block) dotted with `x`: per block and row, the values
 /// (unsigned) that `unpack(block, row)` reads times the token's quants summed by `dot`, scaled
-/// by the two steps; `offset * step * Σ token quants` is subtracted once per block.
+/// by the two steps; `offset(b * ROWS + r) * token step * Σ token quants` is subtracted once
+/// per block and row (the weights' offset in weight units: `8 * step` for Q4_0, `-min` for
+/// Q4_1).
 ///
 /// # Safety
 /// AVX2 and FMA (and what `dot` needs) available; `w` holds `ROWS * blocks * bytes` bytes,
@@ -55,7 +57,7 @@ pub(crate) unsafe fn offset_dot_rows(
     s: &[f32],
     x: Token<'_>,
     blocks: usize,
-    offset: f32,
+    offset: impl Fn(usize) -> f32,
     unpack: impl Fn(*const u8, usize) -> __m256i,
     dot: impl Fn(__m256i, __m256i) -> __m256i,
 ) -> [f32; ROWS] {
@@ -78,10 +80,10 @@ pub(crate) unsafe fn offset_dot_rows(
                 let lanes = dot(values, xq);
                 let step = *s.get_unchecked(b * ROWS + r) * dx;
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(step), acc[r]);
-                offsets[r] += step * sum;
+                offsets[r] += offset(b * ROWS + r) * dx * sum;
             }
         }
-        std::array::from_fn(|r| hsum(acc[r]) - offset * offsets[r])
+        std::array::from_fn(|r| hsum(acc[r]) - offsets[r])
     }
 }
 

@@ -1,12 +1,14 @@
 //! The integer tile of the formats whose blocks hold 16 bytes of nibbles per row, weight `j` in
-//! the low nibble of byte `j` and weight `j + 16` in its high one (Q4_0, Q4_K as stored here;
-//! Q5_0 with a fifth bit per weight besides), on AVX-512 VNNI: one group's 4 rows times up to [`super::TILE`] tokens, each block's 64 bytes of
-//! weights loaded and unpacked once for all the tokens. A 512-bit register holds the 4 rows'
-//! 16 bytes side by side (one 128-bit lane per row) and each token's block half is broadcast
-//! to the 4 lanes, so two `vpdpbusd` give every row's sum for one token; one multiply-add per
-//! token and block applies the row's and the token's steps. The weights' offset is taken out
+//! the low nibble of byte `j` and weight `j + 16` in its high one (Q4_0, Q4_1, Q4_K as stored
+//! here; Q5_0 and Q5_1 with a fifth bit per weight besides), on AVX-512 VNNI: one group's 4 rows
+//! times up to [`super::TILE`] tokens, each block's 64 bytes of weights loaded and unpacked once
+//! for all the tokens. A 512-bit register holds the 4 rows' 16 bytes side by side (one 128-bit
+//! lane per row) and each token's block half is broadcast to the 4 lanes, so two `vpdpbusd`
+//! give every row's sum for one token; one multiply-add per token and block applies the row's
+//! and the token's steps. The weights' offset is taken out
 //! with the token block's sum: a constant (8 for Q4_0, 16 for Q5_0) starts the integer sums at
-//! `-offset * sum`, a min per row and block (Q4_K) is subtracted in floats.
+//! `-offset * sum`, a min per row and block (Q4_K; Q4_1's and Q5_1's, negated) is subtracted in
+//! floats.
 
 use std::arch::x86_64::*;
 

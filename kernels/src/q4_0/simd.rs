@@ -35,6 +35,6 @@ unsafe fn dot_rows_avx2(w: &[u8], s: &[f32], x: Token<'_>, blocks: usize) -> [f3
             |p: *const u8, r| nibbles(p.add(r * PACKED)),
             |a, b| dot_avx2(a, b),
         );
-        offset_dot_rows((w, PACKED), s, x, blocks, 8.0, unpack, dot)
+        offset_dot_rows((w, PACKED), s, x, blocks, |at| 8.0 * s[at], unpack, dot)
     }
 }

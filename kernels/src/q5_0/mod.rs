@@ -14,9 +14,9 @@ use crate::blocks::{
 };
 
 /// Bytes of one row's block: 16 of low nibbles and the 32 fifth bits (little-endian).
-const PACKED: usize = BLOCK / 2 + 4;
+pub(crate) const PACKED: usize = BLOCK / 2 + 4;
 /// Where a group's block holds its rows' fifth bits (after their nibbles).
-const FIFTHS: usize = ROWS * BLOCK / 2;
+pub(crate) const FIFTHS: usize = ROWS * BLOCK / 2;
 
 /// A `[rows, cols]` matrix in Q5_0 blocks (`cols` a multiple of [`BLOCK`]), stored as the
 /// block formats here are: groups of 4 rows whose blocks interleave (group, block, row), a last
@@ -207,8 +207,8 @@ impl Q5_0Matrix {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd;
+pub(crate) mod simd;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
-mod tile;
+pub(crate) mod tile;

@@ -33,7 +33,7 @@ pub(super) unsafe fn dot_rows(
 /// # Safety
 /// AVX2; `p` addresses `ROWS * PACKED` readable bytes, `r < ROWS`.
 #[inline(always)]
-unsafe fn unpack(p: *const u8, r: usize) -> __m256i {
+pub(crate) unsafe fn unpack(p: *const u8, r: usize) -> __m256i {
     // SAFETY: the nibbles and the word are within the block (the caller's contract).
     unsafe {
         let nibbles = nibbles(p.add(16 * r));
@@ -62,6 +62,6 @@ unsafe fn dot_rows_avx2(w: &[u8], s: &[f32], x: Token<'_>, blocks: usize) -> [f3
     // SAFETY: `dot_rows`' contract; AVX2 and FMA enabled here.
     unsafe {
         let (unpack, dot) = (|p, r| unpack(p, r), |a, b| dot_avx2(a, b));
-        offset_dot_rows((w, PACKED), s, x, blocks, 16.0, unpack, dot)
+        offset_dot_rows((w, PACKED), s, x, blocks, |at| 16.0 * s[at], unpack, dot)
     }
 }

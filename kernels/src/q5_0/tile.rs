@@ -1,8 +1,5 @@
 //! The Q5_0 integer tile (AVX-512 VNNI): the shared nibble tile ([`nibble_tile`]) with each
-//! block's four f32 steps, the offset 16, and the fifth bits: the 4 rows' 32-bit words
-//! shuffled into two 64-bit masks (bits 0..16 of each row's word for the low nibbles, 16..32
-//! for the high ones, a row per 16 bits as the register holds a row per 16 bytes), each mask
-//! turned into `0x10` bytes where set.
+//! block's four f32 steps, the offset 16, and the fifth bits ([`fifths`]).
 
 use std::arch::x86_64::*;
 
@@ -37,20 +34,32 @@ unsafe fn tile<const N: usize>(w: &[u8], s: &[f32], x: &TileTokens<'_>, out: &mu
             let steps = spread(_mm_loadu_ps(s.as_ptr().add(b * ROWS)));
             (steps, steps)
         };
-        // The low 16-bit halves of the 4 words, then the high ones.
+        let w = (w, ROWS * PACKED);
+        let fifths = |block| fifths(block);
+        nibble_tile::<N>(w, x, out, Offset::Constant(16), steps, Some(fifths))
+    }
+}
+
+/// The fifth bits of the group's block at `block` (its rows' words at `FIFTHS..FIFTHS + 16`),
+/// `0x10` where set, for the low nibbles and the high ones: the low 16-bit halves of the 4
+/// words, then the high ones, as two 64-bit byte masks (a row per 16 bits, as the tile's
+/// register holds a row per 16 bytes). Shared with Q5_1, which stores its bits the same way.
+///
+/// # Safety
+/// AVX-512 F and BW (and SSE4.1) available; `block` addresses `ROWS * PACKED` readable bytes.
+#[inline(always)]
+pub(crate) unsafe fn fifths(block: *const u8) -> (__m512i, __m512i) {
+    // SAFETY: the 16 bytes of words are within the block (the caller's contract).
+    unsafe {
         let halves = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
         let fifth = _mm512_set1_epi8(0x10);
-        let fifths = |block: *const u8| {
-            let words = _mm_loadu_si128(block.add(FIFTHS).cast());
-            let masks = _mm_shuffle_epi8(words, halves);
-            let lo = _mm_cvtsi128_si64(masks) as u64;
-            let hi = _mm_extract_epi64::<1>(masks) as u64;
-            (
-                _mm512_maskz_mov_epi8(lo, fifth),
-                _mm512_maskz_mov_epi8(hi, fifth),
-            )
-        };
-        let w = (w, ROWS * PACKED);
-        nibble_tile::<N>(w, x, out, Offset::Constant(16), steps, Some(fifths))
+        let words = _mm_loadu_si128(block.add(FIFTHS).cast());
+        let masks = _mm_shuffle_epi8(words, halves);
+        let lo = _mm_cvtsi128_si64(masks) as u64;
+        let hi = _mm_extract_epi64::<1>(masks) as u64;
+        (
+            _mm512_maskz_mov_epi8(lo, fifth),
+            _mm512_maskz_mov_epi8(hi, fifth),
+        )
     }
 }

@@ -77,10 +77,11 @@ pub fn quantized_linear(
     dims.push(n);
     let x2 = x.reshape((m, k))?.to_dtype(DType::F32)?.contiguous()?;
     let y = match w {
-        // Many tokens on the CPU, in the legacy 32-weight formats candle computes (Q4_0 and
-        // Q5_0 have kernels of their own): the weight dequantized once for this call and multiplied by the
-        // float GEMM (2.1x candle's product on a 64-token Q4_0 prefill; the k-quants stay
-        // candle's, which is faster there: PERFORMANCE.md).
+        // Many tokens on the CPU, in the legacy 32-weight formats of a `QMatMul` handed here
+        // (`patchwork-quant` keeps its Q4_1 and Q5_1 weights in the kernels' own blocks
+        // instead): the weight dequantized once for this call and multiplied by the float GEMM
+        // (2.1x candle's product on a 64-token Q4_0 prefill; the k-quants stay candle's, which
+        // is faster there: PERFORMANCE.md).
         QMatMul::QTensor(q)
             if m >= crate::kernels::q8_0::WIDEN_TOKENS
                 && x2.device().is_cpu()
