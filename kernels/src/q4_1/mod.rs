@@ -229,7 +229,7 @@ mod simd {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod tile {
+pub(crate) mod tile {
     //! The Q4_1 integer tile (AVX-512 VNNI): the shared nibble tile with each block's steps
     //! and its mins, negated (the tile subtracts them).
 
@@ -253,6 +253,21 @@ mod tile {
         unsafe { by_count!(tile, out, (group, x, out)) }
     }
 
+    /// Block `b`'s steps and its mins, negated (the tile subtracts them), each spread to its
+    /// row's lanes: the scales of the formats whose weights are `step * q + min` (Q4_1, Q5_1).
+    ///
+    /// # Safety
+    /// AVX-512F available; `s` and `mins` hold `(b + 1) * ROWS` values.
+    #[inline(always)]
+    pub(crate) unsafe fn steps_and_mins(s: &[f32], mins: &[f32], b: usize) -> (__m512, __m512) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let steps = spread(_mm_loadu_ps(s.as_ptr().add(b * ROWS)));
+            let mins = _mm_sub_ps(_mm_setzero_ps(), _mm_loadu_ps(mins.as_ptr().add(b * ROWS)));
+            (steps, spread(mins))
+        }
+    }
+
     /// [`dot_tile`] for `N` tokens.
     ///
     /// # Safety
@@ -265,11 +280,7 @@ mod tile {
     ) {
         // SAFETY: the caller's contract; block `b`'s steps and mins at `[b * ROWS..]`.
         unsafe {
-            let scales = |b: usize| {
-                let steps = spread(_mm_loadu_ps(s.as_ptr().add(b * ROWS)));
-                let mins = _mm_sub_ps(_mm_setzero_ps(), _mm_loadu_ps(mins.as_ptr().add(b * ROWS)));
-                (steps, spread(mins))
-            };
+            let scales = |b: usize| steps_and_mins(s, mins, b);
             let w = (w, ROWS * PACKED);
             nibble_tile::<N>(w, x, out, Offset::Mins, scales, NO_FIFTHS)
         }

@@ -249,10 +249,9 @@ mod tile {
     //! The Q5_1 integer tile (AVX-512 VNNI): the shared nibble tile with Q5_0's fifth bits,
     //! each block's steps and its mins, negated (the tile subtracts them).
 
-    use std::arch::x86_64::*;
-
-    use crate::blocks::tile::{Offset, by_count, nibble_tile, spread};
+    use crate::blocks::tile::{Offset, by_count, nibble_tile};
     use crate::blocks::{ROWS, TileTokens};
+    use crate::q4_1::tile::steps_and_mins;
     use crate::q5_0::PACKED;
     use crate::q5_0::tile::fifths;
 
@@ -283,11 +282,7 @@ mod tile {
         // SAFETY: the caller's contract; block `b`'s steps and mins at `[b * ROWS..]`, its
         // fifth bits within its `ROWS * PACKED` bytes.
         unsafe {
-            let scales = |b: usize| {
-                let steps = spread(_mm_loadu_ps(s.as_ptr().add(b * ROWS)));
-                let mins = _mm_sub_ps(_mm_setzero_ps(), _mm_loadu_ps(mins.as_ptr().add(b * ROWS)));
-                (steps, spread(mins))
-            };
+            let scales = |b: usize| steps_and_mins(s, mins, b);
             let fifths = |block| fifths(block);
             let w = (w, ROWS * PACKED);
             nibble_tile::<N>(w, x, out, Offset::Mins, scales, Some(fifths))
